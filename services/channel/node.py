@@ -1,0 +1,206 @@
+"""A channel node: the roles it holds, the ring it believes, and the lease that lets it serve.
+
+Rules:
+
+1. A node serves a channel only while (a) its etcd lease is valid by its own clock — the deadline is
+   the send time of the last acknowledged keep-alive plus the TTL, which is never later than the
+   moment etcd expires the lease — and (b) the newest ring it has seen names it as the owner.
+2. A role is created lazily on the first request for a channel the node owns, at epoch
+   `ring version × EPOCH_ATTEMPTS_PER_VERSION + attempt`. Each takeover attempt gets a fresh epoch,
+   so two attempts never write different entries under the same (serial, epoch), even when one of
+   them failed half-way; and every ring version orders after every attempt of an earlier one.
+3. On a ring that gives a channel to another node, on lease loss, and on FENCED, the role stops at
+   once and is dropped; the next request (under a newer ring) starts a new takeover.
+4. Requests for channels the node does not own are answered NOT_OWNER with the node's ring version,
+   so the caller refreshes its ring and goes where the channel is.
+
+Like the role, the node is a pure core: adapters feed it requests, store replies, rings, lease
+renewals and ticks, and carry out the `Effects` it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.channel.role import (
+    AppendRequest,
+    ChannelRole,
+    Delivery,
+    Effects,
+    FenceRequest,
+    HistoryResult,
+    PublishResult,
+    ReadRequest,
+    RoleConfig,
+    RoleState,
+    StoreRequest,
+)
+from services.common.entries import Message
+from services.common.invariants import invariant
+from services.placement.ring import Ring
+from services.store.log import AppendReply, FenceReply, ReadReply
+
+EPOCH_ATTEMPTS_PER_VERSION = 1 << 16
+"""Takeover attempts one node may make for one channel under one ring version."""
+
+
+def make_epoch(ring_version: int, attempt: int) -> int:
+    invariant(0 <= attempt < EPOCH_ATTEMPTS_PER_VERSION, "attempt within its bound")
+    return ring_version * EPOCH_ATTEMPTS_PER_VERSION + attempt
+
+
+def epoch_ring_version(epoch: int) -> int:
+    return epoch // EPOCH_ATTEMPTS_PER_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    roles_max: int = 100_000
+    role_idle_ms: int = 300_000
+    role: RoleConfig = RoleConfig()
+
+
+class ChannelNode:
+    def __init__(self, node_id: str, config: NodeConfig) -> None:
+        self.node_id = node_id
+        self.config = config
+        self.ring: Ring | None = None
+        self.lease_deadline_ms = 0
+        self.roles: dict[str, ChannelRole] = {}
+        self._attempts: dict[str, tuple[int, int]] = {}  # channel → (ring version, attempts made)
+
+    # ----------------------------------------------------------------------------- membership
+
+    def serving(self, now_ms: int) -> bool:
+        return now_ms < self.lease_deadline_ms and self.ring is not None and self.node_id in self.ring
+
+    def on_lease(self, deadline_ms: int) -> None:
+        """A keep-alive was acknowledged: the lease holds until `deadline_ms` by our clock."""
+        self.lease_deadline_ms = max(self.lease_deadline_ms, deadline_ms)
+
+    def on_lease_lost(self, fx: Effects) -> None:
+        """The lease is gone (etcd said so, or we re-register): drop every channel at once."""
+        self.lease_deadline_ms = 0
+        self._stop_all("LEASE_LOST", fx)
+
+    def on_ring(self, ring: Ring, fx: Effects) -> None:
+        """A newer ring: stop every role whose channel now belongs to someone else."""
+        if self.ring is not None and ring.version <= self.ring.version:
+            return
+        self.ring = ring
+        for channel, role in list(self.roles.items()):
+            if ring.owner(channel) != self.node_id:
+                role.stop("CHANNEL_MOVED", fx)
+                del self.roles[channel]
+        fx.events.append(f"ring version={ring.version} members={len(ring)}")
+
+    def _stop_all(self, reason: str, fx: Effects) -> None:
+        for role in self.roles.values():
+            role.stop(reason, fx)
+        self.roles.clear()
+
+    # ----------------------------------------------------------------------------- requests
+
+    def _role_for(self, channel: str, now_ms: int, fx: Effects) -> ChannelRole | str:
+        """The serving (or starting) role for `channel`, or the reason there is none."""
+        if not self.serving(now_ms):
+            if self.roles:
+                self._stop_all("LEASE_LOST", fx)
+            return "NOT_OWNER" if self.ring is not None and self.node_id not in self.ring else "LEASE_LOST"
+        assert self.ring is not None
+        if self.ring.owner(channel) != self.node_id:
+            return "NOT_OWNER"
+        role = self.roles.get(channel)
+        if role is not None and role.state is not RoleState.STOPPED:
+            return role
+        if len(self.roles) >= self.config.roles_max:
+            return "OWNER_OVERLOADED"
+        version, attempts = self._attempts.get(channel, (self.ring.version, 0))
+        if version != self.ring.version:
+            version, attempts = self.ring.version, 0
+        if attempts >= EPOCH_ATTEMPTS_PER_VERSION:
+            return "TAKEOVER_ATTEMPTS_EXHAUSTED"
+        self._attempts[channel] = (version, attempts + 1)
+        role = ChannelRole(channel, make_epoch(version, attempts), self.config.role, now_ms)
+        self.roles[channel] = role
+        role.start(fx)
+        return role
+
+    def publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, fx: Effects) -> None:
+        role = self._role_for(channel, now_ms, fx)
+        if isinstance(role, str):
+            fx.results.append((token, PublishResult(False, reason=role, retryable=True)))
+            return
+        role.publish(token, messages, now_ms, fx)
+
+    def subscribe(self, channel: str, token: int, after_serial: int, now_ms: int, fx: Effects) -> None:
+        role = self._role_for(channel, now_ms, fx)
+        if isinstance(role, str):
+            fx.deliveries.append((token, Delivery(end_reason=role)))
+            return
+        role.subscribe(token, after_serial, now_ms, fx)
+
+    def unsubscribe(self, channel: str, token: int) -> None:
+        role = self.roles.get(channel)
+        if role is not None:
+            role.unsubscribe(token)
+
+    def read_history(self, channel: str, token: int, after_serial: int, limit: int, now_ms: int, fx: Effects) -> None:
+        role = self._role_for(channel, now_ms, fx)
+        if isinstance(role, str):
+            fx.histories.append((token, HistoryResult(reason=role)))
+            return
+        role.read_history(token, after_serial, limit, now_ms, fx)
+
+    # ----------------------------------------------------------------------------- store replies
+
+    def _role_of(self, request: StoreRequest) -> ChannelRole | None:
+        role = self.roles.get(request.channel)
+        if role is None or role.epoch != request.epoch and not isinstance(request, FenceRequest):
+            return None
+        return role
+
+    def on_fence_reply(self, replica: str, request: FenceRequest, reply: FenceReply, now_ms: int, fx: Effects) -> None:
+        role = self.roles.get(request.channel)
+        if role is not None and request.epoch in (role.epoch, 0):
+            role.on_fence_reply(replica, reply, now_ms, fx)
+            self._drop_if_stopped(role)
+
+    def on_append_reply(
+        self, replica: str, request: AppendRequest, reply: AppendReply, now_ms: int, fx: Effects
+    ) -> None:
+        role = self._role_of(request)
+        if role is not None:
+            role.on_append_reply(replica, request, reply, now_ms, fx)
+            self._drop_if_stopped(role)
+
+    def on_read_reply(self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        role = self._role_of(request)
+        if role is not None:
+            role.on_read_reply(replica, request, reply, now_ms, fx)
+            self._drop_if_stopped(role)
+
+    def on_store_error(self, replica: str, request: StoreRequest, now_ms: int, fx: Effects) -> None:
+        role = self._role_of(request)
+        if role is not None:
+            role.on_store_error(replica, request, now_ms, fx)
+            self._drop_if_stopped(role)
+
+    def _drop_if_stopped(self, role: ChannelRole) -> None:
+        if role.state is RoleState.STOPPED and self.roles.get(role.channel) is role:
+            del self.roles[role.channel]
+
+    # ----------------------------------------------------------------------------- time
+
+    def tick(self, now_ms: int, fx: Effects) -> None:
+        if self.roles and not self.serving(now_ms):
+            self._stop_all("LEASE_LOST", fx)
+            return
+        for channel, role in list(self.roles.items()):
+            role.tick(now_ms, fx)
+            quiet_ms = now_ms - role.last_activity_ms
+            idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
+            if idle and role.commit >= role.last:
+                role.stop("IDLE", fx)
+            if role.state is RoleState.STOPPED:
+                del self.roles[channel]

@@ -1,0 +1,785 @@
+"""The channel role: the state machine of one owner for one channel, at one epoch.
+
+A role is created when a node takes a channel over, and it lives through four states:
+
+    FENCING ──quorum of fence replies──▶ RECOVERING ──adopted log read──▶ SERVING
+       │                                     │                              │
+       └──────────────── FENCED, timeout, step-down ────────────────────────┴──▶ STOPPED
+
+Rules, in the order they matter:
+
+1. Fence before anything: every replica is told the new epoch, and a quorum must answer. A replica
+   that has seen a higher epoch answers FENCED and the role stops: it is stale.
+2. Adopt the most up-to-date log of the fence quorum (highest last epoch, then longest), read a
+   bounded suffix of it, and rewrite its last entry at the role's own epoch. The role serves at once,
+   but commit only moves when a quorum holds an entry of the role's epoch, so nothing older is
+   declared committed on the strength of a log some earlier owner may have lost.
+3. Rebuild the dedup window from that suffix, so a retry of a message stored under an earlier owner
+   gets its original serial back instead of a second copy.
+4. Assign serials contiguously; replicate to every replica with a pipelined, bounded window;
+   acknowledge a publish only when its last serial is committed; deliver only committed entries,
+   in serial order.
+5. Repair each replica from where its log matches ours (Raft's match index), going back on every
+   refusal until the logs agree; read entries we no longer hold in memory from a replica that is
+   known to match that far.
+6. Stop at once on FENCED, and when the node says the channel moved or the lease is gone: pending
+   publishes fail with a retryable CHANNEL_MOVED, subscriptions end, and the role is dropped.
+
+The role does no I/O and reads no clock. Every method takes `now_ms` where time matters and adds
+what must happen to an `Effects` object: requests for store replicas, publish results, deliveries.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from services.channel.quorum import advance_commit, most_up_to_date, quorum_size
+from services.common.entries import Entry, Message, Position
+from services.common.invariants import invariant
+from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply
+
+BUG_NAMES = (
+    "ack-before-quorum",
+    "skip-fence",
+    "no-epoch-check",
+    "recover-from-one",
+    "reset-dedup-on-takeover",
+    "deliver-uncommitted",
+    "adopt-highest-epoch-per-serial",
+)
+"""Deliberate bugs, switchable for tests only, that the simulator's checker must catch."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoleConfig:
+    """Bounds and timeouts of a role. Every queue, window and retry here has a named limit."""
+
+    replicas: tuple[str, ...] = ("store-a", "store-b", "store-c")
+    dedup_window_ms: int = 120_000
+    dedup_entries_max: int = 100_000
+    recovery_read_entries_max: int = 100_000
+    tail_entries_max: int = 10_000
+    read_entries_max: int = 1_000
+    append_entries_max: int = 256
+    append_inflight_max: int = 4
+    append_timeout_ms: int = 1_000
+    takeover_timeout_ms: int = 3_000
+    read_timeout_ms: int = 1_000
+    pending_entries_max: int = 10_000
+    queued_publishes_max: int = 1_000
+    subscribers_max: int = 10_000
+    delivery_entries_max: int = 256
+    bugs: frozenset[str] = frozenset()
+
+
+class RoleState(enum.Enum):
+    FENCING = "fencing"
+    RECOVERING = "recovering"
+    SERVING = "serving"
+    STOPPED = "stopped"
+
+
+# Requests to store replicas. Adapters turn them into RPCs and feed the replies back.
+@dataclass(frozen=True, slots=True)
+class FenceRequest:
+    channel: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendRequest:
+    channel: str
+    epoch: int
+    prev: Position
+    entries: tuple[Entry, ...]
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    channel: str
+    epoch: int
+    after_serial: int
+    limit: int
+    sequence: int
+
+
+StoreRequest = FenceRequest | AppendRequest | ReadRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What a publish comes to. `reason` is an UPPER_SNAKE_CASE code when `ok` is false."""
+
+    ok: bool
+    serials: tuple[int, ...] = ()
+    duplicates: tuple[bool, ...] = ()
+    reason: str = ""
+    retryable: bool = False
+    maybe_stored: bool = False
+    """False only when the messages certainly were not assigned serials by this attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Committed entries for one subscription, in serial order; or its end, with a reason."""
+
+    entries: tuple[Entry, ...] = ()
+    end_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    entries: tuple[Entry, ...] = ()
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Effects:
+    """What the adapters must do, in order, after a call into a core."""
+
+    sends: list[tuple[str, StoreRequest]] = field(default_factory=list)
+    results: list[tuple[int, PublishResult]] = field(default_factory=list)
+    deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
+    histories: list[tuple[int, HistoryResult]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+class DedupWindow:
+    """Message id → serial for the recent part of the log, bounded by age and by count."""
+
+    def __init__(self, window_ms: int, entries_max: int) -> None:
+        self.window_ms = window_ms
+        self.entries_max = entries_max
+        self._serial_by_id: dict[str, int] = {}
+        self._order: deque[tuple[int, str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._serial_by_id)
+
+    def get(self, message_id: str) -> int | None:
+        return self._serial_by_id.get(message_id)
+
+    def add(self, message_id: str, serial: int, timestamp_ms: int) -> None:
+        self._serial_by_id[message_id] = serial
+        self._order.append((timestamp_ms, message_id))
+        while len(self._order) > self.entries_max:
+            self._forget_oldest()
+
+    def expire(self, now_ms: int) -> None:
+        horizon = now_ms - self.window_ms
+        while self._order and self._order[0][0] < horizon:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        _, message_id = self._order.popleft()
+        self._serial_by_id.pop(message_id, None)
+
+
+@dataclass(slots=True)
+class _Replica:
+    """What the owner knows about one replica's log."""
+
+    name: str
+    match: int = 0
+    next: int = 1
+    inflight: dict[int, tuple[int, int]] = field(default_factory=dict)  # sequence → (sent ms, end)
+    reset_sequence: int = 0
+    fence_last: Position | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    token: int
+    last_serial: int
+    serials: tuple[int, ...]
+    duplicates: tuple[bool, ...]
+
+
+@dataclass(slots=True)
+class _Subscriber:
+    next_serial: int
+    read_sequence: int = 0
+
+
+@dataclass(slots=True)
+class _Read:
+    """A read in flight: what it is for and where it went."""
+
+    purpose: str  # "recover", "backfill", "subscriber" or "history"
+    replica: str
+    sent_ms: int
+    owner: int  # subscriber token, history token, or the serial a backfill is for
+    after_serial: int
+    limit: int
+    target: str = ""  # for a backfill: the replica the entries are for
+
+
+class ChannelRole:
+    """One channel's owner at one epoch. See the module docstring for the rules."""
+
+    def __init__(self, channel: str, epoch: int, config: RoleConfig, now_ms: int) -> None:
+        invariant(epoch > 0, "epochs start at 1")
+        self.channel = channel
+        self.epoch = epoch
+        self.config = config
+        self.bugs = config.bugs
+        self.state = RoleState.FENCING
+        self.stop_reason = ""
+        self.quorum = quorum_size(len(config.replicas))
+        self.replicas = {name: _Replica(name) for name in config.replicas}
+        self.started_ms = now_ms
+        self.last_activity_ms = now_ms
+        # The owner's log: entries (tail_base, last] in memory; epoch of entry tail_base known.
+        self.tail: list[Entry] = []
+        self.tail_batch_last: list[int] = []  # per tail entry: last serial of its publish batch
+        self.tail_base = 0
+        self.tail_base_epoch = 0
+        self.epoch_start_serial = 1
+        self.commit = 0
+        self.dedup = DedupWindow(config.dedup_window_ms, config.dedup_entries_max)
+        self.pending: deque[_Pending] = deque()
+        self.queued: deque[tuple[int, tuple[Message, ...]]] = deque()
+        self.subscribers: dict[int, _Subscriber] = {}
+        self.histories: dict[int, tuple[int, int]] = {}  # token → (after serial, limit), waiting
+        self.reads: dict[int, _Read] = {}
+        self.recovery: dict[str, list[Entry]] = {}
+        self.recovery_target: dict[str, Position] = {}
+        self.recovery_start = 0
+        self.recovered_last = 0  # serial of the adopted log's last entry; commit is known past it
+        self._sequence = 0
+
+    # ----------------------------------------------------------------------------- accessors
+
+    @property
+    def last(self) -> int:
+        return self.tail_base + len(self.tail)
+
+    def epoch_at(self, serial: int) -> int | None:
+        """Epoch of our entry at `serial`, or None when it is below what we hold in memory."""
+        if serial == self.tail_base:
+            return self.tail_base_epoch
+        if self.tail_base < serial <= self.last:
+            return self.tail[serial - self.tail_base - 1].epoch
+        return None
+
+    def _entries(self, first: int, last: int) -> tuple[Entry, ...]:
+        return tuple(self.tail[first - self.tail_base - 1 : last - self.tail_base])
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
+
+    # ----------------------------------------------------------------------------- takeover
+
+    def start(self, fx: Effects) -> None:
+        """Begin the takeover: fence every replica at our epoch."""
+        fence_epoch = 0 if "skip-fence" in self.bugs else self.epoch
+        for name in self.config.replicas:
+            fx.sends.append((name, FenceRequest(self.channel, fence_epoch)))
+        fx.events.append(f"takeover {self.channel} epoch={self.epoch} fencing")
+
+    def on_fence_reply(self, replica: str, reply: FenceReply, now_ms: int, fx: Effects) -> None:
+        if self.state is not RoleState.FENCING or replica not in self.replicas:
+            return
+        if reply.fenced and reply.fence_epoch > self.epoch:
+            self.stop("FENCED", fx)
+            return
+        invariant(reply.last.epoch < self.epoch or "skip-fence" in self.bugs, "no entry at our epoch yet")
+        self.replicas[replica].fence_last = reply.last
+        answered = [(r.name, r.fence_last) for r in self.replicas.values() if r.fence_last is not None]
+        needed = 1 if "recover-from-one" in self.bugs else self.quorum
+        if len(answered) < needed:
+            return
+        self.state = RoleState.RECOVERING
+        lasts = [(name, last) for name, last in answered if last is not None]
+        if "adopt-highest-epoch-per-serial" in self.bugs:
+            sources = lasts
+        else:
+            adopted = most_up_to_date(lasts)
+            sources = [(adopted, self.replicas[adopted].fence_last)]  # type: ignore[list-item]
+        self._begin_recovery(sources, now_ms, fx)
+
+    def _begin_recovery(self, sources: Sequence[tuple[str, Position | None]], now_ms: int, fx: Effects) -> None:
+        """Read the adopted log's suffix: from `recovery_start` (its entry gives our base epoch)."""
+        targets = {name: last for name, last in sources if last is not None}
+        invariant(len(targets) == len(sources), "every source answered its fence")
+        self.recovered_last = max(last.serial for last in targets.values())
+        self.recovery_start = max(0, self.recovered_last - self.config.recovery_read_entries_max)
+        if self.recovered_last == 0:
+            self._install_recovered([], now_ms, fx)
+            return
+        after = max(0, self.recovery_start - 1)
+        for name, target in targets.items():
+            self.recovery[name] = []
+            self.recovery_target[name] = target
+            if target.serial > after:
+                self._send_read("recover", name, after, target.serial - after, 0, now_ms, fx)
+
+    def _on_recovery_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        name = read.replica
+        target = self.recovery_target[name]
+        if reply.corrupt or not reply.entries or reply.entries[0].serial != read.after_serial + 1:
+            self.stop("RECOVERY_READ_FAILED", fx)
+            return
+        if reply.last.serial < target.serial or any(
+            entry.serial == target.serial and entry.epoch != target.epoch for entry in reply.entries
+        ):
+            self.stop("FENCED", fx)  # the adopted log changed under us: a later epoch is writing
+            return
+        got = self.recovery[name]
+        got.extend(entry for entry in reply.entries if entry.serial <= target.serial)
+        have = got[-1].serial
+        if have < target.serial:
+            self._send_read("recover", name, have, target.serial - have, 0, now_ms, fx)
+            return
+        if all(not entries or entries[-1].serial >= self.recovery_target[n].serial
+               for n, entries in self.recovery.items()) and not any(
+            r.purpose == "recover" for r in self.reads.values()
+        ):
+            self._install_recovered(self._merge_recovered(), now_ms, fx)
+
+    def _merge_recovered(self) -> list[Entry]:
+        """The adopted suffix. With the `adopt-highest-epoch-per-serial` bug: a per-serial merge."""
+        if len(self.recovery) == 1:
+            (entries,) = self.recovery.values()
+            return entries
+        by_serial: dict[int, Entry] = {}
+        for entries in self.recovery.values():
+            for entry in entries:
+                held = by_serial.get(entry.serial)
+                if held is None or entry.epoch > held.epoch:
+                    by_serial[entry.serial] = entry
+        merged: list[Entry] = []
+        first = min(by_serial)
+        while first + len(merged) in by_serial:
+            merged.append(by_serial[first + len(merged)])
+        return merged
+
+    def _install_recovered(self, entries: list[Entry], now_ms: int, fx: Effects) -> None:
+        """Make the adopted suffix our log, rewrite its last entry at our epoch, and serve."""
+        if entries:
+            if self.recovery_start > 0:
+                base, suffix = entries[0], entries[1:]
+                self.tail_base, self.tail_base_epoch = base.serial, base.epoch
+            else:
+                suffix = entries
+            invariant(bool(suffix) and suffix[0].serial == self.tail_base + 1, "adopted suffix follows its base")
+            self.tail = suffix[:-1] + [suffix[-1].with_epoch(self.epoch)]
+            self.tail_batch_last = [entry.serial for entry in self.tail]
+            self.epoch_start_serial = self.last
+        self.recovered_last = self.last
+        for replica in self.replicas.values():
+            replica.next = max(self.last, 1)
+            fence_last = replica.fence_last
+            if fence_last is not None and _holds(entries, fence_last):
+                replica.match = min(fence_last.serial, max(self.last - 1, 0))
+                replica.next = replica.match + 1
+        if "reset-dedup-on-takeover" not in self.bugs:
+            for entry in self.tail:
+                self.dedup.add(entry.message.id, entry.serial, entry.message.timestamp_ms)
+            self.dedup.expire(now_ms)
+        self.state = RoleState.SERVING
+        self.recovery.clear()
+        self.recovery_target.clear()
+        fx.events.append(f"takeover {self.channel} epoch={self.epoch} serving last={self.last}")
+        queued, self.queued = self.queued, deque()
+        for token, messages in queued:
+            self.publish(token, messages, now_ms, fx)
+        self._pump(now_ms, fx)
+
+    # ----------------------------------------------------------------------------- publishing
+
+    def publish(self, token: int, messages: tuple[Message, ...], now_ms: int, fx: Effects) -> None:
+        """Assign serials to a batch (atomically), or answer at once for duplicates."""
+        self.last_activity_ms = now_ms
+        if self.state is RoleState.STOPPED:
+            fx.results.append((token, self._moved_result(False)))
+            return
+        if self.state is not RoleState.SERVING:
+            if len(self.queued) >= self.config.queued_publishes_max:
+                fx.results.append((token, PublishResult(False, reason="OWNER_OVERLOADED", retryable=True)))
+            else:
+                self.queued.append((token, messages))
+            return
+        if self.last - self.commit + len(messages) > self.config.pending_entries_max:
+            fx.results.append((token, PublishResult(False, reason="OWNER_OVERLOADED", retryable=True)))
+            return
+        serials: list[int] = []
+        duplicates: list[bool] = []
+        seen_in_batch: dict[str, int] = {}
+        first_new = self.last + 1
+        for message in messages:
+            original = self.dedup.get(message.id)
+            if original is None:
+                original = seen_in_batch.get(message.id)
+            if original is not None:
+                serials.append(original)
+                duplicates.append(True)
+                continue
+            serial = self.last + 1
+            entry = Entry.make(serial, self.epoch, message.stamped(now_ms))
+            self.tail.append(entry)
+            self.tail_batch_last.append(0)  # filled in below, once the batch's end is known
+            self.dedup.add(message.id, serial, now_ms)
+            seen_in_batch[message.id] = serial
+            serials.append(serial)
+            duplicates.append(False)
+        batch_last = self.last
+        for index in range(first_new - self.tail_base - 1, len(self.tail)):
+            self.tail_batch_last[index] = batch_last
+        pending = _Pending(token, max(serials), tuple(serials), tuple(duplicates))
+        if "ack-before-quorum" in self.bugs or pending.last_serial <= self.commit:
+            fx.results.append((token, PublishResult(True, pending.serials, pending.duplicates)))
+        else:
+            self.pending.append(pending)
+        if batch_last >= first_new:
+            self._pump(now_ms, fx)
+            if "deliver-uncommitted" in self.bugs:
+                self._feed_subscribers(now_ms, fx)
+
+    def _moved_result(self, maybe_stored: bool) -> PublishResult:
+        reason = self.stop_reason if self.stop_reason in ("LEASE_LOST",) else "CHANNEL_MOVED"
+        return PublishResult(False, reason=reason, retryable=True, maybe_stored=maybe_stored)
+
+    # ----------------------------------------------------------------------------- replication
+
+    def _pump(self, now_ms: int, fx: Effects) -> None:
+        """Send every replica what it is missing, within its in-flight window."""
+        if self.state is not RoleState.SERVING:
+            return
+        for replica in self.replicas.values():
+            while replica.next <= self.last and len(replica.inflight) < self.config.append_inflight_max:
+                if replica.next - 1 < self.tail_base:
+                    self._backfill(replica, now_ms, fx)
+                    break
+                first = replica.next
+                end = min(self.last, first + self.config.append_entries_max - 1)
+                end = max(end, self.tail_batch_last[end - self.tail_base - 1])  # whole batches only
+                prev_epoch = self.epoch_at(first - 1)
+                invariant(prev_epoch is not None, "prev within memory")
+                assert prev_epoch is not None
+                self._send_append(replica, Position(first - 1, prev_epoch), self._entries(first, end), now_ms, fx)
+
+    def _send_append(
+        self, replica: _Replica, prev: Position, entries: tuple[Entry, ...], now_ms: int, fx: Effects
+    ) -> None:
+        sequence = self._next_sequence()
+        end = prev.serial + len(entries)
+        replica.inflight[sequence] = (now_ms, end)
+        replica.next = end + 1
+        fx.sends.append((replica.name, AppendRequest(self.channel, self.epoch, prev, entries, sequence)))
+
+    def _backfill(self, replica: _Replica, now_ms: int, fx: Effects) -> None:
+        """`replica` needs entries older than our memory: read them from a replica that matches."""
+        if any(read.target == replica.name for read in self.reads.values()):
+            return
+        first = replica.next
+        sources = [r for r in self.replicas.values() if r is not replica and r.match >= first]
+        if not sources:
+            return  # no replica is known to match that far yet; the next tick asks again
+        source = max(sources, key=lambda r: r.match)
+        after = max(0, first - 2)  # include the entry before `first`: it is the append's prev
+        limit = min(self.config.read_entries_max, min(source.match, self.tail_base) - after)
+        sequence = self._send_read("backfill", source.name, after, limit, first, now_ms, fx)
+        self.reads[sequence].target = replica.name
+
+    def _on_backfill_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        replica = self.replicas[read.target]
+        first = read.owner
+        entries = reply.entries
+        if reply.corrupt or not entries or entries[0].serial != read.after_serial + 1 or replica.next != first:
+            return  # the replica's needs moved on, or the read was bad: the next pump asks again
+        if first >= 2:
+            prev, entries = entries[0].position, entries[1:]
+        else:
+            prev = Position(0, 0)
+        if entries:
+            self._send_append(replica, prev, entries, now_ms, fx)
+        self._pump(now_ms, fx)
+
+    def on_append_reply(
+        self, replica_name: str, request: AppendRequest, reply: AppendReply, now_ms: int, fx: Effects
+    ) -> None:
+        replica = self.replicas.get(replica_name)
+        if replica is None or self.state is not RoleState.SERVING:
+            return
+        replica.inflight.pop(request.sequence, None)
+        if reply.status is AppendStatus.OK:
+            invariant(reply.match_serial <= self.last, "a replica cannot match beyond our log")
+            if reply.match_serial > replica.match:
+                replica.match = reply.match_serial
+                self._advance_commit(now_ms, fx)
+        elif reply.status is AppendStatus.FENCED and reply.fence_epoch > self.epoch:
+            self.stop("FENCED", fx)
+            return
+        elif reply.status is AppendStatus.MISMATCH:
+            if request.sequence > replica.reset_sequence:
+                self._rewind(replica, request, reply, fx)
+        else:
+            fx.events.append(f"append refused {self.channel} {replica_name} {reply.status.value} {reply.detail}")
+            self._reset(replica)
+        self._pump(now_ms, fx)
+
+    def _rewind(self, replica: _Replica, request: AppendRequest, reply: AppendReply, fx: Effects) -> None:
+        """Move `replica.next` back to where its log may agree with ours (never below its match)."""
+        if request.prev.serial <= replica.match:
+            # A stale refusal: a later reply already showed the replica holds `prev`. (A replica
+            # that lost synced entries would break G1's premise; it is repaired by hand.)
+            return
+        if reply.conflict_epoch == 0:
+            next_serial = reply.last.serial + 1
+        else:
+            ours = self._last_serial_with_epoch(reply.conflict_epoch, request.prev.serial)
+            next_serial = ours + 1 if ours is not None else reply.conflict_first_serial
+        next_serial = min(next_serial, request.prev.serial)
+        replica.next = max(next_serial, replica.match + 1, 1)
+        replica.inflight.clear()
+        replica.reset_sequence = self._sequence
+
+    def _last_serial_with_epoch(self, epoch: int, below: int) -> int | None:
+        """The last serial < `below` of ours with `epoch`, if our memory shows it.
+
+        Epochs never decrease along a log, so a binary search over the tail finds it.
+        """
+        low, high = 0, min(below - 1, self.last) - self.tail_base  # tail indexes [low, high)
+        while low < high:
+            middle = (low + high) // 2
+            if self.tail[middle].epoch <= epoch:
+                low = middle + 1
+            else:
+                high = middle
+        if low > 0 and self.tail[low - 1].epoch == epoch:
+            return self.tail_base + low
+        if low == 0 and self.tail_base_epoch == epoch and self.tail_base > 0:
+            return self.tail_base
+        return None
+
+    def _reset(self, replica: _Replica) -> None:
+        replica.next = replica.match + 1
+        replica.inflight.clear()
+        replica.reset_sequence = self._sequence
+
+    def _advance_commit(self, now_ms: int, fx: Effects) -> None:
+        matches = [replica.match for replica in self.replicas.values()]
+        commit = advance_commit(self.commit, matches, self.quorum, self.epoch_start_serial)
+        if commit == self.commit:
+            return
+        invariant(commit <= self.last, "commit within the log")
+        self.commit = commit
+        while self.pending and self.pending[0].last_serial <= commit:
+            done = self.pending.popleft()
+            if "ack-before-quorum" not in self.bugs:
+                fx.results.append((done.token, PublishResult(True, done.serials, done.duplicates)))
+        self._feed_subscribers(now_ms, fx)
+        self._answer_histories(now_ms, fx)
+        self._trim_tail()
+
+    def _trim_tail(self) -> None:
+        """Keep the in-memory log bounded; only committed entries are dropped."""
+        excess = len(self.tail) - self.config.tail_entries_max
+        if excess <= self.config.tail_entries_max // 4:
+            return
+        drop = min(excess, self.commit - self.tail_base)
+        if drop <= 0:
+            return
+        self.tail_base_epoch = self.tail[drop - 1].epoch
+        self.tail_base += drop
+        del self.tail[:drop]
+        del self.tail_batch_last[:drop]
+
+    # ----------------------------------------------------------------------------- reading
+
+    def subscribe(self, token: int, after_serial: int, now_ms: int, fx: Effects) -> None:
+        """Deliver every committed entry after `after_serial`, in order, then live ones."""
+        self.last_activity_ms = now_ms
+        if self.state is RoleState.STOPPED:
+            fx.deliveries.append((token, Delivery(end_reason="CHANNEL_MOVED")))
+            return
+        if token not in self.subscribers and len(self.subscribers) >= self.config.subscribers_max:
+            fx.deliveries.append((token, Delivery(end_reason="TOO_MANY_SUBSCRIBERS")))
+            return
+        self.subscribers[token] = _Subscriber(max(after_serial, 0) + 1)
+        self._feed_subscribers(now_ms, fx)
+
+    def unsubscribe(self, token: int) -> None:
+        self.subscribers.pop(token, None)
+
+    def _visible(self) -> int:
+        """The last serial subscribers may see: the commit point (or the log end, when buggy)."""
+        return self.last if "deliver-uncommitted" in self.bugs else self.commit
+
+    def _feed_subscribers(self, now_ms: int, fx: Effects) -> None:
+        if self.state is not RoleState.SERVING:
+            return
+        visible = self._visible()
+        for token, subscriber in self.subscribers.items():
+            while subscriber.next_serial <= visible and not subscriber.read_sequence:
+                first = subscriber.next_serial
+                if first > self.tail_base:
+                    end = min(visible, first + self.config.delivery_entries_max - 1)
+                    fx.deliveries.append((token, Delivery(self._entries(first, end))))
+                    subscriber.next_serial = end + 1
+                else:
+                    limit = min(self.tail_base, visible) - (first - 1)
+                    subscriber.read_sequence = self._read_committed("subscriber", token, first - 1, limit, now_ms, fx)
+                    if not subscriber.read_sequence:
+                        break  # no replica is known to match that far yet; the next tick tries again
+
+    def read_history(self, token: int, after_serial: int, limit: int, now_ms: int, fx: Effects) -> None:
+        """Committed entries after `after_serial`, at most `limit` (bounded by read_entries_max)."""
+        self.last_activity_ms = now_ms
+        limit = max(0, min(limit, self.config.read_entries_max))
+        if self.state is RoleState.STOPPED:
+            fx.histories.append((token, HistoryResult(reason="CHANNEL_MOVED")))
+            return
+        self.histories[token] = (max(after_serial, 0), limit)
+        self._answer_histories(now_ms, fx)
+
+    def _answer_histories(self, now_ms: int, fx: Effects) -> None:
+        if self.state is not RoleState.SERVING or self.commit < self.recovered_last:
+            return  # until our rewrite of the adopted log is on a quorum, commit is unknown
+        for token, (after, limit) in list(self.histories.items()):
+            if any(read.owner == token and read.purpose == "history" for read in self.reads.values()):
+                continue
+            end = min(self.commit, after + limit)
+            if after >= end:
+                del self.histories[token]
+                fx.histories.append((token, HistoryResult(())))
+            elif after >= self.tail_base:
+                del self.histories[token]
+                fx.histories.append((token, HistoryResult(self._entries(after + 1, end))))
+            else:
+                self._read_committed("history", token, after, min(end, self.tail_base) - after, now_ms, fx)
+
+    def _read_committed(self, purpose: str, owner: int, after: int, limit: int, now_ms: int, fx: Effects) -> int:
+        """Read committed entries we no longer hold from the replica that matches us furthest."""
+        source = max(self.replicas.values(), key=lambda r: r.match)
+        limit = min(limit, self.config.read_entries_max, source.match - after)
+        if limit <= 0:
+            return 0
+        return self._send_read(purpose, source.name, after, limit, owner, now_ms, fx)
+
+    def _send_read(
+        self, purpose: str, replica: str, after: int, limit: int, owner: int, now_ms: int, fx: Effects
+    ) -> int:
+        sequence = self._next_sequence()
+        self.reads[sequence] = _Read(purpose, replica, now_ms, owner, after, limit)
+        fx.sends.append((replica, ReadRequest(self.channel, self.epoch, after, limit, sequence)))
+        return sequence
+
+    def on_read_reply(self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        read = self.reads.pop(request.sequence, None)
+        if read is None or read.replica != replica or self.state is RoleState.STOPPED:
+            return
+        if read.purpose == "recover":
+            self._on_recovery_read(read, reply, now_ms, fx)
+        elif read.purpose == "backfill":
+            self._on_backfill_read(read, reply, now_ms, fx)
+        elif read.purpose == "subscriber":
+            self._on_subscriber_read(read, reply, now_ms, fx)
+        else:
+            self._on_history_read(read, reply, now_ms, fx)
+
+    def _checked_committed(self, read: _Read, reply: ReadReply) -> tuple[Entry, ...] | None:
+        """The reply's entries if they are what we asked for and committed; else None."""
+        entries = reply.entries
+        if reply.corrupt or not entries or entries[0].serial != read.after_serial + 1:
+            return None
+        return tuple(entry for entry in entries if entry.serial <= self.commit)
+
+    def _on_subscriber_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        subscriber = self.subscribers.get(read.owner)
+        if subscriber is None or subscriber.read_sequence == 0:
+            return
+        subscriber.read_sequence = 0
+        entries = self._checked_committed(read, reply)
+        if entries and subscriber.next_serial == read.after_serial + 1:
+            fx.deliveries.append((read.owner, Delivery(entries)))
+            subscriber.next_serial = entries[-1].serial + 1
+        self._feed_subscribers(now_ms, fx)
+
+    def _on_history_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        if read.owner not in self.histories:
+            return
+        entries = self._checked_committed(read, reply)
+        if entries is None:
+            return  # retried by the next call to _answer_histories
+        del self.histories[read.owner]
+        fx.histories.append((read.owner, HistoryResult(entries)))
+
+    # ----------------------------------------------------------------------------- failures & time
+
+    def on_store_error(self, replica_name: str, request: StoreRequest, now_ms: int, fx: Effects) -> None:
+        """A request failed in transport (unreachable, deadline exceeded)."""
+        if isinstance(request, AppendRequest):
+            replica = self.replicas.get(replica_name)
+            if replica is not None and request.sequence in replica.inflight:
+                self._reset(replica)
+        elif isinstance(request, ReadRequest):
+            self._fail_read(request.sequence, now_ms, fx)
+
+    def _fail_read(self, sequence: int, now_ms: int, fx: Effects) -> None:
+        read = self.reads.pop(sequence, None)
+        if read is None:
+            return
+        if read.purpose == "recover":
+            self.stop("RECOVERY_READ_FAILED", fx)
+        elif read.purpose == "subscriber":
+            subscriber = self.subscribers.get(read.owner)
+            if subscriber is not None:
+                subscriber.read_sequence = 0
+
+    def tick(self, now_ms: int, fx: Effects) -> None:
+        """Time passes: take-over deadline, append and read retransmissions, dedup expiry."""
+        if self.state is RoleState.STOPPED:
+            return
+        if self.state is not RoleState.SERVING:
+            if now_ms - self.started_ms > self.config.takeover_timeout_ms:
+                self.stop("TAKEOVER_TIMEOUT", fx)
+            return
+        for replica in self.replicas.values():
+            if replica.inflight:
+                oldest = min(sent for sent, _ in replica.inflight.values())
+                if now_ms - oldest > self.config.append_timeout_ms:
+                    self._reset(replica)
+        for sequence, read in list(self.reads.items()):
+            if now_ms - read.sent_ms > self.config.read_timeout_ms:
+                self._fail_read(sequence, now_ms, fx)
+        self.dedup.expire(now_ms)
+        self._pump(now_ms, fx)
+        self._feed_subscribers(now_ms, fx)
+        self._answer_histories(now_ms, fx)
+
+    def stop(self, reason: str, fx: Effects) -> None:
+        """Stop serving at once: fail what is pending, end every subscription."""
+        if self.state is RoleState.STOPPED:
+            return
+        self.state = RoleState.STOPPED
+        self.stop_reason = reason
+        for pending in self.pending:
+            fx.results.append((pending.token, self._moved_result(True)))
+        for token, _ in self.queued:
+            fx.results.append((token, self._moved_result(False)))
+        for token in self.subscribers:
+            fx.deliveries.append((token, Delivery(end_reason="CHANNEL_MOVED")))
+        for token in self.histories:
+            fx.histories.append((token, HistoryResult(reason="CHANNEL_MOVED")))
+        self.pending.clear()
+        self.queued.clear()
+        self.subscribers.clear()
+        self.histories.clear()
+        self.reads.clear()
+        fx.events.append(f"stepped down {self.channel} epoch={self.epoch} reason={reason}")
+
+
+def _holds(entries: Sequence[Entry], position: Position) -> bool:
+    """True when `entries` (a contiguous run of a log) hold `position`; the origin always is."""
+    if position.serial == 0:
+        return True
+    if not entries or not entries[0].serial <= position.serial <= entries[-1].serial:
+        return False
+    return entries[position.serial - entries[0].serial].epoch == position.epoch

@@ -1,0 +1,286 @@
+"""The replica log rules: what one store replica accepts into a channel's log, and what it answers.
+
+Rules (DESIGN §3), for one channel X on one replica:
+
+1. `fence(X, E)` raises fence[X] to max(fence[X], E) and answers the replica's last (serial, epoch).
+   If fence[X] is already above E the answer is FENCED: the caller is a stale owner.
+2. `append(X, E, prev, entries)` is rejected with FENCED when E < fence[X]; otherwise it raises
+   fence[X] to E. It is refused with MISMATCH unless the log holds `prev` (the (serial, epoch) of the
+   entry just before the first new one): the replica never accepts an entry that does not continue
+   its log. The refusal carries the replica's last position and, when the replica holds a different
+   entry at prev.serial, that entry's epoch and the first serial of that epoch in the log, so the
+   owner can jump back to the point where the logs agree (Raft's fast log backtracking).
+3. An accepted append skips the entries the log already holds at the same (serial, epoch) — by the
+   log matching property they are the same entries — and truncates the log at the first entry that
+   conflicts, then writes the rest. So a late duplicate of an old append never truncates anything.
+4. Logs are contiguous from serial 1, and epochs never decrease along a log. Entries whose checksum
+   does not match their content are refused whole (CORRUPT), and so are appends that break
+   contiguity or epoch order (INVALID): bad input never changes the log.
+
+The rules are plain code over a `LogStorage` (what an engine provides: SQLite, Redis, or the
+in-memory engine below). They do no I/O of their own; making writes durable before the reply leaves
+the replica is the adapter's job.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.common.entries import ORIGIN, Entry, Position
+from services.common.invariants import invariant
+
+read_entries_max = 1_000
+"""Upper bound on the entries one read returns, whatever the caller asked for."""
+
+
+class AppendStatus(enum.Enum):
+    OK = "ok"
+    FENCED = "fenced"
+    MISMATCH = "mismatch"
+    CORRUPT = "corrupt"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class FenceReply:
+    fenced: bool
+    fence_epoch: int
+    last: Position
+
+
+@dataclass(frozen=True, slots=True)
+class AppendReply:
+    status: AppendStatus
+    fence_epoch: int
+    last: Position
+    match_serial: int = 0
+    """On OK: the log matches the owner's up to here (prev.serial + len(entries))."""
+    conflict_epoch: int = 0
+    """On MISMATCH: the epoch of the replica's own entry at prev.serial (0 when it has none)."""
+    conflict_first_serial: int = 0
+    """On MISMATCH: the first serial in the replica's log with `conflict_epoch`."""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    entries: tuple[Entry, ...]
+    last: Position
+    corrupt: bool = False
+
+
+class LogStorage(Protocol):
+    """What a storage engine provides to the rules, for one replica. Calls never fail silently."""
+
+    def fence_of(self, channel: str) -> int: ...
+
+    def set_fence(self, channel: str, epoch: int) -> None: ...
+
+    def last(self, channel: str) -> Position: ...
+
+    def epoch_at(self, channel: str, serial: int) -> int | None:
+        """Epoch of the entry at `serial`; 0 for serial 0; None when the log does not reach it."""
+        ...
+
+    def first_serial_of_epoch(self, channel: str, epoch: int) -> int: ...
+
+    def truncate_after(self, channel: str, serial: int) -> None: ...
+
+    def extend(self, channel: str, entries: Sequence[Entry]) -> None: ...
+
+    def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]: ...
+
+
+class ReplicaLog:
+    """The rules of DESIGN §3 over one replica's storage."""
+
+    def __init__(self, storage: LogStorage, *, bugs: frozenset[str] = frozenset()) -> None:
+        self.storage = storage
+        # `no-epoch-check` is a deliberate bug for the simulator's self-test: accept stale appends.
+        self._check_epoch = "no-epoch-check" not in bugs
+
+    def fence(self, channel: str, epoch: int) -> FenceReply:
+        fence = self.storage.fence_of(channel)
+        if fence > epoch:
+            return FenceReply(True, fence, self.storage.last(channel))
+        if epoch > fence:
+            self.storage.set_fence(channel, epoch)
+        return FenceReply(False, epoch, self.storage.last(channel))
+
+    def append(self, channel: str, epoch: int, prev: Position, entries: Sequence[Entry]) -> AppendReply:
+        storage = self.storage
+        fence = storage.fence_of(channel)
+        if epoch < fence and self._check_epoch:
+            return AppendReply(AppendStatus.FENCED, fence, storage.last(channel))
+        problem = _malformed(epoch, prev, entries)
+        if problem:
+            status = AppendStatus.CORRUPT if problem == "checksum" else AppendStatus.INVALID
+            return AppendReply(status, fence, storage.last(channel), detail=problem)
+        if epoch > fence:
+            storage.set_fence(channel, epoch)
+            fence = epoch
+        last = storage.last(channel)
+        held_epoch = storage.epoch_at(channel, prev.serial)
+        if held_epoch != prev.epoch:
+            if held_epoch is None:
+                return AppendReply(AppendStatus.MISMATCH, fence, last)
+            return AppendReply(
+                AppendStatus.MISMATCH,
+                fence,
+                last,
+                conflict_epoch=held_epoch,
+                conflict_first_serial=storage.first_serial_of_epoch(channel, held_epoch),
+            )
+        first_new = self._first_not_held(channel, entries, last)
+        if first_new < len(entries):
+            if entries[first_new].serial <= last.serial:
+                storage.truncate_after(channel, entries[first_new].serial - 1)
+            storage.extend(channel, entries[first_new:])
+        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=prev.serial + len(entries))
+
+    def _first_not_held(self, channel: str, entries: Sequence[Entry], last: Position) -> int:
+        """Index of the first entry the log does not already hold at the same (serial, epoch).
+
+        Holding an entry at the same position implies holding every entry before it (log
+        matching), so "held" is a prefix of `entries` and a binary search finds its end.
+        """
+        overlap = 0
+        while overlap < len(entries) and entries[overlap].serial <= last.serial:
+            overlap += 1
+        low, high = 0, overlap
+        while low < high:
+            middle = (low + high) // 2
+            if self.storage.epoch_at(channel, entries[middle].serial) == entries[middle].epoch:
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    def read(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+        limit = max(0, min(limit, read_entries_max))
+        entries = self.storage.read(channel, after_serial, limit)
+        corrupt = not all(entry.intact() for entry in entries)
+        return ReadReply(tuple(entries), self.storage.last(channel), corrupt)
+
+
+def _malformed(epoch: int, prev: Position, entries: Sequence[Entry]) -> str:
+    """Why an append cannot be accepted whatever the log holds; "" when it is well formed."""
+    if prev.serial < 0 or prev.epoch < 0 or prev.epoch > epoch or (prev.serial == 0 and prev.epoch != 0):
+        return "prev"
+    expected_serial, floor_epoch = prev.serial + 1, prev.epoch
+    for entry in entries:
+        if entry.serial != expected_serial:
+            return "serial"
+        if entry.epoch < floor_epoch or entry.epoch > epoch:
+            return "epoch"
+        if not entry.intact():
+            return "checksum"
+        expected_serial, floor_epoch = entry.serial + 1, entry.epoch
+    return ""
+
+
+class _ChannelLog:
+    __slots__ = ("fence", "entries", "epochs")
+
+    def __init__(self) -> None:
+        self.fence = 0
+        self.entries: list[Entry] = []
+        self.epochs: list[int] = []  # entries[i].epoch, kept for bisect
+
+
+class MemoryLogStorage:
+    """An in-memory engine: the simulator's store, and the reference the contract tests compare to.
+
+    With `journal` set, every mutation is also recorded there, so an adapter can replay exactly the
+    mutations that reached "disk" onto another storage (the simulator's model of fsync).
+    """
+
+    def __init__(self, *, journal: list[tuple[str, str, object]] | None = None) -> None:
+        self._logs: dict[str, _ChannelLog] = {}
+        self.journal = journal
+
+    def _log(self, channel: str) -> _ChannelLog:
+        log = self._logs.get(channel)
+        if log is None:
+            log = self._logs[channel] = _ChannelLog()
+        return log
+
+    def channels(self) -> list[str]:
+        return sorted(self._logs)
+
+    def fence_of(self, channel: str) -> int:
+        log = self._logs.get(channel)
+        return log.fence if log else 0
+
+    def set_fence(self, channel: str, epoch: int) -> None:
+        log = self._log(channel)
+        invariant(epoch >= log.fence, "fence never decreases")
+        log.fence = epoch
+        if self.journal is not None:
+            self.journal.append(("fence", channel, epoch))
+
+    def last(self, channel: str) -> Position:
+        log = self._logs.get(channel)
+        if not log or not log.entries:
+            return ORIGIN
+        return log.entries[-1].position
+
+    def epoch_at(self, channel: str, serial: int) -> int | None:
+        if serial == 0:
+            return 0
+        log = self._logs.get(channel)
+        if not log or serial > len(log.entries) or serial < 0:
+            return None
+        return log.epochs[serial - 1]
+
+    def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
+        log = self._log(channel)
+        index = bisect.bisect_left(log.epochs, epoch)
+        invariant(index < len(log.epochs) and log.epochs[index] == epoch, "epoch is in the log")
+        return index + 1
+
+    def truncate_after(self, channel: str, serial: int) -> None:
+        log = self._log(channel)
+        del log.entries[serial:]
+        del log.epochs[serial:]
+        if self.journal is not None:
+            self.journal.append(("truncate", channel, serial))
+
+    def extend(self, channel: str, entries: Sequence[Entry]) -> None:
+        log = self._log(channel)
+        for entry in entries:
+            invariant(entry.serial == len(log.entries) + 1, "log stays contiguous")
+            invariant(not log.epochs or entry.epoch >= log.epochs[-1], "epochs never decrease")
+            log.entries.append(entry)
+            log.epochs.append(entry.epoch)
+        if self.journal is not None:
+            self.journal.append(("extend", channel, tuple(entries)))
+
+    def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
+        log = self._logs.get(channel)
+        if not log:
+            return []
+        start = max(after_serial, 0)
+        return log.entries[start : start + limit]
+
+    def replay(self, journal: Sequence[tuple[str, str, object]]) -> None:
+        """Apply mutations recorded by another storage's journal, in order."""
+        for kind, channel, argument in journal:
+            if kind == "fence":
+                self.set_fence(channel, argument)  # type: ignore[arg-type]
+            elif kind == "truncate":
+                self.truncate_after(channel, argument)  # type: ignore[arg-type]
+            else:
+                self.extend(channel, argument)  # type: ignore[arg-type]
+
+    def clone(self, *, journal: list[tuple[str, str, object]] | None = None) -> MemoryLogStorage:
+        """A deep-enough copy (entries are immutable), recording into `journal` from now on."""
+        copy = MemoryLogStorage(journal=journal)
+        for channel, log in self._logs.items():
+            copied = copy._log(channel)
+            copied.fence, copied.entries, copied.epochs = log.fence, list(log.entries), list(log.epochs)
+        return copy
