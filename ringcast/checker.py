@@ -133,13 +133,17 @@ def _check_acks(channel: str, log: Sequence[tuple[int, str]], publishes: Iterabl
                 found.append(Violation("SERIAL_CHANGED", channel, f"id={message_id} acked as {earlier} and {serial}"))
             holder = acked_id.setdefault(serial, message_id)
             if holder != message_id:
-                found.append(Violation("SERIAL_REUSED", channel, f"serial={serial} acked for {holder} and {message_id}"))
+                found.append(
+                    Violation("SERIAL_REUSED", channel, f"serial={serial} acked for {holder} and {message_id}")
+                )
             if id_at.get(serial) == message_id:
                 continue
             if message_id in serials_of:
                 found.append(
                     Violation(
-                        "SERIAL_CHANGED", channel, f"id={message_id} acked at {serial}, stored at {serials_of[message_id]}"
+                        "SERIAL_CHANGED",
+                        channel,
+                        f"id={message_id} acked at {serial}, stored at {serials_of[message_id]}",
                     )
                 )
             else:
@@ -168,7 +172,9 @@ def _check_subscriber(record: SubscriberRecord, log: Sequence[tuple[int, str]]) 
         if id_at.get(serial) != message_id:
             found.append(
                 Violation(
-                    "PHANTOM_DELIVERY", record.channel, f"{where} serial={serial} got {message_id} log has {id_at.get(serial)}"
+                    "PHANTOM_DELIVERY",
+                    record.channel,
+                    f"{where} serial={serial} got {message_id} log has {id_at.get(serial)}",
                 )
             )
         expected = max(expected, serial + 1)

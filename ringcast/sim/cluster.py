@@ -60,7 +60,7 @@ class SimConfig:
     spike_probability: float
     fault_gap_ms: tuple[int, int]
     watch_lag_ms: int
-    load_ms: int = 2_000
+    load_ms: int = 2_500
     settle_ms: int = 2_500
     lease_ttl_ms: int = 300
     keepalive_ms: int = 75
@@ -76,13 +76,13 @@ class SimConfig:
         return cls(
             nodes=rng.randint(2, 4),
             channels=rng.randint(1, 3),
-            publishers=rng.randint(3, 6),
+            publishers=rng.randint(3, 8),
             subscribers=rng.randint(1, 3),
             drop_probability=0.0 if quiet else rng.choice((0.0, 0.01, 0.05, 0.1)),
             duplicate_probability=0.0 if quiet else rng.choice((0.0, 0.02, 0.05)),
             delay_max_ms=rng.choice((2, 5, 10, 30)),
             spike_probability=rng.choice((0.0, 0.01, 0.05)),
-            fault_gap_ms=rng.choice(((40, 120), (80, 250), (150, 500))),
+            fault_gap_ms=rng.choice(((20, 80), (40, 150), (80, 250))),
             watch_lag_ms=rng.choice((0, 50, 200)),
         )
 
@@ -140,6 +140,8 @@ class Network:
         copies = 2 if not reliable and rng.random() < self.config.duplicate_probability else 1
         for _ in range(copies):
             delay = 1 + rng.randrange(self.config.delay_max_ms) + (rng.randrange(lag_ms) if lag_ms else 0)
+            if payload[0] == "ring" and sim.slow_watch.get(destination, 0) > sim.now:
+                delay += rng.randrange(200, 600)
             if rng.random() < self.config.spike_probability:
                 delay += rng.randrange(50, 250)
             sim.at(sim.now + delay, sim.deliver, (source, destination, payload, sim.incarnation_of(source)))
@@ -213,8 +215,8 @@ class SimEtcd:
             self.next_lease += 1
             self.leases[lease] = (source, sim.now + sim.config.lease_ttl_ms)
             self.member_lease[source] = lease
-            sim.network.send(ETCD, source, ("registered", lease, payload[1]))
             self.changed()
+            sim.network.send(ETCD, source, ("registered", lease, payload[1], self.version))
         elif kind == "keepalive":
             lease = payload[1]
             held = self.leases.get(lease)
@@ -299,8 +301,9 @@ class SimNode:
             _, version, members = payload
             core.on_ring(Ring(version, members), fx)
         elif kind == "registered":
-            _, lease, sent = payload
+            _, lease, sent, revision = payload
             self.lease = lease
+            core.on_registered(revision)
             core.on_lease(sent + sim.config.lease_ttl_ms)
             sim.network.send(self.name, ETCD, ("get_ring",))
         elif kind == "keepalive_ok":
@@ -449,7 +452,7 @@ class SimPublisher(SimClient):
         sim.history.publishes.append(PublishOp(op["id"], op["channel"], ids, outcome, serials, op["invoke"], sim.now))
         sim.stats[f"publish_{outcome.value}"] += 1
         self.op = None
-        sim.at(sim.now + 1 + sim.rng.randrange(30), sim.endpoint_call, (self.name, "next_op"))
+        sim.at(sim.now + 1 + sim.rng.randrange(15), sim.endpoint_call, (self.name, "next_op"))
 
 
 class SimSubscriber(SimClient):
@@ -547,6 +550,7 @@ class Simulation:
         self.clients: dict[str, SimPublisher | SimSubscriber] = {}
         self.node_count = 0
         self.incarnations = 0
+        self.slow_watch: dict[str, int] = {}  # node → until when it hears of ring changes late
 
     # ----------------------------------------------------------------------------- scheduling
 
@@ -657,7 +661,9 @@ class Simulation:
     def inject_fault(self, _: object) -> None:
         rng = self.rng
         nodes = [name for name in self.nodes if not self.down.get(name)]
-        kind = rng.choice(("crash", "pause", "partition", "partition", "store", "membership", "weather"))
+        kind = rng.choice(
+            ("crash", "pause", "partition", "partition", "split-owner", "slow-watch", "store", "membership", "weather")
+        )
         self.stats[f"fault_{kind}"] += 1
         if kind == "crash" and len(nodes) > 1:
             victim = rng.choice(nodes)
@@ -669,6 +675,13 @@ class Simulation:
             self.at(self.now + rng.randrange(30, 900), self._resume_call, victim)
         elif kind == "partition":
             self.partition()
+        elif kind == "split-owner":
+            self.split_owner()
+        elif kind == "slow-watch" and nodes:
+            # A gray failure: a node (and so the channels it owns) learns of ring changes late.
+            self.slow_watch[rng.choice(nodes)] = self.now + rng.randrange(200, 900)
+            if rng.random() < 0.5 and self.node_count < self.config.nodes_max:
+                self.add_node()
         elif kind == "store" and self.store_fault is None:
             victim = rng.choice(STORES)
             self.store_fault = victim
@@ -711,6 +724,23 @@ class Simulation:
             for name in side:
                 cut += self.cut_links(name, rest)
         self.at(self.now + rng.randrange(30, 600), self._heal_cut_call, (cut, None))
+
+    def split_owner(self) -> None:
+        """Jepsen's favourite: a channel's owner and one replica on one side, everyone else on the
+        other. The owner can still write to its replica (a minority write) until its lease runs out,
+        while the majority side moves the channel and commits without that replica."""
+        rng = self.rng
+        members = self.etcd.members()
+        if not members:
+            return
+        owner = Ring(self.etcd.version, members).owner(rng.choice(self.channels))
+        assert owner is not None
+        side = [owner, rng.choice(STORES)] + [name for name in sorted(self.clients) if rng.random() < 0.3]
+        rest = [name for name in sorted(self.nodes) + list(STORES) + [ETCD] + sorted(self.clients) if name not in side]
+        cut: list[tuple[str, str]] = []
+        for name in side:
+            cut += self.cut_links(name, rest)
+        self.at(self.now + rng.randrange(100, 700), self._heal_cut_call, (cut, None))
 
     def cut_links(self, victim: str, others: list[str]) -> list[tuple[str, str]]:
         cut = []
@@ -796,7 +826,9 @@ class Simulation:
                 self.now = time_ms
                 callback(argument)
         except InvariantViolation as violation:
-            return SimResult(self.seed, [Violation("INVARIANT", "-", str(violation))], f"{self._digest:08x}", self.stats)
+            return SimResult(
+                self.seed, [Violation("INVARIANT", "-", str(violation))], f"{self._digest:08x}", self.stats
+            )
         return self.judge()
 
     def judge(self) -> SimResult:

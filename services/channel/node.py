@@ -4,7 +4,8 @@ Rules:
 
 1. A node serves a channel only while (a) its etcd lease is valid by its own clock — the deadline is
    the send time of the last acknowledged keep-alive plus the TTL, which is never later than the
-   moment etcd expires the lease — and (b) the newest ring it has seen names it as the owner.
+   moment etcd expires the lease — and (b) the newest ring it has seen names it as the owner and is
+   no older than the node's own registration (so it never acts on a ring from a previous life).
 2. A role is created lazily on the first request for a channel the node owns, at epoch
    `ring version × EPOCH_ATTEMPTS_PER_VERSION + attempt`. Each takeover attempt gets a fresh epoch,
    so two attempts never write different entries under the same (serial, epoch), even when one of
@@ -66,13 +67,29 @@ class ChannelNode:
         self.config = config
         self.ring: Ring | None = None
         self.lease_deadline_ms = 0
+        self.registered_version = 0
         self.roles: dict[str, ChannelRole] = {}
         self._attempts: dict[str, tuple[int, int]] = {}  # channel → (ring version, attempts made)
 
     # ----------------------------------------------------------------------------- membership
 
     def serving(self, now_ms: int) -> bool:
-        return now_ms < self.lease_deadline_ms and self.ring is not None and self.node_id in self.ring
+        ring = self.ring
+        return (
+            now_ms < self.lease_deadline_ms
+            and ring is not None
+            and ring.version >= self.registered_version
+            and self.node_id in ring
+        )
+
+    def on_registered(self, revision: int) -> None:
+        """Our membership key was written at `revision`: serve only under rings at least that new.
+
+        A restarted node may still hear rings from before its restart, in which its previous
+        incarnation owned the same channels; taking over under such a ring could reuse an epoch
+        that incarnation already wrote with.
+        """
+        self.registered_version = max(self.registered_version, revision)
 
     def on_lease(self, deadline_ms: int) -> None:
         """A keep-alive was acknowledged: the lease holds until `deadline_ms` by our clock."""

@@ -336,10 +336,9 @@ class ChannelRole:
         if have < target.serial:
             self._send_read("recover", name, have, target.serial - have, 0, now_ms, fx)
             return
-        if all(not entries or entries[-1].serial >= self.recovery_target[n].serial
-               for n, entries in self.recovery.items()) and not any(
-            r.purpose == "recover" for r in self.reads.values()
-        ):
+        if all(
+            not entries or entries[-1].serial >= self.recovery_target[n].serial for n, entries in self.recovery.items()
+        ) and not any(r.purpose == "recover" for r in self.reads.values()):
             self._install_recovered(self._merge_recovered(), now_ms, fx)
 
     def _merge_recovered(self) -> list[Entry]:
@@ -368,9 +367,14 @@ class ChannelRole:
             else:
                 suffix = entries
             invariant(bool(suffix) and suffix[0].serial == self.tail_base + 1, "adopted suffix follows its base")
-            self.tail = suffix[:-1] + [suffix[-1].with_epoch(self.epoch)]
+            rewrite_from = suffix[-1].serial  # the last adopted entry: what moves commit to our epoch
+            if "adopt-highest-epoch-per-serial" in self.bugs:
+                # The merged suffix mixes logs, so the bug rewrites all of it past the common part.
+                lasts = [r.fence_last.serial for r in self.replicas.values() if r.fence_last is not None]
+                rewrite_from = max(min(lasts) + 1, suffix[0].serial)
+            self.tail = [e if e.serial < rewrite_from else e.with_epoch(self.epoch) for e in suffix]
             self.tail_batch_last = [entry.serial for entry in self.tail]
-            self.epoch_start_serial = self.last
+            self.epoch_start_serial = min(rewrite_from, self.last)
         self.recovered_last = self.last
         for replica in self.replicas.values():
             replica.next = max(self.last, 1)

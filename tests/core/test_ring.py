@@ -152,9 +152,7 @@ def test_a_join_moves_channels_only_to_the_newcomer(
 
 
 @given(data=st.data(), members=member_sets.filter(bool), channels=channel_lists)
-def test_a_leave_moves_only_the_leavers_channels(
-    data: st.DataObject, members: set[str], channels: list[str]
-) -> None:
+def test_a_leave_moves_only_the_leavers_channels(data: st.DataObject, members: set[str], channels: list[str]) -> None:
     leaver = data.draw(st.sampled_from(sorted(members)), label="leaver")
     before = Ring(1, members)
     after = Ring(2, members - {leaver})
