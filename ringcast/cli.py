@@ -46,6 +46,11 @@ def _ring_simulate(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _up(arguments: argparse.Namespace) -> int:
+    print("ringcast up: the gRPC services and the local cluster arrive with issue #3", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringcast", description="ringcast: fault-tolerant realtime pub/sub")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--show", type=int, default=5, help="violating seeds to print in full")
     sim.add_argument("--verbose", action="store_true", help="a line per seed, with its digest")
     sim.set_defaults(handler=_sim)
+
+    up = commands.add_parser("up", help="run a local cluster (not yet: issue #3)")
+    up.set_defaults(handler=_up)
 
     ring = commands.add_parser("ring", help="the placement ring")
     ring_commands = ring.add_subparsers(dest="ring_command", required=True)

@@ -310,11 +310,10 @@ class SimNode:
             _, lease, sent = payload
             if lease == self.lease:
                 core.on_lease(sent + sim.config.lease_ttl_ms)
-        elif kind == "lease_expired":
-            if payload[1] == self.lease:
-                self.lease = 0
-                core.on_lease_lost(fx)
-                self.start()
+        elif kind == "lease_expired" and payload[1] == self.lease:
+            self.lease = 0
+            core.on_lease_lost(fx)
+            self.start()
         self.apply(fx)
 
     def tick(self) -> None:
@@ -573,9 +572,9 @@ class Simulation:
         source, destination, payload, incarnation = message
         if self.down.get(destination):
             return
-        if incarnation and (self.down.get(source) or incarnation != self.incarnation_of(source)):
-            if self.rng.random() < 0.5:  # its sender died: what was still in its buffers may be lost
-                return
+        sender_died = incarnation and (self.down.get(source) or incarnation != self.incarnation_of(source))
+        if sender_died and self.rng.random() < 0.5:  # what was still in a dead sender's buffers may be lost
+            return
         if destination in self.paused:
             self.paused[destination].append((source, payload))
             return

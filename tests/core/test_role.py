@@ -1,0 +1,384 @@
+"""The channel role and node cores, wired straight to three in-memory replicas (no network)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from services.channel.node import EPOCH_ATTEMPTS_PER_VERSION, ChannelNode, NodeConfig, make_epoch
+from services.channel.role import (
+    AppendRequest,
+    ChannelRole,
+    Effects,
+    FenceRequest,
+    ReadRequest,
+    RoleConfig,
+    RoleState,
+)
+from services.common.entries import Entry, Message
+from services.placement.ring import Ring
+from services.store.log import MemoryLogStorage, ReplicaLog
+
+STORES = ("store-a", "store-b", "store-c")
+
+
+class Replicas:
+    """Three replicas answering a role's requests at once, except those marked down."""
+
+    def __init__(self) -> None:
+        self.storages = {name: MemoryLogStorage() for name in STORES}
+        self.logs = {name: ReplicaLog(storage) for name, storage in self.storages.items()}
+        self.down: set[str] = set()
+
+    def run(self, role: ChannelRole, fx: Effects, now_ms: int = 0) -> Effects:
+        """Deliver every request the role sends (and the ones its replies cause) until quiet."""
+        index = 0
+        while index < len(fx.sends):
+            name, request = fx.sends[index]
+            index += 1
+            if name in self.down:
+                continue
+            log = self.logs[name]
+            if isinstance(request, FenceRequest):
+                role.on_fence_reply(name, log.fence(request.channel, request.epoch), now_ms, fx)
+            elif isinstance(request, AppendRequest):
+                reply = log.append(request.channel, request.epoch, request.prev, request.entries)
+                role.on_append_reply(name, request, reply, now_ms, fx)
+            else:
+                assert isinstance(request, ReadRequest)
+                reply = log.read(request.channel, request.after_serial, request.limit)
+                role.on_read_reply(name, request, reply, now_ms, fx)
+        return fx
+
+    def ids(self, name: str, channel: str = "ch") -> list[tuple[int, int, str]]:
+        return [(e.serial, e.epoch, e.message.id) for e in self.storages[name].read(channel, 0, 10_000)]
+
+    def write(self, name: str, entries: list[Entry], channel: str = "ch") -> None:
+        storage = self.storages[name]
+        storage.set_fence(channel, max(storage.fence_of(channel), max(e.epoch for e in entries)))
+        storage.extend(channel, entries)
+
+
+def take_over(replicas: Replicas, epoch: int, config: RoleConfig | None = None, now_ms: int = 0) -> ChannelRole:
+    role = ChannelRole("ch", epoch, config or RoleConfig(), now_ms)
+    fx = Effects()
+    role.start(fx)
+    replicas.run(role, fx, now_ms)
+    return role
+
+
+def publish(replicas: Replicas, role: ChannelRole, token: int, *ids: str, now_ms: int = 0) -> Effects:
+    fx = Effects()
+    role.publish(token, tuple(Message(message_id) for message_id in ids), now_ms, fx)
+    return replicas.run(role, fx, now_ms)
+
+
+def entries(epoch: int, first: int, *ids: str) -> list[Entry]:
+    return [Entry.make(first + index, epoch, Message(message_id)) for index, message_id in enumerate(ids)]
+
+
+def test_takeover_of_an_empty_channel_serves_and_acks_at_quorum() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    assert role.state is RoleState.SERVING
+    replicas.down = {"store-c"}
+    fx = publish(replicas, role, 1, "m1", "m2")
+    assert [(token, result.ok, result.serials) for token, result in fx.results] == [(1, True, (1, 2))]
+    assert replicas.ids("store-a") == [(1, 7, "m1"), (2, 7, "m2")]
+    assert replicas.ids("store-c") == []
+
+
+def test_no_ack_without_a_quorum_then_ack_once_a_replica_returns() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    replicas.down = {"store-b", "store-c"}
+    fx = publish(replicas, role, 1, "m1")
+    assert fx.results == []
+    replicas.down = set()
+    fx = Effects()
+    role.tick(10_000, fx)  # the append to store-b timed out: it is sent again
+    replicas.run(role, fx, 10_000)
+    assert [(token, result.serials) for token, result in fx.results] == [(1, (1,))]
+
+
+def test_ack_before_quorum_bug_acks_with_no_replica() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"ack-before-quorum"})))
+    replicas.down = set(STORES)
+    fx = publish(replicas, role, 1, "m1")
+    assert [result.ok for _, result in fx.results] == [True]
+
+
+def test_duplicate_id_returns_the_original_serial_also_after_takeover() -> None:
+    replicas = Replicas()
+    first = take_over(replicas, epoch=7)
+    publish(replicas, first, 1, "a", "b")
+    fx = publish(replicas, first, 2, "b", "c")
+    ((_, result),) = fx.results
+    assert result.serials == (2, 3) and result.duplicates == (True, False)
+    second = take_over(replicas, epoch=9)
+    fx = publish(replicas, second, 3, "a")
+    ((_, result),) = fx.results
+    assert result.serials == (1,) and result.duplicates == (True,)
+    assert [message_id for _, _, message_id in replicas.ids("store-a")] == ["a", "b", "c"]
+
+
+def test_reset_dedup_bug_stores_a_retry_twice() -> None:
+    replicas = Replicas()
+    first = take_over(replicas, epoch=7)
+    publish(replicas, first, 1, "a")
+    buggy = take_over(replicas, epoch=9, config=RoleConfig(bugs=frozenset({"reset-dedup-on-takeover"})))
+    fx = publish(replicas, buggy, 2, "a")
+    ((_, result),) = fx.results
+    assert result.serials == (2,)
+
+
+def test_takeover_rewrites_the_last_adopted_entry_at_its_epoch() -> None:
+    replicas = Replicas()
+    for name in STORES:
+        replicas.write(name, entries(5, 1, "x", "y"))
+    role = take_over(replicas, epoch=8)
+    assert role.last == 2 and role.epoch_start_serial == 2
+    assert role.commit == 2  # the rewritten entry is on a quorum, so everything up to it is committed
+    assert replicas.ids("store-a") == [(1, 5, "x"), (2, 8, "y")]
+
+
+def superseded_minority_write() -> Replicas:
+    """DESIGN §3's trap. Owner e10 committed 1..3 and wrote 4, 5 to store-a only. Owner e20 fenced
+    store-b and store-c, adopted 1..3, rewrote 3 and committed its own serial 4 ("new")."""
+    replicas = Replicas()
+    committed = entries(10, 1, "m1", "m2", "m3")
+    replicas.write("store-a", committed + entries(10, 4, "old4", "old5"))
+    for name in ("store-b", "store-c"):
+        replicas.write(name, committed[:2] + entries(20, 3, "m3", "new"))
+    replicas.down = {"store-c"}  # the next owner fences store-a and store-b
+    return replicas
+
+
+def test_recovery_adopts_the_most_up_to_date_log_and_keeps_superseded_entries_out() -> None:
+    replicas = superseded_minority_write()
+    role = take_over(replicas, epoch=30)
+    assert [(e.serial, e.message.id) for e in role.tail] == [(1, "m1"), (2, "m2"), (3, "m3"), (4, "new")]
+    assert [message_id for _, _, message_id in replicas.ids("store-a")] == ["m1", "m2", "m3", "new"]
+
+
+def test_adopt_highest_epoch_per_serial_bug_resurrects_the_superseded_entry() -> None:
+    replicas = superseded_minority_write()
+    bugs = frozenset({"adopt-highest-epoch-per-serial"})
+    role = take_over(replicas, epoch=30, config=RoleConfig(bugs=bugs))
+    assert [e.message.id for e in role.tail] == ["m1", "m2", "m3", "new", "old5"]
+
+
+def test_recover_from_one_bug_can_adopt_a_stale_log() -> None:
+    replicas = Replicas()
+    for name in ("store-b", "store-c"):
+        replicas.write(name, entries(5, 1, "x", "y"))
+    role = take_over(replicas, epoch=8, config=RoleConfig(bugs=frozenset({"recover-from-one"})))
+    assert role.last == 0  # it trusted store-a alone, which has nothing: x and y are gone
+    correct = take_over(Replicas(), epoch=8)
+    assert correct.last == 0
+    replicas_ok = Replicas()
+    for name in ("store-b", "store-c"):
+        replicas_ok.write(name, entries(5, 1, "x", "y"))
+    assert take_over(replicas_ok, epoch=8).last == 2
+
+
+def test_a_fenced_owner_steps_down_and_fails_pending_publishes_as_retryable() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    for name in ("store-a", "store-b"):
+        replicas.logs[name].fence("ch", 9)
+    fx = publish(replicas, role, 1, "m1")
+    assert role.state is RoleState.STOPPED and role.stop_reason == "FENCED"
+    ((_, result),) = fx.results
+    assert not result.ok and result.reason == "CHANNEL_MOVED" and result.retryable and result.maybe_stored
+
+
+def test_a_stale_owner_cannot_take_over() -> None:
+    replicas = Replicas()
+    for name in STORES:
+        replicas.logs[name].fence("ch", 9)
+    role = take_over(replicas, epoch=7)
+    assert role.state is RoleState.STOPPED and role.stop_reason == "FENCED"
+
+
+def test_skip_fence_bug_leaves_replicas_unfenced() -> None:
+    replicas = Replicas()
+    take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"skip-fence"})))
+    assert all(storage.fence_of("ch") == 0 for storage in replicas.storages.values())
+    take_over(replicas, epoch=7)
+    assert all(storage.fence_of("ch") == 7 for storage in replicas.storages.values())
+
+
+def test_bounded_recovery_read_and_backfill_of_an_empty_replica() -> None:
+    config = RoleConfig(recovery_read_entries_max=5, tail_entries_max=4, read_entries_max=3, append_entries_max=2)
+    replicas = Replicas()
+    replicas.down = {"store-c"}
+    first = take_over(replicas, epoch=7, config=config)
+    for index in range(20):
+        publish(replicas, first, index, f"m{index}")
+    replicas.down = set()
+    second = take_over(replicas, epoch=9, config=config)
+    assert second.tail_base == 15 and second.last == 20  # read 5 entries and the one before them
+    for now_ms in range(0, 40_000, 2_000):
+        fx = Effects()
+        second.tick(now_ms, fx)
+        replicas.run(second, fx, now_ms)
+    expected = [message_id for _, _, message_id in replicas.ids("store-a")]
+    assert [message_id for _, _, message_id in replicas.ids("store-c")] == expected
+    assert len(expected) == 20
+
+
+def test_history_below_the_tail_is_read_from_a_matching_replica() -> None:
+    config = RoleConfig(tail_entries_max=4, read_entries_max=3)
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=config)
+    for index in range(12):
+        publish(replicas, role, index, f"m{index}")
+    assert role.tail_base > 0
+    fx = Effects()
+    role.read_history(99, 0, 100, 0, fx)
+    replicas.run(role, fx)
+    ((token, result),) = fx.histories
+    assert token == 99 and [e.serial for e in result.entries] == [1, 2, 3]  # one page: read_entries_max
+
+
+def test_subscribers_get_only_committed_entries_in_order() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    fx = Effects()
+    role.subscribe(5, 0, 0, fx)
+    replicas.down = {"store-b", "store-c"}
+    fx = publish(replicas, role, 1, "m1", "m2")
+    assert fx.deliveries == []
+    replicas.down = set()
+    fx = Effects()
+    role.tick(10_000, fx)
+    replicas.run(role, fx, 10_000)
+    delivered = [e.serial for _, delivery in fx.deliveries for e in delivery.entries]
+    assert delivered == [1, 2]
+
+
+def test_deliver_uncommitted_bug_delivers_before_quorum() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"deliver-uncommitted"})))
+    role.subscribe(5, 0, 0, Effects())
+    replicas.down = {"store-b", "store-c"}
+    fx = publish(replicas, role, 1, "m1")
+    assert [e.serial for _, delivery in fx.deliveries for e in delivery.entries] == [1]
+
+
+def test_a_subscriber_resuming_mid_log_gets_exactly_the_rest() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    for index in range(5):
+        publish(replicas, role, index, f"m{index}")
+    fx = Effects()
+    role.subscribe(5, 3, 0, fx)
+    assert [e.serial for _, delivery in fx.deliveries for e in delivery.entries] == [4, 5]
+
+
+def test_stop_ends_subscriptions_and_fails_queued_publishes() -> None:
+    role = ChannelRole("ch", 7, RoleConfig(), 0)
+    fx = Effects()
+    role.start(fx)
+    role.subscribe(5, 0, 0, fx)
+    role.publish(1, (Message("m"),), 0, fx)
+    role.stop("CHANNEL_MOVED", fx)
+    assert [(token, result.maybe_stored) for token, result in fx.results] == [(1, False)]
+    assert [(token, delivery.end_reason) for token, delivery in fx.deliveries] == [(5, "CHANNEL_MOVED")]
+
+
+def test_takeover_times_out_without_a_quorum() -> None:
+    replicas = Replicas()
+    replicas.down = {"store-b", "store-c"}
+    role = take_over(replicas, epoch=7)
+    fx = Effects()
+    role.tick(RoleConfig().takeover_timeout_ms + 1, fx)
+    assert role.state is RoleState.STOPPED and role.stop_reason == "TAKEOVER_TIMEOUT"
+
+
+def test_batch_over_the_pending_bound_is_refused_and_changes_nothing() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=RoleConfig(pending_entries_max=2))
+    replicas.down = set(STORES)
+    fx = publish(replicas, role, 1, "a", "b", "c")
+    ((_, result),) = fx.results
+    assert not result.ok and result.reason == "OWNER_OVERLOADED" and not result.maybe_stored
+    assert role.last == 0
+
+
+# ----------------------------------------------------------------------------- the node
+
+
+def node_with(ring_members: tuple[str, ...], version: int = 3) -> ChannelNode:
+    node = ChannelNode("n1", NodeConfig())
+    node.on_registered(version)
+    node.on_lease(1_000)
+    node.on_ring(Ring(version, ring_members), Effects())
+    return node
+
+
+def test_node_answers_not_owner_for_channels_of_others() -> None:
+    node = node_with(("n1", "n2"))
+    channel = next(f"c{i}" for i in range(100) if Ring(3, ("n1", "n2")).owner(f"c{i}") == "n2")
+    fx = Effects()
+    node.publish(channel, 1, (Message("m"),), 0, fx)
+    ((_, result),) = fx.results
+    assert result.reason == "NOT_OWNER" and not result.maybe_stored
+
+
+def test_node_epochs_grow_per_attempt_and_per_ring_version() -> None:
+    node = node_with(("n1",))
+    fx = Effects()
+    node.publish("ch", 1, (Message("m"),), 0, fx)
+    assert node.roles["ch"].epoch == make_epoch(3, 0)
+    node.roles["ch"].stop("TAKEOVER_TIMEOUT", fx)
+    node.publish("ch", 2, (Message("m"),), 0, fx)
+    assert node.roles["ch"].epoch == make_epoch(3, 1)
+    node.on_ring(Ring(4, ("n1", "n2")), fx)
+    node.roles.pop("ch", None)
+    owned = next(f"c{i}" for i in range(100) if Ring(4, ("n1", "n2")).owner(f"c{i}") == "n1")
+    node.publish(owned, 3, (Message("m"),), 0, fx)
+    assert node.roles[owned].epoch == make_epoch(4, 0) > make_epoch(3, EPOCH_ATTEMPTS_PER_VERSION - 1)
+
+
+def test_node_drops_every_channel_when_its_lease_runs_out() -> None:
+    node = node_with(("n1",))
+    fx = Effects()
+    node.publish("ch", 1, (Message("m"),), 0, fx)
+    assert node.roles
+    node.tick(1_000, fx)
+    assert node.roles == {}
+    assert [result.reason for _, result in fx.results] == ["LEASE_LOST"]
+
+
+def test_node_stops_a_role_when_the_ring_moves_its_channel() -> None:
+    node = node_with(("n1",))
+    fx = Effects()
+    moving = next(f"c{i}" for i in range(100) if Ring(4, ("n1", "n2")).owner(f"c{i}") == "n2")
+    node.publish(moving, 1, (Message("m"),), 0, fx)
+    node.on_ring(Ring(4, ("n1", "n2")), fx)
+    assert moving not in node.roles
+    assert [result.reason for _, result in fx.results] == ["CHANNEL_MOVED"]
+
+
+def test_node_never_serves_under_a_ring_older_than_its_registration() -> None:
+    node = ChannelNode("n1", NodeConfig())
+    node.on_lease(1_000)
+    node.on_ring(Ring(3, ("n1",)), Effects())
+    node.on_registered(5)
+    assert not node.serving(0)
+    node.on_ring(Ring(5, ("n1",)), Effects())
+    assert node.serving(0)
+
+
+@pytest.mark.parametrize("attempt", [-1, EPOCH_ATTEMPTS_PER_VERSION])
+def test_make_epoch_refuses_attempts_out_of_bounds(attempt: int) -> None:
+    with pytest.raises(AssertionError):
+        make_epoch(3, attempt)
+
+
+def test_role_config_is_a_value() -> None:
+    assert replace(RoleConfig(), dedup_window_ms=5).dedup_window_ms == 5
