@@ -39,16 +39,19 @@ def _sim(arguments: argparse.Namespace) -> int:
     return 1 if violating_seeds and not bugs else 0
 
 
-def _ring_simulate(arguments: argparse.Namespace) -> int:
-    from services.placement.ring import format_stats, simulate
+def _ring(arguments: argparse.Namespace) -> int:
+    if arguments.channels[:1] == ["simulate"]:
+        from services.placement.ring import format_stats, simulate
 
-    print(format_stats(simulate(arguments.nodes, arguments.channels)))
-    return 0
+        if arguments.nodes is None or arguments.channel_count is None:
+            print("usage: ringcast ring simulate --nodes N --channels M", file=sys.stderr)
+            return 2
+        print(format_stats(simulate(arguments.nodes, arguments.channel_count)))
+        return 0
+    from ringcast.commands import client
 
-
-def _up(arguments: argparse.Namespace) -> int:
-    print("ringcast up: the gRPC services and the local cluster arrive with issue #3", file=sys.stderr)
-    return 2
+    arguments.placement = arguments.placement or client.default_placement()
+    return client.ring(arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,20 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--verbose", action="store_true", help="a line per seed, with its digest")
     sim.set_defaults(handler=_sim)
 
-    up = commands.add_parser("up", help="run a local cluster (not yet: issue #3)")
-    up.set_defaults(handler=_up)
+    from ringcast.commands import bench, client
+    from ringcast.commands import up as up_command
 
-    ring = commands.add_parser("ring", help="the placement ring")
-    ring_commands = ring.add_subparsers(dest="ring_command", required=True)
-    ring_simulate = ring_commands.add_parser("simulate", help="measure balance and movement of the ring")
-    ring_simulate.add_argument("--nodes", type=int, required=True)
-    ring_simulate.add_argument("--channels", type=int, required=True)
-    ring_simulate.set_defaults(handler=_ring_simulate)
+    up_command.add_parser(commands)
+    client.add_parsers(commands)
+    bench.add_parser(commands)
+
+    ring = commands.add_parser(
+        "ring", help="show the ring: members, version, owners of given channels; or `ring simulate`"
+    )
+    ring.add_argument("channels", nargs="*", help="channels whose owner to show")
+    ring.add_argument("--placement", default=None, help="placement address (default: the local cluster's)")
+    ring.add_argument("--timeout", type=float, default=10.0)
+    ring.add_argument("--nodes", type=int, help="with `simulate`: nodes")
+    ring.add_argument("--channels", dest="channel_count", type=int, help="with `simulate`: channels")
+    ring.set_defaults(handler=_ring)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    if getattr(arguments, "gateway", "unset") is None and arguments.command != "bench":
+        from ringcast.commands.client import default_gateway
+
+        arguments.gateway = default_gateway()
     return int(arguments.handler(arguments))
 
 

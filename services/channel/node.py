@@ -68,6 +68,7 @@ class ChannelNode:
         self.ring: Ring | None = None
         self.lease_deadline_ms = 0
         self.registered_version = 0
+        self.wall_offset_ms = 0  # wall-clock time minus `now_ms`, for message timestamps
         self.roles: dict[str, ChannelRole] = {}
         self._attempts: dict[str, tuple[int, int]] = {}  # channel → (ring version, attempts made)
 
@@ -139,6 +140,7 @@ class ChannelNode:
             return "TAKEOVER_ATTEMPTS_EXHAUSTED"
         self._attempts[channel] = (version, attempts + 1)
         role = ChannelRole(channel, make_epoch(version, attempts), self.config.role, now_ms)
+        role.wall_offset_ms = self.wall_offset_ms
         self.roles[channel] = role
         role.start(fx)
         return role
@@ -208,6 +210,12 @@ class ChannelNode:
             del self.roles[role.channel]
 
     # ----------------------------------------------------------------------------- time
+
+    def set_wall_offset(self, wall_offset_ms: int) -> None:
+        """Wall-clock time is `now_ms + wall_offset_ms` (the adapter measures it; the core reads no clock)."""
+        self.wall_offset_ms = wall_offset_ms
+        for role in self.roles.values():
+            role.wall_offset_ms = wall_offset_ms
 
     def tick(self, now_ms: int, fx: Effects) -> None:
         if self.roles and not self.serving(now_ms):

@@ -233,6 +233,9 @@ class ChannelRole:
         self.replicas = {name: _Replica(name) for name in config.replicas}
         self.started_ms = now_ms
         self.last_activity_ms = now_ms
+        # `now_ms` is a monotonic clock (timers); message timestamps and the dedup window's ages are
+        # wall-clock time, `now_ms + wall_offset_ms`, kept current by the node.
+        self.wall_offset_ms = 0
         # The owner's log: entries (tail_base, last] in memory; epoch of entry tail_base known.
         self.tail: list[Entry] = []
         self.tail_batch_last: list[int] = []  # per tail entry: last serial of its publish batch
@@ -385,7 +388,7 @@ class ChannelRole:
         if "reset-dedup-on-takeover" not in self.bugs:
             for entry in self.tail:
                 self.dedup.add(entry.message.id, entry.serial, entry.message.timestamp_ms)
-            self.dedup.expire(now_ms)
+            self.dedup.expire(now_ms + self.wall_offset_ms)
         self.state = RoleState.SERVING
         self.recovery.clear()
         self.recovery_target.clear()
@@ -409,7 +412,8 @@ class ChannelRole:
             else:
                 self.queued.append((token, messages))
             return
-        if self.last - self.commit + len(messages) > self.config.pending_entries_max:
+        uncommitted = self.last - max(self.commit, self.epoch_start_serial - 1)  # adopted entries do not count
+        if uncommitted + len(messages) > self.config.pending_entries_max:
             fx.results.append((token, PublishResult(False, reason="OWNER_OVERLOADED", retryable=True)))
             return
         serials: list[int] = []
@@ -425,10 +429,10 @@ class ChannelRole:
                 duplicates.append(True)
                 continue
             serial = self.last + 1
-            entry = Entry.make(serial, self.epoch, message.stamped(now_ms))
+            entry = Entry.make(serial, self.epoch, message.stamped(now_ms + self.wall_offset_ms))
             self.tail.append(entry)
             self.tail_batch_last.append(0)  # filled in below, once the batch's end is known
-            self.dedup.add(message.id, serial, now_ms)
+            self.dedup.add(message.id, serial, now_ms + self.wall_offset_ms)
             seen_in_batch[message.id] = serial
             serials.append(serial)
             duplicates.append(False)
@@ -753,7 +757,7 @@ class ChannelRole:
         for sequence, read in list(self.reads.items()):
             if now_ms - read.sent_ms > self.config.read_timeout_ms:
                 self._fail_read(sequence, now_ms, fx)
-        self.dedup.expire(now_ms)
+        self.dedup.expire(now_ms + self.wall_offset_ms)
         self._pump(now_ms, fx)
         self._feed_subscribers(now_ms, fx)
         self._answer_histories(now_ms, fx)

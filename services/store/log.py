@@ -265,7 +265,7 @@ class MemoryLogStorage:
         if not log:
             return []
         start = max(after_serial, 0)
-        return log.entries[start : start + limit]
+        return log.entries[start : start + max(limit, 0)]
 
     def replay(self, journal: Sequence[tuple[str, str, object]]) -> None:
         """Apply mutations recorded by another storage's journal, in order."""

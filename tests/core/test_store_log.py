@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from services.common.entries import ORIGIN, Entry, Message, Position
 from services.store import log as log_module
@@ -456,7 +456,8 @@ def test_refused_and_duplicate_appends_and_repeated_fences_record_nothing() -> N
     replica.fence(channel, 1)  # fenced
     replica.append(channel, 1, ORIGIN, _entries(1, [1]))  # fenced
     replica.append(channel, 2, Position(7, 2), _entries(8, [2]))  # mismatch
-    replica.append(channel, 2, ORIGIN, held[:2])  # late duplicate
+    replica.append(channel, 2, ORIGIN, held[:2])  # late duplicate of a prefix
+    replica.append(channel, 2, Position(1, 2), held[1:])  # late duplicate reaching the end of the log
     assert journal[length:] == []
 
 
@@ -520,7 +521,7 @@ def test_clone_without_a_journal_records_nothing() -> None:
     assert storage.fence_of(channel) == 1
 
 
-# A stateful model: owners at distinct epochs, each with its own copy of the log.
+# Rule 3 against a naive reference, on a replica and an owner whose logs share a prefix then diverge.
 
 
 def _reference_append(log: list[Entry], entries: Sequence[Entry]) -> list[Entry]:
@@ -533,7 +534,65 @@ def _reference_append(log: list[Entry], entries: Sequence[Entry]) -> list[Entry]
     return result
 
 
-epochs_max = 8
+nondecreasing_epochs = st.lists(st.integers(min_value=1, max_value=4), max_size=8).map(sorted)
+
+
+@given(
+    common_epochs=nondecreasing_epochs,
+    replica_extra=st.integers(min_value=0, max_value=6),
+    owner_shares=st.integers(min_value=0, max_value=6),
+    owner_new=st.integers(min_value=0, max_value=4),
+    data=st.data(),
+)
+def test_append_matches_the_naive_reference(
+    common_epochs: list[int], replica_extra: int, owner_shares: int, owner_new: int, data: st.DataObject
+) -> None:
+    owner_epoch = 5
+    # After the common part, earlier owners (epochs up to 4) wrote a tail this replica holds.
+    floor = common_epochs[-1] if common_epochs else 1
+    replica_tail_epochs = sorted(
+        data.draw(st.lists(st.integers(floor, 4), min_size=replica_extra, max_size=replica_extra))
+    )
+    replica_log = _entries(1, [*common_epochs, *replica_tail_epochs], tag="replica")
+    # The owner holds the common part, a copy of some of the replica's tail, then its own entries at epoch 5.
+    shared = replica_log[: len(common_epochs) + min(owner_shares, replica_extra)]
+    owner_log = shared + _entries(len(shared) + 1, [owner_epoch] * owner_new, tag="owner")
+
+    storage = MemoryLogStorage()
+    storage.set_fence(channel, data.draw(st.integers(min_value=max(floor, *replica_tail_epochs, 0), max_value=5)))
+    storage.extend(channel, replica_log)
+    replica = ReplicaLog(storage)
+    start = data.draw(st.integers(min_value=0, max_value=len(owner_log)), label="prev index")
+    end = data.draw(st.integers(min_value=start, max_value=len(owner_log)), label="end")
+    prev = owner_log[start - 1].position if start else ORIGIN
+    entries = owner_log[start:end]
+
+    reply = replica.append(channel, owner_epoch, prev, entries)
+
+    assert reply.fence_epoch == storage.fence_of(channel) == owner_epoch
+    if prev.serial == 0 or (prev.serial <= len(replica_log) and replica_log[prev.serial - 1].epoch == prev.epoch):
+        assert reply.status is AppendStatus.OK
+        expected = _reference_append(replica_log, entries)
+        assert _held(storage) == expected
+        assert reply.match_serial == end
+        assert _held(storage)[:end] == owner_log[:end]
+        assert reply.last == (expected[-1].position if expected else ORIGIN)
+    else:
+        assert reply.status is AppendStatus.MISMATCH
+        assert _held(storage) == replica_log
+        assert reply.last == (replica_log[-1].position if replica_log else ORIGIN)
+        if prev.serial <= len(replica_log):
+            held_epoch = replica_log[prev.serial - 1].epoch
+            first = next(entry.serial for entry in replica_log if entry.epoch == held_epoch)
+            assert (reply.conflict_epoch, reply.conflict_first_serial) == (held_epoch, first)
+        else:
+            assert (reply.conflict_epoch, reply.conflict_first_serial) == (0, 0)
+
+
+# A stateful model: owners at distinct epochs, each with its own copy of the log.
+
+
+epochs_max = 12
 malformations = st.sampled_from(["checksum", "serial", "epoch-above", "epoch-below", "prev-above"])
 
 
@@ -556,12 +615,22 @@ class ReplicaLogMachine(RuleBasedStateMachine):
         self.message_count += 1
         return Message(f"message-{self.message_count}")
 
+    @initialize(data=st.data())
+    def first_owner(self, data: st.DataObject) -> None:
+        self.take_over(data)
+
     @precondition(lambda self: len(self.owners) < epochs_max)
-    @rule(keep=st.integers(min_value=0, max_value=40), data=st.data())
-    def take_over(self, keep: int, data: st.DataObject) -> None:
-        # Each epoch has one owner; epochs are taken in any order, so some owners start out stale.
+    @rule(data=st.data())
+    def take_over(self, data: st.DataObject) -> None:
+        # Each epoch has one owner. Usually the next owner takes the next epoch above the fence; sometimes
+        # an owner arrives late with an epoch below the fence and is stale from the start.
         unused = [epoch for epoch in range(1, epochs_max + 1) if epoch not in self.owners]
-        epoch = data.draw(st.sampled_from(unused), label="epoch")
+        stale = [epoch for epoch in unused if epoch < self.fence]
+        fresh = [epoch for epoch in unused if epoch > self.fence]
+        if stale and (not fresh or data.draw(st.integers(min_value=0, max_value=3), label="stale") == 0):
+            epoch = data.draw(st.sampled_from(stale), label="stale epoch")
+        else:
+            epoch = fresh[0]
         before = self._log()
         reply = self.replica.fence(channel, epoch)
         assert reply.fenced == (epoch < self.fence)
@@ -572,33 +641,54 @@ class ReplicaLogMachine(RuleBasedStateMachine):
         # The owner adopts a prefix of this log (as if another replica of the fence quorum were shorter),
         # keeping only entries it could have seen (a stale owner never sees later epochs), then rewrites
         # the tail at its own epoch, as recovery does.
+        keep = data.draw(st.integers(min_value=0, max_value=len(before)), label="keep")
         adopted = [entry for entry in before[:keep] if entry.epoch <= epoch]
         rewrite = data.draw(st.integers(min_value=1 if adopted else 0, max_value=len(adopted)), label="rewrite")
         for index in range(len(adopted) - rewrite, len(adopted)):
             adopted[index] = adopted[index].with_epoch(epoch)
         self.owners[epoch] = adopted
+        if data.draw(st.booleans(), label="recover now"):
+            # Recovery writes the rewritten tail right away, after the last entry it did not rewrite.
+            start = len(adopted) - rewrite
+            self._send(epoch, adopted[start - 1].position if start else ORIGIN, adopted[start:])
 
-    @precondition(lambda self: self.owners)
     @rule(data=st.data(), count=st.integers(min_value=1, max_value=3))
     def publish(self, data: st.DataObject, count: int) -> None:
-        epoch = data.draw(st.sampled_from(sorted(self.owners)), label="owner")
+        epoch = self._draw_owner(data)
         owner_log = self.owners[epoch]
         for _ in range(count):
             owner_log.append(Entry.make(len(owner_log) + 1, epoch, self._new_message()))
 
-    def _draw_append(self, data: st.DataObject, length_min: int = 0) -> tuple[int, Position, list[Entry]]:
+    def _draw_owner(self, data: st.DataObject, length_min: int = 0) -> int:
+        """Usually the newest owner (the one that is not stale), sometimes any owner."""
         epochs = sorted(epoch for epoch, owner_log in self.owners.items() if len(owner_log) >= length_min)
-        epoch = data.draw(st.sampled_from(epochs), label="owner")
+        if data.draw(st.booleans(), label="newest"):
+            return epochs[-1]
+        return data.draw(st.sampled_from(epochs), label="owner")
+
+    def _draw_append(self, data: st.DataObject, length_min: int = 0) -> tuple[int, Position, list[Entry]]:
+        epoch = self._draw_owner(data, length_min)
         owner_log = self.owners[epoch]
         start = data.draw(st.integers(min_value=0, max_value=len(owner_log) - length_min), label="prev index")
         length = data.draw(st.integers(min_value=length_min, max_value=len(owner_log) - start), label="length")
         prev = owner_log[start - 1].position if start else ORIGIN
         return epoch, prev, owner_log[start : start + length]
 
-    @precondition(lambda self: self.owners)
+    @rule(data=st.data(), count=st.integers(min_value=0, max_value=3))
+    def publish_and_send_tail(self, data: st.DataObject, count: int) -> None:
+        """The common case: an owner publishes and sends everything from some point to its end."""
+        epoch = self._draw_owner(data)
+        owner_log = self.owners[epoch]
+        for _ in range(count):
+            owner_log.append(Entry.make(len(owner_log) + 1, epoch, self._new_message()))
+        start = data.draw(st.integers(min_value=0, max_value=len(owner_log)), label="prev index")
+        self._send(epoch, owner_log[start - 1].position if start else ORIGIN, owner_log[start:])
+
     @rule(data=st.data())
     def send_append(self, data: st.DataObject) -> None:
-        epoch, prev, entries = self._draw_append(data)
+        self._send(*self._draw_append(data))
+
+    def _send(self, epoch: int, prev: Position, entries: list[Entry]) -> None:
         before = self._log()
         reply = self.replica.append(channel, epoch, prev, entries)
         if epoch < self.fence:
@@ -673,5 +763,5 @@ class ReplicaLogMachine(RuleBasedStateMachine):
         assert _held(replayed) == self._log()
 
 
-ReplicaLogMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
+ReplicaLogMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_replica_log_model = ReplicaLogMachine.TestCase

@@ -1,0 +1,1 @@
+"""Describing and running whole clusters of local processes (`ringcast up`, integration tests)."""

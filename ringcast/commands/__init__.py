@@ -1,0 +1,1 @@
+"""The subcommands of `ringcast`, one module per group."""

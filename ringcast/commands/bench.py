@@ -1,0 +1,124 @@
+"""`ringcast bench`: concurrent publishers against a running cluster; msgs/s and publish→ack latency.
+
+It reports numbers with the conditions they were measured under; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+import uuid
+
+import grpc
+
+from ringcast.v1 import message_pb2
+from ringcast.v1 import realtime_service_pb2 as realtime_pb2
+from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+
+
+async def _publisher(
+    stub: realtime_grpc.RealtimeServiceStub,
+    channel: str,
+    batch: int,
+    payload: bytes,
+    stop_at: float,
+    latencies_ms: list[float],
+    errors: list[str],
+) -> None:
+    prefix = uuid.uuid4().hex
+    count = 0
+    while time.monotonic() < stop_at:
+        messages = []
+        for _ in range(batch):
+            count += 1
+            messages.append(message_pb2.Message(id=f"{prefix}-{count}", data=payload))
+        started = time.perf_counter()
+        try:
+            await stub.Publish(realtime_pb2.PublishRequest(channel=channel, messages=messages), timeout=10)
+        except grpc.RpcError as error:
+            errors.append(error.code().name)
+            continue
+        latencies_ms.append((time.perf_counter() - started) * 1000)
+
+
+async def bench(
+    gateways: list[str], publishers: int, seconds: float, size: int, batch: int, channels: int
+) -> dict[str, object]:
+    links = [grpc.aio.insecure_channel(address) for address in gateways]
+    stubs = [realtime_grpc.RealtimeServiceStub(link) for link in links]
+    payload = os.urandom(size)
+    latencies: list[float] = []
+    errors: list[str] = []
+    run = uuid.uuid4().hex[:8]
+    # Warm up: take every channel over before the clock starts.
+    for index in range(channels):
+        warm = message_pb2.Message(id=f"warm-{run}-{index}", data=payload)
+        await stubs[0].Publish(realtime_pb2.PublishRequest(channel=f"bench-{run}-{index}", messages=[warm]), timeout=30)
+    stop_at = time.monotonic() + seconds
+    started = time.monotonic()
+    await asyncio.gather(
+        *(
+            _publisher(stubs[i % len(stubs)], f"bench-{run}-{i % channels}", batch, payload, stop_at, latencies, errors)
+            for i in range(publishers)
+        )
+    )
+    elapsed = time.monotonic() - started
+    for link in links:
+        await link.close()
+    ordered = sorted(latencies)
+
+    def percentile(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+    return {
+        "publishers": publishers,
+        "seconds": round(elapsed, 2),
+        "message_bytes": size,
+        "batch": batch,
+        "channels": channels,
+        "gateways": len(gateways),
+        "cpus": os.cpu_count(),
+        "publishes": len(latencies),
+        "msgs_per_s": round(len(latencies) * batch / elapsed, 1),
+        "ack_p50_ms": round(percentile(0.50), 2),
+        "ack_p99_ms": round(percentile(0.99), 2),
+        "ack_mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+        "errors": len(errors),
+    }
+
+
+def run(arguments: argparse.Namespace) -> int:
+    from ringcast.commands.client import default_gateway
+
+    gateways = arguments.gateway or [default_gateway()]
+    for publishers in arguments.publishers:
+        result = asyncio.run(
+            bench(gateways, publishers, arguments.seconds, arguments.size, arguments.batch, arguments.channels)
+        )
+        if arguments.json:
+            print(json.dumps(result))
+        else:
+            print(
+                f"publishers={result['publishers']} msgs/s={result['msgs_per_s']} "
+                f"ack_p50_ms={result['ack_p50_ms']} ack_p99_ms={result['ack_p99_ms']} errors={result['errors']} "
+                f"(size={result['message_bytes']}B batch={result['batch']} channels={result['channels']} "
+                f"gateways={result['gateways']} seconds={result['seconds']} cpus={result['cpus']})",
+                flush=True,
+            )
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    command = commands.add_parser("bench", help="publish throughput and publish→ack latency against a cluster")
+    command.add_argument("--gateway", action="append", help="gateway address (repeatable; default: local cluster)")
+    command.add_argument("--publishers", type=int, nargs="+", default=[1, 16, 256], help="concurrent publishers")
+    command.add_argument("--seconds", type=float, default=10.0)
+    command.add_argument("--size", type=int, default=100, help="message data bytes")
+    command.add_argument("--batch", type=int, default=1, help="messages per publish")
+    command.add_argument("--channels", type=int, default=16)
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(handler=run)

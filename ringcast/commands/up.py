@@ -1,0 +1,89 @@
+"""`ringcast up`: etcd, placement, three stores, channel nodes and gateways on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ringcast.cluster.launcher import Launcher, healthy
+from ringcast.cluster.topology import local_topology, sequential_ports
+
+status_interval_s = 2.0
+
+
+def _port_taken(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as sock:
+        return sock.connect_ex((host, int(port))) == 0
+
+
+def run(arguments: argparse.Namespace) -> int:
+    state_dir = Path.cwd() / ".ringcast"
+    if arguments.clean and state_dir.exists():
+        shutil.rmtree(state_dir)
+    if shutil.which("etcd") is None:
+        print("ringcast up: etcd is not installed (./dev setup installs Debian's etcd-server)", file=sys.stderr)
+        return 2
+    topology = local_topology(
+        state_dir / "data",
+        ports=sequential_ports(arguments.base_port),
+        channels=arguments.channels,
+        gateways=arguments.gateways,
+        placements=arguments.placements,
+    )
+    taken = [spec.address for spec in topology.processes if _port_taken(spec.address)]
+    if taken:
+        print(f"ringcast up: ports in use: {', '.join(taken)}; try --base-port", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    launcher = Launcher(topology, state_dir, on_event=lambda text: print(f"[up] {text}", flush=True))
+    started = time.monotonic()
+    try:
+        launcher.start_all()
+    except RuntimeError as error:
+        print(f"ringcast up: {error}", file=sys.stderr)
+        return 1
+    print(f"[up] cluster ready in {time.monotonic() - started:.1f} s; state in {state_dir / 'cluster.json'}")
+    for address in topology.gateways:
+        print(f"gateway {address}")
+    print("[up] Ctrl-C stops every process", flush=True)
+    last_status = ""
+    while not stop.wait(status_interval_s):
+        status = _status_line(launcher)
+        if status != last_status:
+            print(f"[up] {time.strftime('%H:%M:%S')} {status}", flush=True)
+            last_status = status
+    print("[up] stopping", flush=True)
+    launcher.stop_all()
+    return 0
+
+
+def _status_line(launcher: Launcher) -> str:
+    parts = []
+    for name, running in launcher.running.items():
+        if running.process.poll() is not None:
+            state = f"exited({running.process.returncode})"
+        elif healthy(running.spec, timeout_s=0.5):
+            state = "ok"
+        else:
+            state = "unhealthy"
+        parts.append(f"{name}={state}")
+    return " ".join(parts)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = commands.add_parser("up", help="run a local cluster (etcd, placement, stores, channel nodes, gateways)")
+    up.add_argument("--base-port", type=int, default=7400, help="first of the consecutive ports the cluster uses")
+    up.add_argument("--channels", type=int, default=3, help="channel nodes")
+    up.add_argument("--gateways", type=int, default=2)
+    up.add_argument("--placements", type=int, default=1)
+    up.add_argument("--clean", action="store_true", help="delete .ringcast/ (all data) first")
+    up.set_defaults(handler=run)

@@ -1,0 +1,62 @@
+from ringcast.v1 import message_pb2 as _message_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChannelServicePublishRequest(_message.Message):
+    __slots__ = ("channel", "messages")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    def __init__(self, channel: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class ChannelServicePublishResponse(_message.Message):
+    __slots__ = ("serials", "duplicates")
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    serials: _containers.RepeatedScalarFieldContainer[int]
+    duplicates: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, serials: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class ChannelServiceSubscribeRequest(_message.Message):
+    __slots__ = ("channel", "after_serial")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    after_serial: int
+    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ...) -> None: ...
+
+class ChannelServiceSubscribeResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class ChannelServiceHistoryRequest(_message.Message):
+    __slots__ = ("channel", "after_serial", "limit")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    after_serial: int
+    limit: int
+    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ChannelServiceHistoryResponse(_message.Message):
+    __slots__ = ("messages", "last_serial")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    last_serial: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., last_serial: _Optional[int] = ...) -> None: ...
+
+class ChannelServiceGetChannelRequest(_message.Message):
+    __slots__ = ("channel",)
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    def __init__(self, channel: _Optional[str] = ...) -> None: ...

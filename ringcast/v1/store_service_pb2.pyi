@@ -1,0 +1,122 @@
+from ringcast.v1 import message_pb2 as _message_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AppendStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPEND_STATUS_UNSPECIFIED: _ClassVar[AppendStatus]
+    APPEND_STATUS_OK: _ClassVar[AppendStatus]
+    APPEND_STATUS_FENCED: _ClassVar[AppendStatus]
+    APPEND_STATUS_MISMATCH: _ClassVar[AppendStatus]
+    APPEND_STATUS_CORRUPT: _ClassVar[AppendStatus]
+    APPEND_STATUS_INVALID: _ClassVar[AppendStatus]
+APPEND_STATUS_UNSPECIFIED: AppendStatus
+APPEND_STATUS_OK: AppendStatus
+APPEND_STATUS_FENCED: AppendStatus
+APPEND_STATUS_MISMATCH: AppendStatus
+APPEND_STATUS_CORRUPT: AppendStatus
+APPEND_STATUS_INVALID: AppendStatus
+
+class LogPosition(_message.Message):
+    __slots__ = ("serial", "epoch")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    epoch: int
+    def __init__(self, serial: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class LogEntry(_message.Message):
+    __slots__ = ("serial", "epoch", "message", "checksum")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    epoch: int
+    message: _message_pb2.Message
+    checksum: int
+    def __init__(self, serial: _Optional[int] = ..., epoch: _Optional[int] = ..., message: _Optional[_Union[_message_pb2.Message, _Mapping]] = ..., checksum: _Optional[int] = ...) -> None: ...
+
+class FenceRequest(_message.Message):
+    __slots__ = ("channel", "epoch")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    epoch: int
+    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class FenceResponse(_message.Message):
+    __slots__ = ("fenced", "fence_epoch", "last")
+    FENCED_FIELD_NUMBER: _ClassVar[int]
+    FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    fenced: bool
+    fence_epoch: int
+    last: LogPosition
+    def __init__(self, fenced: _Optional[bool] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+
+class AppendRequest(_message.Message):
+    __slots__ = ("appends",)
+    APPENDS_FIELD_NUMBER: _ClassVar[int]
+    appends: _containers.RepeatedCompositeFieldContainer[ChannelAppend]
+    def __init__(self, appends: _Optional[_Iterable[_Union[ChannelAppend, _Mapping]]] = ...) -> None: ...
+
+class ChannelAppend(_message.Message):
+    __slots__ = ("channel", "epoch", "prev", "entries")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PREV_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    epoch: int
+    prev: LogPosition
+    entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
+    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+
+class AppendResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChannelAppendResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChannelAppendResult, _Mapping]]] = ...) -> None: ...
+
+class ChannelAppendResult(_message.Message):
+    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    MATCH_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CONFLICT_FIRST_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    status: AppendStatus
+    fence_epoch: int
+    last: LogPosition
+    match_serial: int
+    conflict_epoch: int
+    conflict_first_serial: int
+    detail: str
+    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("channel", "after_serial", "limit")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    after_serial: int
+    limit: int
+    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ReadResponse(_message.Message):
+    __slots__ = ("entries", "last")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
+    last: LogPosition
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,83 @@
+"""python -m services.channel --id channel-1 --listen 127.0.0.1:7201 --etcd 127.0.0.1:2379 \\
+       --placement 127.0.0.1:7001 --stores a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import grpc
+
+from ringcast.v1 import channel_service_pb2, channel_service_pb2_grpc
+from services.channel.server import ChannelNodeAdapter, ChannelServicer
+from services.common.etcd import Etcd, MemberRecord, Registration
+from services.common.server import env_default, run_service, serve
+from services.placement.client import RingWatcher
+
+log = logging.getLogger("ringcast.channel")
+
+
+def parse_stores(text: str) -> dict[str, str]:
+    stores = {}
+    for item in filter(None, text.split(",")):
+        zone, _, address = item.partition("=")
+        if not zone or not address:
+            raise SystemExit(f"--stores: expected zone=host:port, got {item!r}")
+        stores[zone.strip()] = address.strip()
+    if len(stores) < 3:
+        raise SystemExit("--stores: three zones are needed (a quorum of 2 out of 3)")
+    return stores
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    node = ChannelNodeAdapter(arguments.id, parse_stores(arguments.stores))
+    watcher = RingWatcher([address for address in arguments.placement.split(",") if address])
+    etcd: Etcd | None = None
+    registration: Registration | None = None
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        channel_service_pb2_grpc.add_ChannelServiceServicer_to_server(ChannelServicer(node), server)
+        return [channel_service_pb2.DESCRIPTOR.services_by_name["ChannelService"].full_name]
+
+    async def ready() -> None:
+        nonlocal etcd, registration
+        await node.start()
+        watcher.subscribe(node.on_ring)
+        watcher.start()
+        etcd = await Etcd.connect(arguments.etcd)
+        registration = await Registration.start(
+            etcd,
+            MemberRecord(kind="channel", id=arguments.id, address=arguments.advertise or arguments.listen),
+            ttl_s=arguments.lease_ttl,
+            on_registered=node.on_registered,
+            on_lease=node.on_lease,
+            on_lost=node.on_lost,
+        )
+
+    async def stopping() -> None:
+        if registration is not None:
+            await registration.stop()  # leave the ring first, so the channels move at once
+        await node.stop()
+        await watcher.stop()
+        if etcd is not None:
+            await etcd.close()
+
+    await serve(arguments.listen, register, ready=ready, stopping=stopping)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.channel", description=__doc__)
+    parser.add_argument("--id", default=env_default("ID", "channel-1"))
+    parser.add_argument("--listen", default=env_default("LISTEN", "127.0.0.1:7201"))
+    parser.add_argument(
+        "--advertise", default=env_default("ADVERTISE", ""), help="address others dial (default: --listen)"
+    )
+    parser.add_argument("--etcd", default=env_default("ETCD", "127.0.0.1:2379"))
+    parser.add_argument("--placement", default=env_default("PLACEMENT", "127.0.0.1:7001"))
+    parser.add_argument("--stores", default=env_default("STORES", "a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103"))
+    parser.add_argument("--lease-ttl", type=float, default=float(env_default("LEASE_TTL", "2.0")))
+    return parser
+
+
+if __name__ == "__main__":
+    run_service(build_parser, main)

@@ -1,0 +1,404 @@
+"""The channel node process: the `ChannelNode` core behind `ChannelService`, talking to stores and etcd.
+
+The adapter owns every piece of I/O the core asks for and nothing else:
+- it feeds the core requests (from gateways), store replies, rings (from placement), lease news
+  (from etcd) and ticks, always with `now_ms` from the monotonic clock;
+- it carries out the `Effects` the core returns: store requests (appends coalesced per replica into
+  one batched RPC, a bounded number in flight), publish results, deliveries, history pages.
+Every internal RPC has a deadline. A core invariant failing stops every role this node holds (the
+channels are re-taken, with fresh epochs, on the next request) rather than serving on from state
+it cannot trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from ringcast.v1 import channel_service_pb2 as channel_pb2
+from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
+from ringcast.v1 import message_pb2
+from ringcast.v1 import store_service_pb2 as store_pb2
+from ringcast.v1 import store_service_pb2_grpc as store_grpc
+from services.channel.node import ChannelNode, NodeConfig
+from services.channel.role import (
+    AppendRequest,
+    Delivery,
+    Effects,
+    FenceRequest,
+    HistoryResult,
+    PublishResult,
+    ReadRequest,
+    RoleConfig,
+    RoleState,
+    StoreRequest,
+)
+from services.common import convert
+from services.common.entries import Message
+from services.common.errors import ServiceError, abort
+from services.common.invariants import InvariantViolation
+from services.common.server import CHANNEL_OPTIONS
+from services.placement.client import RingView
+from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply
+
+log = logging.getLogger("ringcast.channel")
+
+store_rpc_timeout_s = 2.0
+"""Deadline of every call to a store replica."""
+
+append_batch_appends_max = 256
+"""Appends (for any channels) carried by one Append RPC to one replica."""
+
+append_rpcs_inflight_max = 4
+"""Append RPCs in flight to one replica at a time."""
+
+subscriber_queue_deliveries_max = 1_024
+"""Deliveries queued for one subscription; a subscriber further behind is cut off (it resumes)."""
+
+tick_interval_s = 0.05
+"""How often the core is told that time passed (retransmissions, timeouts, lease checks)."""
+
+request_timeout_s = 30.0
+"""Longest a gateway's request may wait at this node, whatever deadline it set."""
+
+STATUS_BY_NAME = {
+    "APPEND_STATUS_OK": AppendStatus.OK,
+    "APPEND_STATUS_FENCED": AppendStatus.FENCED,
+    "APPEND_STATUS_MISMATCH": AppendStatus.MISMATCH,
+    "APPEND_STATUS_CORRUPT": AppendStatus.CORRUPT,
+    "APPEND_STATUS_INVALID": AppendStatus.INVALID,
+}
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+def error_for(reason: str, ring_version: int) -> ServiceError:
+    """The status a failed request is answered with."""
+    if reason == "NOT_OWNER":
+        return ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            reason,
+            "this node does not own the channel under its ring; refresh the ring and retry",
+            {"ring_version": str(ring_version)},
+        )
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason or "UNAVAILABLE", f"channel unavailable: {reason}")
+
+
+@dataclass(slots=True)
+class _Subscription:
+    queue: asyncio.Queue[Delivery]
+    channel: str
+
+
+class StoreLink:
+    """One store replica: a gRPC channel, and the per-replica batcher for appends."""
+
+    def __init__(self, zone: str, address: str, node: ChannelNodeAdapter) -> None:
+        self.zone = zone
+        self.address = address
+        self.node = node
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = store_grpc.StoreServiceStub(self.channel)
+        self.appends: list[AppendRequest] = []
+        self.inflight = 0
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def send(self, request: StoreRequest) -> None:
+        if isinstance(request, AppendRequest):
+            self.appends.append(request)
+            self._flush()
+        elif isinstance(request, FenceRequest):
+            asyncio.create_task(self._fence(request))
+        else:
+            asyncio.create_task(self._read(request))
+
+    def _flush(self) -> None:
+        while self.appends and self.inflight < append_rpcs_inflight_max:
+            batch = self.appends[:append_batch_appends_max]
+            del self.appends[:append_batch_appends_max]
+            self.inflight += 1
+            asyncio.create_task(self._append(batch))
+
+    async def _append(self, batch: list[AppendRequest]) -> None:
+        proto = store_pb2.AppendRequest(
+            appends=[
+                store_pb2.ChannelAppend(
+                    channel=request.channel,
+                    epoch=request.epoch,
+                    prev=convert.position_to_proto(request.prev),
+                    entries=convert.entries_to_proto(request.entries),
+                )
+                for request in batch
+            ]
+        )
+        try:
+            response = await self.stub.Append(proto, timeout=store_rpc_timeout_s)
+        except grpc.RpcError as error:
+            log.debug("append to %s failed: %s", self.zone, error)
+
+            def fail(fx: Effects) -> None:
+                for request in batch:
+                    self.node.core.on_store_error(self.zone, request, now_ms(), fx)
+
+            self.node.call(fail)
+        else:
+            replies = [_append_reply(result) for result in response.results]
+
+            def deliver(fx: Effects) -> None:
+                for request, reply in zip(batch, replies, strict=True):
+                    self.node.core.on_append_reply(self.zone, request, reply, now_ms(), fx)
+
+            self.node.call(deliver)
+        finally:
+            self.inflight -= 1
+            self._flush()
+
+    async def _fence(self, request: FenceRequest) -> None:
+        try:
+            response = await self.stub.Fence(
+                store_pb2.FenceRequest(channel=request.channel, epoch=request.epoch), timeout=store_rpc_timeout_s
+            )
+        except grpc.RpcError:
+            self.node.call(lambda fx: self.node.core.on_store_error(self.zone, request, now_ms(), fx))
+            return
+        reply = FenceReply(response.fenced, response.fence_epoch, convert.position_from_proto(response.last))
+        self.node.call(lambda fx: self.node.core.on_fence_reply(self.zone, request, reply, now_ms(), fx))
+
+    async def _read(self, request: ReadRequest) -> None:
+        try:
+            response = await self.stub.Read(
+                store_pb2.ReadRequest(channel=request.channel, after_serial=request.after_serial, limit=request.limit),
+                timeout=store_rpc_timeout_s,
+            )
+        except grpc.RpcError:
+            self.node.call(lambda fx: self.node.core.on_store_error(self.zone, request, now_ms(), fx))
+            return
+        entries = tuple(convert.entry_from_proto(entry) for entry in response.entries)
+        reply = ReadReply(entries, convert.position_from_proto(response.last), not all(e.intact() for e in entries))
+        self.node.call(lambda fx: self.node.core.on_read_reply(self.zone, request, reply, now_ms(), fx))
+
+
+def _append_reply(result: store_pb2.ChannelAppendResult) -> AppendReply:
+    return AppendReply(
+        STATUS_BY_NAME.get(store_pb2.AppendStatus.Name(result.status), AppendStatus.INVALID),
+        result.fence_epoch,
+        convert.position_from_proto(result.last),
+        result.match_serial,
+        result.conflict_epoch,
+        result.conflict_first_serial,
+        result.detail,
+    )
+
+
+class ChannelNodeAdapter:
+    """Runs a `ChannelNode` core on the event loop."""
+
+    def __init__(self, node_id: str, stores: dict[str, str], config: NodeConfig | None = None) -> None:
+        zones = tuple(sorted(stores))
+        self.config = config or NodeConfig(role=RoleConfig(replicas=zones))
+        self.core = ChannelNode(node_id, self.config)
+        self.node_id = node_id
+        self.links = {zone: StoreLink(zone, address, self) for zone, address in stores.items()}
+        self.tokens = itertools.count(1)
+        self.publishes: dict[int, asyncio.Future[PublishResult]] = {}
+        self.histories: dict[int, asyncio.Future[HistoryResult]] = {}
+        self.subscriptions: dict[int, _Subscription] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def call(self, action: Callable[[Effects], object]) -> None:
+        """Run one step of the core and carry out what it asks for."""
+        fx = Effects()
+        try:
+            action(fx)
+        except InvariantViolation:
+            log.exception("invariant violated: dropping every channel of this node")
+            fx = Effects()
+            self.core._stop_all("INTERNAL_ERROR", fx)
+        self.apply(fx)
+
+    def apply(self, fx: Effects) -> None:
+        for zone, request in fx.sends:
+            link = self.links.get(zone)
+            if link is not None:
+                link.send(request)
+        for token, result in fx.results:
+            future = self.publishes.pop(token, None)
+            if future is not None and not future.done():
+                future.set_result(result)
+        for token, history in fx.histories:
+            waiting = self.histories.pop(token, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(history)
+        for token, delivery in fx.deliveries:
+            subscription = self.subscriptions.get(token)
+            if subscription is None:
+                continue
+            if subscription.queue.qsize() >= subscriber_queue_deliveries_max - 1 and not delivery.end_reason:
+                delivery = Delivery(end_reason="SUBSCRIBER_TOO_SLOW")
+                self.core.unsubscribe(subscription.channel, token)
+            subscription.queue.put_nowait(delivery)
+            if delivery.end_reason:
+                self.subscriptions.pop(token, None)
+        for event in fx.events:
+            log.info("%s", event)
+
+    async def start(self) -> None:
+        self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.call(lambda fx: self.core._stop_all("SHUTTING_DOWN", fx))
+        for link in self.links.values():
+            await link.close()
+
+    async def _tick_forever(self) -> None:
+        while True:
+            self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
+            await asyncio.sleep(tick_interval_s)
+            self.call(lambda fx: self.core.tick(now_ms(), fx))
+
+    # ----------------------------------------------------------------------------- membership
+
+    def on_registered(self, revision: int) -> None:
+        self.core.on_registered(revision)
+        log.info("registered at revision %d", revision)
+
+    def on_lease(self, deadline_monotonic_s: float) -> None:
+        self.core.on_lease(int(deadline_monotonic_s * 1000))
+
+    def on_lost(self) -> None:
+        log.warning("etcd lease lost: dropping every channel")
+        self.call(self.core.on_lease_lost)
+
+    def on_ring(self, view: RingView) -> None:
+        self.call(lambda fx: self.core.on_ring(view.ring, fx))
+
+    @property
+    def ring_version(self) -> int:
+        return self.core.ring.version if self.core.ring is not None else 0
+
+    # ----------------------------------------------------------------------------- requests
+
+    async def publish(self, channel: str, messages: tuple[Message, ...], timeout_s: float) -> PublishResult:
+        token = next(self.tokens)
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        self.publishes[token] = future
+        self.call(lambda fx: self.core.publish(channel, token, messages, now_ms(), fx))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self.publishes.pop(token, None)
+
+    async def history(self, channel: str, after_serial: int, limit: int, timeout_s: float) -> HistoryResult:
+        token = next(self.tokens)
+        future: asyncio.Future[HistoryResult] = asyncio.get_running_loop().create_future()
+        self.histories[token] = future
+        self.call(lambda fx: self.core.read_history(channel, token, after_serial, limit, now_ms(), fx))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self.histories.pop(token, None)
+
+    async def subscribe(self, channel: str, after_serial: int) -> AsyncIterator[Delivery]:
+        token = next(self.tokens)
+        queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.subscriptions[token] = _Subscription(queue, channel)
+        self.call(lambda fx: self.core.subscribe(channel, token, after_serial, now_ms(), fx))
+        try:
+            while True:
+                delivery = await queue.get()
+                yield delivery
+                if delivery.end_reason:
+                    return
+        finally:
+            self.subscriptions.pop(token, None)
+            self.core.unsubscribe(channel, token)
+
+    def channel_state(self, channel: str) -> tuple[int, int]:
+        """(epoch, last committed serial) of the channel's role here, or (0, 0)."""
+        role = self.core.roles.get(channel)
+        if role is None or role.state is not RoleState.SERVING:
+            return 0, 0
+        return role.epoch, role.commit
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return min(request_timeout_s, remaining) if remaining is not None else request_timeout_s
+
+
+class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc]
+    def __init__(self, node: ChannelNodeAdapter) -> None:
+        self.node = node
+
+    async def Publish(  # noqa: N802 - gRPC method names
+        self, request: channel_pb2.ChannelServicePublishRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.ChannelServicePublishResponse:
+        messages = tuple(convert.message_from_proto(message) for message in request.messages)
+        try:
+            result = await self.node.publish(request.channel, messages, _deadline(context))
+        except TimeoutError:
+            await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
+            raise
+        if not result.ok:
+            await abort(context, error_for(result.reason, self.node.ring_version))
+        return channel_pb2.ChannelServicePublishResponse(serials=result.serials, duplicates=result.duplicates)
+
+    async def Subscribe(  # noqa: N802
+        self, request: channel_pb2.ChannelServiceSubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[channel_pb2.ChannelServiceSubscribeResponse]:
+        async for delivery in self.node.subscribe(request.channel, request.after_serial):
+            if delivery.end_reason:
+                await abort(context, error_for(delivery.end_reason, self.node.ring_version))
+                return
+            yield channel_pb2.ChannelServiceSubscribeResponse(
+                messages=[convert.message_to_proto(e.message, e.serial) for e in delivery.entries]
+            )
+
+    async def History(  # noqa: N802
+        self, request: channel_pb2.ChannelServiceHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.ChannelServiceHistoryResponse:
+        try:
+            result = await self.node.history(request.channel, request.after_serial, request.limit, _deadline(context))
+        except TimeoutError:
+            await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
+            raise
+        if result.reason:
+            await abort(context, error_for(result.reason, self.node.ring_version))
+        _, last = self.node.channel_state(request.channel)
+        return channel_pb2.ChannelServiceHistoryResponse(
+            messages=[convert.message_to_proto(e.message, e.serial) for e in result.entries], last_serial=last
+        )
+
+    async def GetChannel(  # noqa: N802
+        self, request: channel_pb2.ChannelServiceGetChannelRequest, context: grpc.aio.ServicerContext
+    ) -> message_pb2.Channel:
+        try:
+            result = await self.node.history(request.channel, 0, 0, _deadline(context))  # takes the channel over
+        except TimeoutError:
+            await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
+            raise
+        if result.reason:
+            await abort(context, error_for(result.reason, self.node.ring_version))
+        epoch, last = self.node.channel_state(request.channel)
+        return message_pb2.Channel(
+            name=request.channel,
+            owner=self.node.node_id,
+            epoch=epoch,
+            last_serial=last,
+            ring_version=self.node.ring_version,
+        )

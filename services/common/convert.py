@@ -1,0 +1,56 @@
+"""Between the cores' types and the protobuf messages of ringcast.v1 (the adapters' one translation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ringcast.v1 import message_pb2, store_service_pb2
+from services.common.entries import Entry, Message, Position
+
+
+def message_from_proto(proto: message_pb2.Message) -> Message:
+    """A core message from a client's; headers sorted so every replica computes the same checksum."""
+    return Message(
+        proto.id,
+        proto.name,
+        bytes(proto.data),
+        tuple(sorted(proto.headers.items())),
+        proto.timestamp_ms,
+    )
+
+
+def message_to_proto(message: Message, serial: int = 0) -> message_pb2.Message:
+    return message_pb2.Message(
+        id=message.id,
+        name=message.name,
+        data=message.data,
+        headers=dict(message.headers),
+        serial=serial,
+        timestamp_ms=message.timestamp_ms,
+    )
+
+
+def entry_to_proto(entry: Entry) -> store_service_pb2.LogEntry:
+    return store_service_pb2.LogEntry(
+        serial=entry.serial,
+        epoch=entry.epoch,
+        message=message_to_proto(entry.message, entry.serial),
+        checksum=entry.checksum,
+    )
+
+
+def entry_from_proto(proto: store_service_pb2.LogEntry) -> Entry:
+    """An entry as sent; its checksum is kept as received, so corruption in transit is detected."""
+    return Entry(proto.serial, proto.epoch, message_from_proto(proto.message), proto.checksum)
+
+
+def entries_to_proto(entries: Iterable[Entry]) -> list[store_service_pb2.LogEntry]:
+    return [entry_to_proto(entry) for entry in entries]
+
+
+def position_to_proto(position: Position) -> store_service_pb2.LogPosition:
+    return store_service_pb2.LogPosition(serial=position.serial, epoch=position.epoch)
+
+
+def position_from_proto(proto: store_service_pb2.LogPosition) -> Position:
+    return Position(proto.serial, proto.epoch)

@@ -1,0 +1,78 @@
+"""gRPC errors with a machine-readable reason: canonical status code + one google.rpc.ErrorInfo.
+
+Servers raise `ServiceError`; adapters turn it into a rich status (`abort`). Clients read the reason
+back with `reason_of`. Reasons are UPPER_SNAKE_CASE, domain "ringcast".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "ringcast"
+
+
+class ServiceError(Exception):
+    """An error a service answers with: a gRPC code, a reason, a human message, optional metadata."""
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata or {})
+
+    def to_status(self) -> status_pb2.Status:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+
+
+def invalid(reason: str, message: str, **metadata: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, metadata)
+
+
+def unavailable(reason: str, message: str, **metadata: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, metadata)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    """End the call with `error` as a rich status (code, message and ErrorInfo in the trailers)."""
+    await context.abort_with_status(rpc_status.to_status(error.to_status()))
+
+
+def status_of(error: ServiceError) -> status_pb2.Status:
+    """The google.rpc.Status for streams that report errors in-band (PublishStream)."""
+    return error.to_status()
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo carried by a failed call, if any."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def reason_of(error: grpc.RpcError) -> str:
+    """The reason of a failed call: its ErrorInfo reason, else the status code's name."""
+    info = error_info(error)
+    if info is not None:
+        return str(info.reason)
+    code = error.code() if hasattr(error, "code") else None
+    return code.name if code is not None else "UNKNOWN"
+
+
+__all__ = ["ServiceError", "abort", "error_info", "invalid", "reason_of", "status_of", "unavailable", "code_pb2"]

@@ -1,0 +1,560 @@
+"""ringcast's only door to etcd: membership records, their leases, and watching them change.
+
+This is the one module that imports the etcd client library (etcd3aio today), so the library can be
+swapped without touching the services. Callers see `Etcd`, `MemberRecord`, `Registration` and
+`EtcdUnavailable`, never the library's types.
+
+Rules:
+
+1. A member is one key, `{MEMBERS_PREFIX}{kind}/{id}`, whose value is JSON `{"address", "zone"}`,
+   attached to a lease owned by the member's own process. When the process stops renewing, etcd
+   deletes the key and every watcher sees the member leave.
+2. Every membership change has an etcd revision. `members()` returns the revision it read at and
+   `watch_members()` yields the revision of every change, so the member set at revision R is the same
+   for everyone who asks; placement uses R as the ring version. Every write to a member key is a
+   change, even one that leaves the member set as it was: a member that re-registers gets a new
+   revision, and a channel node serves only under rings at least that new (services/channel/node.py).
+3. Lease deadlines are measured by the member's own monotonic clock from the moment a grant or
+   keep-alive was *sent*, plus the TTL. etcd starts the TTL when it receives the request, which is
+   later, so our deadline is never later than etcd's expiry (clock rate drift aside).
+4. Every call to etcd has a timeout; every retry loop doubles its delay up to a bound.
+
+What etcd3aio 0.3.0 does that this module works around:
+- Its watch iterator reconnects by itself and resumes from the header revision of the last response
+  it saw, including a `created` response, whose header revision is the *current* revision, not the
+  last event delivered. A reconnect right after creating a watch from an old revision would then skip
+  events. So on any reconnect (a second `created` response) this module restarts the watch from the
+  last revision it actually delivered.
+- After a compaction, etcd cancels the watch but the library keeps the stream open forever; this
+  module notices the cancel and re-reads the member set.
+- Its keep-alive helper renews every max(1, TTL // 3) whole seconds, which for a 1 s lease is once per
+  TTL; this module sends its own keep-alives every TTL / 4.
+- It dials an `ipv4:` target, so endpoints must be IPv4 addresses; `Etcd.connect` resolves host
+  names once at connect time.
+- Its gRPC channel reconnects with gRPC's default backoff (up to 120 s between attempts after a long
+  outage); this module caps it at `etcd_reconnect_backoff_ms_max`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import socket
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import etcd3aio
+import grpc
+
+from services.common.invariants import invariant
+
+log = logging.getLogger("ringcast.etcd")
+
+MEMBERS_PREFIX = "/ringcast/members/"
+
+etcd_call_timeout_s = 2.0
+"""Deadline of one unary call to etcd (read, put, grant, revoke)."""
+
+etcd_retry_delay_s_min = 0.05
+etcd_retry_delay_s_max = 1.0
+"""Retry loops start at the minimum delay and double it up to the maximum."""
+
+etcd_watch_reconnect_delay_s_max = 0.5
+"""Longest wait between etcd3aio's own attempts to re-open a broken watch stream."""
+
+etcd_reconnect_backoff_ms_min = 100
+etcd_reconnect_backoff_ms_max = 1_000
+"""Bounds of the gRPC channel's own reconnect backoff while etcd is unreachable."""
+
+members_count_max = 10_000
+"""The most member keys one read returns; a larger membership is an error, never a silent truncation."""
+
+keep_alive_retry_delay_s_max = 0.1
+"""After a failed keep-alive, the next attempt comes this soon (or sooner: TTL / 4)."""
+
+T = TypeVar("T")
+
+
+class EtcdUnavailable(Exception):
+    """etcd did not answer in time, refused the call, or could not be reached."""
+
+
+class _RevisionUnavailable(EtcdUnavailable):
+    """A read or watch at a revision etcd no longer has (compacted) or does not have yet."""
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """A registered process: what kind it is, its unique id, where to reach it, its zone."""
+
+    kind: str
+    id: str
+    address: str
+    zone: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{MEMBERS_PREFIX}{self.kind}/{self.id}"
+
+    def value(self) -> bytes:
+        return json.dumps({"address": self.address, "zone": self.zone}, sort_keys=True).encode()
+
+    def validate(self) -> None:
+        for name, text in (("kind", self.kind), ("id", self.id)):
+            if not text or "/" in text:
+                raise ValueError(f"member {name} must be non-empty and contain no '/', got {text!r}")
+        if not self.address:
+            raise ValueError(f"member {self.kind}/{self.id} needs an address")
+
+
+def _record_from_entry(key: bytes, value: bytes) -> MemberRecord | None:
+    """The member a key-value pair describes, or None (with a warning) when it is malformed."""
+    try:
+        text = key.decode()
+        invariant(text.startswith(MEMBERS_PREFIX), f"key outside the members prefix: {text!r}")
+        kind, _, member_id = text[len(MEMBERS_PREFIX) :].partition("/")
+        fields = json.loads(value)
+        record = MemberRecord(kind, member_id, str(fields["address"]), str(fields.get("zone", "")))
+        record.validate()
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        log.warning("ignoring malformed member key %r: %s", key, error)
+        return None
+    return record
+
+
+def _sorted_members(records: Iterable[MemberRecord]) -> list[MemberRecord]:
+    return sorted(records, key=lambda record: (record.kind, record.id))
+
+
+def _parse_endpoints(endpoints: str) -> list[tuple[str, int]]:
+    parsed = []
+    for item in endpoints.split(","):
+        host, separator, port = item.strip().rpartition(":")
+        if not separator or not host or not port.isdigit():
+            raise ValueError(f"etcd endpoint must be host:port, got {item!r}")
+        parsed.append((host, int(port)))
+    if not parsed:
+        raise ValueError("no etcd endpoints given")
+    return parsed
+
+
+async def _resolve_ipv4(host: str, port: int) -> str:
+    """`ip:port`: etcd3aio dials an `ipv4:` target, which takes addresses, not names."""
+    with contextlib.suppress(OSError):
+        socket.inet_aton(host)
+        return f"{host}:{port}"
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(
+        loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM), etcd_call_timeout_s
+    )
+    if not infos:
+        raise OSError(f"cannot resolve etcd host {host!r}")
+    return f"{infos[0][4][0]}:{port}"
+
+
+class Etcd:
+    """A connection to an etcd cluster. Connecting is lazy: calls fail with EtcdUnavailable until it answers."""
+
+    def __init__(self, client: etcd3aio.Etcd3Client, endpoints: list[str]) -> None:
+        self._client = client
+        self._endpoints = endpoints
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, endpoints: str) -> Etcd:
+        """A client for `host:port[,host:port...]`; it does not wait for etcd to be up."""
+        addresses = [await _resolve_ipv4(host, port) for host, port in _parse_endpoints(endpoints)]
+        client = etcd3aio.Etcd3Client(
+            addresses,
+            # One attempt per call: the retry loops here decide when to try again.
+            rpc_max_attempts=1,
+            watch_reconnect_backoff_seconds=etcd_retry_delay_s_min,
+            watch_max_reconnect_backoff_seconds=etcd_watch_reconnect_delay_s_max,
+        )
+        # etcd3aio offers no way to pass channel options; its connection manager keeps them in a list
+        # that `connect` reads. Without this, gRPC's default reconnect backoff grows to 120 s.
+        options = getattr(getattr(client, "_manager", None), "grpc_options", None)
+        if isinstance(options, list):
+            options.extend(
+                [
+                    ("grpc.initial_reconnect_backoff_ms", etcd_reconnect_backoff_ms_min),
+                    ("grpc.min_reconnect_backoff_ms", etcd_reconnect_backoff_ms_min),
+                    ("grpc.max_reconnect_backoff_ms", etcd_reconnect_backoff_ms_max),
+                ]
+            )
+        await client.connect()
+        return cls(client, addresses)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ----------------------------------------------------------------------------- calls
+
+    def _services(self) -> tuple[Any, Any, Any]:
+        client = self._client
+        if self._closed or client.kv is None or client.lease is None or client.watch is None:
+            raise EtcdUnavailable("etcd client is closed")
+        return client.kv, client.lease, client.watch
+
+    @staticmethod
+    async def _call(operation: str, call: Awaitable[T]) -> T:
+        """Await one etcd call, turning every way it can fail into EtcdUnavailable."""
+        try:
+            return await call
+        except grpc.aio.AioRpcError as error:
+            message = f"{operation}: {error.code().name} {error.details()}"
+            if error.code() == grpc.StatusCode.OUT_OF_RANGE:
+                raise _RevisionUnavailable(message) from error
+            raise EtcdUnavailable(message) from error
+        except (etcd3aio.EtcdError, TimeoutError, OSError) as error:
+            raise EtcdUnavailable(f"{operation}: {type(error).__name__} {error}") from error
+
+    async def _read_members(self, revision: int = 0) -> tuple[int, dict[bytes, MemberRecord]]:
+        kv, _, _ = self._services()
+        response = await self._call(
+            "read members",
+            kv.get(
+                MEMBERS_PREFIX,
+                etcd3aio.prefix_range_end(MEMBERS_PREFIX),
+                revision=revision,
+                limit=members_count_max,
+                timeout=etcd_call_timeout_s,
+            ),
+        )
+        if response.more:
+            raise EtcdUnavailable(f"more than {members_count_max} member keys: refusing a truncated member set")
+        state = {}
+        for entry in response.kvs:
+            record = _record_from_entry(entry.key, entry.value)
+            if record is not None:
+                state[bytes(entry.key)] = record
+        # A read at an old revision still answers with the current revision in its header.
+        return (revision or int(response.header.revision)), state
+
+    async def members(self) -> tuple[int, list[MemberRecord]]:
+        """The revision of the read and every member at it, sorted by (kind, id)."""
+        revision, state = await self._read_members()
+        return revision, _sorted_members(state.values())
+
+    async def grant(self, ttl_s: int) -> tuple[int, int]:
+        """A new lease: (lease id, TTL etcd granted in seconds, which may be longer than asked)."""
+        _, lease, _ = self._services()
+        response = await self._call("grant lease", lease.grant(ttl_s, timeout=etcd_call_timeout_s))
+        return int(response.ID), int(response.TTL)
+
+    async def put(self, key: str, value: bytes, lease_id: int) -> int:
+        """Write `key` attached to `lease_id`; the revision of the write."""
+        kv, _, _ = self._services()
+        response = await self._call("put", kv.put(key, value, lease=lease_id, timeout=etcd_call_timeout_s))
+        return int(response.header.revision)
+
+    async def keep_alive(self, lease_id: int, timeout_s: float) -> int:
+        """Renew `lease_id` once: its TTL in seconds, or 0 when etcd no longer has the lease."""
+        _, lease, _ = self._services()
+        # etcd3aio's raw keep-alive stream sends one request; read its one answer and hang up.
+        stream = lease.keep_alive(lease_id)
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._call("keep-alive", stream.read())
+        except TimeoutError as error:
+            raise EtcdUnavailable(f"keep-alive: no answer within {timeout_s:.3f} s") from error
+        finally:
+            stream.cancel()
+        if response is grpc.aio.EOF:
+            raise EtcdUnavailable("keep-alive: stream ended without an answer")
+        return max(0, int(response.TTL))
+
+    async def revoke(self, lease_id: int) -> None:
+        """Revoke `lease_id`, deleting every key attached to it at once (done, too, if it is gone)."""
+        _, lease, _ = self._services()
+        try:
+            await self._call("revoke lease", lease.revoke(lease_id, timeout=etcd_call_timeout_s))
+        except EtcdUnavailable as error:
+            cause = error.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND:
+                return  # Already expired or revoked: the keys are gone, which is what revoking is for.
+            raise
+
+    # ----------------------------------------------------------------------------- watching
+
+    async def watch_members(self, after_revision: int) -> AsyncGenerator[tuple[int, list[MemberRecord]], None]:
+        """(revision, every member at it) for each revision after `after_revision` that wrote a member key.
+
+        Runs until the consumer stops iterating or the client is closed. Survives etcd restarts and
+        disconnects by watching again from the last revision yielded. When etcd has compacted that
+        history, it reads the member set afresh and yields it (once, at the read's revision, even if
+        the set looks unchanged), then watches on from there.
+        """
+        revision = after_revision
+        state: dict[bytes, MemberRecord] | None = None
+        delay_s = etcd_retry_delay_s_min
+        while not self._closed:
+            try:
+                if state is None:
+                    read_revision, state = await self._state_at(revision)
+                    if read_revision > revision:
+                        revision = read_revision
+                        yield revision, _sorted_members(state.values())
+                async with contextlib.aclosing(self._watch_from(revision, state)) as changes:
+                    async for change_revision, records in changes:
+                        invariant(change_revision > revision, "watched revisions only grow")
+                        revision = change_revision
+                        delay_s = etcd_retry_delay_s_min
+                        yield revision, records
+            except _RevisionUnavailable as error:
+                log.warning("member watch at revision %d: %s; reading the member set again", revision, error)
+                state = None
+            except EtcdUnavailable as error:
+                if self._closed:
+                    return
+                log.warning("member watch at revision %d: %s; retrying in %.2f s", revision, error, delay_s)
+            if self._closed:
+                return
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, etcd_retry_delay_s_max)
+
+    async def _state_at(self, revision: int) -> tuple[int, dict[bytes, MemberRecord]]:
+        """The member keys at `revision` (so events after it can be applied); if etcd no longer has
+        that revision, or never had it, the member keys now and the current revision."""
+        if revision > 0:
+            with contextlib.suppress(_RevisionUnavailable):
+                return await self._read_members(revision)
+        current_revision, state = await self._read_members()
+        if current_revision < revision:
+            # etcd lost its data (a wiped data dir): revisions restarted below what we have seen.
+            # Versions must never go back, so keep failing loudly until etcd catches up.
+            raise EtcdUnavailable(f"etcd is at revision {current_revision}, behind {revision}: was it wiped?")
+        return current_revision, state
+
+    async def _watch_from(
+        self, revision: int, state: dict[bytes, MemberRecord]
+    ) -> AsyncGenerator[tuple[int, list[MemberRecord]], None]:
+        """Apply the member events after `revision` to `state`, yielding the set after each revision.
+
+        Returns when the watch has to start over from the last revision yielded (the library
+        reconnected by itself, or etcd cancelled the watch); raises EtcdUnavailable on errors.
+        """
+        _, _, watch = self._services()
+        stream = watch.watch(MEMBERS_PREFIX, etcd3aio.prefix_range_end(MEMBERS_PREFIX), start_revision=revision + 1)
+        created_count = 0
+        try:
+            while True:
+                response = await self._call("watch", anext(stream))
+                if response.compact_revision > 0:
+                    raise _RevisionUnavailable(f"compacted at revision {response.compact_revision}")
+                if response.canceled:
+                    log.warning("etcd cancelled the member watch: %s", response.cancel_reason)
+                    return
+                if response.created:
+                    created_count += 1
+                    if created_count > 1:
+                        log.info("etcd watch reconnected; watching again from revision %d", revision)
+                        return
+                    continue
+                for change_revision, events in _group_by_revision(response.events):
+                    for event in events:
+                        key = bytes(event.kv.key)
+                        record = None
+                        if event.type == 0:  # mvccpb.Event.PUT; DELETE is 1
+                            record = _record_from_entry(event.kv.key, event.kv.value)
+                        if record is None:
+                            state.pop(key, None)
+                        else:
+                            state[key] = record
+                    revision = change_revision
+                    yield change_revision, _sorted_members(state.values())
+        except StopAsyncIteration:
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+
+def _group_by_revision(events: Iterable[Any]) -> Iterable[tuple[int, list[Any]]]:
+    """Consecutive events of one revision (one etcd transaction) together, in order."""
+    group: list[Any] = []
+    group_revision = 0
+    for event in events:
+        event_revision = int(event.kv.mod_revision)
+        if group and event_revision != group_revision:
+            yield group_revision, group
+            group = []
+        invariant(event_revision >= group_revision, "events within a watch response are in revision order")
+        group_revision = event_revision
+        group.append(event)
+    if group:
+        yield group_revision, group
+
+
+class Registration:
+    """A member's key, kept alive by a lease that this process renews, re-registered when lost.
+
+    Lifecycle: grant a lease of `ttl_s` (rounded up to whole seconds for etcd), put the key with it,
+    report `on_registered(put revision)` and `on_lease(deadline)`. Then renew every `ttl_s / 4` and
+    report `on_lease(send time + ttl_s)` after each acknowledged renewal. When etcd says the lease is
+    gone, or the deadline passes without an acknowledged renewal, report `on_lost()` once and register
+    again with a new lease, retrying with bounded backoff while etcd is unreachable.
+
+    Callbacks run on the event loop and must not block. `stop()` revokes the lease (the key
+    disappears at once) without calling `on_lost`: the caller is leaving on purpose.
+    """
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        record: MemberRecord,
+        ttl_s: float,
+        on_registered: Callable[[int], None] | None,
+        on_lease: Callable[[float], None] | None,
+        on_lost: Callable[[], None] | None,
+    ) -> None:
+        record.validate()
+        if not ttl_s > 0:
+            raise ValueError(f"ttl_s must be positive, got {ttl_s}")
+        self.etcd = etcd
+        self.record = record
+        self.ttl_s = ttl_s
+        self.keep_alive_interval_s = ttl_s / 4
+        self.revision = 0
+        """Revision of the latest registration put."""
+        self.lease_id = 0
+        self.deadline = 0.0
+        """time.monotonic() until which the lease is known to hold."""
+        self.lost_count = 0
+        self._on_registered = on_registered
+        self._on_lease = on_lease
+        self._on_lost = on_lost
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @classmethod
+    async def start(
+        cls,
+        etcd: Etcd,
+        record: MemberRecord,
+        *,
+        ttl_s: float = 2.0,
+        on_registered: Callable[[int], None] | None = None,
+        on_lease: Callable[[float], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> Registration:
+        """Register (retrying until etcd answers; wrap in asyncio.wait_for to bound that), then keep alive."""
+        registration = cls(etcd, record, ttl_s, on_registered, on_lease, on_lost)
+        await registration._register()
+        registration._task = asyncio.create_task(
+            registration._keep_alive_forever(), name=f"etcd-registration-{record.kind}/{record.id}"
+        )
+        return registration
+
+    async def stop(self) -> None:
+        """Leave: stop renewing and revoke the lease, so the member key is deleted now."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.lease_id:
+            try:
+                await self.etcd.revoke(self.lease_id)
+            except EtcdUnavailable as error:
+                log.warning("could not revoke lease of %s (it expires by itself): %s", self.record.key, error)
+        self.deadline = 0.0
+
+    # ----------------------------------------------------------------------------- internals
+
+    async def _register(self) -> None:
+        delay_s = etcd_retry_delay_s_min
+        while not self.etcd.closed:
+            try:
+                await self._register_once()
+                return
+            except EtcdUnavailable as error:
+                log.warning("registering %s failed: %s; retrying in %.2f s", self.record.key, error, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, etcd_retry_delay_s_max)
+        raise EtcdUnavailable("etcd client is closed")
+
+    async def _register_once(self) -> None:
+        sent = time.monotonic()
+        lease_id, granted_ttl_s = await self.etcd.grant(math.ceil(self.ttl_s))
+        if granted_ttl_s <= 0:
+            raise EtcdUnavailable(f"etcd granted a lease with TTL {granted_ttl_s}")
+        try:
+            revision = await self.etcd.put(self.record.key, self.record.value(), lease_id)
+        except EtcdUnavailable:
+            with contextlib.suppress(EtcdUnavailable):
+                await self.etcd.revoke(lease_id)
+            raise
+        invariant(revision > self.revision, "a registration put has a newer revision than the last")
+        self.lease_id = lease_id
+        self.revision = revision
+        self.deadline = sent + min(self.ttl_s, granted_ttl_s)
+        log.info(
+            "registered %s at revision %d (lease %x, ttl %d s)", self.record.key, revision, lease_id, granted_ttl_s
+        )
+        self._call_back("on_registered", self._on_registered, revision)
+        self._call_back("on_lease", self._on_lease, self.deadline)
+
+    async def _keep_alive_forever(self) -> None:
+        while True:
+            reason = await self._keep_alive_until_lost()
+            self.lost_count += 1
+            log.warning("lease of %s lost (%s); registering again", self.record.key, reason)
+            self.deadline = 0.0
+            self._call_back("on_lost", self._on_lost)
+            if self.etcd.closed:
+                return
+            # The old lease is left to expire: the new put moves the key onto the new lease, so the
+            # old one's expiry deletes nothing, and the member set sees one change instead of two.
+            try:
+                await self._register()
+            except EtcdUnavailable:
+                return  # Only raised once the client is closed: nothing left to renew with.
+
+    async def _keep_alive_until_lost(self) -> str:
+        """Renew until the lease is lost; returns why."""
+        next_send = time.monotonic() + self.keep_alive_interval_s
+        while True:
+            now = time.monotonic()
+            if now >= self.deadline:
+                return "no acknowledged keep-alive before the deadline"
+            await asyncio.sleep(max(0.0, min(next_send, self.deadline) - now))
+            sent = time.monotonic()
+            if sent >= self.deadline:
+                return "no acknowledged keep-alive before the deadline"
+            try:
+                ttl_s = await self.etcd.keep_alive(self.lease_id, min(etcd_call_timeout_s, self.deadline - sent))
+            except EtcdUnavailable as error:
+                log.debug("keep-alive of %s failed: %s", self.record.key, error)
+                next_send = time.monotonic() + min(self.keep_alive_interval_s, keep_alive_retry_delay_s_max)
+                continue
+            if ttl_s <= 0:
+                return "etcd no longer has the lease"
+            self.deadline = max(self.deadline, sent + min(self.ttl_s, ttl_s))
+            self._call_back("on_lease", self._on_lease, self.deadline)
+            next_send = sent + self.keep_alive_interval_s
+
+    def _call_back(self, name: str, callback: Callable[..., None] | None, *arguments: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*arguments)
+        except Exception:
+            # A failing callback must not stop the renewals; the member's own clock still bounds it.
+            log.exception("%s callback of %s failed", name, self.record.key)
+
+
+__all__ = ["MEMBERS_PREFIX", "Etcd", "EtcdUnavailable", "MemberRecord", "Registration"]

@@ -1,0 +1,122 @@
+"""What every ringcast service process shares: logging, the gRPC server, health, reflection, shutdown.
+
+A service module builds its servicers, then calls `serve(...)`, which:
+- starts a grpc.aio server on `listen` with standard health checking (grpc.health.v1) and reflection;
+- marks every named service SERVING once `ready` has completed;
+- on SIGTERM or SIGINT marks them NOT_SERVING, runs `stopping`, and stops the server with a grace
+  period (in-flight calls may finish, new ones are refused), then returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger("ringcast")
+
+shutdown_grace_s = 3.0
+"""How long in-flight calls may run on after a stop signal."""
+
+grpc_message_bytes_max = 8 * 1024 * 1024
+"""Largest gRPC message a service accepts or sends (a 1 MiB batch, with room for framing)."""
+
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", grpc_message_bytes_max),
+    ("grpc.max_send_message_length", grpc_message_bytes_max),
+    ("grpc.so_reuseport", 0),
+    # Clients ping every 10 s to notice dead peers; without these the server answers GOAWAY
+    # "too_many_pings" and long-lived streams (ring watches, subscriptions) break every few minutes.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", grpc_message_bytes_max),
+    ("grpc.max_send_message_length", grpc_message_bytes_max),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.enable_retries", 0),
+)
+
+
+def setup_logging(name: str) -> None:
+    """One line per notable event, to stderr: time, level, process name, message."""
+    level = os.environ.get("RINGCAST_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {name} %(message)s",
+    )
+
+
+def install_event_loop() -> None:
+    """uvloop when available: 10-20% more gRPC throughput at high concurrency (DESIGN §8)."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        pass
+
+
+def env_default(name: str, default: str) -> str:
+    """Flags default to RINGCAST_<NAME> environment variables, then to `default`."""
+    return os.environ.get(f"RINGCAST_{name}", default)
+
+
+async def serve(
+    listen: str,
+    register: Callable[[grpc.aio.Server], Sequence[str]],
+    *,
+    ready: Callable[[], Awaitable[None]] | None = None,
+    stopping: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a gRPC server until SIGTERM/SIGINT. `register` adds servicers and returns their full names."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    names = list(register(server))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {listen}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    if ready is not None:
+        await ready()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving on %s", listen)
+    await stop.wait()
+    log.info("stopping")
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if stopping is not None:
+        await stopping()
+    await server.stop(shutdown_grace_s)
+    log.info("stopped")
+
+
+def run_service(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> None:
+    """The body of every `python -m services.<name>`: flags, logging, event loop, run until stopped."""
+    arguments = build_parser().parse_args()
+    setup_logging(arguments.id)
+    install_event_loop()
+    asyncio.run(main(arguments))

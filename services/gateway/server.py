@@ -1,0 +1,303 @@
+"""The gateway: the public `RealtimeService`, routing every call to the channel's owner.
+
+A gateway holds no durable state. It keeps the newest ring (WatchRing from placement), computes a
+channel's owner locally, and calls it. When the owner answers NOT_OWNER, or the channel moved, or the
+owner cannot be reached, the gateway refreshes its ring and tries again — within the caller's
+deadline, with jittered, bounded backoff. Retrying a publish is safe because message ids make it
+idempotent. A subscription is a loop: follow the owner's stream, and on any interruption resume
+after the last serial delivered, at whoever owns the channel then; so the client sees no gap and no
+duplicate across owner changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from ringcast.v1 import channel_service_pb2 as channel_pb2
+from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
+from ringcast.v1 import message_pb2
+from ringcast.v1 import realtime_service_pb2 as realtime_pb2
+from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from services.common.errors import ServiceError, abort, reason_of, status_of, unavailable
+from services.common.server import CHANNEL_OPTIONS
+from services.gateway.validation import Limits, check_batch, check_channel, history_limit
+from services.placement.client import RingWatcher
+
+log = logging.getLogger("ringcast.gateway")
+
+T = TypeVar("T")
+
+request_deadline_s = 10.0
+"""Longest a call may take at the gateway when the client set no deadline."""
+
+owner_call_timeout_s = 5.0
+"""Deadline of one call to an owner (a retry gets a fresh one, within the request's)."""
+
+retry_backoff_s_min = 0.02
+retry_backoff_s_max = 0.5
+publish_stream_inflight_max = 64
+"""Requests of one PublishStream being worked on at once (responses still go out in order)."""
+
+subscribe_outage_s_max = 60.0
+"""A subscription whose channel has had no reachable owner this long ends (UNAVAILABLE; resumable)."""
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
+
+
+class NoOwner(Exception):
+    pass
+
+
+class OwnerRouter:
+    """Channel → owner address under the newest ring, and one gRPC channel per owner address."""
+
+    def __init__(self, watcher: RingWatcher) -> None:
+        self.watcher = watcher
+        self._stubs: dict[str, tuple[grpc.aio.Channel, channel_grpc.ChannelServiceStub]] = {}
+
+    def owner(self, channel: str) -> tuple[str, str]:
+        view = self.watcher.ring
+        if view is None:
+            raise NoOwner("RING_UNKNOWN")
+        owner = view.ring.owner(channel)
+        if owner is None or owner not in view.members:
+            raise NoOwner("NO_CHANNEL_NODES")
+        return owner, view.members[owner]
+
+    def stub(self, address: str) -> channel_grpc.ChannelServiceStub:
+        held = self._stubs.get(address)
+        if held is None:
+            link = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            held = self._stubs[address] = (link, channel_grpc.ChannelServiceStub(link))
+        return held[1]
+
+    async def close(self) -> None:
+        for link, _ in self._stubs.values():
+            await link.close()
+
+    async def call(
+        self,
+        channel: str,
+        deadline: float,
+        attempt: Callable[[channel_grpc.ChannelServiceStub, float], Awaitable[T]],
+    ) -> T:
+        """Run `attempt` against the owner until it succeeds, fails for good, or `deadline` passes."""
+        loop = asyncio.get_running_loop()
+        backoff = retry_backoff_s_min
+        last_reason = "UNAVAILABLE"
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise unavailable(last_reason, f"no owner answered in time for channel {channel!r}: {last_reason}")
+            try:
+                _, address = self.owner(channel)
+                return await attempt(self.stub(address), min(remaining, owner_call_timeout_s))
+            except NoOwner as error:
+                last_reason = str(error)
+            except grpc.RpcError as error:
+                code = error.code()
+                if code not in RETRYABLE:
+                    raise
+                last_reason = reason_of(error)
+            await self.watcher.refresh()
+            await asyncio.sleep(min(backoff, max(0.0, deadline - loop.time())) * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, retry_backoff_s_max)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    budget = request_deadline_s if remaining is None else min(remaining, request_deadline_s * 6)
+    return asyncio.get_running_loop().time() + budget
+
+
+def _passthrough(error: grpc.RpcError) -> ServiceError:
+    """An owner's non-retryable answer, handed on to the client with its reason."""
+    return ServiceError(error.code(), reason_of(error), error.details() or "owner refused")
+
+
+class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[misc]
+    def __init__(self, router: OwnerRouter, limits: Limits | None = None) -> None:
+        self.router = router
+        self.limits = limits or Limits()
+
+    async def _publish(self, request: realtime_pb2.PublishRequest, deadline: float) -> realtime_pb2.PublishResponse:
+        check_channel(request.channel, self.limits)
+        check_batch(request.messages, self.limits)
+        forward = channel_pb2.ChannelServicePublishRequest(channel=request.channel, messages=request.messages)
+
+        async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> realtime_pb2.PublishResponse:
+            response = await stub.Publish(forward, timeout=timeout)
+            return realtime_pb2.PublishResponse(
+                channel=request.channel, serials=response.serials, duplicates=response.duplicates
+            )
+
+        try:
+            return await self.router.call(request.channel, deadline, attempt)
+        except grpc.RpcError as error:
+            raise _passthrough(error) from error
+
+    async def Publish(  # noqa: N802 - gRPC method names
+        self, request: realtime_pb2.PublishRequest, context: grpc.aio.ServicerContext
+    ) -> realtime_pb2.PublishResponse:
+        try:
+            return await self._publish(request, _deadline(context))
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+
+    async def PublishStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[realtime_pb2.PublishRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.PublishResponse]:
+        window: asyncio.Queue[asyncio.Task[realtime_pb2.PublishResponse] | None] = asyncio.Queue(
+            publish_stream_inflight_max
+        )
+
+        async def one(request: realtime_pb2.PublishRequest) -> realtime_pb2.PublishResponse:
+            try:
+                return await self._publish(request, asyncio.get_running_loop().time() + request_deadline_s)
+            except ServiceError as error:
+                return realtime_pb2.PublishResponse(channel=request.channel, error=status_of(error))
+
+        async def read_requests() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.put(asyncio.create_task(one(request)))
+            finally:
+                await window.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (task := await window.get()) is not None:
+                yield await task
+        finally:
+            reader.cancel()
+
+    async def Subscribe(  # noqa: N802
+        self, request: realtime_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.SubscribeResponse]:
+        try:
+            check_channel(request.channel, self.limits)
+            after = await self._start_serial(request)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        loop = asyncio.get_running_loop()
+        backoff = retry_backoff_s_min
+        outage_since: float | None = None
+        while True:
+            try:
+                _, address = self.router.owner(request.channel)
+                upstream = self.router.stub(address).Subscribe(
+                    channel_pb2.ChannelServiceSubscribeRequest(channel=request.channel, after_serial=after)
+                )
+                async for response in upstream:
+                    outage_since, backoff = None, retry_backoff_s_min
+                    for message in response.messages:
+                        if message.serial != after + 1:  # the owner broke G4: never pass that on
+                            log.error("owner sent serial %d after %d on %s", message.serial, after, request.channel)
+                            await abort(
+                                context, ServiceError(grpc.StatusCode.INTERNAL, "OUT_OF_ORDER", "stream broken")
+                            )
+                            return
+                        after = message.serial
+                        yield realtime_pb2.SubscribeResponse(message=message)
+            except NoOwner:
+                pass
+            except grpc.RpcError as error:
+                if error.code() not in RETRYABLE:
+                    await abort(context, _passthrough(error))
+                    return
+            outage_since = outage_since or loop.time()
+            if loop.time() - outage_since > subscribe_outage_s_max:
+                await abort(
+                    context, unavailable("OWNER_UNREACHABLE", f"no owner for {request.channel!r}; resume later")
+                )
+                return
+            await self.router.watcher.refresh()
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, retry_backoff_s_max)
+
+    async def _last_serial(self, channel: str, deadline: float) -> int:
+        async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> int:
+            state = await stub.GetChannel(channel_pb2.ChannelServiceGetChannelRequest(channel=channel), timeout=timeout)
+            return int(state.last_serial)
+
+        return await self.router.call(channel, deadline, attempt)
+
+    async def _start_serial(self, request: realtime_pb2.SubscribeRequest) -> int:
+        start = request.WhichOneof("start")
+        if start == "after_serial":
+            return int(request.after_serial)
+        deadline = asyncio.get_running_loop().time() + request_deadline_s
+        last = await self._last_serial(request.channel, deadline)
+        if start == "rewind":
+            return max(0, last - request.rewind)
+        return last
+
+    async def History(  # noqa: N802
+        self, request: realtime_pb2.HistoryRequest, context: grpc.aio.ServicerContext
+    ) -> realtime_pb2.HistoryResponse:
+        try:
+            check_channel(request.channel, self.limits)
+            limit = history_limit(request.limit, self.limits)
+            deadline = _deadline(context)
+            if not request.reverse:
+                messages = await self._history(request.channel, request.after_serial, limit, deadline)
+                return realtime_pb2.HistoryResponse(messages=messages)
+            below = request.after_serial or (await self._last_serial(request.channel, deadline)) + 1
+            first_after = max(0, below - 1 - limit)
+            messages = await self._history(request.channel, first_after, below - 1 - first_after, deadline)
+            return realtime_pb2.HistoryResponse(messages=list(reversed(messages)))
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        except grpc.RpcError as error:
+            await abort(context, _passthrough(error))
+            raise
+
+    async def _history(self, channel: str, after: int, limit: int, deadline: float) -> list[message_pb2.Message]:
+        """`limit` committed messages after `after`, in pages as the owner serves them."""
+        messages: list[message_pb2.Message] = []
+        while len(messages) < limit:
+            request = channel_pb2.ChannelServiceHistoryRequest(
+                channel=channel, after_serial=after, limit=limit - len(messages)
+            )
+
+            async def attempt(
+                stub: channel_grpc.ChannelServiceStub,
+                timeout: float,
+                request: channel_pb2.ChannelServiceHistoryRequest = request,
+            ) -> list[message_pb2.Message]:
+                return list((await stub.History(request, timeout=timeout)).messages)
+
+            page = await self.router.call(channel, deadline, attempt)
+            if not page:
+                break
+            messages.extend(page)
+            after = page[-1].serial
+        return messages
+
+    async def GetChannel(  # noqa: N802
+        self, request: realtime_pb2.GetChannelRequest, context: grpc.aio.ServicerContext
+    ) -> message_pb2.Channel:
+        try:
+            check_channel(request.channel, self.limits)
+
+            async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> message_pb2.Channel:
+                forward = channel_pb2.ChannelServiceGetChannelRequest(channel=request.channel)
+                channel: message_pb2.Channel = await stub.GetChannel(forward, timeout=timeout)
+                return channel
+
+            return await self.router.call(request.channel, _deadline(context), attempt)
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        except grpc.RpcError as error:
+            await abort(context, _passthrough(error))
+            raise

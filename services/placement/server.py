@@ -1,0 +1,192 @@
+"""The placement process: membership from etcd in, rings out (`PlacementService`).
+
+Rules:
+
+1. The ring at version R is computed from the member set at etcd revision R and from nothing else,
+   so every placement process that has reached R serves the same ring, and placement keeps no state
+   of its own: run several side by side.
+2. Versions only grow. A placement process reads the member set once, then follows the member watch;
+   every member write or delete is a new version, even one that leaves the set as it was (a member
+   that re-registers needs a ring at least as new as its registration, services/channel/node.py).
+3. Until the first read from etcd succeeds there is no ring, and every call is answered UNAVAILABLE
+   with reason RING_UNKNOWN, so callers go to another placement process.
+4. A WatchRing stream holds one number of state, the version it last sent: a slow watcher is sent
+   the newest ring when it is ready for the next, never a queue of the rings in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from ringcast.v1 import placement_service_pb2 as placement_pb2
+from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
+from services.common.errors import ServiceError, abort, invalid, unavailable
+from services.common.etcd import Etcd, EtcdUnavailable, MemberRecord
+from services.common.invariants import invariant
+from services.placement.ring import Ring
+
+log = logging.getLogger("ringcast.placement")
+
+CHANNEL_KIND = "channel"
+STORE_KIND = "store"
+
+membership_retry_delay_s_min = 0.05
+membership_retry_delay_s_max = 1.0
+"""Delays between attempts to read or watch membership while etcd is unreachable."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRing:
+    """One ring version: the hashing ring, the message sent for it, and the channel nodes by id."""
+
+    version: int
+    ring: Ring
+    message: placement_pb2.Ring
+    members: dict[str, placement_pb2.Member]
+
+
+def ring_from_members(version: int, records: Sequence[MemberRecord]) -> PlacementRing:
+    """The ring at `version` for `records`: channel nodes sorted by id, stores sorted by (zone, id)."""
+    channels = sorted((record for record in records if record.kind == CHANNEL_KIND), key=lambda record: record.id)
+    stores = sorted(
+        (record for record in records if record.kind == STORE_KIND), key=lambda record: (record.zone, record.id)
+    )
+    members = [placement_pb2.Member(id=record.id, address=record.address, zone=record.zone) for record in channels]
+    message = placement_pb2.Ring(
+        version=version,
+        members=members,
+        stores=[placement_pb2.Member(id=record.id, address=record.address, zone=record.zone) for record in stores],
+    )
+    members_by_id = {member.id: member for member in members}
+    return PlacementRing(version, Ring(version, members_by_id), message, members_by_id)
+
+
+def describe(ring: PlacementRing) -> str:
+    members = ",".join(f"{member.id}={member.address}" for member in ring.message.members)
+    stores = ",".join(f"{store.zone}:{store.id}={store.address}" for store in ring.message.stores)
+    return f"version={ring.version} members=[{members}] stores=[{stores}]"
+
+
+class RingBroadcast:
+    """The newest ring, and a way to wait for a newer one. Holds one ring, however many wait."""
+
+    def __init__(self) -> None:
+        self._current: PlacementRing | None = None
+        self._newer = asyncio.Event()
+        self._closed = False
+
+    @property
+    def current(self) -> PlacementRing | None:
+        return self._current
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def publish(self, ring: PlacementRing) -> bool:
+        """Make `ring` the newest, if it is newer; wake every waiter. True when it was newer."""
+        if self._current is not None and ring.version <= self._current.version:
+            return False
+        self._current = ring
+        # Waiters hold the old event; a fresh one is for the next change.
+        self._newer.set()
+        self._newer = asyncio.Event()
+        return True
+
+    async def wait_newer(self, version: int) -> PlacementRing | None:
+        """The newest ring once it is newer than `version`; None once the broadcast is closed."""
+        while not self._closed:
+            current = self._current
+            if current is not None and current.version > version:
+                return current
+            await self._newer.wait()
+        return None
+
+    def close(self) -> None:
+        """End every wait (the process is stopping)."""
+        self._closed = True
+        self._newer.set()
+
+
+def _ring_unknown() -> ServiceError:
+    return unavailable("RING_UNKNOWN", "placement has not read membership from etcd yet")
+
+
+# The generated servicer base is untyped (mypy skips ringcast.v1), hence the ignore.
+class PlacementServicer(placement_grpc.PlacementServiceServicer):  # type: ignore[misc]
+    """Lookup, GetRing and WatchRing over the broadcast's newest ring."""
+
+    def __init__(self, broadcast: RingBroadcast) -> None:
+        self.broadcast = broadcast
+
+    async def _current(self, context: grpc.aio.ServicerContext) -> PlacementRing:
+        current = self.broadcast.current
+        if current is None:
+            await abort(context, _ring_unknown())
+            raise AssertionError("abort returns only by raising")
+        return current
+
+    async def Lookup(  # noqa: N802 - the RPC's name
+        self, request: placement_pb2.LookupRequest, context: grpc.aio.ServicerContext
+    ) -> placement_pb2.LookupResponse:
+        if not request.channel:
+            await abort(context, invalid("CHANNEL_NAME_EMPTY", "channel name is empty"))
+        current = await self._current(context)
+        owner = current.ring.owner(request.channel)
+        response = placement_pb2.LookupResponse(ring_version=current.version)
+        if owner is not None:
+            response.owner.CopyFrom(current.members[owner])
+        return response
+
+    async def GetRing(  # noqa: N802 - the RPC's name
+        self, request: placement_pb2.GetRingRequest, context: grpc.aio.ServicerContext
+    ) -> placement_pb2.Ring:
+        return (await self._current(context)).message
+
+    async def WatchRing(  # noqa: N802 - the RPC's name
+        self, request: placement_pb2.WatchRingRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[placement_pb2.Ring]:
+        if self.broadcast.current is None:
+            await abort(context, _ring_unknown())
+        sent_version = request.known_version
+        while True:
+            ring = await self.broadcast.wait_newer(sent_version)
+            if ring is None:
+                return  # Stopping: the stream ends and the watcher moves to another placement process.
+            invariant(ring.version > sent_version, "a watcher is only ever sent newer rings")
+            # While this send waits for a slow watcher, newer rings only replace `current`; the next
+            # turn sends the newest and skips the rest.
+            yield ring.message
+            sent_version = ring.version
+
+
+async def follow_membership(etcd: Etcd, broadcast: RingBroadcast) -> None:
+    """Read the member set, then follow every change to it, publishing a ring per revision. Forever."""
+    delay_s = membership_retry_delay_s_min
+    while True:
+        try:
+            read_revision, records = await etcd.members()
+            _publish(broadcast, read_revision, records)
+            delay_s = membership_retry_delay_s_min
+            async with contextlib.aclosing(etcd.watch_members(read_revision)) as changes:
+                async for revision, changed_records in changes:
+                    _publish(broadcast, revision, changed_records)
+        except EtcdUnavailable as error:
+            log.warning("reading membership failed: %s; retrying in %.2f s", error, delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, membership_retry_delay_s_max)
+
+
+def _publish(broadcast: RingBroadcast, revision: int, records: Sequence[MemberRecord]) -> None:
+    current = broadcast.current
+    if current is not None and revision <= current.version:
+        return  # A fresh read after a watch failure can land on a revision already served.
+    ring = ring_from_members(revision, records)
+    if broadcast.publish(ring):
+        log.info("ring %s", describe(ring))

@@ -1,0 +1,116 @@
+"""python -m services.store --id store-a --zone a --listen 127.0.0.1:7101 --data-dir DIR [--etcd HOST:PORT]
+
+One store replica: a durable, group-committed log per channel in DIR. With --etcd it registers
+itself as a member (kind "store") once it serves, and leaves (revokes its lease) when it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from ringcast.v1 import store_service_pb2, store_service_pb2_grpc
+from services.common.server import env_default, run_service, serve
+from services.store.server import StoreService
+
+log = logging.getLogger("ringcast.store")
+
+
+class Membership:
+    """This replica's registration in etcd, as MemberRecord(kind="store", id, address, zone).
+
+    It registers in the background: the store's data does not depend on etcd, so etcd being down
+    delays the registration (which retries by itself) but never keeps the store from serving.
+    The etcd adapter is imported only here, so a store run without --etcd never loads an etcd client.
+    """
+
+    def __init__(self, endpoints: str, store_id: str, address: str, zone: str) -> None:
+        self.endpoints = endpoints
+        self.store_id, self.address, self.zone = store_id, address, zone
+        self._task: asyncio.Task[None] | None = None
+        self._leave: Callable[[], Awaitable[None]] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._join_or_log(), name="store-membership")
+
+    async def _join_or_log(self) -> None:
+        try:
+            await self._join()
+        except Exception:
+            log.exception("registering in etcd at %s failed; serving without membership", self.endpoints)
+
+    async def _join(self) -> None:
+        from services.common.etcd import Etcd, MemberRecord, Registration
+
+        etcd = await Etcd.connect(self.endpoints)
+        try:
+            record = MemberRecord(kind="store", id=self.store_id, address=self.address, zone=self.zone)
+            registration = await Registration.start(etcd, record)
+        except BaseException:
+            await etcd.close()
+            raise
+
+        async def leave() -> None:
+            try:
+                await registration.stop()  # revokes the lease: the member key goes at once
+            finally:
+                await etcd.close()
+
+        self._leave = leave
+
+    async def stop(self) -> None:
+        """Leave the membership (or stop trying to join it)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._leave is not None:
+            await self._leave()
+
+
+async def main(arguments: argparse.Namespace) -> None:
+    service = StoreService(arguments.data_dir or f"data/{arguments.id}")
+    membership: Membership | None = None
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        store_service_pb2_grpc.add_StoreServiceServicer_to_server(service, server)
+        return [store_service_pb2.DESCRIPTOR.services_by_name["StoreService"].full_name]
+
+    async def ready() -> None:
+        nonlocal membership
+        if arguments.etcd:
+            address = arguments.advertise or arguments.listen
+            membership = Membership(arguments.etcd, arguments.id, address, arguments.zone)
+            membership.start()
+
+    async def stopping() -> None:
+        if membership is not None:
+            await membership.stop()  # leave the membership first, so nobody picks this replica any more
+
+    try:
+        await serve(arguments.listen, register, ready=ready, stopping=stopping)
+    finally:
+        await service.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.store", description=__doc__)
+    parser.add_argument("--id", default=env_default("ID", "store-a"))
+    parser.add_argument("--zone", default=env_default("ZONE", "a"))
+    parser.add_argument("--listen", default=env_default("LISTEN", "127.0.0.1:7101"))
+    parser.add_argument(
+        "--advertise", default=env_default("ADVERTISE", ""), help="address others dial (default: --listen)"
+    )
+    parser.add_argument("--data-dir", default=env_default("DATA_DIR", ""), help="default: data/<id>")
+    parser.add_argument("--etcd", default=env_default("ETCD", ""), help="etcd endpoints; empty: do not register")
+    return parser
+
+
+if __name__ == "__main__":
+    run_service(build_parser, main)

@@ -1,0 +1,432 @@
+"""The store replica process: the replica log rules (services/store/log.py) behind `StoreService`.
+
+Rules:
+
+1. Nothing is answered before it is durable. Every write request (Fence, Append) goes through one
+   bounded queue to one writer thread, which takes everything queued (up to
+   `group_commit_requests_max` requests), applies the rules to all of it in one SQLite transaction,
+   commits once (one fsync for the whole group: group commit), and only then settles each caller.
+2. SQLite is synchronous, so it never runs on the event loop: writes on the writer thread, reads on
+   a small pool of threads, each with its own read-only connection, which WAL lets run alongside the
+   writer and which only ever sees committed transactions.
+3. If applying a group fails, the group is rolled back and its requests are applied again one by
+   one, each in its own transaction, so one bad request fails alone. A request that still fails is
+   answered with an error; what it would have written was rolled back, never half-applied.
+4. A stored entry that reads back corrupt is never served: the read fails with DATA_LOSS, reason
+   ENTRY_CORRUPT. Bad input fails with INVALID_ARGUMENT and a reason, and changes nothing.
+
+Each Append reply carries trailing metadata `ringcast-commit-id` (the number of the group commit
+that made it durable) and `ringcast-commit-requests` (how many requests that commit carried), so
+a caller or a test can see group commit at work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from ringcast.v1 import store_service_pb2 as store_pb2
+from services.common import convert
+from services.common.entries import Entry, Position
+from services.common.errors import ServiceError, abort, invalid, unavailable
+from services.common.invariants import InvariantViolation, invariant
+from services.store.log import AppendReply, FenceReply, ReadReply, ReplicaLog, read_entries_max
+from services.store.sqlite_engine import SqliteLogStorage
+
+log = logging.getLogger("ringcast.store")
+
+group_commit_requests_max = 1_024
+"""Write requests (Fence or Append calls) one transaction, one fsync, makes durable at most."""
+
+write_queue_requests_max = 16_384
+"""Write requests waiting for the writer; beyond this a call is refused as retryable (UNAVAILABLE)."""
+
+read_threads_max = 4
+"""Threads (each with its own read-only connection) serving reads at once."""
+
+append_channels_max = 1_024
+"""ChannelAppends one Append call may carry (an owner sends at most a few hundred)."""
+
+read_entries_default = 100
+"""Entries a read returns when the caller asks for `limit` 0."""
+
+channel_chars_max = 256
+"""Longest channel name stored (DESIGN §7)."""
+
+stored_value_max = (1 << 63) - 1
+"""Largest serial or epoch an SQLite INTEGER holds; the proto's uint64 can say more."""
+
+database_file_name = "store.sqlite3"
+lock_file_name = "store.lock"
+
+COMMIT_ID_KEY = "ringcast-commit-id"
+COMMIT_REQUESTS_KEY = "ringcast-commit-requests"
+
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Generic[Result]):
+    """What a write request produced, and the group commit that made it durable."""
+
+    value: Result
+    commit_id: int
+    commit_requests: int
+
+
+@dataclass(slots=True)
+class GroupCommitStats:
+    """Counted by the writer thread; read by anyone (plain integers, no torn reads in CPython)."""
+
+    commits: int = 0
+    requests: int = 0
+    largest_commit_requests: int = 0
+    failed_requests: int = 0
+
+    def record(self, requests: int) -> int:
+        """Count one successful commit of `requests` requests; answer its commit id."""
+        self.commits += 1
+        self.requests += requests
+        self.largest_commit_requests = max(self.largest_commit_requests, requests)
+        return self.commits
+
+    @property
+    def requests_per_commit(self) -> float:
+        return self.requests / self.commits if self.commits else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.commits} group commits, {self.requests} requests "
+            f"({self.requests_per_commit:.1f} per commit, largest {self.largest_commit_requests}), "
+            f"{self.failed_requests} failed"
+        )
+
+
+@dataclass(slots=True)
+class _Write:
+    apply: Callable[[ReplicaLog], Any]
+    future: asyncio.Future[Committed[Any]]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+"""Queued by `close()`: the writer finishes what is before it, then exits."""
+
+
+class GroupCommitWriter:
+    """The one writer thread of a replica: applies queued writes in groups, one commit per group."""
+
+    def __init__(self, storage: SqliteLogStorage) -> None:
+        invariant(not storage.read_only, "the writer writes")
+        self.storage = storage
+        self.replica = ReplicaLog(storage)
+        self.stats = GroupCommitStats()
+        self._queue: queue.Queue[_Write | object] = queue.Queue(maxsize=write_queue_requests_max)
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def submit(self, apply: Callable[[ReplicaLog], Result]) -> Committed[Result]:
+        """Run `apply` on the writer thread; return once its effects are committed (durable)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Committed[Any]] = loop.create_future()
+        try:
+            self._queue.put_nowait(_Write(apply, future, loop))
+        except queue.Full:
+            raise unavailable("STORE_OVERLOADED", "too many writes are waiting; retry later") from None
+        committed: Committed[Result] = await future
+        return committed
+
+    async def close(self) -> None:
+        """Finish every queued write, then stop the thread."""
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._queue.put, _STOP)
+            await asyncio.to_thread(self._thread.join)
+
+    # ----------------------------------------------------------------------------- writer thread
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group: list[_Write] = [first]  # type: ignore[list-item]
+            while len(group) < group_commit_requests_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                group.append(item)  # type: ignore[arg-type]
+            try:
+                self._commit_group(group)
+            except BaseException as error:  # never leave a caller waiting forever
+                log.exception("store writer failed")
+                for write in group:
+                    _settle(write, None, _write_error(error))
+
+    def _commit_group(self, group: Sequence[_Write]) -> None:
+        storage = self.storage
+        storage.begin()
+        try:
+            values = [write.apply(self.replica) for write in group]
+            storage.commit()
+        except Exception as error:
+            storage.rollback()
+            log.warning("group commit of %d requests failed (%s); applying them one by one", len(group), error)
+            for write in group:
+                self._commit_alone(write)
+            return
+        commit_id = self.stats.record(len(group))
+        for write, value in zip(group, values, strict=True):
+            _settle(write, Committed(value, commit_id, len(group)), None)
+
+    def _commit_alone(self, write: _Write) -> None:
+        storage = self.storage
+        storage.begin()
+        try:
+            value = write.apply(self.replica)
+            storage.commit()
+        except Exception as error:
+            storage.rollback()
+            self.stats.failed_requests += 1
+            log.error("store write failed and was rolled back: %r", error)
+            _settle(write, None, _write_error(error))
+            return
+        _settle(write, Committed(value, self.stats.record(1), 1), None)
+
+
+def _write_error(error: BaseException) -> ServiceError:
+    if isinstance(error, InvariantViolation):
+        return ServiceError(grpc.StatusCode.INTERNAL, "STORE_INVARIANT", f"store invariant violated: {error}")
+    return unavailable("STORE_WRITE_FAILED", f"the store could not write: {error}")
+
+
+def _settle(write: _Write, value: Committed[Any] | None, error: ServiceError | None) -> None:
+    """From the writer thread: hand the outcome to the caller's event loop."""
+
+    def settle() -> None:
+        if write.future.done():  # the caller went away (cancelled); the write stands regardless
+            return
+        if error is not None:
+            write.future.set_exception(error)
+        else:
+            write.future.set_result(value)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        write.loop.call_soon_threadsafe(settle)
+
+
+class LogReaders:
+    """Read-only connections, one per read thread; a read sees one committed snapshot."""
+
+    def __init__(self, path: str, threads: int = read_threads_max) -> None:
+        self._storages: queue.SimpleQueue[SqliteLogStorage] = queue.SimpleQueue()
+        self._all = [SqliteLogStorage(path, read_only=True) for _ in range(threads)]
+        for storage in self._all:
+            self._storages.put(storage)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read")
+
+    async def read(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._read, channel, after_serial, limit)
+
+    def _read(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+        # As many connections as threads, so a thread always finds one free.
+        storage = self._storages.get_nowait()
+        try:
+            storage.begin()  # one snapshot for the entries and the last position
+            try:
+                return ReplicaLog(storage).read(channel, after_serial, limit)
+            finally:
+                storage.commit()
+        finally:
+            self._storages.put(storage)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for storage in self._all:
+            storage.close()
+
+
+class StoreService:
+    """One replica's StoreService over one data directory.
+
+    It implements every RPC of the service itself, so it does not subclass the generated
+    `StoreServiceServicer` (whose only use would be UNIMPLEMENTED defaults, and which mypy sees as Any).
+    """
+
+    def __init__(self, data_dir: str) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        self.data_dir = data_dir
+        self._lock = _lock_data_dir(data_dir)
+        path = os.path.join(data_dir, database_file_name)
+        self.writer = GroupCommitWriter(SqliteLogStorage(path))
+        self.readers = LogReaders(path)
+        self.writer.start()
+        log.info("store data in %s", path)
+
+    @property
+    def stats(self) -> GroupCommitStats:
+        return self.writer.stats
+
+    async def close(self) -> None:
+        await self.writer.close()
+        self.writer.storage.close()
+        self.readers.close()
+        os.close(self._lock)
+        log.info("store closed: %s", self.stats.summary())
+
+    # ----------------------------------------------------------------------------- RPCs
+
+    async def Fence(
+        self, request: store_pb2.FenceRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.FenceResponse:
+        try:
+            channel = _channel(request.channel)
+            epoch = _stored_value(request.epoch, "epoch")
+            committed = await self.writer.submit(lambda replica: replica.fence(channel, epoch))
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        context.set_trailing_metadata(_commit_metadata(committed))
+        return _fence_to_proto(committed.value)
+
+    async def Append(
+        self, request: store_pb2.AppendRequest, context: grpc.aio.ServicerContext
+    ) -> store_pb2.AppendResponse:
+        try:
+            appends = _appends(request.appends)
+            if not appends:
+                return store_pb2.AppendResponse()
+            committed = await self.writer.submit(
+                lambda replica: [
+                    replica.append(channel, epoch, prev, entries) for channel, epoch, prev, entries in appends
+                ]
+            )
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        context.set_trailing_metadata(_commit_metadata(committed))
+        return store_pb2.AppendResponse(results=[_append_to_proto(reply) for reply in committed.value])
+
+    async def Read(self, request: store_pb2.ReadRequest, context: grpc.aio.ServicerContext) -> store_pb2.ReadResponse:
+        try:
+            channel = _channel(request.channel)
+            after_serial = _stored_value(request.after_serial, "after_serial")
+            limit = min(request.limit or read_entries_default, read_entries_max)
+            reply = await self.readers.read(channel, after_serial, limit)
+            if reply.corrupt:
+                serial = next(entry.serial for entry in reply.entries if not entry.intact())
+                log.error("stored entry %d of channel %r is corrupt", serial, channel)
+                raise ServiceError(
+                    grpc.StatusCode.DATA_LOSS,
+                    "ENTRY_CORRUPT",
+                    f"stored entry {serial} of channel {channel!r} does not match its checksum",
+                    {"channel": channel, "serial": str(serial)},
+                )
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        return store_pb2.ReadResponse(
+            entries=convert.entries_to_proto(reply.entries), last=convert.position_to_proto(reply.last)
+        )
+
+
+# --------------------------------------------------------------------------------- input checks
+
+
+def _channel(name: str) -> str:
+    if not name:
+        raise invalid("CHANNEL_NAME_EMPTY", "channel name is empty")
+    if len(name) > channel_chars_max:
+        raise invalid(
+            "CHANNEL_NAME_TOO_LONG",
+            f"channel name has {len(name)} chars; at most {channel_chars_max}",
+            limit=str(channel_chars_max),
+        )
+    return name
+
+
+def _stored_value(value: int, field: str) -> int:
+    if value > stored_value_max:
+        raise invalid("VALUE_OUT_OF_RANGE", f"{field} is above {stored_value_max}", field=field)
+    return value
+
+
+_Append = tuple[str, int, Position, tuple[Entry, ...]]
+
+
+def _appends(protos: Sequence[store_pb2.ChannelAppend]) -> list[_Append]:
+    if len(protos) > append_channels_max:
+        raise invalid(
+            "TOO_MANY_APPENDS",
+            f"{len(protos)} appends in one call; at most {append_channels_max}",
+            limit=str(append_channels_max),
+        )
+    appends = []
+    for proto in protos:
+        channel = _channel(proto.channel)
+        epoch = _stored_value(proto.epoch, "epoch")
+        prev = Position(_stored_value(proto.prev.serial, "prev.serial"), _stored_value(proto.prev.epoch, "prev.epoch"))
+        for entry in proto.entries:
+            _stored_value(entry.serial, "entries.serial")
+            _stored_value(entry.epoch, "entries.epoch")
+        entries = tuple(convert.entry_from_proto(entry) for entry in proto.entries)
+        appends.append((channel, epoch, prev, entries))
+    return appends
+
+
+# --------------------------------------------------------------------------------- replies
+
+
+def _commit_metadata(committed: Committed[Any]) -> tuple[tuple[str, str], ...]:
+    return ((COMMIT_ID_KEY, str(committed.commit_id)), (COMMIT_REQUESTS_KEY, str(committed.commit_requests)))
+
+
+def _fence_to_proto(reply: FenceReply) -> store_pb2.FenceResponse:
+    return store_pb2.FenceResponse(
+        fenced=reply.fenced, fence_epoch=reply.fence_epoch, last=convert.position_to_proto(reply.last)
+    )
+
+
+def _append_to_proto(reply: AppendReply) -> store_pb2.ChannelAppendResult:
+    return store_pb2.ChannelAppendResult(
+        status=store_pb2.AppendStatus.Value(f"APPEND_STATUS_{reply.status.name}"),
+        fence_epoch=reply.fence_epoch,
+        last=convert.position_to_proto(reply.last),
+        match_serial=reply.match_serial,
+        conflict_epoch=reply.conflict_epoch,
+        conflict_first_serial=reply.conflict_first_serial,
+        detail=reply.detail,
+    )
+
+
+def _lock_data_dir(data_dir: str) -> int:
+    """Hold an exclusive lock on the data directory: two replicas must never share one log.
+
+    The kernel drops the lock when the process dies, however it dies, so a restart after SIGKILL
+    finds it free.
+    """
+    descriptor = os.open(os.path.join(data_dir, lock_file_name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise SystemExit(f"data directory {data_dir} is in use by another store process") from None
+    return descriptor

@@ -1,0 +1,292 @@
+"""The SQLite engine: one replica's channel logs in one SQLite file (WAL, synchronous=FULL).
+
+Rules:
+
+1. Mutations (`set_fence`, `truncate_after`, `extend`) happen only inside an explicit transaction
+   (`begin()` ... `commit()` or `rollback()`) and never commit by themselves: the server applies many
+   requests in one transaction and makes them durable with one commit, one fsync (group commit).
+2. A message is stored as its serialized ringcast.v1 Message, with the checksum as it was received,
+   so corruption at rest is detected when the entry is read back (`Entry.intact()`): an entry whose
+   stored bytes no longer parse is handed back as an entry that is not intact, never skipped.
+3. Each channel's fence and last position are cached in memory, in a bounded cache, and updated on
+   every mutation. A rollback forgets the whole cache, so it never holds what was not committed.
+4. A read-only instance (`read_only=True`) serves reads from its own connection, which WAL lets run
+   alongside the writer and which only ever sees committed transactions. It caches nothing, since
+   another connection writes; `begin()`/`commit()` around several reads give them one snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+from ringcast.v1 import message_pb2
+from services.common.convert import message_from_proto, message_to_proto
+from services.common.entries import ORIGIN, Entry, Message, Position, entry_checksum
+from services.common.invariants import invariant
+
+channel_cache_entries_max = 100_000
+"""Channels whose fence and last position the writer keeps in memory (least recently used dropped)."""
+
+busy_timeout_ms = 5_000
+"""How long a connection waits for a lock held by another connection before it fails."""
+
+schema_version = 1
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS entries (
+        channel TEXT NOT NULL,
+        serial INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        message BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        PRIMARY KEY (channel, serial)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS entries_by_epoch ON entries (channel, epoch, serial)",
+    """
+    CREATE TABLE IF NOT EXISTS fences (
+        channel TEXT NOT NULL PRIMARY KEY,
+        epoch INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+Value = TypeVar("Value")
+
+
+class _BoundedCache(Generic[Value]):
+    """A least-recently-used map with at most `entries_max` entries (0: caches nothing)."""
+
+    def __init__(self, entries_max: int) -> None:
+        invariant(entries_max >= 0, "cache bound is not negative")
+        self._entries_max = entries_max
+        self._values: OrderedDict[str, Value] = OrderedDict()
+
+    def get(self, key: str) -> Value | None:
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: Value) -> None:
+        if self._entries_max == 0:
+            return
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self._entries_max:
+            self._values.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        self._values.pop(key, None)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class SqliteLogStorage:
+    """A `LogStorage` (services/store/log.py) over one SQLite file."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        read_only: bool = False,
+        channel_cache_entries_max: int = channel_cache_entries_max,
+    ) -> None:
+        self.path = path
+        self.read_only = read_only
+        if read_only and not os.path.exists(path):
+            # Opening would create an empty database: a reader must never be what creates the store.
+            raise FileNotFoundError(f"no store database at {path}")
+        # isolation_level=None: the sqlite3 module opens no transaction of its own; ours are explicit.
+        # check_same_thread=False: the server hands a connection to one worker thread at a time.
+        self._connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._connection.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        if read_only:
+            self._connection.execute("PRAGMA query_only = ON")
+        else:
+            self._open_for_writing()
+        journal_mode = self._connection.execute("PRAGMA journal_mode").fetchone()[0]
+        invariant(str(journal_mode).lower() == "wal", f"store database {path} is in WAL mode")
+        cache_bound = 0 if read_only else channel_cache_entries_max
+        self._fences: _BoundedCache[int] = _BoundedCache(cache_bound)
+        self._lasts: _BoundedCache[Position] = _BoundedCache(cache_bound)
+
+    def _open_for_writing(self) -> None:
+        connection = self._connection
+        mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        invariant(str(mode).lower() == "wal", f"store database {self.path} can use WAL")
+        # FULL: every commit syncs the WAL, so a committed transaction survives a power loss.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            invariant(version in (0, schema_version), f"store database schema {version} is {schema_version}")
+            connection.execute(f"PRAGMA user_version = {schema_version}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    # ----------------------------------------------------------------------------- transactions
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction
+
+    def begin(self) -> None:
+        """Start a transaction; the writer takes the write lock at once, so no other writer can interpose."""
+        invariant(not self._connection.in_transaction, "no transaction is open")
+        self._connection.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        """End the transaction; with synchronous=FULL, durable once this returns (one fsync)."""
+        invariant(self._connection.in_transaction, "a transaction is open")
+        self._connection.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Undo the transaction, and forget the cache, which may hold what was undone."""
+        self._fences.clear()
+        self._lasts.clear()
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
+
+    def close(self) -> None:
+        if self._connection.in_transaction:
+            self.rollback()
+        self._connection.close()
+
+    def _mutating(self) -> None:
+        invariant(not self.read_only, "a read-only store is never written")
+        invariant(self._connection.in_transaction, "store mutations run inside begin() ... commit()")
+
+    # ----------------------------------------------------------------------------- LogStorage
+
+    def channels(self) -> list[str]:
+        """Every channel with a fence or an entry, sorted."""
+        rows = self._connection.execute(
+            "SELECT channel FROM fences UNION SELECT DISTINCT channel FROM entries ORDER BY 1"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def fence_of(self, channel: str) -> int:
+        fence = self._fences.get(channel)
+        if fence is None:
+            row = self._connection.execute("SELECT epoch FROM fences WHERE channel = ?", (channel,)).fetchone()
+            fence = int(row[0]) if row else 0
+            self._fences.put(channel, fence)
+        return fence
+
+    def set_fence(self, channel: str, epoch: int) -> None:
+        self._mutating()
+        invariant(epoch >= self.fence_of(channel), "fence never decreases")
+        self._connection.execute(
+            "INSERT INTO fences (channel, epoch) VALUES (?, ?) "
+            "ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch",
+            (channel, epoch),
+        )
+        self._fences.put(channel, epoch)
+
+    def last(self, channel: str) -> Position:
+        last = self._lasts.get(channel)
+        if last is None:
+            row = self._connection.execute(
+                "SELECT serial, epoch FROM entries WHERE channel = ? ORDER BY serial DESC LIMIT 1", (channel,)
+            ).fetchone()
+            last = Position(int(row[0]), int(row[1])) if row else ORIGIN
+            self._lasts.put(channel, last)
+        return last
+
+    def epoch_at(self, channel: str, serial: int) -> int | None:
+        if serial == 0:
+            return 0
+        if serial < 0:
+            return None
+        # The common case (an append right after the last entry) needs no query.
+        last = self.last(channel)
+        if serial > last.serial:
+            return None
+        if serial == last.serial:
+            return last.epoch
+        row = self._connection.execute(
+            "SELECT epoch FROM entries WHERE channel = ? AND serial = ?", (channel, serial)
+        ).fetchone()
+        invariant(row is not None, "the log is contiguous up to its last entry")
+        return int(row[0])
+
+    def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
+        row = self._connection.execute(
+            "SELECT MIN(serial) FROM entries WHERE channel = ? AND epoch = ?", (channel, epoch)
+        ).fetchone()
+        invariant(row is not None and row[0] is not None, "epoch is in the log")
+        return int(row[0])
+
+    def truncate_after(self, channel: str, serial: int) -> None:
+        self._mutating()
+        invariant(serial >= 0, "truncation point is a serial")
+        self._connection.execute("DELETE FROM entries WHERE channel = ? AND serial > ?", (channel, serial))
+        # The new last position is the entry at `serial`, which the next `last()` looks up.
+        self._lasts.forget(channel)
+
+    def extend(self, channel: str, entries: Sequence[Entry]) -> None:
+        self._mutating()
+        if not entries:
+            return
+        last = self.last(channel)
+        previous_serial, previous_epoch = last.serial, last.epoch
+        rows = []
+        for entry in entries:
+            invariant(entry.serial == previous_serial + 1, "log stays contiguous")
+            invariant(entry.epoch >= previous_epoch, "epochs never decrease")
+            rows.append((channel, entry.serial, entry.epoch, _message_bytes(entry.message), entry.checksum))
+            previous_serial, previous_epoch = entry.serial, entry.epoch
+        self._connection.executemany(
+            "INSERT INTO entries (channel, serial, epoch, message, checksum) VALUES (?, ?, ?, ?, ?)", rows
+        )
+        self._lasts.put(channel, entries[-1].position)
+
+    def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
+        if limit <= 0:
+            return []
+        rows = self._connection.execute(
+            "SELECT serial, epoch, message, checksum FROM entries WHERE channel = ? AND serial > ? "
+            "ORDER BY serial LIMIT ?",
+            (channel, max(after_serial, 0), limit),
+        ).fetchall()
+        return [
+            _entry_from_row(int(serial), int(epoch), bytes(data), int(checksum))
+            for serial, epoch, data, checksum in rows
+        ]
+
+
+def _message_bytes(message: Message) -> bytes:
+    # The proto's header map keeps no order, and every entry is read back with its headers sorted:
+    # a message whose headers are not sorted by key (and unique) would come back with another checksum.
+    keys = [key for key, _ in message.headers]
+    invariant(all(a < b for a, b in zip(keys, keys[1:], strict=False)), "message headers are sorted and unique")
+    return bytes(message_to_proto(message).SerializeToString())
+
+
+def _entry_from_row(serial: int, epoch: int, data: bytes, checksum: int) -> Entry:
+    """The stored entry; one whose bytes no longer parse comes back as an entry that is not intact."""
+    try:
+        proto = message_pb2.Message.FromString(data)
+    # google.protobuf.message.DecodeError in practice; caught by its base class here because the
+    # protobuf runtime ships no type information for mypy to check the narrower import against.
+    except Exception:
+        placeholder = Message(id="")
+        # Make sure the placeholder can never pass for intact, whatever the stored checksum is.
+        if checksum == entry_checksum(serial, epoch, placeholder):
+            checksum ^= 1
+        return Entry(serial, epoch, placeholder, checksum)
+    return Entry(serial, epoch, message_from_proto(proto), checksum)

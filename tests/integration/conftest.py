@@ -1,0 +1,28 @@
+"""Fixtures shared by the integration tests (real processes on loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.etcd import EtcdServer
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A fresh single-member etcd for one test, on free ports with its own data dir; killed afterwards.
+    `etcd_server.restart()` kills it and starts it again on the same data dir and ports."""
+    server = EtcdServer(tmp_path / "etcd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_endpoint(etcd_server: EtcdServer) -> str:
+    """host:port of the test's etcd, what `Etcd.connect` and `--etcd` take."""
+    return etcd_server.endpoint

@@ -1,0 +1,412 @@
+"""The store replica as a real OS process: `python -m services.store` on loopback (etcd only where named).
+
+Over gRPC: Fence, batched Append and Read map the replica log rules to the protos; bad input gets
+INVALID_ARGUMENT with a reason and changes nothing; writes that arrive while a commit is held up
+share the next commit (group commit); a corrupt stored entry is refused with DATA_LOSS. And the
+durability promise: every append acknowledged before a SIGKILL is there after a restart. Last, with
+--etcd, the store's membership: registered while it serves, gone when it stops, and an unreachable
+etcd never keeps it from serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ringcast.v1 import store_service_pb2 as store_pb2
+from ringcast.v1 import store_service_pb2_grpc as store_grpc
+from services.common.convert import entry_from_proto, entry_to_proto, position_to_proto
+from services.common.entries import ORIGIN, Entry, Message, Position
+from services.common.errors import error_info
+from services.store import server as store_server
+from tests.integration.procs import ServiceProcess, ServiceProcesses, free_port
+
+call_timeout_s = 10.0
+
+
+def _start_store(processes: ServiceProcesses, data_dir: Path, address: str | None = None) -> ServiceProcess:
+    return processes.start(
+        "services.store", ["--id", "store-t", "--zone", "t", "--data-dir", str(data_dir)], address=address
+    )
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[ServiceProcesses]:
+    with ServiceProcesses(tmp_path / "logs") as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One store process shared by the tests that only talk to it (each uses its own channels)."""
+    directory = tmp_path_factory.mktemp("store")
+    with ServiceProcesses(directory / "logs") as started:
+        yield _start_store(started, directory / "data")
+
+
+def _stub(process: ServiceProcess) -> tuple[grpc.Channel, store_grpc.StoreServiceStub]:
+    channel = grpc.insecure_channel(process.address)
+    return channel, store_grpc.StoreServiceStub(channel)
+
+
+@pytest.fixture
+def stub(store: ServiceProcess) -> Iterator[store_grpc.StoreServiceStub]:
+    channel, stub = _stub(store)
+    with channel:
+        yield stub
+
+
+def _entries(first_serial: int, epochs: Sequence[int], tag: str = "m") -> list[Entry]:
+    return [
+        Entry.make(first_serial + index, epoch, Message(f"{tag}-{first_serial + index}", data=b"payload"))
+        for index, epoch in enumerate(epochs)
+    ]
+
+
+def _append(name: str, epoch: int, prev: Position, entries: Sequence[Entry]) -> store_pb2.ChannelAppend:
+    return store_pb2.ChannelAppend(
+        channel=name, epoch=epoch, prev=position_to_proto(prev), entries=[entry_to_proto(e) for e in entries]
+    )
+
+
+def _append_one(stub: store_grpc.StoreServiceStub, append: store_pb2.ChannelAppend) -> store_pb2.ChannelAppendResult:
+    response = stub.Append(store_pb2.AppendRequest(appends=[append]), timeout=call_timeout_s)
+    [result] = response.results
+    return result
+
+
+def _read(stub: store_grpc.StoreServiceStub, name: str, after_serial: int = 0, limit: int = 0) -> list[Entry]:
+    request = store_pb2.ReadRequest(channel=name, after_serial=after_serial, limit=limit)
+    return [entry_from_proto(entry) for entry in stub.Read(request, timeout=call_timeout_s).entries]
+
+
+def _refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    """The status code and ErrorInfo reason of a call expected to fail."""
+    assert isinstance(call, grpc.RpcError)
+    info = error_info(call)
+    assert info is not None and info.domain == "ringcast"
+    return call.code(), info.reason  # type: ignore[attr-defined]
+
+
+def _fails(operation: object) -> grpc.RpcError:
+    assert callable(operation)
+    with pytest.raises(grpc.RpcError) as failure:
+        operation()
+    return failure.value
+
+
+# --------------------------------------------------------------------------------- serving
+
+
+def test_health_says_serving_for_the_server_and_the_store_service(store: ServiceProcess) -> None:
+    with grpc.insecure_channel(store.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "ringcast.v1.StoreService"):
+            response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=call_timeout_s)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_fence_append_read_round_trip(stub: store_grpc.StoreServiceStub) -> None:
+    fence = stub.Fence(store_pb2.FenceRequest(channel="round-trip", epoch=3), timeout=call_timeout_s)
+    assert (fence.fenced, fence.fence_epoch, fence.last.serial) == (False, 3, 0)
+    entries = _entries(1, [3, 3, 3])
+    result = _append_one(stub, _append("round-trip", 3, ORIGIN, entries))
+    assert result.status == store_pb2.APPEND_STATUS_OK
+    assert (result.match_serial, result.last.serial, result.last.epoch, result.fence_epoch) == (3, 3, 3, 3)
+    assert _read(stub, "round-trip") == entries
+    assert _read(stub, "round-trip", after_serial=1, limit=1) == entries[1:2]
+    stale = stub.Fence(store_pb2.FenceRequest(channel="round-trip", epoch=2), timeout=call_timeout_s)
+    assert (stale.fenced, stale.fence_epoch, stale.last.serial, stale.last.epoch) == (True, 3, 3, 3)
+
+
+def test_one_append_call_judges_each_channel_on_its_own(stub: store_grpc.StoreServiceStub) -> None:
+    stub.Fence(store_pb2.FenceRequest(channel="batch-fenced", epoch=5), timeout=call_timeout_s)
+    _append_one(stub, _append("batch-conflict", 2, ORIGIN, _entries(1, [1, 2, 2])))
+    good = _entries(1, [4])
+    bad_checksum = Entry(1, 4, Message("x"), 12345)
+    response = stub.Append(
+        store_pb2.AppendRequest(
+            appends=[
+                _append("batch-ok", 4, ORIGIN, good),
+                _append("batch-fenced", 4, ORIGIN, _entries(1, [4])),
+                _append("batch-short", 4, Position(7, 4), _entries(8, [4])),
+                _append("batch-conflict", 4, Position(3, 3), _entries(4, [4])),
+                _append("batch-corrupt", 4, ORIGIN, [bad_checksum]),
+                _append("batch-invalid", 4, ORIGIN, _entries(2, [4])),
+            ]
+        ),
+        timeout=call_timeout_s,
+    )
+    statuses = [store_pb2.AppendStatus.Name(result.status) for result in response.results]
+    assert statuses == [
+        "APPEND_STATUS_OK",
+        "APPEND_STATUS_FENCED",
+        "APPEND_STATUS_MISMATCH",
+        "APPEND_STATUS_MISMATCH",
+        "APPEND_STATUS_CORRUPT",
+        "APPEND_STATUS_INVALID",
+    ]
+    ok, fenced, short, conflict, corrupt, invalid = response.results
+    assert ok.match_serial == 1
+    assert fenced.fence_epoch == 5
+    assert (short.conflict_epoch, short.conflict_first_serial, short.last.serial) == (0, 0, 0)
+    assert (conflict.conflict_epoch, conflict.conflict_first_serial, conflict.last.serial) == (2, 2, 3)
+    assert corrupt.detail and invalid.detail
+    assert _read(stub, "batch-ok") == good
+    assert _read(stub, "batch-corrupt") == [] and _read(stub, "batch-invalid") == []
+
+
+def test_read_limit_zero_means_the_default_and_large_limits_are_capped(stub: store_grpc.StoreServiceStub) -> None:
+    count = store_server.read_entries_max + 50
+    _append_one(stub, _append("long", 1, ORIGIN, _entries(1, [1] * count)))
+    assert len(_read(stub, "long")) == store_server.read_entries_default
+    capped = _read(stub, "long", limit=10 * count)
+    assert [entry.serial for entry in capped] == list(range(1, store_server.read_entries_max + 1))
+    response = stub.Read(store_pb2.ReadRequest(channel="long", after_serial=count - 2), timeout=call_timeout_s)
+    assert [entry.serial for entry in response.entries] == [count - 1, count]
+    assert (response.last.serial, response.last.epoch) == (count, 1)
+
+
+# --------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_invalid_argument_with_a_reason_and_changes_nothing(stub: store_grpc.StoreServiceStub) -> None:
+    too_big = store_server.stored_value_max + 1
+    refusals = {
+        "read without channel": lambda: stub.Read(store_pb2.ReadRequest(channel=""), timeout=call_timeout_s),
+        "fence without channel": lambda: stub.Fence(store_pb2.FenceRequest(epoch=1), timeout=call_timeout_s),
+        "fence epoch too big": lambda: stub.Fence(
+            store_pb2.FenceRequest(channel="bad-input", epoch=too_big), timeout=call_timeout_s
+        ),
+        "read after too big": lambda: stub.Read(
+            store_pb2.ReadRequest(channel="bad-input", after_serial=too_big), timeout=call_timeout_s
+        ),
+        "channel too long": lambda: stub.Read(store_pb2.ReadRequest(channel="x" * 257), timeout=call_timeout_s),
+        # One bad append spoils the call: the good one before it is not applied either.
+        "append without channel": lambda: stub.Append(
+            store_pb2.AppendRequest(
+                appends=[_append("bad-input", 1, ORIGIN, _entries(1, [1])), _append("", 1, ORIGIN, _entries(1, [1]))]
+            ),
+            timeout=call_timeout_s,
+        ),
+        "too many appends": lambda: stub.Append(
+            store_pb2.AppendRequest(
+                appends=[_append("bad-input", 1, ORIGIN, [])] * (store_server.append_channels_max + 1)
+            ),
+            timeout=call_timeout_s,
+        ),
+    }
+    expected_reasons = {
+        "read without channel": "CHANNEL_NAME_EMPTY",
+        "fence without channel": "CHANNEL_NAME_EMPTY",
+        "fence epoch too big": "VALUE_OUT_OF_RANGE",
+        "read after too big": "VALUE_OUT_OF_RANGE",
+        "channel too long": "CHANNEL_NAME_TOO_LONG",
+        "append without channel": "CHANNEL_NAME_EMPTY",
+        "too many appends": "TOO_MANY_APPENDS",
+    }
+    for name, operation in refusals.items():
+        assert _refusal(_fails(operation)) == (grpc.StatusCode.INVALID_ARGUMENT, expected_reasons[name]), name
+    fence = stub.Fence(store_pb2.FenceRequest(channel="bad-input", epoch=0), timeout=call_timeout_s)
+    assert (fence.fence_epoch, fence.last.serial) == (0, 0)
+
+
+# --------------------------------------------------------------------------------- group commit
+
+
+def _database(data_dir: Path) -> Path:
+    return data_dir / store_server.database_file_name
+
+
+@contextlib.contextmanager
+def _stalled_writer(database: Path) -> Iterator[None]:
+    """Hold SQLite's write lock from outside, as a slow disk would hold up a commit.
+
+    The store's writer waits for the lock (its busy timeout is far longer), and every write request
+    that arrives meanwhile queues behind it: what group commit must then commit together.
+    """
+    connection = sqlite3.connect(database, timeout=call_timeout_s, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        yield
+        connection.execute("ROLLBACK")
+    finally:
+        connection.close()
+
+
+def _small_appends(stub: store_grpc.StoreServiceStub, prefix: str, count: int) -> list[grpc.Future]:
+    return [
+        stub.Append.future(
+            store_pb2.AppendRequest(appends=[_append(f"{prefix}-{index}", 1, ORIGIN, _entries(1, [1]))]),
+            timeout=call_timeout_s,
+        )
+        for index in range(count)
+    ]
+
+
+def test_concurrent_appends_share_commits(processes: ServiceProcesses, tmp_path: Path) -> None:
+    """50 concurrent appends while a commit is held up: far fewer commits than calls.
+
+    A store that committed each request on its own would show 50 distinct commit ids.
+    """
+    process = _start_store(processes, tmp_path / "data")
+    channel, stub = _stub(process)
+    with channel:
+        with _stalled_writer(_database(tmp_path / "data")):
+            calls = _small_appends(stub, "group", 50)
+            stall_s = 0.5  # long enough for every call to reach the store's queue
+            time.sleep(stall_s)
+            assert not any(call.done() for call in calls), "answered while the commit could not happen"
+        commits: dict[str, int] = {}
+        replies_per_commit: dict[str, int] = {}
+        for call in calls:
+            [result] = call.result().results
+            assert result.status == store_pb2.APPEND_STATUS_OK
+            metadata = dict(call.trailing_metadata())
+            commit_id = metadata[store_server.COMMIT_ID_KEY]
+            commits[commit_id] = int(metadata[store_server.COMMIT_REQUESTS_KEY])
+            replies_per_commit[commit_id] = replies_per_commit.get(commit_id, 0) + 1
+    # The first request may have been taken alone before the stall; the rest wait in one queue.
+    assert len(commits) <= 3, f"50 appends took {len(commits)} commits: {sorted(commits.values())}"
+    # Each commit says how many requests it carried: exactly the replies that name it.
+    assert replies_per_commit == commits
+    assert process.stop() == 0
+    [summary] = [line for line in process.output().splitlines() if "group commits" in line]
+    words = summary.split()
+    total_commits, total_requests = int(words[words.index("group") - 1]), int(words[words.index("requests") - 1])
+    assert (total_commits, total_requests) == (len(commits), 50), summary
+
+
+# --------------------------------------------------------------------------------- corruption at rest
+
+
+def test_a_corrupt_stored_entry_is_refused_with_data_loss(
+    stub: store_grpc.StoreServiceStub, store: ServiceProcess
+) -> None:
+    _append_one(stub, _append("rot", 1, ORIGIN, _entries(1, [1, 1, 1])))
+    database = _database(store.log_path.parent.parent / "data")
+    with sqlite3.connect(database, timeout=call_timeout_s) as connection:
+        connection.execute("UPDATE entries SET checksum = checksum + 1 WHERE channel = 'rot' AND serial = 2")
+    failure = _fails(lambda: _read(stub, "rot"))
+    assert _refusal(failure) == (grpc.StatusCode.DATA_LOSS, "ENTRY_CORRUPT")
+    assert [entry.serial for entry in _read(stub, "rot", limit=1)] == [1]
+    assert [entry.serial for entry in _read(stub, "rot", after_serial=2)] == [3]
+
+
+# --------------------------------------------------------------------------------- durability
+
+
+def test_an_acknowledged_append_survives_sigkill(processes: ServiceProcesses, tmp_path: Path) -> None:
+    process = _start_store(processes, tmp_path / "data")
+    entries = _entries(1, [7, 7])
+    channel, stub = _stub(process)
+    with channel:
+        stub.Fence(store_pb2.FenceRequest(channel="durable", epoch=7), timeout=call_timeout_s)
+        assert _append_one(stub, _append("durable", 7, ORIGIN, entries)).status == store_pb2.APPEND_STATUS_OK
+        process.kill()
+
+    restarted = _start_store(processes, tmp_path / "data")
+    channel, stub = _stub(restarted)
+    with channel:
+        assert _read(stub, "durable") == entries
+        fence = stub.Fence(store_pb2.FenceRequest(channel="durable", epoch=6), timeout=call_timeout_s)
+        assert (fence.fenced, fence.fence_epoch, fence.last.serial) == (True, 7, 2)
+
+
+def test_every_append_acknowledged_before_a_sigkill_mid_stream_is_kept(
+    processes: ServiceProcesses, tmp_path: Path
+) -> None:
+    process = _start_store(processes, tmp_path / "data")
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+    channel_count, kill_after = 300, 30
+
+    def on_done(name: str, call: grpc.Future) -> None:
+        if call.exception() is None and call.result().results[0].status == store_pb2.APPEND_STATUS_OK:
+            with lock:
+                acknowledged.append(name)
+                if len(acknowledged) >= kill_after:
+                    enough.set()
+
+    entries_by_channel = {f"crash-{index}": _entries(1, [1, 1], tag=f"crash-{index}") for index in range(channel_count)}
+    channel, stub = _stub(process)
+    with channel:
+        calls = []
+        for name, entries in entries_by_channel.items():
+            call = stub.Append.future(
+                store_pb2.AppendRequest(appends=[_append(name, 1, ORIGIN, entries)]), timeout=call_timeout_s
+            )
+            call.add_done_callback(lambda done, name=name: on_done(name, done))  # type: ignore[misc]
+            calls.append(call)
+        assert enough.wait(call_timeout_s)
+        process.kill()
+        for call in calls:
+            call.exception()  # wait until every call has an outcome
+    with lock:
+        kept = list(acknowledged)
+    assert len(kept) >= kill_after
+
+    restarted = _start_store(processes, tmp_path / "data")
+    channel, stub = _stub(restarted)
+    with channel:
+        for name in kept:
+            assert _read(stub, name) == entries_by_channel[name], f"{name} was acknowledged, then lost"
+
+
+def test_a_second_store_on_the_same_data_dir_refuses_to_start(processes: ServiceProcesses, tmp_path: Path) -> None:
+    first = _start_store(processes, tmp_path / "data")
+    second = processes.start("services.store", ["--id", "store-u", "--data-dir", str(tmp_path / "data")], wait=False)
+    assert second.process.wait(call_timeout_s) != 0
+    assert "in use by another store process" in second.output()
+    assert first.running()
+
+
+# --------------------------------------------------------------------------------- membership in etcd
+
+
+async def _store_members(endpoint: str) -> list[tuple[str, str, str]]:
+    from services.common.etcd import Etcd
+
+    etcd = await Etcd.connect(endpoint)
+    try:
+        _, members = await etcd.members()
+    finally:
+        await etcd.close()
+    return [(member.id, member.address, member.zone) for member in members if member.kind == "store"]
+
+
+def test_with_etcd_the_store_registers_while_it_serves_and_leaves_when_it_stops(
+    processes: ServiceProcesses, tmp_path: Path, etcd_endpoint: str
+) -> None:
+    process = processes.start(
+        "services.store",
+        ["--id", "store-e", "--zone", "e", "--data-dir", str(tmp_path / "data"), "--etcd", etcd_endpoint],
+    )
+    deadline = time.monotonic() + call_timeout_s
+    while not asyncio.run(_store_members(etcd_endpoint)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert asyncio.run(_store_members(etcd_endpoint)) == [("store-e", process.address, "e")]
+    assert process.stop() == 0
+    # A graceful stop revokes the lease: the member is gone at once, not after its TTL.
+    assert asyncio.run(_store_members(etcd_endpoint)) == []
+
+
+def test_an_unreachable_etcd_does_not_keep_the_store_from_serving(processes: ServiceProcesses, tmp_path: Path) -> None:
+    process = processes.start(
+        "services.store",
+        ["--data-dir", str(tmp_path / "data"), "--etcd", f"127.0.0.1:{free_port()}"],
+    )
+    channel, stub = _stub(process)
+    with channel:
+        assert _append_one(stub, _append("no-etcd", 1, ORIGIN, _entries(1, [1]))).status == store_pb2.APPEND_STATUS_OK
+    assert process.stop() == 0
