@@ -137,7 +137,11 @@ class Network:
         if not reliable and rng.random() < self.drop_probability:
             sim.stats["dropped_random"] += 1
             return
-        copies = 2 if not reliable and rng.random() < self.config.duplicate_probability else 1
+        # A client's publish is never duplicated in flight: a gRPC call is delivered once or not at
+        # all, and an answer (say NOT_OWNER) is final for that attempt. Everything between servers
+        # may be duplicated, as if resent.
+        duplicable = not reliable and payload[0] != "publish"
+        copies = 2 if duplicable and rng.random() < self.config.duplicate_probability else 1
         for _ in range(copies):
             delay = 1 + rng.randrange(self.config.delay_max_ms) + (rng.randrange(lag_ms) if lag_ms else 0)
             if payload[0] == "ring" and sim.slow_watch.get(destination, 0) > sim.now:
