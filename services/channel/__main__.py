@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 
 import grpc
@@ -39,13 +40,9 @@ async def main(arguments: argparse.Namespace) -> None:
         channel_service_pb2_grpc.add_ChannelServiceServicer_to_server(ChannelServicer(node), server)
         return [channel_service_pb2.DESCRIPTOR.services_by_name["ChannelService"].full_name]
 
-    async def ready() -> None:
-        nonlocal etcd, registration
-        await node.start()
-        watcher.subscribe(node.on_ring)
-        watcher.start()
-        etcd = await Etcd.connect(arguments.etcd)
-        registration = await Registration.start(
+    async def join() -> Registration:
+        assert etcd is not None
+        return await Registration.start(
             etcd,
             MemberRecord(kind="channel", id=arguments.id, address=arguments.advertise or arguments.listen),
             ttl_s=arguments.lease_ttl,
@@ -53,6 +50,37 @@ async def main(arguments: argparse.Namespace) -> None:
             on_lease=node.on_lease,
             on_lost=node.on_lost,
         )
+
+    async def ready() -> None:
+        nonlocal etcd, registration
+        await node.start()
+        watcher.subscribe(node.on_ring)
+        watcher.start()
+        etcd = await Etcd.connect(arguments.etcd)
+        registration = await join()
+
+    quarantined = False
+
+    async def quarantine(reason: str) -> None:
+        """Alive but failing: leave the ring so the channels move elsewhere, then come back later."""
+        nonlocal registration, quarantined
+        if registration is None:
+            return
+        log.warning("unhealthy (%s): leaving the ring for %.0f s", reason, arguments.quarantine)
+        await registration.stop()
+        node.on_lost()
+        await asyncio.sleep(arguments.quarantine)
+        registration = await join()
+        quarantined = False
+        log.info("rejoined the ring after quarantine")
+
+    def on_unhealthy(reason: str) -> None:
+        nonlocal quarantined
+        if not quarantined:
+            quarantined = True
+            asyncio.create_task(quarantine(reason))
+
+    node.on_unhealthy = on_unhealthy
 
     async def stopping() -> None:
         if registration is not None:
@@ -76,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--placement", default=env_default("PLACEMENT", "127.0.0.1:7001"))
     parser.add_argument("--stores", default=env_default("STORES", "a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103"))
     parser.add_argument("--lease-ttl", type=float, default=float(env_default("LEASE_TTL", "2.0")))
+    parser.add_argument(
+        "--quarantine",
+        type=float,
+        default=float(env_default("QUARANTINE", "10.0")),
+        help="seconds an unhealthy node stays out of the ring",
+    )
     return parser
 
 

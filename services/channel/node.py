@@ -21,6 +21,7 @@ renewals and ticks, and carry out the `Effects` it returns.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from services.channel.role import (
@@ -58,6 +59,11 @@ def epoch_ring_version(epoch: int) -> int:
 class NodeConfig:
     roles_max: int = 100_000
     role_idle_ms: int = 300_000
+    health_window_ms: int = 30_000
+    """How far back stalled roles count against the node's health."""
+    stalled_roles_max: int = 2
+    """Roles that may stall within the window before the node calls itself unhealthy."""
+    stall_records_max: int = 1_024
     role: RoleConfig = RoleConfig()
 
 
@@ -70,6 +76,7 @@ class ChannelNode:
         self.registered_version = 0
         self.wall_offset_ms = 0  # wall-clock time minus `now_ms`, for message timestamps
         self.roles: dict[str, ChannelRole] = {}
+        self._stalls: deque[int] = deque(maxlen=config.stall_records_max)  # when roles stalled
         self._attempts: dict[str, tuple[int, int]] = {}  # channel → (ring version, attempts made)
 
     # ----------------------------------------------------------------------------- membership
@@ -209,6 +216,23 @@ class ChannelNode:
         if role.state is RoleState.STOPPED and self.roles.get(role.channel) is role:
             del self.roles[role.channel]
 
+    def health(self, now_ms: int) -> str:
+        """ "" when healthy; otherwise why this node should give its channels to others.
+
+        Health is not binary: a node can be alive, hold its lease and still fail its channels
+        (its links to the stores are slow or lossy). When more than `stalled_roles_max` of its
+        roles gave up with COMMIT_STALLED within `health_window_ms`, it answers COMMIT_STALLED;
+        the adapter then leaves the ring for a while, so the ring moves its channels elsewhere.
+        A node never does that when it is the ring's only member: there would be no one to move to.
+        """
+        while self._stalls and now_ms - self._stalls[0] > self.config.health_window_ms:
+            self._stalls.popleft()
+        if len(self._stalls) <= self.config.stalled_roles_max:
+            return ""
+        if self.ring is None or len(self.ring) < 2:
+            return ""
+        return "COMMIT_STALLED"
+
     # ----------------------------------------------------------------------------- time
 
     def set_wall_offset(self, wall_offset_ms: int) -> None:
@@ -223,6 +247,8 @@ class ChannelNode:
             return
         for channel, role in list(self.roles.items()):
             role.tick(now_ms, fx)
+            if role.stop_reason == "COMMIT_STALLED":
+                self._stalls.append(now_ms)
             quiet_ms = now_ms - role.last_activity_ms
             idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
             if idle and role.commit >= role.last:

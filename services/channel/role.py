@@ -67,6 +67,8 @@ class RoleConfig:
     append_inflight_max: int = 4
     append_timeout_ms: int = 1_000
     takeover_timeout_ms: int = 3_000
+    commit_stall_ms: int = 5_000
+    """A role whose oldest pending publish has waited this long gives up (COMMIT_STALLED)."""
     read_timeout_ms: int = 1_000
     pending_entries_max: int = 10_000
     queued_publishes_max: int = 1_000
@@ -197,6 +199,7 @@ class _Pending:
     last_serial: int
     serials: tuple[int, ...]
     duplicates: tuple[bool, ...]
+    assigned_ms: int
 
 
 @dataclass(slots=True)
@@ -439,7 +442,7 @@ class ChannelRole:
         batch_last = self.last
         for index in range(first_new - self.tail_base - 1, len(self.tail)):
             self.tail_batch_last[index] = batch_last
-        pending = _Pending(token, max(serials), tuple(serials), tuple(duplicates))
+        pending = _Pending(token, max(serials), tuple(serials), tuple(duplicates), now_ms)
         if "ack-before-quorum" in self.bugs or pending.last_serial <= self.commit:
             fx.results.append((token, PublishResult(True, pending.serials, pending.duplicates)))
         else:
@@ -748,6 +751,11 @@ class ChannelRole:
         if self.state is not RoleState.SERVING:
             if now_ms - self.started_ms > self.config.takeover_timeout_ms:
                 self.stop("TAKEOVER_TIMEOUT", fx)
+            return
+        if self.pending and now_ms - self.pending[0].assigned_ms > self.config.commit_stall_ms:
+            # Alive but failing: its replicas do not answer in time. Holding the channel would only
+            # keep publishes waiting; stepping down lets the node decide whether to leave the ring.
+            self.stop("COMMIT_STALLED", fx)
             return
         for replica in self.replicas.values():
             if replica.inflight:

@@ -67,6 +67,12 @@ tick_interval_s = 0.05
 request_timeout_s = 30.0
 """Longest a gateway's request may wait at this node, whatever deadline it set."""
 
+event_loop_lag_s_max = 1.0
+"""A tick this late means the process is starved (CPU, swap, GC): counted against its health."""
+
+lagging_ticks_max = 3
+"""Consecutive late ticks after which the node calls itself unhealthy (EVENT_LOOP_LAG)."""
+
 STATUS_BY_NAME = {
     "APPEND_STATUS_OK": AppendStatus.OK,
     "APPEND_STATUS_FENCED": AppendStatus.FENCED,
@@ -214,6 +220,9 @@ class ChannelNodeAdapter:
         self.histories: dict[int, asyncio.Future[HistoryResult]] = {}
         self.subscriptions: dict[int, _Subscription] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._lagging_ticks = 0
+        # Called with a reason when this node should leave the ring for a while (see health()).
+        self.on_unhealthy: Callable[[str], None] = lambda reason: None
 
     # ----------------------------------------------------------------------------- plumbing
 
@@ -268,8 +277,17 @@ class ChannelNodeAdapter:
     async def _tick_forever(self) -> None:
         while True:
             self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
+            before = time.monotonic()
             await asyncio.sleep(tick_interval_s)
+            late_s = time.monotonic() - before - tick_interval_s
+            self._lagging_ticks = self._lagging_ticks + 1 if late_s > event_loop_lag_s_max else 0
             self.call(lambda fx: self.core.tick(now_ms(), fx))
+            reason = self.core.health(now_ms())
+            if not reason and self._lagging_ticks >= lagging_ticks_max:
+                reason = "EVENT_LOOP_LAG"
+            if reason:
+                self._lagging_ticks = 0
+                self.on_unhealthy(reason)
 
     # ----------------------------------------------------------------------------- membership
 

@@ -97,8 +97,8 @@ def test_no_ack_without_a_quorum_then_ack_once_a_replica_returns() -> None:
     assert fx.results == []
     replicas.down = set()
     fx = Effects()
-    role.tick(10_000, fx)  # the append to store-b timed out: it is sent again
-    replicas.run(role, fx, 10_000)
+    role.tick(2_000, fx)  # the append to store-b timed out: it is sent again
+    replicas.run(role, fx, 2_000)
     assert [(token, result.serials) for token, result in fx.results] == [(1, (1,))]
 
 
@@ -254,8 +254,8 @@ def test_subscribers_get_only_committed_entries_in_order() -> None:
     assert fx.deliveries == []
     replicas.down = set()
     fx = Effects()
-    role.tick(10_000, fx)
-    replicas.run(role, fx, 10_000)
+    role.tick(2_000, fx)
+    replicas.run(role, fx, 2_000)
     delivered = [e.serial for _, delivery in fx.deliveries for e in delivery.entries]
     assert delivered == [1, 2]
 
@@ -382,3 +382,37 @@ def test_make_epoch_refuses_attempts_out_of_bounds(attempt: int) -> None:
 
 def test_role_config_is_a_value() -> None:
     assert replace(RoleConfig(), dedup_window_ms=5).dedup_window_ms == 5
+
+
+def test_a_role_whose_replicas_stop_answering_gives_up_with_commit_stalled() -> None:
+    replicas = Replicas()
+    config = RoleConfig(commit_stall_ms=1_000)
+    role = take_over(replicas, epoch=7, config=config)
+    replicas.down = {"store-b", "store-c"}
+    publish(replicas, role, 1, "m1", now_ms=0)
+    fx = Effects()
+    role.tick(500, fx)
+    assert role.state is RoleState.SERVING
+    role.tick(1_001, fx)
+    assert role.state is RoleState.STOPPED and role.stop_reason == "COMMIT_STALLED"
+    assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("CHANNEL_MOVED", True)]
+
+
+def test_a_node_with_stalling_roles_calls_itself_unhealthy_unless_it_is_alone() -> None:
+    config = NodeConfig(stalled_roles_max=1, health_window_ms=10_000, role=RoleConfig(commit_stall_ms=100))
+    for members, expected in ((("n1", "n2"), "COMMIT_STALLED"), (("n1",), "")):
+        node = ChannelNode("n1", config)
+        node.on_registered(3)
+        node.on_lease(100_000)
+        node.on_ring(Ring(3, members), Effects())
+        owned = [f"c{i}" for i in range(200) if Ring(3, members).owner(f"c{i}") == "n1"][:2]
+        fx = Effects()
+        for channel in owned:  # no replica ever answers: fence, then nothing
+            node.publish(channel, 1, (Message("m"),), 0, fx)
+        for role in node.roles.values():  # pretend the takeovers finished and the publishes wait
+            role.state = RoleState.SERVING
+            role.publish(2, (Message("x"),), 0, fx)
+        assert node.health(50) == ""
+        node.tick(200, fx)
+        assert node.health(200) == expected
+        assert node.health(20_000) == ""  # stalls age out of the window
