@@ -94,6 +94,11 @@ async def bench(
 def run(arguments: argparse.Namespace) -> int:
     from ringcast.commands.client import default_gateway
 
+    if arguments.failover:
+        from ringcast.commands import failover
+
+        return failover.run(arguments.trials, arguments.moved_channels, arguments.lease_ttl, arguments.json)
+
     gateways = arguments.gateway or [default_gateway()]
     for publishers in arguments.publishers:
         result = asyncio.run(
@@ -121,4 +126,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     command.add_argument("--batch", type=int, default=1, help="messages per publish")
     command.add_argument("--channels", type=int, default=16)
     command.add_argument("--json", action="store_true")
+    command.add_argument(
+        "--failover", action="store_true", help="start a cluster of its own; time the gap after killing owners"
+    )
+    command.add_argument("--trials", type=int, default=5, help="with --failover: owners to kill, one at a time")
+    command.add_argument(
+        "--moved-channels", type=int, default=10_000, help="with --failover: active channels for the relocation run"
+    )
+    command.add_argument("--lease-ttl", type=float, default=2.0, help="with --failover: channel nodes' lease TTL")
     command.set_defaults(handler=run)
