@@ -67,10 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--verbose", action="store_true", help="a line per seed, with its digest")
     sim.set_defaults(handler=_sim)
 
-    from ringcast.commands import bench, client
+    from ringcast.commands import bench, chaos, client
     from ringcast.commands import up as up_command
 
     up_command.add_parser(commands)
+    chaos.add_parser(commands)
     client.add_parsers(commands)
     bench.add_parser(commands)
 

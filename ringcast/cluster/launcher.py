@@ -7,7 +7,9 @@ Used by `ringcast up` and by the integration tests. Rules:
   own settings, and the kernel kills it if the launcher dies (PR_SET_PDEATHSIG, through setpriv),
   so no process is left behind even when the launcher is killed with SIGKILL;
 - stop sends SIGTERM to all, waits, then SIGKILLs stragglers: every child is gone within
-  `stop_timeout_s`.
+  `stop_timeout_s`;
+- faults from outside: `kill`, `pause`/`resume` (SIGSTOP/SIGCONT: a slow-but-alive process),
+  `restart`, and `proxy(name)` to set the fault on a link that has a fault proxy on it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ringcast.chaos.proxy import ProxyControl
 from ringcast.cluster.topology import ProcessSpec, Topology
 
 start_timeout_s = 30.0
@@ -51,6 +54,8 @@ def pdeathsig_prefix() -> list[str]:
 def healthy(spec: ProcessSpec, timeout_s: float = 1.0) -> bool:
     """Does the process answer its health check now?"""
     try:
+        if spec.role == "proxy":
+            return ProxyControl(spec.control, timeout_s=timeout_s).healthy()
         if spec.role == "etcd":
             with urllib.request.urlopen(f"http://{spec.address}/health", timeout=timeout_s) as response:
                 return bool(json.loads(response.read()).get("health") == "true")
@@ -82,6 +87,9 @@ class Launcher:
         self.env = dict(os.environ if env is None else env)
         self.running: dict[str, Running] = {}
         self.on_event = on_event or (lambda text: None)
+        # host:port of the control endpoint of the program that owns this launcher (`ringcast up`'s),
+        # recorded in cluster.json for `ringcast chaos restart`; "" when there is none.
+        self.control = ""
 
     @property
     def log_dir(self) -> Path:
@@ -136,6 +144,21 @@ class Launcher:
             if signal_number in (signal.SIGKILL, signal.SIGTERM):
                 running.process.wait(timeout=stop_timeout_s)
 
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the process keeps its sockets and leases but does nothing (a gray failure)."""
+        self.kill(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        """SIGCONT a paused process."""
+        self.kill(name, signal.SIGCONT)
+
+    def proxy(self, name: str) -> ProxyControl:
+        """The control of the fault proxy `name` (a process of role "proxy")."""
+        spec = self.topology.named(name)
+        if spec.role != "proxy":
+            raise ValueError(f"{name} is a {spec.role}, not a proxy")
+        return ProxyControl(spec.control)
+
     def restart(self, name: str, *, wait: bool = True) -> None:
         spec = self.running[name].spec
         self.kill(name)
@@ -166,19 +189,21 @@ class Launcher:
         """`cluster.json`: every process with its pid and address, for tools that find and fault them."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         path = self.state_dir / "cluster.json"
-        state = {
-            "processes": [
-                {
-                    "name": running.spec.name,
-                    "role": running.spec.role,
-                    "zone": running.spec.zone,
-                    "pid": running.process.pid,
-                    "address": running.spec.address,
-                }
-                for running in self.running.values()
-            ],
-            "gateways": self.topology.gateways,
-        }
+        processes: list[dict[str, object]] = []
+        for running in self.running.values():
+            process: dict[str, object] = {
+                "name": running.spec.name,
+                "role": running.spec.role,
+                "zone": running.spec.zone,
+                "pid": running.process.pid,
+                "address": running.spec.address,
+            }
+            if running.spec.control:
+                process["control"] = running.spec.control
+            processes.append(process)
+        state: dict[str, object] = {"processes": processes, "gateways": self.topology.gateways}
+        if self.control:
+            state["control"] = self.control
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(state, indent=2) + "\n")
         temporary.replace(path)

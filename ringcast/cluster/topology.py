@@ -4,13 +4,17 @@ This is the one description of a cluster. `ringcast up` starts it as local proce
 integration tests start it on free ports, and the compose file is checked against it. A process is
 described by its argv and environment only, so what runs locally and what a container would run
 are the same command.
+
+A topology can put a TCP fault proxy (`ringcast.chaos.proxy`) on chosen links; see `local_topology`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +24,13 @@ ZONES = ("a", "b", "c")
 @dataclass(frozen=True, slots=True)
 class ProcessSpec:
     name: str
-    role: str  # etcd, placement, store, channel, gateway
+    role: str  # etcd, placement, store, channel, gateway, proxy
     address: str  # host:port it serves on
     argv: tuple[str, ...]
     zone: str = ""
     env: dict[str, str] = field(default_factory=dict)
     data_dir: str = ""
+    control: str = ""  # host:port of its control port (a proxy's HTTP control), else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,40 @@ def sequential_ports(base: int) -> Iterator[int]:
         port += 1
 
 
+PROXY_LINK_FORMS = ("channel-N->store-Z", "channel-N->etcd", "->channel-N")
+"""The links a proxy can be put on: one channel node's link to one store or to etcd, or every link to
+one channel node (gateways and other nodes dial the address it advertises: the proxy's)."""
+
+_PROXY_LINK = re.compile(r"(?P<source>channel-\d+)?->(?P<destination>store-[a-z]+|etcd|channel-\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLink:
+    """A link with a fault proxy on it: `source` dials `destination` through the proxy."""
+
+    source: str  # "channel-N", or "" for everyone that dials `destination`
+    destination: str  # "store-Z", "etcd" or "channel-N"
+
+    @classmethod
+    def parse(cls, text: str) -> ProxyLink:
+        match = _PROXY_LINK.fullmatch(text.strip())
+        link = cls(match["source"] or "", match["destination"]) if match else None
+        # A channel node as the destination is proxied for everyone (no source); the rest for one node.
+        if link is None or (link.source == "") != link.destination.startswith("channel-"):
+            raise ValueError(f"proxy link {text!r}: expected one of {', '.join(PROXY_LINK_FORMS)}")
+        return link
+
+    @property
+    def name(self) -> str:
+        """The proxy's process name: proxy-channel-1-store-a, proxy-channel-1-etcd, proxy-to-channel-1."""
+        return f"proxy-{self.source}-{self.destination}" if self.source else f"proxy-to-{self.destination}"
+
+
+def proxy_name(link: str) -> str:
+    """The name of the proxy process `local_topology(proxies=[link])` puts on `link`."""
+    return ProxyLink.parse(link).name
+
+
 def local_topology(
     data_root: Path,
     *,
@@ -77,9 +116,19 @@ def local_topology(
     gateways: int = 2,
     lease_ttl_s: float = 2.0,
     python: str = sys.executable,
+    proxies: Sequence[str] = (),
 ) -> Topology:
-    """etcd, placement ×P, store ×3 (zones a, b, c), channel ×C, gateway ×G on one host."""
-    port_source = ports if ports is not None else iter(free_ports(4 + placements + 3 + channels + gateways))
+    """etcd, placement ×P, store ×3 (zones a, b, c), channel ×C, gateway ×G on one host.
+
+    `proxies` names links (forms in `PROXY_LINK_FORMS`) to put a fault proxy on. Each proxy is a
+    process of role "proxy" named by `ProxyLink.name`, listening on its `address`, with its HTTP
+    control port in `control`; it takes its ports after every other process's (so the addresses of
+    the rest do not move), and it is started just before the channel node of its link, so it is up
+    before anything dials it. It starts in mode `pass`.
+    """
+    links = [ProxyLink.parse(text) for text in proxies]
+    port_count = 4 + placements + 3 + channels + gateways + 2 * len(links)
+    port_source = ports if ports is not None else iter(free_ports(port_count))
     data_root = Path(data_root)
 
     def address() -> str:
@@ -177,4 +226,59 @@ def local_topology(
                 },
             )
         )
+    if links:
+        processes = _with_proxies(processes, links, address, python)
     return Topology(tuple(processes))
+
+
+def _with_proxies(
+    processes: list[ProcessSpec], links: list[ProxyLink], address: Callable[[], str], python: str
+) -> list[ProcessSpec]:
+    """`processes` with a proxy on each link: the channel node of the link dials (or advertises) the
+    proxy, and the proxy comes just before that node in the start order."""
+    names = [link.name for link in links]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"proxy links given twice: {', '.join(duplicates)}")
+    by_name = {spec.name: spec for spec in processes}
+    proxies_before: dict[str, list[ProcessSpec]] = {}
+    for link in links:
+        channel_name = link.source or link.destination
+        if channel_name not in by_name:
+            raise ValueError(f"proxy link {link.source}->{link.destination}: there is no {channel_name}")
+        if link.destination not in by_name:
+            raise ValueError(f"proxy link {link.source}->{link.destination}: there is no {link.destination}")
+        listen, control = address(), address()
+        target = by_name[link.destination].address
+        channel = by_name[channel_name]
+        flags = ("--listen", listen, "--target", target, "--control", control)
+        by_name[channel_name] = dataclasses.replace(
+            channel, env={**channel.env, **_dial_through(link, listen, channel)}
+        )
+        proxies_before.setdefault(channel_name, []).append(
+            ProcessSpec(
+                name=link.name,
+                role="proxy",
+                address=listen,
+                control=control,
+                argv=(python, "-m", "ringcast.chaos.proxy", *flags),
+                env={"RINGCAST_ID": link.name},
+            )
+        )
+    ordered: list[ProcessSpec] = []
+    for spec in processes:
+        ordered.extend(proxies_before.get(spec.name, []))
+        ordered.append(by_name[spec.name])
+    return ordered
+
+
+def _dial_through(link: ProxyLink, proxy_address: str, channel: ProcessSpec) -> dict[str, str]:
+    """The settings of the channel node on `link` that make it dial, or advertise, the proxy."""
+    if not link.source:
+        return {"RINGCAST_ADVERTISE": proxy_address}
+    if link.destination == "etcd":
+        return {"RINGCAST_ETCD": proxy_address}
+    zone = link.destination.removeprefix("store-")
+    stores = dict(item.split("=", 1) for item in channel.env["RINGCAST_STORES"].split(","))
+    stores[zone] = proxy_address
+    return {"RINGCAST_STORES": ",".join(f"{name}={value}" for name, value in stores.items())}

@@ -1,4 +1,9 @@
-"""`ringcast up`: etcd, placement, three stores, channel nodes and gateways on this machine."""
+"""`ringcast up`: etcd, placement, three stores, channel nodes and gateways on this machine.
+
+With `--proxy LINK` (repeatable) a fault proxy sits on that link (`ringcast chaos link` sets its
+fault). While it runs it serves `ringcast chaos restart` on a control endpoint recorded in
+cluster.json (see `ringcast/commands/chaos.py`), and runs those requests on its main thread.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,12 @@ import time
 from pathlib import Path
 
 from ringcast.cluster.launcher import Launcher, healthy
-from ringcast.cluster.topology import local_topology, sequential_ports
+from ringcast.cluster.topology import PROXY_LINK_FORMS, local_topology, sequential_ports
+from ringcast.commands.chaos import ControlServer
 
 status_interval_s = 2.0
+control_poll_interval_s = 0.2
+"""How often the main thread looks for control requests (and for Ctrl-C)."""
 
 
 def _port_taken(address: str) -> bool:
@@ -30,14 +38,20 @@ def run(arguments: argparse.Namespace) -> int:
     if shutil.which("etcd") is None:
         print("ringcast up: etcd is not installed (./dev setup installs Debian's etcd-server)", file=sys.stderr)
         return 2
-    topology = local_topology(
-        state_dir / "data",
-        ports=sequential_ports(arguments.base_port),
-        channels=arguments.channels,
-        gateways=arguments.gateways,
-        placements=arguments.placements,
-    )
-    taken = [spec.address for spec in topology.processes if _port_taken(spec.address)]
+    try:
+        topology = local_topology(
+            state_dir / "data",
+            ports=sequential_ports(arguments.base_port),
+            channels=arguments.channels,
+            gateways=arguments.gateways,
+            placements=arguments.placements,
+            proxies=arguments.proxy or (),
+        )
+    except ValueError as error:
+        print(f"ringcast up: {error}", file=sys.stderr)
+        return 2
+    addresses = [address for spec in topology.processes for address in (spec.address, spec.control) if address]
+    taken = [address for address in addresses if _port_taken(address)]
     if taken:
         print(f"ringcast up: ports in use: {', '.join(taken)}; try --base-port", file=sys.stderr)
         return 2
@@ -45,6 +59,17 @@ def run(arguments: argparse.Namespace) -> int:
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
     launcher = Launcher(topology, state_dir, on_event=lambda text: print(f"[up] {text}", flush=True))
+    control = ControlServer(avoid=addresses)
+    launcher.control = control.address
+    control.start()
+    try:
+        return _run_cluster(launcher, control, stop, state_dir)
+    finally:
+        control.close()
+
+
+def _run_cluster(launcher: Launcher, control: ControlServer, stop: threading.Event, state_dir: Path) -> int:
+    topology = launcher.topology
     started = time.monotonic()
     try:
         launcher.start_all()
@@ -56,7 +81,13 @@ def run(arguments: argparse.Namespace) -> int:
         print(f"gateway {address}")
     print("[up] Ctrl-C stops every process", flush=True)
     last_status = ""
-    while not stop.wait(status_interval_s):
+    next_status_s = time.monotonic() + status_interval_s
+    # Only `is_set` here, which takes no lock: the signal handler's `set` runs on this thread.
+    while not stop.is_set():
+        control.serve_pending(launcher, wait_s=control_poll_interval_s)
+        if time.monotonic() < next_status_s:
+            continue
+        next_status_s = time.monotonic() + status_interval_s
         status = _status_line(launcher)
         if status != last_status:
             print(f"[up] {time.strftime('%H:%M:%S')} {status}", flush=True)
@@ -86,4 +117,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--gateways", type=int, default=2)
     up.add_argument("--placements", type=int, default=1)
     up.add_argument("--clean", action="store_true", help="delete .ringcast/ (all data) first")
+    up.add_argument(
+        "--proxy",
+        action="append",
+        metavar="LINK",
+        help=f"put a fault proxy on LINK, one of {', '.join(PROXY_LINK_FORMS)} (repeatable; "
+        "write --proxy=->channel-N, or argparse takes ->channel-N for an option)",
+    )
     up.set_defaults(handler=run)

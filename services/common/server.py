@@ -46,6 +46,9 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Without this a stream to a peer that stops answering (blackholed link, SIGSTOPped process)
+    # stays open until its own deadline; with it the keepalive ping ends it after ~15 s.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.enable_retries", 0),
 )
 
