@@ -98,7 +98,7 @@ def role_config(bugs: frozenset[str]) -> RoleConfig:
         append_inflight_max=3,
         append_timeout_ms=120,
         takeover_timeout_ms=500,
-        commit_stall_ms=1_000,
+        commit_stall_ms=2_000,
         read_timeout_ms=150,
         pending_entries_max=400,
         queued_publishes_max=200,
