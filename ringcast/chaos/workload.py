@@ -34,6 +34,7 @@ the caller runs `Workload.run()` (or `run_workload`) and breaks the cluster from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
 import time
@@ -139,6 +140,8 @@ class Attempt:
 class SubscriberStats:
     resumes: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    gateways: list[str] = field(default_factory=list)
+    """The gateway of each subscription it opened, in order (the first, then every resume)."""
 
 
 @dataclass(slots=True)
@@ -191,6 +194,9 @@ class Workload:
         self._stubs: list[realtime_grpc.RealtimeServiceStub] = []
         self._stop_load = asyncio.Event()
         self._stop_subscribers = asyncio.Event()
+        self._open_calls: dict[str, grpc.aio.UnaryStreamCall] = {}  # subscriber id → its open call
+        self._last_activity: dict[str, float] = {}  # subscriber id → loop time of its last response
+        self._idle: set[str] = set()  # subscribers whose call the idle reaper cancelled
 
     # ----------------------------------------------------------------------------- queries (any thread)
 
@@ -239,6 +245,8 @@ class Workload:
         config = self.config
         links = [grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) for address in self.gateways]
         self._stubs = [realtime_grpc.RealtimeServiceStub(link) for link in links]
+        subscribers: list[asyncio.Task[None]] = []
+        others: list[asyncio.Task[None]] = []
         try:
             subscribers = [
                 asyncio.create_task(self._subscriber(index), name=f"subscriber-{index}")
@@ -248,27 +256,56 @@ class Workload:
                 asyncio.create_task(self._publisher(index), name=f"publisher-{index}")
                 for index in range(config.publishers)
             ]
-            watcher = asyncio.create_task(self._end_load(stop))
-            try:
-                # A publisher ends by itself at the latest op_deadline_s after the load phase.
-                await asyncio.wait_for(
-                    asyncio.gather(*publishers), config.duration_s + config.op_deadline_s + config.backoff_s_max + 10
-                )
-            finally:
-                watcher.cancel()
-                for task in publishers:
-                    task.cancel()
+            others = [
+                *publishers,
+                asyncio.create_task(self._end_load(stop), name="end-load"),
+                asyncio.create_task(self._reap_idle_subscriptions(), name="idle-reaper"),
+            ]
+            # A publisher ends by itself at the latest op_deadline_s after the load phase.
+            bound_s = config.duration_s + config.op_deadline_s + config.backoff_s_max + 10
+            done, _ = await asyncio.wait(publishers, timeout=bound_s)
+            for task in done:
+                task.result()  # a publisher that failed is a bug of the workload: surface it
+            if len(done) < len(publishers):
+                raise WorkloadError(f"publishers still running {bound_s:.0f} s after the load began")
             self.load_ended_ms = clock_ms()
             await self._catch_up(subscribers)
-            self._stop_subscribers.set()
-            for task in subscribers:
-                task.cancel()
-            await asyncio.gather(*subscribers, return_exceptions=True)
+            await self._end_subscriptions(subscribers)
             await self._read_final_logs()
         finally:
+            self._stop_load.set()
+            await self._end_subscriptions(subscribers)
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
             for link in links:
                 await link.close()
         return self.history
+
+    async def _end_subscriptions(self, subscribers: list[asyncio.Task[None]]) -> None:
+        """Stop every subscriber by cancelling its *call*, so each ends on its own.
+
+        (Cancelling a task that is blocked reading a grpc.aio stream can leave it stuck for good in
+        grpcio 1.85, so subscriber tasks are only cancelled as a last resort.)
+        """
+        self._stop_subscribers.set()
+        for call in list(self._open_calls.values()):
+            call.cancel()
+        if subscribers:
+            _, pending = await asyncio.wait(subscribers, timeout=10)
+            for task in pending:
+                task.cancel()
+
+    async def _reap_idle_subscriptions(self) -> None:
+        """Cancel every subscription that has been silent for `subscriber_idle_s`: its subscriber
+        then resumes through the other gateway (a stalled gateway or owner never holds it for good)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(0.5, self.config.subscriber_idle_s / 4))
+            for subscriber_id, call in list(self._open_calls.items()):
+                if loop.time() - self._last_activity.get(subscriber_id, loop.time()) > self.config.subscriber_idle_s:
+                    self._idle.add(subscriber_id)
+                    call.cancel()
 
     async def _end_load(self, stop: threading.Event | None) -> None:
         deadline = asyncio.get_running_loop().time() + self.config.duration_s
@@ -301,7 +338,8 @@ class Workload:
         loop = asyncio.get_running_loop()
         op_id = self._next_op_id()
         request = realtime_pb2.PublishRequest(
-            channel=channel, messages=[message_pb2.Message(id=message_id, data=message_id.encode()) for message_id in ids]
+            channel=channel,
+            messages=[message_pb2.Message(id=message_id, data=message_id.encode()) for message_id in ids],
         )
         invoke_ms = clock_ms()
         deadline = loop.time() + config.op_deadline_s
@@ -347,23 +385,30 @@ class Workload:
     # ----------------------------------------------------------------------------- subscribers
 
     async def _subscriber(self, index: int) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        this_task = asyncio.current_task()
         channel = self.channels[index % len(self.channels)]
         record = SubscriberRecord(f"s{index}", channel, 0)
+        name = record.subscriber_id
         self.history.subscribers.append(record)
-        stats = self.subscriber_stats[record.subscriber_id] = SubscriberStats()
+        stats = self.subscriber_stats[name] = SubscriberStats()
         gateway = (index // len(self.channels)) % len(self._stubs)
         after = record.start_after
-        backoff = self.config.backoff_s_min
-        hard_deadline = (
-            asyncio.get_running_loop().time() + self.config.duration_s + self.config.op_deadline_s
-        ) + self.config.catch_up_s + 30
-        for _ in range(self.config.resumes_per_subscriber_max):
-            if self._stop_subscribers.is_set() or asyncio.get_running_loop().time() > hard_deadline:
+        backoff = config.backoff_s_min
+        hard_deadline = loop.time() + config.duration_s + config.op_deadline_s + config.catch_up_s + 30
+        for _ in range(config.resumes_per_subscriber_max):
+            if self._stop_subscribers.is_set() or loop.time() > hard_deadline:
                 return
+            stats.gateways.append(self.gateways[gateway])
             call = self._stubs[gateway].Subscribe(realtime_pb2.SubscribeRequest(channel=channel, after_serial=after))
+            self._open_calls[name] = call
+            self._last_activity[name] = loop.time()
+            self._idle.discard(name)
             try:
                 while True:
-                    response = await asyncio.wait_for(call.read(), self.config.subscriber_idle_s)
+                    response = await call.read()
+                    self._last_activity[name] = loop.time()
                     if response is grpc.aio.EOF:
                         stats.errors["END"] += 1
                         break
@@ -374,21 +419,24 @@ class Workload:
                         serial = int(response.message.serial)
                         record.received.append((serial, response.message.id))
                         after = max(after, serial)
-                    backoff = self.config.backoff_s_min
+                    backoff = config.backoff_s_min
+            except asyncio.CancelledError:
+                if this_task is not None and this_task.cancelling():
+                    raise  # the task itself is being cancelled, not just its call
+                stats.errors["IDLE" if name in self._idle else "CANCELLED"] += 1
             except grpc.aio.AioRpcError as error:
                 stats.errors[error.code().name] += 1
-            except TimeoutError:
-                stats.errors["IDLE"] += 1
             except (grpc.RpcError, OSError):
                 stats.errors["TRANSPORT"] += 1
             finally:
+                self._open_calls.pop(name, None)
                 call.cancel()
             if self._stop_subscribers.is_set():
                 return
             stats.resumes += 1
             gateway = (gateway + 1) % len(self._stubs)
             await asyncio.sleep(backoff * self.random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, self.config.backoff_s_max)
+            backoff = min(backoff * 2, config.backoff_s_max)
 
     async def _catch_up(self, subscribers: list[asyncio.Task[None]]) -> None:
         """Wait (bounded) until every subscriber has reached its channel's commit point."""
@@ -496,13 +544,7 @@ async def run_workload(
     config: WorkloadConfig | None = None,
 ) -> History:
     """Run one workload (see the module docstring) and return its history, ready for `check`."""
-    base = config or WorkloadConfig()
-    settings = WorkloadConfig(
-        **{
-            **{name: getattr(base, name) for name in WorkloadConfig.__dataclass_fields__},
-            "publishers": publishers,
-            "subscribers": subscribers,
-            "duration_s": duration_s,
-        }
+    settings = dataclasses.replace(
+        config or WorkloadConfig(), publishers=publishers, subscribers=subscribers, duration_s=duration_s
     )
     return await Workload(gateways, channels, settings).run(stop)

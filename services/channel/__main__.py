@@ -82,15 +82,18 @@ async def main(arguments: argparse.Namespace) -> None:
 
     node.on_unhealthy = on_unhealthy
 
-    async def stopping() -> None:
-        if registration is not None:
-            await registration.stop()  # leave the ring first, so the channels move at once
-        await node.stop()
+    async def closed() -> None:
+        await node.close()
         await watcher.stop()
         if etcd is not None:
             await etcd.close()
 
-    await serve(arguments.listen, register, ready=ready, stopping=stopping)
+    async def stopping() -> None:
+        if registration is not None:
+            await registration.stop()  # leave the ring first, so the channels move at once
+        node.begin_shutdown()
+
+    await serve(arguments.listen, register, ready=ready, stopping=stopping, closed=closed)
 
 
 def build_parser() -> argparse.ArgumentParser:

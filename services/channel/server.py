@@ -149,7 +149,7 @@ class StoreLink:
         )
         try:
             response = await self.stub.Append(proto, timeout=store_rpc_timeout_s)
-        except grpc.RpcError as error:
+        except (grpc.RpcError, grpc.aio.UsageError) as error:  # UsageError: the link closed at shutdown
             log.debug("append to %s failed: %s", self.zone, error)
 
             def fail(fx: Effects) -> None:
@@ -174,7 +174,7 @@ class StoreLink:
             response = await self.stub.Fence(
                 store_pb2.FenceRequest(channel=request.channel, epoch=request.epoch), timeout=store_rpc_timeout_s
             )
-        except grpc.RpcError:
+        except (grpc.RpcError, grpc.aio.UsageError):
             self.node.call(lambda fx: self.node.core.on_store_error(self.zone, request, now_ms(), fx))
             return
         reply = FenceReply(response.fenced, response.fence_epoch, convert.position_from_proto(response.last))
@@ -186,7 +186,7 @@ class StoreLink:
                 store_pb2.ReadRequest(channel=request.channel, after_serial=request.after_serial, limit=request.limit),
                 timeout=store_rpc_timeout_s,
             )
-        except grpc.RpcError:
+        except (grpc.RpcError, grpc.aio.UsageError):
             self.node.call(lambda fx: self.node.core.on_store_error(self.zone, request, now_ms(), fx))
             return
         entries = tuple(convert.entry_from_proto(entry) for entry in response.entries)
@@ -221,6 +221,7 @@ class ChannelNodeAdapter:
         self.subscriptions: dict[int, _Subscription] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._lagging_ticks = 0
+        self.closing = False
         # Called with a reason when this node should leave the ring for a while (see health()).
         self.on_unhealthy: Callable[[str], None] = lambda reason: None
 
@@ -267,10 +268,14 @@ class ChannelNodeAdapter:
         self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
         self._ticker = asyncio.create_task(self._tick_forever())
 
-    async def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Step down from every channel and take no new work; links stay open for the grace period."""
+        self.closing = True
         if self._ticker is not None:
             self._ticker.cancel()
         self.call(lambda fx: self.core._stop_all("SHUTTING_DOWN", fx))
+
+    async def close(self) -> None:
         for link in self.links.values():
             await link.close()
 
@@ -312,6 +317,8 @@ class ChannelNodeAdapter:
     # ----------------------------------------------------------------------------- requests
 
     async def publish(self, channel: str, messages: tuple[Message, ...], timeout_s: float) -> PublishResult:
+        if self.closing:
+            return PublishResult(False, reason="SHUTTING_DOWN", retryable=True)
         token = next(self.tokens)
         future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         self.publishes[token] = future
@@ -322,6 +329,8 @@ class ChannelNodeAdapter:
             self.publishes.pop(token, None)
 
     async def history(self, channel: str, after_serial: int, limit: int, timeout_s: float) -> HistoryResult:
+        if self.closing:
+            return HistoryResult(reason="SHUTTING_DOWN")
         token = next(self.tokens)
         future: asyncio.Future[HistoryResult] = asyncio.get_running_loop().create_future()
         self.histories[token] = future
@@ -332,6 +341,9 @@ class ChannelNodeAdapter:
             self.histories.pop(token, None)
 
     async def subscribe(self, channel: str, after_serial: int) -> AsyncIterator[Delivery]:
+        if self.closing:
+            yield Delivery(end_reason="SHUTTING_DOWN")
+            return
         token = next(self.tokens)
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self.subscriptions[token] = _Subscription(queue, channel)

@@ -84,8 +84,14 @@ async def serve(
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     stopping: Callable[[], Awaitable[None]] | None = None,
+    closed: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Run a gRPC server until SIGTERM/SIGINT. `register` adds servicers and returns their full names."""
+    """Run a gRPC server until SIGTERM/SIGINT. `register` adds servicers and returns their full names.
+
+    On a stop signal: health turns NOT_SERVING, `stopping` runs (leave the ring, refuse new work),
+    in-flight calls get `shutdown_grace_s` to finish, and only then `closed` releases what they
+    used (outgoing channels), so no call in its grace period finds its links closed.
+    """
     server = grpc.aio.server(options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
@@ -111,6 +117,8 @@ async def serve(
     if stopping is not None:
         await stopping()
     await server.stop(shutdown_grace_s)
+    if closed is not None:
+        await closed()
     log.info("stopped")
 
 

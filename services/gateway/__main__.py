@@ -24,11 +24,11 @@ async def main(arguments: argparse.Namespace) -> None:
         watcher.start()
         await watcher.wait_ready(arguments.ring_wait)
 
-    async def stopping() -> None:
+    async def closed() -> None:
         await watcher.stop()
         await router.close()
 
-    await serve(arguments.listen, register, ready=ready, stopping=stopping)
+    await serve(arguments.listen, register, ready=ready, closed=closed)
 
 
 def build_parser() -> argparse.ArgumentParser:

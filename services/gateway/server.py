@@ -105,6 +105,9 @@ class OwnerRouter:
                 if code not in RETRYABLE:
                     raise
                 last_reason = reason_of(error)
+            except grpc.aio.UsageError:  # the link to the owner was closed under us: dial again
+                last_reason = "OWNER_LINK_CLOSED"
+                self._stubs.pop(address, None)
             await self.watcher.refresh()
             await asyncio.sleep(min(backoff, max(0.0, deadline - loop.time())) * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, retry_backoff_s_max)
