@@ -191,6 +191,8 @@ class _Replica:
     inflight: dict[int, tuple[int, int]] = field(default_factory=dict)  # sequence → (sent ms, end)
     reset_sequence: int = 0
     fence_last: Position | None = None
+    unreachable: bool = False  # its last append failed in transport or timed out; cleared by any reply
+    probed_ms: int = -1_000_000_000  # when we last sent it an empty append to see if it is back
 
 
 @dataclass(slots=True)
@@ -415,6 +417,10 @@ class ChannelRole:
             else:
                 self.queued.append((token, messages))
             return
+        if self._quorum_unreachable():
+            # Fail fast: a quorum of replicas is known to be unreachable, so nothing could commit.
+            fx.results.append((token, PublishResult(False, reason="QUORUM_UNAVAILABLE", retryable=True)))
+            return
         uncommitted = self.last - max(self.commit, self.epoch_start_serial - 1)  # adopted entries do not count
         if uncommitted + len(messages) > self.config.pending_entries_max:
             fx.results.append((token, PublishResult(False, reason="OWNER_OVERLOADED", retryable=True)))
@@ -519,6 +525,7 @@ class ChannelRole:
         if replica is None or self.state is not RoleState.SERVING:
             return
         replica.inflight.pop(request.sequence, None)
+        replica.unreachable = False
         if reply.status is AppendStatus.OK:
             invariant(reply.match_serial <= self.last, "a replica cannot match beyond our log")
             if reply.match_serial > replica.match:
@@ -573,6 +580,35 @@ class ChannelRole:
         replica.next = replica.match + 1
         replica.inflight.clear()
         replica.reset_sequence = self._sequence
+
+    def _quorum_unreachable(self) -> bool:
+        unreachable = sum(1 for replica in self.replicas.values() if replica.unreachable)
+        return unreachable > len(self.replicas) - self.quorum
+
+    def _mark_unreachable(self, replica: _Replica, fx: Effects) -> None:
+        """Note a replica as unreachable; when that leaves no quorum, fail what waits for one.
+
+        The publishes waiting fail with a retryable QUORUM_UNAVAILABLE (maybe stored: their entries
+        stay in our log and may still commit, which a retry with the same ids then finds).
+        """
+        replica.unreachable = True
+        if not self._quorum_unreachable():
+            return
+        for pending in self.pending:
+            fx.results.append(
+                (pending.token, PublishResult(False, reason="QUORUM_UNAVAILABLE", retryable=True, maybe_stored=True))
+            )
+        self.pending.clear()
+
+    def _probe(self, replica: _Replica, now_ms: int, fx: Effects) -> None:
+        """An empty append to an unreachable replica that has nothing to catch up: any reply clears it."""
+        if now_ms - replica.probed_ms < self.config.append_timeout_ms:
+            return
+        replica.probed_ms = now_ms
+        prev_epoch = self.epoch_at(self.last)
+        invariant(prev_epoch is not None, "our last entry is in memory")
+        assert prev_epoch is not None
+        self._send_append(replica, Position(self.last, prev_epoch), (), now_ms, fx)
 
     def _advance_commit(self, now_ms: int, fx: Effects) -> None:
         matches = [replica.match for replica in self.replicas.values()]
@@ -730,6 +766,7 @@ class ChannelRole:
             replica = self.replicas.get(replica_name)
             if replica is not None and request.sequence in replica.inflight:
                 self._reset(replica)
+                self._mark_unreachable(replica, fx)
         elif isinstance(request, ReadRequest):
             self._fail_read(request.sequence, now_ms, fx)
 
@@ -762,6 +799,9 @@ class ChannelRole:
                 oldest = min(sent for sent, _ in replica.inflight.values())
                 if now_ms - oldest > self.config.append_timeout_ms:
                     self._reset(replica)
+                    self._mark_unreachable(replica, fx)
+            elif replica.unreachable and replica.next > self.last:
+                self._probe(replica, now_ms, fx)
         for sequence, read in list(self.reads.items()):
             if now_ms - read.sent_ms > self.config.read_timeout_ms:
                 self._fail_read(sequence, now_ms, fx)

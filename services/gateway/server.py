@@ -49,6 +49,9 @@ subscribe_outage_s_max = 60.0
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
 
+FAIL_FAST_REASONS = {"QUORUM_UNAVAILABLE"}
+"""Retryable for the client, but not worth retrying here: the owner knows no quorum is reachable."""
+
 
 class NoOwner(Exception):
     pass
@@ -102,9 +105,9 @@ class OwnerRouter:
                 last_reason = str(error)
             except grpc.RpcError as error:
                 code = error.code()
-                if code not in RETRYABLE:
-                    raise
                 last_reason = reason_of(error)
+                if code not in RETRYABLE or last_reason in FAIL_FAST_REASONS:
+                    raise
             except grpc.aio.UsageError:  # the link to the owner was closed under us: dial again
                 last_reason = "OWNER_LINK_CLOSED"
                 self._stubs.pop(address, None)

@@ -89,7 +89,7 @@ def test_takeover_of_an_empty_channel_serves_and_acks_at_quorum() -> None:
     assert replicas.ids("store-c") == []
 
 
-def test_no_ack_without_a_quorum_then_ack_once_a_replica_returns() -> None:
+def test_no_ack_without_a_quorum_and_a_retry_finds_the_original_serial() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7)
     replicas.down = {"store-b", "store-c"}
@@ -97,9 +97,33 @@ def test_no_ack_without_a_quorum_then_ack_once_a_replica_returns() -> None:
     assert fx.results == []
     replicas.down = set()
     fx = Effects()
-    role.tick(2_000, fx)  # the append to store-b timed out: it is sent again
+    role.tick(2_000, fx)  # both appends timed out: no quorum is reachable, so the publish fails fast...
+    replicas.run(role, fx, 2_000)  # ...while the resent appends land and commit serial 1 anyway
+    assert [(token, r.reason, r.maybe_stored) for token, r in fx.results] == [(1, "QUORUM_UNAVAILABLE", True)]
+    assert role.commit == 1
+    fx = publish(replicas, role, 2, "m1")  # the client's retry, same id
+    assert [(token, r.serials, r.duplicates) for token, r in fx.results] == [(2, (1,), (True,))]
+
+
+def test_publishes_fail_fast_while_a_quorum_is_unreachable_and_resume_after() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    replicas.down = {"store-b", "store-c"}
+    publish(replicas, role, 1, "m1")
+    fx = Effects()
+    role.tick(2_000, fx)
     replicas.run(role, fx, 2_000)
-    assert [(token, result.serials) for token, result in fx.results] == [(1, (1,))]
+    fx = publish(replicas, role, 2, "m2", now_ms=2_001)  # refused at once, nothing assigned
+    ((_, result),) = fx.results
+    assert (result.ok, result.reason, result.maybe_stored) == (False, "QUORUM_UNAVAILABLE", False)
+    assert role.last == 1
+    replicas.down = set()
+    for now_ms in (4_000, 6_000):  # retransmissions and probes find the replicas again
+        fx = Effects()
+        role.tick(now_ms, fx)
+        replicas.run(role, fx, now_ms)
+    fx = publish(replicas, role, 3, "m3", now_ms=6_001)
+    assert [(r.ok, r.serials) for _, r in fx.results] == [(True, (2,))]
 
 
 def test_ack_before_quorum_bug_acks_with_no_replica() -> None:
