@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from ringcast.checker import ContinuityLost, History, Outcome, PublishOp, SubscriberRecord, Violation, check
+from ringcast.checker import History, Outcome, PublishOp, SubscriberRecord, Violation, check
 from services.channel.node import ChannelNode, NodeConfig
 from services.channel.quorum import most_up_to_date
 from services.channel.role import (
@@ -33,7 +33,6 @@ from services.channel.role import (
     Effects,
     FenceRequest,
     PublishResult,
-    ReadRequest,
     RoleConfig,
     StoreRequest,
 )
@@ -881,4 +880,4 @@ def run_seed(seed: int, bugs: frozenset[str] = frozenset()) -> SimResult:
     return Simulation(seed, bugs).run()
 
 
-__all__ = ["SimConfig", "SimResult", "Simulation", "run_seed", "ContinuityLost", "ReadRequest"]
+__all__ = ["SimConfig", "SimResult", "Simulation", "run_seed"]

@@ -106,7 +106,7 @@ class ChannelNode:
     def on_lease_lost(self, fx: Effects) -> None:
         """The lease is gone (etcd said so, or we re-register): drop every channel at once."""
         self.lease_deadline_ms = 0
-        self._stop_all("LEASE_LOST", fx)
+        self.stop_all("LEASE_LOST", fx)
 
     def on_ring(self, ring: Ring, fx: Effects) -> None:
         """A newer ring: stop every role whose channel now belongs to someone else."""
@@ -119,7 +119,8 @@ class ChannelNode:
                 del self.roles[channel]
         fx.events.append(f"ring version={ring.version} members={len(ring)}")
 
-    def _stop_all(self, reason: str, fx: Effects) -> None:
+    def stop_all(self, reason: str, fx: Effects) -> None:
+        """Step down from every channel at once (lease lost, shutting down, an invariant failed)."""
         for role in self.roles.values():
             role.stop(reason, fx)
         self.roles.clear()
@@ -130,7 +131,7 @@ class ChannelNode:
         """The serving (or starting) role for `channel`, or the reason there is none."""
         if not self.serving(now_ms):
             if self.roles:
-                self._stop_all("LEASE_LOST", fx)
+                self.stop_all("LEASE_LOST", fx)
             return "NOT_OWNER" if self.ring is not None and self.node_id not in self.ring else "LEASE_LOST"
         assert self.ring is not None
         if self.ring.owner(channel) != self.node_id:
@@ -243,7 +244,7 @@ class ChannelNode:
 
     def tick(self, now_ms: int, fx: Effects) -> None:
         if self.roles and not self.serving(now_ms):
-            self._stop_all("LEASE_LOST", fx)
+            self.stop_all("LEASE_LOST", fx)
             return
         for channel, role in list(self.roles.items()):
             role.tick(now_ms, fx)

@@ -235,7 +235,7 @@ class ChannelNodeAdapter:
         except InvariantViolation:
             log.exception("invariant violated: dropping every channel of this node")
             fx = Effects()
-            self.core._stop_all("INTERNAL_ERROR", fx)
+            self.core.stop_all("INTERNAL_ERROR", fx)
         self.apply(fx)
 
     def apply(self, fx: Effects) -> None:
@@ -273,7 +273,7 @@ class ChannelNodeAdapter:
         self.closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        self.call(lambda fx: self.core._stop_all("SHUTTING_DOWN", fx))
+        self.call(lambda fx: self.core.stop_all("SHUTTING_DOWN", fx))
 
     async def close(self) -> None:
         for link in self.links.values():
