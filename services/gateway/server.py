@@ -27,7 +27,7 @@ from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common.errors import ServiceError, abort, reason_of, status_of, unavailable
 from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_batch, check_channel, history_limit
-from services.placement.client import RingWatcher
+from services.placement.client import RingView, RingWatcher
 
 log = logging.getLogger("ringcast.gateway")
 
@@ -57,6 +57,10 @@ class NoOwner(Exception):
     pass
 
 
+class ChannelMovedAway(Exception):
+    """The ring gave the channel to another node while a call to its old owner was in flight."""
+
+
 class OwnerRouter:
     """Channel → owner address under the newest ring, and one gRPC channel per owner address."""
 
@@ -84,6 +88,34 @@ class OwnerRouter:
         for link, _ in self._stubs.values():
             await link.close()
 
+    async def _unless_moved(self, channel: str, owner: str, call: Awaitable[T]) -> T:
+        """Await `call`, but give up on it as soon as the ring names another owner for `channel`.
+
+        An owner that is alive but stuck (paused, starved) would otherwise hold the caller until
+        the call's own timeout, long after its channels were re-placed. Abandoning the call is safe:
+        the retry carries the same message ids.
+        """
+        moved = asyncio.Event()
+
+        def on_ring(view: RingView) -> None:
+            if view.ring.owner(channel) != owner:
+                moved.set()
+
+        unsubscribe = self.watcher.subscribe(on_ring)
+        work = asyncio.ensure_future(call)
+        watch = asyncio.ensure_future(moved.wait())
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when our caller is cancelled: never leave the call running behind us
+            unsubscribe()
+            watch.cancel()
+            abandoned = not work.done()
+            if abandoned:
+                work.cancel()
+        if abandoned:
+            raise ChannelMovedAway(channel)
+        return work.result()
+
     async def call(
         self,
         channel: str,
@@ -99,10 +131,13 @@ class OwnerRouter:
             if remaining <= 0:
                 raise unavailable(last_reason, f"no owner answered in time for channel {channel!r}: {last_reason}")
             try:
-                _, address = self.owner(channel)
-                return await attempt(self.stub(address), min(remaining, owner_call_timeout_s))
+                owner, address = self.owner(channel)
+                call = attempt(self.stub(address), min(remaining, owner_call_timeout_s))
+                return await self._unless_moved(channel, owner, call)
             except NoOwner as error:
                 last_reason = str(error)
+            except ChannelMovedAway:
+                last_reason = "CHANNEL_MOVED"
             except grpc.RpcError as error:
                 code = error.code()
                 last_reason = reason_of(error)
