@@ -64,6 +64,8 @@ class NodeConfig:
     stalled_roles_max: int = 2
     """Roles that may stall within the window before the node calls itself unhealthy."""
     stall_records_max: int = 1_024
+    idle_sweep_ms: int = 1_000
+    """How often every role held is looked at for idleness and dedup expiry (ticks see only busy ones)."""
     role: RoleConfig = RoleConfig()
 
 
@@ -78,6 +80,9 @@ class ChannelNode:
         self.roles: dict[str, ChannelRole] = {}
         self._stalls: deque[int] = deque(maxlen=config.stall_records_max)  # when roles stalled
         self._attempts: dict[str, tuple[int, int]] = {}  # channel → (ring version, attempts made)
+        # Channels whose roles may have work that waits on time; a dict, for a deterministic order.
+        self._busy: dict[str, None] = {}
+        self._swept_ms: int | None = None
 
     # ----------------------------------------------------------------------------- membership
 
@@ -124,6 +129,7 @@ class ChannelNode:
         for role in self.roles.values():
             role.stop(reason, fx)
         self.roles.clear()
+        self._busy.clear()
 
     # ----------------------------------------------------------------------------- requests
 
@@ -138,6 +144,7 @@ class ChannelNode:
             return "NOT_OWNER"
         role = self.roles.get(channel)
         if role is not None and role.state is not RoleState.STOPPED:
+            self._touch(role)
             return role
         if len(self.roles) >= self.config.roles_max:
             return "OWNER_OVERLOADED"
@@ -148,8 +155,8 @@ class ChannelNode:
             return "TAKEOVER_ATTEMPTS_EXHAUSTED"
         self._attempts[channel] = (version, attempts + 1)
         role = ChannelRole(channel, make_epoch(version, attempts), self.config.role, now_ms)
-        role.wall_offset_ms = self.wall_offset_ms
         self.roles[channel] = role
+        self._touch(role)
         role.start(fx)
         return role
 
@@ -181,15 +188,22 @@ class ChannelNode:
 
     # ----------------------------------------------------------------------------- store replies
 
+    def _touch(self, role: ChannelRole) -> None:
+        """An event reaches `role`: tick it until it is quiet again."""
+        role.wall_offset_ms = self.wall_offset_ms
+        self._busy[role.channel] = None
+
     def _role_of(self, request: StoreRequest) -> ChannelRole | None:
         role = self.roles.get(request.channel)
         if role is None or role.epoch != request.epoch and not isinstance(request, FenceRequest):
             return None
+        self._touch(role)
         return role
 
     def on_fence_reply(self, replica: str, request: FenceRequest, reply: FenceReply, now_ms: int, fx: Effects) -> None:
         role = self.roles.get(request.channel)
         if role is not None and request.epoch in (role.epoch, 0):
+            self._touch(role)
             role.on_fence_reply(replica, reply, now_ms, fx)
             self._drop_if_stopped(role)
 
@@ -236,23 +250,48 @@ class ChannelNode:
 
     # ----------------------------------------------------------------------------- time
 
+    @property
+    def busy_channels(self) -> int:
+        """Roles a tick looks at: those with work that waits on time (the rest are quiet)."""
+        return len(self._busy)
+
     def set_wall_offset(self, wall_offset_ms: int) -> None:
-        """Wall-clock time is `now_ms + wall_offset_ms` (the adapter measures it; the core reads no clock)."""
+        """Wall-clock time is `now_ms + wall_offset_ms` (the adapter measures it; the core reads no clock).
+
+        A role learns the offset when an event reaches it, so this costs nothing per role held.
+        """
         self.wall_offset_ms = wall_offset_ms
-        for role in self.roles.values():
-            role.wall_offset_ms = wall_offset_ms
 
     def tick(self, now_ms: int, fx: Effects) -> None:
+        """Time passes: tick the busy roles; once per `idle_sweep_ms`, look at every role held."""
         if self.roles and not self.serving(now_ms):
             self.stop_all("LEASE_LOST", fx)
             return
-        for channel, role in list(self.roles.items()):
+        for channel in list(self._busy):
+            role = self.roles.get(channel)
+            if role is None:
+                del self._busy[channel]
+                continue
+            role.wall_offset_ms = self.wall_offset_ms
             role.tick(now_ms, fx)
             if role.stop_reason == "COMMIT_STALLED":
                 self._stalls.append(now_ms)
+            if role.state is RoleState.STOPPED:
+                del self.roles[channel]
+            if role.quiet:
+                del self._busy[channel]
+        if self._swept_ms is None or now_ms - self._swept_ms >= self.config.idle_sweep_ms:
+            self._swept_ms = now_ms
+            self._sweep(now_ms, fx)
+
+    def _sweep(self, now_ms: int, fx: Effects) -> None:
+        """Step down from idle channels; forget expired message ids of quiet ones."""
+        for channel, role in list(self.roles.items()):
             quiet_ms = now_ms - role.last_activity_ms
             idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
             if idle and role.commit >= role.last:
                 role.stop("IDLE", fx)
-            if role.state is RoleState.STOPPED:
                 del self.roles[channel]
+                self._busy.pop(channel, None)
+            else:
+                role.dedup.expire(now_ms + self.wall_offset_ms)

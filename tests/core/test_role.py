@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -15,10 +16,11 @@ from services.channel.role import (
     ReadRequest,
     RoleConfig,
     RoleState,
+    StoreRequest,
 )
 from services.common.entries import Entry, Message
 from services.placement.ring import Ring
-from services.store.log import MemoryLogStorage, ReplicaLog
+from services.store.log import AppendReply, FenceReply, MemoryLogStorage, ReadReply, ReplicaLog
 
 STORES = ("store-a", "store-b", "store-c")
 
@@ -33,6 +35,20 @@ class Replicas:
 
     def run(self, role: ChannelRole, fx: Effects, now_ms: int = 0) -> Effects:
         """Deliver every request the role sends (and the ones its replies cause) until quiet."""
+        for name, request, reply in self.replies(fx):
+            if isinstance(request, FenceRequest):
+                assert isinstance(reply, FenceReply)
+                role.on_fence_reply(name, reply, now_ms, fx)
+            elif isinstance(request, AppendRequest):
+                assert isinstance(reply, AppendReply)
+                role.on_append_reply(name, request, reply, now_ms, fx)
+            else:
+                assert isinstance(reply, ReadReply)
+                role.on_read_reply(name, request, reply, now_ms, fx)
+        return fx
+
+    def replies(self, fx: Effects) -> Iterator[tuple[str, StoreRequest, FenceReply | AppendReply | ReadReply]]:
+        """Each request sent (also those sent while earlier replies are handled) with its answer."""
         index = 0
         while index < len(fx.sends):
             name, request = fx.sends[index]
@@ -41,15 +57,12 @@ class Replicas:
                 continue
             log = self.logs[name]
             if isinstance(request, FenceRequest):
-                role.on_fence_reply(name, log.fence(request.channel, request.epoch), now_ms, fx)
+                yield name, request, log.fence(request.channel, request.epoch)
             elif isinstance(request, AppendRequest):
-                reply = log.append(request.channel, request.epoch, request.prev, request.entries)
-                role.on_append_reply(name, request, reply, now_ms, fx)
+                yield name, request, log.append(request.channel, request.epoch, request.prev, request.entries)
             else:
                 assert isinstance(request, ReadRequest)
-                reply = log.read(request.channel, request.after_serial, request.limit)
-                role.on_read_reply(name, request, reply, now_ms, fx)
-        return fx
+                yield name, request, log.read(request.channel, request.after_serial, request.limit)
 
     def ids(self, name: str, channel: str = "ch") -> list[tuple[int, int, str]]:
         return [(e.serial, e.epoch, e.message.id) for e in self.storages[name].read(channel, 0, 10_000)]
@@ -342,6 +355,62 @@ def node_with(ring_members: tuple[str, ...], version: int = 3) -> ChannelNode:
     node.on_lease(1_000)
     node.on_ring(Ring(version, ring_members), Effects())
     return node
+
+
+def run_node(replicas: Replicas, node: ChannelNode, fx: Effects, now_ms: int = 0) -> Effects:
+    """Like `Replicas.run`, through the node."""
+    for name, request, reply in replicas.replies(fx):
+        if isinstance(request, FenceRequest):
+            assert isinstance(reply, FenceReply)
+            node.on_fence_reply(name, request, reply, now_ms, fx)
+        elif isinstance(request, AppendRequest):
+            assert isinstance(reply, AppendReply)
+            node.on_append_reply(name, request, reply, now_ms, fx)
+        else:
+            assert isinstance(reply, ReadReply) and isinstance(request, ReadRequest)
+            node.on_read_reply(name, request, reply, now_ms, fx)
+    return fx
+
+
+def test_node_ticks_only_roles_with_work_waiting_on_time() -> None:
+    replicas = Replicas()
+    node = node_with(("n1",))
+    node.on_lease(1_000_000)
+    channels = [f"quiet-{index}" for index in range(500)]
+    for token, channel in enumerate(channels):
+        run_node(replicas, node, _published(node, channel, token))
+    assert len(node.roles) == 500 and node.busy_channels == 500  # every one was touched
+    node.tick(10, Effects())
+    assert node.busy_channels == 0  # all committed, nothing in flight: quiet, never ticked again
+    replicas.down = {"store-b", "store-c"}
+    fx = run_node(replicas, node, _published(node, "quiet-7", 1_000, now_ms=20), now_ms=20)
+    assert node.busy_channels == 1 and not fx.results  # waits for a quorum
+    timeout_ms = RoleConfig().append_timeout_ms
+    node.tick(20 + timeout_ms + 1, fx)
+    # The tick reached it: its replicas were found unreachable and the publish failed fast.
+    assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("QUORUM_UNAVAILABLE", True)]
+    assert node.busy_channels == 1  # it probes its replicas until they answer
+
+
+def test_node_sweeps_every_role_for_idleness_at_its_own_pace() -> None:
+    replicas = Replicas()
+    node = ChannelNode("n1", NodeConfig(role_idle_ms=5_000, idle_sweep_ms=1_000))
+    node.on_registered(3)
+    node.on_lease(1_000_000)
+    node.on_ring(Ring(3, ("n1",)), Effects())
+    for token, channel in enumerate(("idle-a", "idle-b")):
+        run_node(replicas, node, _published(node, channel, token))
+    fx = Effects()
+    node.tick(100, fx)  # the first tick sweeps
+    node.tick(5_200, fx)  # quiet long enough, and a sweep is due
+    assert node.roles == {}
+    assert sorted(event.split()[2] for event in fx.events if event.startswith("stepped down")) == ["idle-a", "idle-b"]
+
+
+def _published(node: ChannelNode, channel: str, token: int, now_ms: int = 0) -> Effects:
+    fx = Effects()
+    node.publish(channel, token, (Message(f"{channel}-{token}"),), now_ms, fx)
+    return fx
 
 
 def test_node_answers_not_owner_for_channels_of_others() -> None:
