@@ -44,6 +44,12 @@ class LogEntry(_message.Message):
     def __init__(self, serial: _Optional[int] = ..., epoch: _Optional[int] = ..., message: _Optional[_Union[_message_pb2.Message, _Mapping]] = ..., checksum: _Optional[int] = ...) -> None: ...
 
 class FenceRequest(_message.Message):
+    __slots__ = ("fences",)
+    FENCES_FIELD_NUMBER: _ClassVar[int]
+    fences: _containers.RepeatedCompositeFieldContainer[ChannelFence]
+    def __init__(self, fences: _Optional[_Iterable[_Union[ChannelFence, _Mapping]]] = ...) -> None: ...
+
+class ChannelFence(_message.Message):
     __slots__ = ("channel", "epoch")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +58,12 @@ class FenceRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class FenceResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChannelFenceResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChannelFenceResult, _Mapping]]] = ...) -> None: ...
+
+class ChannelFenceResult(_message.Message):
     __slots__ = ("fenced", "fence_epoch", "last")
     FENCED_FIELD_NUMBER: _ClassVar[int]
     FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +116,12 @@ class ChannelAppendResult(_message.Message):
     def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
+    __slots__ = ("reads",)
+    READS_FIELD_NUMBER: _ClassVar[int]
+    reads: _containers.RepeatedCompositeFieldContainer[ChannelRead]
+    def __init__(self, reads: _Optional[_Iterable[_Union[ChannelRead, _Mapping]]] = ...) -> None: ...
+
+class ChannelRead(_message.Message):
     __slots__ = ("channel", "after_serial", "limit")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -114,9 +132,17 @@ class ReadRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
-    __slots__ = ("entries", "last")
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChannelReadResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChannelReadResult, _Mapping]]] = ...) -> None: ...
+
+class ChannelReadResult(_message.Message):
+    __slots__ = ("entries", "last", "corrupt_serial")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     last: LogPosition
-    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    corrupt_serial: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., corrupt_serial: _Optional[int] = ...) -> None: ...

@@ -59,7 +59,8 @@ class StoreServiceServicer:
     """
 
     def Fence(self, request, context):
-        """Raise a channel's fence to `epoch` and answer the replica's last position.
+        """Raise the fences of many channels (an owner coalesces its takeovers per replica). Each is
+        judged on its own; all are made durable by one sync before the reply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -74,7 +75,7 @@ class StoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Read(self, request, context):
-        """Stored entries of one channel after a serial.
+        """Stored entries of many channels, each after a serial, from one committed snapshot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -16,8 +16,9 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
 
@@ -55,8 +56,15 @@ store_rpc_timeout_s = 2.0
 append_batch_appends_max = 256
 """Appends (for any channels) carried by one Append RPC to one replica."""
 
-append_rpcs_inflight_max = 4
-"""Append RPCs in flight to one replica at a time."""
+fence_batch_fences_max = 256
+"""Fences (for any channels) carried by one Fence RPC to one replica."""
+
+read_batch_reads_max = 64
+"""Reads (for any channels) carried by one Read RPC to one replica (the store takes at most 64)."""
+
+store_rpcs_inflight_max = 1
+"""RPCs of each kind (Fence, Append, Read) in flight to one replica at a time; requests made meanwhile
+wait and go together in the next one, so a burst of takeovers costs a few RPCs, not one per channel."""
 
 subscriber_queue_deliveries_max = 1_024
 """Deliveries queued for one subscription; a subscriber further behind is cut off (it resumes)."""
@@ -104,8 +112,42 @@ class _Subscription:
     channel: str
 
 
+Request = TypeVar("Request", AppendRequest, FenceRequest, ReadRequest)
+Reply = TypeVar("Reply", AppendReply, FenceReply, ReadReply)
+Response = TypeVar("Response")
+
+
+class _Batcher(Generic[Request]):
+    """Coalesces one kind of store request to one replica: at most `inflight_max` RPCs in flight,
+    each carrying up to `per_call_max` requests; what arrives meanwhile waits for the next one."""
+
+    def __init__(self, call: Callable[[list[Request]], Awaitable[None]], per_call_max: int) -> None:
+        self.call: Callable[[list[Request]], Awaitable[None]] = call
+        self.per_call_max = per_call_max
+        self.waiting: list[Request] = []
+        self.inflight = 0
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+        self._flush()
+
+    def _flush(self) -> None:
+        while self.waiting and self.inflight < store_rpcs_inflight_max:
+            batch = self.waiting[: self.per_call_max]
+            del self.waiting[: self.per_call_max]
+            self.inflight += 1
+            asyncio.create_task(self._run(batch))
+
+    async def _run(self, batch: list[Request]) -> None:
+        try:
+            await self.call(batch)
+        finally:
+            self.inflight -= 1
+            self._flush()
+
+
 class StoreLink:
-    """One store replica: a gRPC channel, and the per-replica batcher for appends."""
+    """One store replica: a gRPC channel, and per-replica batchers for fences, appends and reads."""
 
     def __init__(self, zone: str, address: str, node: ChannelNodeAdapter) -> None:
         self.zone = zone
@@ -113,27 +155,51 @@ class StoreLink:
         self.node = node
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = store_grpc.StoreServiceStub(self.channel)
-        self.appends: list[AppendRequest] = []
-        self.inflight = 0
+        self.appends = _Batcher(self._append, append_batch_appends_max)
+        self.fences = _Batcher(self._fence, fence_batch_fences_max)
+        self.reads = _Batcher(self._read, read_batch_reads_max)
 
     async def close(self) -> None:
         await self.channel.close()
 
     def send(self, request: StoreRequest) -> None:
         if isinstance(request, AppendRequest):
-            self.appends.append(request)
-            self._flush()
+            self.appends.add(request)
         elif isinstance(request, FenceRequest):
-            asyncio.create_task(self._fence(request))
+            self.fences.add(request)
         else:
-            asyncio.create_task(self._read(request))
+            self.reads.add(request)
 
-    def _flush(self) -> None:
-        while self.appends and self.inflight < append_rpcs_inflight_max:
-            batch = self.appends[:append_batch_appends_max]
-            del self.appends[:append_batch_appends_max]
-            self.inflight += 1
-            asyncio.create_task(self._append(batch))
+    def _failed(self, batch: Sequence[StoreRequest], error: Exception) -> None:
+        log.debug("%s to %s failed: %s", type(batch[0]).__name__, self.zone, error)
+
+        def fail(fx: Effects) -> None:
+            for request in batch:
+                self.node.core.on_store_error(self.zone, request, now_ms(), fx)
+
+        self.node.call(fail)
+
+    async def _exchange(
+        self,
+        batch: list[Request],
+        call: Callable[..., Awaitable[Response]],
+        proto: object,
+        replies_of: Callable[[Response], list[Reply]],
+        on_reply: Callable[[str, Request, Reply, int, Effects], None],
+    ) -> None:
+        """One batched RPC: its replies go to the core one by one; a failed call fails each request."""
+        try:
+            response = await call(proto, timeout=store_rpc_timeout_s)
+        except (grpc.RpcError, grpc.aio.UsageError) as error:  # UsageError: the link closed at shutdown
+            self._failed(batch, error)
+            return
+        replies = replies_of(response)
+
+        def deliver(fx: Effects) -> None:
+            for request, reply in zip(batch, replies, strict=True):
+                on_reply(self.zone, request, reply, now_ms(), fx)
+
+        self.node.call(deliver)
 
     async def _append(self, batch: list[AppendRequest]) -> None:
         proto = store_pb2.AppendRequest(
@@ -147,51 +213,51 @@ class StoreLink:
                 for request in batch
             ]
         )
-        try:
-            response = await self.stub.Append(proto, timeout=store_rpc_timeout_s)
-        except (grpc.RpcError, grpc.aio.UsageError) as error:  # UsageError: the link closed at shutdown
-            log.debug("append to %s failed: %s", self.zone, error)
+        await self._exchange(
+            batch,
+            self.stub.Append,
+            proto,
+            lambda response: [_append_reply(result) for result in response.results],
+            self.node.core.on_append_reply,
+        )
 
-            def fail(fx: Effects) -> None:
-                for request in batch:
-                    self.node.core.on_store_error(self.zone, request, now_ms(), fx)
+    async def _fence(self, batch: list[FenceRequest]) -> None:
+        proto = store_pb2.FenceRequest(
+            fences=[store_pb2.ChannelFence(channel=request.channel, epoch=request.epoch) for request in batch]
+        )
+        await self._exchange(
+            batch,
+            self.stub.Fence,
+            proto,
+            lambda response: [
+                FenceReply(result.fenced, result.fence_epoch, convert.position_from_proto(result.last))
+                for result in response.results
+            ],
+            self.node.core.on_fence_reply,
+        )
 
-            self.node.call(fail)
-        else:
-            replies = [_append_reply(result) for result in response.results]
+    async def _read(self, batch: list[ReadRequest]) -> None:
+        proto = store_pb2.ReadRequest(
+            reads=[
+                store_pb2.ChannelRead(channel=request.channel, after_serial=request.after_serial, limit=request.limit)
+                for request in batch
+            ]
+        )
+        await self._exchange(
+            batch,
+            self.stub.Read,
+            proto,
+            lambda response: [_read_reply(result) for result in response.results],
+            self.node.core.on_read_reply,
+        )
 
-            def deliver(fx: Effects) -> None:
-                for request, reply in zip(batch, replies, strict=True):
-                    self.node.core.on_append_reply(self.zone, request, reply, now_ms(), fx)
 
-            self.node.call(deliver)
-        finally:
-            self.inflight -= 1
-            self._flush()
-
-    async def _fence(self, request: FenceRequest) -> None:
-        try:
-            response = await self.stub.Fence(
-                store_pb2.FenceRequest(channel=request.channel, epoch=request.epoch), timeout=store_rpc_timeout_s
-            )
-        except (grpc.RpcError, grpc.aio.UsageError):
-            self.node.call(lambda fx: self.node.core.on_store_error(self.zone, request, now_ms(), fx))
-            return
-        reply = FenceReply(response.fenced, response.fence_epoch, convert.position_from_proto(response.last))
-        self.node.call(lambda fx: self.node.core.on_fence_reply(self.zone, request, reply, now_ms(), fx))
-
-    async def _read(self, request: ReadRequest) -> None:
-        try:
-            response = await self.stub.Read(
-                store_pb2.ReadRequest(channel=request.channel, after_serial=request.after_serial, limit=request.limit),
-                timeout=store_rpc_timeout_s,
-            )
-        except (grpc.RpcError, grpc.aio.UsageError):
-            self.node.call(lambda fx: self.node.core.on_store_error(self.zone, request, now_ms(), fx))
-            return
-        entries = tuple(convert.entry_from_proto(entry) for entry in response.entries)
-        reply = ReadReply(entries, convert.position_from_proto(response.last), not all(e.intact() for e in entries))
-        self.node.call(lambda fx: self.node.core.on_read_reply(self.zone, request, reply, now_ms(), fx))
+def _read_reply(result: store_pb2.ChannelReadResult) -> ReadReply:
+    last = convert.position_from_proto(result.last)
+    if result.corrupt_serial:
+        return ReadReply((), last, True)
+    entries = tuple(convert.entry_from_proto(entry) for entry in result.entries)
+    return ReadReply(entries, last, not all(entry.intact() for entry in entries))
 
 
 def _append_reply(result: store_pb2.ChannelAppendResult) -> AppendReply:

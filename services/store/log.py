@@ -160,9 +160,18 @@ class ReplicaLog:
                 high = middle
         return low
 
-    def read(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+    def read(self, channel: str, after_serial: int, limit: int, *, bytes_max: int | None = None) -> ReadReply:
+        """At most `limit` entries after `after_serial`; with `bytes_max`, only as many as fit in that
+        much message data, but never fewer than one (so a reader always makes progress)."""
         limit = max(0, min(limit, read_entries_max))
         entries = self.storage.read(channel, after_serial, limit)
+        if bytes_max is not None:
+            size = 0
+            for index, entry in enumerate(entries):
+                size += len(entry.message.data)
+                if index and size > bytes_max:
+                    del entries[index:]
+                    break
         corrupt = not all(entry.intact() for entry in entries)
         return ReadReply(tuple(entries), self.storage.last(channel), corrupt)
 

@@ -12,8 +12,11 @@ Rules:
 3. If applying a group fails, the group is rolled back and its requests are applied again one by
    one, each in its own transaction, so one bad request fails alone. A request that still fails is
    answered with an error; what it would have written was rolled back, never half-applied.
-4. A stored entry that reads back corrupt is never served: the read fails with DATA_LOSS, reason
-   ENTRY_CORRUPT. Bad input fails with INVALID_ARGUMENT and a reason, and changes nothing.
+4. A stored entry that reads back corrupt is never served: that channel's read answers no entries
+   and names the corrupt serial (the other channels of the call are answered as usual). Bad input
+   fails with INVALID_ARGUMENT and a reason, and changes nothing.
+5. Every call carries many channels (an owner coalesces its requests per replica), within named
+   bounds: fences, appends and reads per call, and the message data one Read answer may carry.
 
 Each Append reply carries trailing metadata `ringcast-commit-id` (the number of the group commit
 that made it durable) and `ringcast-commit-requests` (how many requests that commit carried), so
@@ -57,6 +60,19 @@ read_threads_max = 4
 
 append_channels_max = 1_024
 """ChannelAppends one Append call may carry (an owner sends at most a few hundred)."""
+
+fence_channels_max = 1_024
+"""ChannelFences one Fence call may carry."""
+
+read_channels_max = 64
+"""ChannelReads one Read call may carry."""
+
+read_response_bytes_max = 2 * 1024 * 1024
+"""Message data one Read answer carries before each further read gets only its first entry.
+
+With `read_channels_max` reads of one largest message each on top, an answer stays under the
+gRPC message limit whatever the messages' sizes.
+"""
 
 read_entries_default = 100
 """Entries a read returns when the caller asks for `limit` 0."""
@@ -242,17 +258,23 @@ class LogReaders:
             self._storages.put(storage)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read")
 
-    async def read(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+    async def read_many(self, reads: Sequence[tuple[str, int, int]], bytes_max: int) -> list[ReadReply]:
+        """Each (channel, after serial, limit), from one snapshot; see `read_response_bytes_max`."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._read, channel, after_serial, limit)
+        return await loop.run_in_executor(self._executor, self._read_many, reads, bytes_max)
 
-    def _read(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+    def _read_many(self, reads: Sequence[tuple[str, int, int]], bytes_max: int) -> list[ReadReply]:
         # As many connections as threads, so a thread always finds one free.
         storage = self._storages.get_nowait()
         try:
-            storage.begin()  # one snapshot for the entries and the last position
+            storage.begin()  # one snapshot for all the entries and last positions
             try:
-                return ReplicaLog(storage).read(channel, after_serial, limit)
+                replica, replies, budget = ReplicaLog(storage), [], bytes_max
+                for channel, after_serial, limit in reads:
+                    reply = replica.read(channel, after_serial, limit, bytes_max=budget)
+                    budget -= sum(len(entry.message.data) for entry in reply.entries)
+                    replies.append(reply)
+                return replies
             finally:
                 storage.commit()
         finally:
@@ -298,14 +320,17 @@ class StoreService:
         self, request: store_pb2.FenceRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.FenceResponse:
         try:
-            channel = _channel(request.channel)
-            epoch = _stored_value(request.epoch, "epoch")
-            committed = await self.writer.submit(lambda replica: replica.fence(channel, epoch))
+            fences = _fences(request.fences)
+            if not fences:
+                return store_pb2.FenceResponse()
+            committed = await self.writer.submit(
+                lambda replica: [replica.fence(channel, epoch) for channel, epoch in fences]
+            )
         except ServiceError as error:
             await abort(context, error)
             raise
         context.set_trailing_metadata(_commit_metadata(committed))
-        return _fence_to_proto(committed.value)
+        return store_pb2.FenceResponse(results=[_fence_to_proto(reply) for reply in committed.value])
 
     async def Append(
         self, request: store_pb2.AppendRequest, context: grpc.aio.ServicerContext
@@ -327,25 +352,26 @@ class StoreService:
 
     async def Read(self, request: store_pb2.ReadRequest, context: grpc.aio.ServicerContext) -> store_pb2.ReadResponse:
         try:
-            channel = _channel(request.channel)
-            after_serial = _stored_value(request.after_serial, "after_serial")
-            limit = min(request.limit or read_entries_default, read_entries_max)
-            reply = await self.readers.read(channel, after_serial, limit)
-            if reply.corrupt:
-                serial = next(entry.serial for entry in reply.entries if not entry.intact())
-                log.error("stored entry %d of channel %r is corrupt", serial, channel)
-                raise ServiceError(
-                    grpc.StatusCode.DATA_LOSS,
-                    "ENTRY_CORRUPT",
-                    f"stored entry {serial} of channel {channel!r} does not match its checksum",
-                    {"channel": channel, "serial": str(serial)},
-                )
+            reads = _reads(request.reads)
+            replies = await self.readers.read_many(reads, read_response_bytes_max)
         except ServiceError as error:
             await abort(context, error)
             raise
-        return store_pb2.ReadResponse(
-            entries=convert.entries_to_proto(reply.entries), last=convert.position_to_proto(reply.last)
-        )
+        results = []
+        for (channel, _, _), reply in zip(reads, replies, strict=True):
+            if reply.corrupt:
+                serial = next(entry.serial for entry in reply.entries if not entry.intact())
+                log.error("stored entry %d of channel %r is corrupt", serial, channel)
+                results.append(
+                    store_pb2.ChannelReadResult(last=convert.position_to_proto(reply.last), corrupt_serial=serial)
+                )
+            else:
+                results.append(
+                    store_pb2.ChannelReadResult(
+                        entries=convert.entries_to_proto(reply.entries), last=convert.position_to_proto(reply.last)
+                    )
+                )
+        return store_pb2.ReadResponse(results=results)
 
 
 # --------------------------------------------------------------------------------- input checks
@@ -369,16 +395,33 @@ def _stored_value(value: int, field: str) -> int:
     return value
 
 
+def _fences(protos: Sequence[store_pb2.ChannelFence]) -> list[tuple[str, int]]:
+    _at_most(len(protos), fence_channels_max, "TOO_MANY_FENCES", "fences")
+    return [(_channel(proto.channel), _stored_value(proto.epoch, "epoch")) for proto in protos]
+
+
+def _reads(protos: Sequence[store_pb2.ChannelRead]) -> list[tuple[str, int, int]]:
+    _at_most(len(protos), read_channels_max, "TOO_MANY_READS", "reads")
+    return [
+        (
+            _channel(proto.channel),
+            _stored_value(proto.after_serial, "after_serial"),
+            min(proto.limit or read_entries_default, read_entries_max),
+        )
+        for proto in protos
+    ]
+
+
+def _at_most(count: int, limit: int, reason: str, what: str) -> None:
+    if count > limit:
+        raise invalid(reason, f"{count} {what} in one call; at most {limit}", limit=str(limit))
+
+
 _Append = tuple[str, int, Position, tuple[Entry, ...]]
 
 
 def _appends(protos: Sequence[store_pb2.ChannelAppend]) -> list[_Append]:
-    if len(protos) > append_channels_max:
-        raise invalid(
-            "TOO_MANY_APPENDS",
-            f"{len(protos)} appends in one call; at most {append_channels_max}",
-            limit=str(append_channels_max),
-        )
+    _at_most(len(protos), append_channels_max, "TOO_MANY_APPENDS", "appends")
     appends = []
     for proto in protos:
         channel = _channel(proto.channel)
@@ -399,8 +442,8 @@ def _commit_metadata(committed: Committed[Any]) -> tuple[tuple[str, str], ...]:
     return ((COMMIT_ID_KEY, str(committed.commit_id)), (COMMIT_REQUESTS_KEY, str(committed.commit_requests)))
 
 
-def _fence_to_proto(reply: FenceReply) -> store_pb2.FenceResponse:
-    return store_pb2.FenceResponse(
+def _fence_to_proto(reply: FenceReply) -> store_pb2.ChannelFenceResult:
+    return store_pb2.ChannelFenceResult(
         fenced=reply.fenced, fence_epoch=reply.fence_epoch, last=convert.position_to_proto(reply.last)
     )
 

@@ -1,8 +1,9 @@
 """The store replica as a real OS process: `python -m services.store` on loopback (etcd only where named).
 
-Over gRPC: Fence, batched Append and Read map the replica log rules to the protos; bad input gets
-INVALID_ARGUMENT with a reason and changes nothing; writes that arrive while a commit is held up
-share the next commit (group commit); a corrupt stored entry is refused with DATA_LOSS. And the
+Over gRPC: batched Fence, Append and Read map the replica log rules to the protos, each channel of
+a call judged on its own; bad input gets INVALID_ARGUMENT with a reason and changes nothing; writes
+that arrive while a commit is held up share the next commit (group commit); a corrupt stored entry
+is never served. And the
 durability promise: every append acknowledged before a SIGKILL is there after a restart. Last, with
 --etcd, the store's membership: registered while it serves, gone when it stops, and an unreachable
 etcd never keeps it from serving.
@@ -84,9 +85,22 @@ def _append_one(stub: store_grpc.StoreServiceStub, append: store_pb2.ChannelAppe
     return result
 
 
+def _fence(stub: store_grpc.StoreServiceStub, name: str, epoch: int) -> store_pb2.ChannelFenceResult:
+    request = store_pb2.FenceRequest(fences=[store_pb2.ChannelFence(channel=name, epoch=epoch)])
+    [result] = stub.Fence(request, timeout=call_timeout_s).results
+    return result
+
+
+def _read_result(
+    stub: store_grpc.StoreServiceStub, name: str, after_serial: int = 0, limit: int = 0
+) -> store_pb2.ChannelReadResult:
+    request = store_pb2.ReadRequest(reads=[store_pb2.ChannelRead(channel=name, after_serial=after_serial, limit=limit)])
+    [result] = stub.Read(request, timeout=call_timeout_s).results
+    return result
+
+
 def _read(stub: store_grpc.StoreServiceStub, name: str, after_serial: int = 0, limit: int = 0) -> list[Entry]:
-    request = store_pb2.ReadRequest(channel=name, after_serial=after_serial, limit=limit)
-    return [entry_from_proto(entry) for entry in stub.Read(request, timeout=call_timeout_s).entries]
+    return [entry_from_proto(entry) for entry in _read_result(stub, name, after_serial, limit).entries]
 
 
 def _refusal(call: object) -> tuple[grpc.StatusCode, str]:
@@ -116,7 +130,7 @@ def test_health_says_serving_for_the_server_and_the_store_service(store: Service
 
 
 def test_fence_append_read_round_trip(stub: store_grpc.StoreServiceStub) -> None:
-    fence = stub.Fence(store_pb2.FenceRequest(channel="round-trip", epoch=3), timeout=call_timeout_s)
+    fence = _fence(stub, "round-trip", 3)
     assert (fence.fenced, fence.fence_epoch, fence.last.serial) == (False, 3, 0)
     entries = _entries(1, [3, 3, 3])
     result = _append_one(stub, _append("round-trip", 3, ORIGIN, entries))
@@ -124,12 +138,12 @@ def test_fence_append_read_round_trip(stub: store_grpc.StoreServiceStub) -> None
     assert (result.match_serial, result.last.serial, result.last.epoch, result.fence_epoch) == (3, 3, 3, 3)
     assert _read(stub, "round-trip") == entries
     assert _read(stub, "round-trip", after_serial=1, limit=1) == entries[1:2]
-    stale = stub.Fence(store_pb2.FenceRequest(channel="round-trip", epoch=2), timeout=call_timeout_s)
+    stale = _fence(stub, "round-trip", 2)
     assert (stale.fenced, stale.fence_epoch, stale.last.serial, stale.last.epoch) == (True, 3, 3, 3)
 
 
 def test_one_append_call_judges_each_channel_on_its_own(stub: store_grpc.StoreServiceStub) -> None:
-    stub.Fence(store_pb2.FenceRequest(channel="batch-fenced", epoch=5), timeout=call_timeout_s)
+    _fence(stub, "batch-fenced", 5)
     _append_one(stub, _append("batch-conflict", 2, ORIGIN, _entries(1, [1, 2, 2])))
     good = _entries(1, [4])
     bad_checksum = Entry(1, 4, Message("x"), 12345)
@@ -171,9 +185,57 @@ def test_read_limit_zero_means_the_default_and_large_limits_are_capped(stub: sto
     assert len(_read(stub, "long")) == store_server.read_entries_default
     capped = _read(stub, "long", limit=10 * count)
     assert [entry.serial for entry in capped] == list(range(1, store_server.read_entries_max + 1))
-    response = stub.Read(store_pb2.ReadRequest(channel="long", after_serial=count - 2), timeout=call_timeout_s)
+    response = _read_result(stub, "long", after_serial=count - 2)
     assert [entry.serial for entry in response.entries] == [count - 1, count]
     assert (response.last.serial, response.last.epoch) == (count, 1)
+
+
+def test_one_fence_call_judges_each_channel_on_its_own(stub: store_grpc.StoreServiceStub) -> None:
+    _fence(stub, "fences-stale", 9)
+    _append_one(stub, _append("fences-held", 2, ORIGIN, _entries(1, [2, 2])))
+    response = stub.Fence(
+        store_pb2.FenceRequest(
+            fences=[
+                store_pb2.ChannelFence(channel="fences-new", epoch=4),
+                store_pb2.ChannelFence(channel="fences-stale", epoch=4),
+                store_pb2.ChannelFence(channel="fences-held", epoch=4),
+            ]
+        ),
+        timeout=call_timeout_s,
+    )
+    new, stale, held = response.results
+    assert (new.fenced, new.fence_epoch, new.last.serial) == (False, 4, 0)
+    assert (stale.fenced, stale.fence_epoch) == (True, 9)
+    assert (held.fenced, held.fence_epoch, held.last.serial, held.last.epoch) == (False, 4, 2, 2)
+    assert _append_one(stub, _append("fences-held", 3, Position(2, 2), _entries(3, [3]))).status == (
+        store_pb2.APPEND_STATUS_FENCED
+    )
+
+
+def test_one_read_call_answers_each_channel_and_keeps_to_its_size_budget(stub: store_grpc.StoreServiceStub) -> None:
+    big = b"x" * (64 * 1024)
+    count = store_server.read_response_bytes_max // len(big) + 8
+    entries = [Entry.make(serial, 1, Message(f"big-{serial}", data=big)) for serial in range(1, count + 1)]
+    _append_one(stub, _append("reads-big", 1, ORIGIN, entries))
+    _append_one(stub, _append("reads-small", 1, ORIGIN, _entries(1, [1, 1])))
+    response = stub.Read(
+        store_pb2.ReadRequest(
+            reads=[
+                store_pb2.ChannelRead(channel="reads-big", limit=count),
+                store_pb2.ChannelRead(channel="reads-small"),
+                store_pb2.ChannelRead(channel="reads-none"),
+            ]
+        ),
+        timeout=call_timeout_s,
+    )
+    first, small, none = response.results
+    # The budget stops the big read short of `count`; the next read still gets its first entry.
+    assert 1 < len(first.entries) < count
+    assert len(first.entries) * len(big) <= store_server.read_response_bytes_max + len(big)
+    assert [entry.serial for entry in first.entries] == list(range(1, len(first.entries) + 1))
+    assert [entry.serial for entry in small.entries] == [1]
+    assert (small.last.serial, none.last.serial, len(none.entries)) == (2, 0, 0)
+    assert [entry_from_proto(entry) for entry in first.entries] == entries[: len(first.entries)]
 
 
 # --------------------------------------------------------------------------------- bad input
@@ -182,15 +244,30 @@ def test_read_limit_zero_means_the_default_and_large_limits_are_capped(stub: sto
 def test_bad_input_is_invalid_argument_with_a_reason_and_changes_nothing(stub: store_grpc.StoreServiceStub) -> None:
     too_big = store_server.stored_value_max + 1
     refusals = {
-        "read without channel": lambda: stub.Read(store_pb2.ReadRequest(channel=""), timeout=call_timeout_s),
-        "fence without channel": lambda: stub.Fence(store_pb2.FenceRequest(epoch=1), timeout=call_timeout_s),
-        "fence epoch too big": lambda: stub.Fence(
-            store_pb2.FenceRequest(channel="bad-input", epoch=too_big), timeout=call_timeout_s
+        "read without channel": lambda: _read(stub, ""),
+        "fence without channel": lambda: _fence(stub, "", 1),
+        "fence epoch too big": lambda: _fence(stub, "bad-input", too_big),
+        "read after too big": lambda: _read(stub, "bad-input", after_serial=too_big),
+        "channel too long": lambda: _read(stub, "x" * 257),
+        # One bad fence spoils the call: the good one before it is not applied either.
+        "fence spoilt by a bad one": lambda: stub.Fence(
+            store_pb2.FenceRequest(
+                fences=[store_pb2.ChannelFence(channel="bad-input", epoch=5), store_pb2.ChannelFence(epoch=5)]
+            ),
+            timeout=call_timeout_s,
         ),
-        "read after too big": lambda: stub.Read(
-            store_pb2.ReadRequest(channel="bad-input", after_serial=too_big), timeout=call_timeout_s
+        "too many fences": lambda: stub.Fence(
+            store_pb2.FenceRequest(
+                fences=[store_pb2.ChannelFence(channel="bad-input", epoch=5)] * (store_server.fence_channels_max + 1)
+            ),
+            timeout=call_timeout_s,
         ),
-        "channel too long": lambda: stub.Read(store_pb2.ReadRequest(channel="x" * 257), timeout=call_timeout_s),
+        "too many reads": lambda: stub.Read(
+            store_pb2.ReadRequest(
+                reads=[store_pb2.ChannelRead(channel="bad-input")] * (store_server.read_channels_max + 1)
+            ),
+            timeout=call_timeout_s,
+        ),
         # One bad append spoils the call: the good one before it is not applied either.
         "append without channel": lambda: stub.Append(
             store_pb2.AppendRequest(
@@ -211,12 +288,15 @@ def test_bad_input_is_invalid_argument_with_a_reason_and_changes_nothing(stub: s
         "fence epoch too big": "VALUE_OUT_OF_RANGE",
         "read after too big": "VALUE_OUT_OF_RANGE",
         "channel too long": "CHANNEL_NAME_TOO_LONG",
+        "fence spoilt by a bad one": "CHANNEL_NAME_EMPTY",
+        "too many fences": "TOO_MANY_FENCES",
+        "too many reads": "TOO_MANY_READS",
         "append without channel": "CHANNEL_NAME_EMPTY",
         "too many appends": "TOO_MANY_APPENDS",
     }
     for name, operation in refusals.items():
         assert _refusal(_fails(operation)) == (grpc.StatusCode.INVALID_ARGUMENT, expected_reasons[name]), name
-    fence = stub.Fence(store_pb2.FenceRequest(channel="bad-input", epoch=0), timeout=call_timeout_s)
+    fence = _fence(stub, "bad-input", 0)
     assert (fence.fence_epoch, fence.last.serial) == (0, 0)
 
 
@@ -289,15 +369,13 @@ def test_concurrent_appends_share_commits(processes: ServiceProcesses, tmp_path:
 # --------------------------------------------------------------------------------- corruption at rest
 
 
-def test_a_corrupt_stored_entry_is_refused_with_data_loss(
-    stub: store_grpc.StoreServiceStub, store: ServiceProcess
-) -> None:
+def test_a_corrupt_stored_entry_is_never_served(stub: store_grpc.StoreServiceStub, store: ServiceProcess) -> None:
     _append_one(stub, _append("rot", 1, ORIGIN, _entries(1, [1, 1, 1])))
     database = _database(store.log_path.parent.parent / "data")
     with sqlite3.connect(database, timeout=call_timeout_s) as connection:
         connection.execute("UPDATE entries SET checksum = checksum + 1 WHERE channel = 'rot' AND serial = 2")
-    failure = _fails(lambda: _read(stub, "rot"))
-    assert _refusal(failure) == (grpc.StatusCode.DATA_LOSS, "ENTRY_CORRUPT")
+    corrupt = _read_result(stub, "rot")
+    assert (corrupt.corrupt_serial, len(corrupt.entries), corrupt.last.serial) == (2, 0, 3)
     assert [entry.serial for entry in _read(stub, "rot", limit=1)] == [1]
     assert [entry.serial for entry in _read(stub, "rot", after_serial=2)] == [3]
 
@@ -310,7 +388,7 @@ def test_an_acknowledged_append_survives_sigkill(processes: ServiceProcesses, tm
     entries = _entries(1, [7, 7])
     channel, stub = _stub(process)
     with channel:
-        stub.Fence(store_pb2.FenceRequest(channel="durable", epoch=7), timeout=call_timeout_s)
+        _fence(stub, "durable", 7)
         assert _append_one(stub, _append("durable", 7, ORIGIN, entries)).status == store_pb2.APPEND_STATUS_OK
         process.kill()
 
@@ -318,7 +396,7 @@ def test_an_acknowledged_append_survives_sigkill(processes: ServiceProcesses, tm
     channel, stub = _stub(restarted)
     with channel:
         assert _read(stub, "durable") == entries
-        fence = stub.Fence(store_pb2.FenceRequest(channel="durable", epoch=6), timeout=call_timeout_s)
+        fence = _fence(stub, "durable", 6)
         assert (fence.fenced, fence.fence_epoch, fence.last.serial) == (True, 7, 2)
 
 
