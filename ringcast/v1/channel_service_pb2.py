@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ringcast/v1/channel_service.proto\x12\x0bringcast.v1\x1a\x19ringcast/v1/message.proto\"W\n\x1c\x43hannelServicePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"D\n\x1d\x43hannelServicePublishResponse\x12\x0f\n\x07serials\x18\x01 \x03(\x04\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"G\n\x1e\x43hannelServiceSubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\"I\n\x1f\x43hannelServiceSubscribeResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\"T\n\x1c\x43hannelServiceHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x1d\x43hannelServiceHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12\x13\n\x0blast_serial\x18\x02 \x01(\x04\"2\n\x1f\x43hannelServiceGetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t2\x90\x03\n\x0e\x43hannelService\x12`\n\x07Publish\x12).ringcast.v1.ChannelServicePublishRequest\x1a*.ringcast.v1.ChannelServicePublishResponse\x12h\n\tSubscribe\x12+.ringcast.v1.ChannelServiceSubscribeRequest\x1a,.ringcast.v1.ChannelServiceSubscribeResponse0\x01\x12`\n\x07History\x12).ringcast.v1.ChannelServiceHistoryRequest\x1a*.ringcast.v1.ChannelServiceHistoryResponse\x12P\n\nGetChannel\x12,.ringcast.v1.ChannelServiceGetChannelRequest\x1a\x14.ringcast.v1.Channelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ringcast/v1/channel_service.proto\x12\x0bringcast.v1\x1a\x19ringcast/v1/message.proto\"W\n\x1c\x43hannelServicePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"D\n\x1d\x43hannelServicePublishResponse\x12\x0f\n\x07serials\x18\x01 \x03(\x04\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"G\n\x1e\x43hannelServiceSubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\"I\n\x1f\x43hannelServiceSubscribeResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\"T\n\x1c\x43hannelServiceHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x1d\x43hannelServiceHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12\x13\n\x0blast_serial\x18\x02 \x01(\x04\"2\n\x1f\x43hannelServiceGetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"0\n\x1c\x43hannelServicePrepareRequest\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\"/\n\x1d\x43hannelServicePrepareResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"\x1e\n\x1c\x43hannelServiceGetNodeRequest\"\xc2\x01\n\x1d\x43hannelServiceGetNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x18\n\x10\x63hannels_serving\x18\x04 \x01(\r\x12\x1c\n\x14\x63hannels_taking_over\x18\x05 \x01(\r\x12\x19\n\x11\x63hannels_prepared\x18\x06 \x01(\r\x12\x16\n\x0etakeovers_done\x18\x07 \x01(\x04\x32\xd4\x04\n\x0e\x43hannelService\x12`\n\x07Publish\x12).ringcast.v1.ChannelServicePublishRequest\x1a*.ringcast.v1.ChannelServicePublishResponse\x12h\n\tSubscribe\x12+.ringcast.v1.ChannelServiceSubscribeRequest\x1a,.ringcast.v1.ChannelServiceSubscribeResponse0\x01\x12`\n\x07History\x12).ringcast.v1.ChannelServiceHistoryRequest\x1a*.ringcast.v1.ChannelServiceHistoryResponse\x12P\n\nGetChannel\x12,.ringcast.v1.ChannelServiceGetChannelRequest\x1a\x14.ringcast.v1.Channel\x12`\n\x07Prepare\x12).ringcast.v1.ChannelServicePrepareRequest\x1a*.ringcast.v1.ChannelServicePrepareResponse\x12`\n\x07GetNode\x12).ringcast.v1.ChannelServiceGetNodeRequest\x1a*.ringcast.v1.ChannelServiceGetNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANNELSERVICEHISTORYRESPONSE']._serialized_end=562
   _globals['_CHANNELSERVICEGETCHANNELREQUEST']._serialized_start=564
   _globals['_CHANNELSERVICEGETCHANNELREQUEST']._serialized_end=614
-  _globals['_CHANNELSERVICE']._serialized_start=617
-  _globals['_CHANNELSERVICE']._serialized_end=1017
+  _globals['_CHANNELSERVICEPREPAREREQUEST']._serialized_start=616
+  _globals['_CHANNELSERVICEPREPAREREQUEST']._serialized_end=664
+  _globals['_CHANNELSERVICEPREPARERESPONSE']._serialized_start=666
+  _globals['_CHANNELSERVICEPREPARERESPONSE']._serialized_end=713
+  _globals['_CHANNELSERVICEGETNODEREQUEST']._serialized_start=715
+  _globals['_CHANNELSERVICEGETNODEREQUEST']._serialized_end=745
+  _globals['_CHANNELSERVICEGETNODERESPONSE']._serialized_start=748
+  _globals['_CHANNELSERVICEGETNODERESPONSE']._serialized_end=942
+  _globals['_CHANNELSERVICE']._serialized_start=945
+  _globals['_CHANNELSERVICE']._serialized_end=1541
 # @@protoc_insertion_point(module_scope)

@@ -60,3 +60,37 @@ class ChannelServiceGetChannelRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     channel: str
     def __init__(self, channel: _Optional[str] = ...) -> None: ...
+
+class ChannelServicePrepareRequest(_message.Message):
+    __slots__ = ("channels",)
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, channels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ChannelServicePrepareResponse(_message.Message):
+    __slots__ = ("queued",)
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    queued: int
+    def __init__(self, queued: _Optional[int] = ...) -> None: ...
+
+class ChannelServiceGetNodeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChannelServiceGetNodeResponse(_message.Message):
+    __slots__ = ("node_id", "ring_version", "serving", "channels_serving", "channels_taking_over", "channels_prepared", "takeovers_done")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_SERVING_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_TAKING_OVER_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_PREPARED_FIELD_NUMBER: _ClassVar[int]
+    TAKEOVERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    ring_version: int
+    serving: bool
+    channels_serving: int
+    channels_taking_over: int
+    channels_prepared: int
+    takeovers_done: int
+    def __init__(self, node_id: _Optional[str] = ..., ring_version: _Optional[int] = ..., serving: _Optional[bool] = ..., channels_serving: _Optional[int] = ..., channels_taking_over: _Optional[int] = ..., channels_prepared: _Optional[int] = ..., takeovers_done: _Optional[int] = ...) -> None: ...

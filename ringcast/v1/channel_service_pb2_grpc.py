@@ -59,6 +59,16 @@ class ChannelServiceStub:
                 request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetChannelRequest.SerializeToString,
                 response_deserializer=ringcast_dot_v1_dot_message__pb2.Channel.FromString,
                 _registered_method=True)
+        self.Prepare = channel.unary_unary(
+                '/ringcast.v1.ChannelService/Prepare',
+                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareResponse.FromString,
+                _registered_method=True)
+        self.GetNode = channel.unary_unary(
+                '/ringcast.v1.ChannelService/GetNode',
+                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ChannelServiceServicer:
@@ -96,6 +106,23 @@ class ChannelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prepare(self, request, context):
+        """Take these channels over now, ahead of their first request (gateways send the channels in use
+        that a new ring moved to this node). Channels the node does not own are ignored; takeovers run
+        a bounded number at a time, and those beyond the node's queue bound are left to their first
+        request. Answers at once, before the takeovers finish.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNode(self, request, context):
+        """The node's state: ring, lease and role counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +145,16 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.GetChannel,
                     request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetChannelRequest.FromString,
                     response_serializer=ringcast_dot_v1_dot_message__pb2.Channel.SerializeToString,
+            ),
+            'Prepare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prepare,
+                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareResponse.SerializeToString,
+            ),
+            'GetNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNode,
+                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -232,6 +269,60 @@ class ChannelService:
             '/ringcast.v1.ChannelService/GetChannel',
             ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetChannelRequest.SerializeToString,
             ringcast_dot_v1_dot_message__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prepare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.v1.ChannelService/Prepare',
+            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareRequest.SerializeToString,
+            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.v1.ChannelService/GetNode',
+            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeRequest.SerializeToString,
+            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,9 @@ Rules:
    once and is dropped; the next request (under a newer ring) starts a new takeover.
 4. Requests for channels the node does not own are answered NOT_OWNER with the node's ring version,
    so the caller refreshes its ring and goes where the channel is.
+5. Channels can be prepared: taken over ahead of their first request (gateways prepare the channels
+   in use that a new ring moved here). Prepared takeovers wait in a bounded queue and run at most
+   `takeovers_inflight_max` at a time; a channel dropped from the queue is taken over lazily.
 
 Like the role, the node is a pure core: adapters feed it requests, store replies, rings, lease
 renewals and ticks, and carry out the `Effects` it returns.
@@ -22,6 +25,7 @@ renewals and ticks, and carry out the `Effects` it returns.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.channel.role import (
@@ -56,6 +60,15 @@ def epoch_ring_version(epoch: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeStatus:
+    serving: bool
+    channels_serving: int
+    channels_taking_over: int
+    channels_prepared: int
+    takeovers_done: int
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     roles_max: int = 100_000
     role_idle_ms: int = 300_000
@@ -65,6 +78,10 @@ class NodeConfig:
     """Roles that may stall within the window before the node calls itself unhealthy."""
     stall_records_max: int = 1_024
     idle_sweep_ms: int = 1_000
+    takeovers_inflight_max: int = 1_024
+    """Takeovers (fencing or recovering) at once before prepared channels wait for a slot."""
+    prepared_channels_max: int = 100_000
+    """Prepared channels waiting for a takeover slot; beyond that they are left to their first request."""
     """How often every role held is looked at for idleness and dedup expiry (ticks see only busy ones)."""
     role: RoleConfig = RoleConfig()
 
@@ -83,6 +100,9 @@ class ChannelNode:
         # Channels whose roles may have work that waits on time; a dict, for a deterministic order.
         self._busy: dict[str, None] = {}
         self._swept_ms: int | None = None
+        self._taking_over: dict[str, None] = {}  # channels whose roles are fencing or recovering
+        self._prepared: dict[str, None] = {}  # channels to take over when a slot frees, in order
+        self.takeovers_done = 0
 
     # ----------------------------------------------------------------------------- membership
 
@@ -121,7 +141,7 @@ class ChannelNode:
         for channel, role in list(self.roles.items()):
             if ring.owner(channel) != self.node_id:
                 role.stop("CHANNEL_MOVED", fx)
-                del self.roles[channel]
+                self._forget(channel)
         fx.events.append(f"ring version={ring.version} members={len(ring)}")
 
     def stop_all(self, reason: str, fx: Effects) -> None:
@@ -130,6 +150,8 @@ class ChannelNode:
             role.stop(reason, fx)
         self.roles.clear()
         self._busy.clear()
+        self._taking_over.clear()
+        self._prepared.clear()
 
     # ----------------------------------------------------------------------------- requests
 
@@ -156,9 +178,33 @@ class ChannelNode:
         self._attempts[channel] = (version, attempts + 1)
         role = ChannelRole(channel, make_epoch(version, attempts), self.config.role, now_ms)
         self.roles[channel] = role
+        self._taking_over[channel] = None
         self._touch(role)
         role.start(fx)
         return role
+
+    def prepare(self, channels: Sequence[str], now_ms: int, fx: Effects) -> int:
+        """Queue takeovers of the channels we own and do not hold; answer how many were queued."""
+        if not self.serving(now_ms):
+            return 0
+        assert self.ring is not None
+        queued = 0
+        for channel in channels:
+            if len(self._prepared) >= self.config.prepared_channels_max:
+                break
+            if channel in self.roles or channel in self._prepared or self.ring.owner(channel) != self.node_id:
+                continue
+            self._prepared[channel] = None
+            queued += 1
+        self._start_prepared(now_ms, fx)
+        return queued
+
+    def _start_prepared(self, now_ms: int, fx: Effects) -> None:
+        while self._prepared and len(self._taking_over) < self.config.takeovers_inflight_max:
+            channel = next(iter(self._prepared))
+            del self._prepared[channel]
+            if channel not in self.roles:
+                self._role_for(channel, now_ms, fx)  # not ours any more, or no lease: nothing starts
 
     def publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, fx: Effects) -> None:
         role = self._role_for(channel, now_ms, fx)
@@ -228,8 +274,19 @@ class ChannelNode:
             self._drop_if_stopped(role)
 
     def _drop_if_stopped(self, role: ChannelRole) -> None:
-        if role.state is RoleState.STOPPED and self.roles.get(role.channel) is role:
-            del self.roles[role.channel]
+        """After an event reached `role`: drop it if it stopped; note a takeover that ended."""
+        if self.roles.get(role.channel) is not role:
+            return
+        if role.state is RoleState.STOPPED:
+            self._forget(role.channel)
+        elif role.state is RoleState.SERVING and role.channel in self._taking_over:
+            del self._taking_over[role.channel]
+            self.takeovers_done += 1
+
+    def _forget(self, channel: str) -> None:
+        del self.roles[channel]
+        self._busy.pop(channel, None)
+        self._taking_over.pop(channel, None)
 
     def health(self, now_ms: int) -> str:
         """ "" when healthy; otherwise why this node should give its channels to others.
@@ -249,6 +306,12 @@ class ChannelNode:
         return "COMMIT_STALLED"
 
     # ----------------------------------------------------------------------------- time
+
+    def status(self, now_ms: int) -> NodeStatus:
+        taking_over = len(self._taking_over)
+        return NodeStatus(
+            self.serving(now_ms), len(self.roles) - taking_over, taking_over, len(self._prepared), self.takeovers_done
+        )
 
     @property
     def busy_channels(self) -> int:
@@ -276,10 +339,10 @@ class ChannelNode:
             role.tick(now_ms, fx)
             if role.stop_reason == "COMMIT_STALLED":
                 self._stalls.append(now_ms)
-            if role.state is RoleState.STOPPED:
-                del self.roles[channel]
+            self._drop_if_stopped(role)
             if role.quiet:
-                del self._busy[channel]
+                self._busy.pop(channel, None)
+        self._start_prepared(now_ms, fx)
         if self._swept_ms is None or now_ms - self._swept_ms >= self.config.idle_sweep_ms:
             self._swept_ms = now_ms
             self._sweep(now_ms, fx)
@@ -291,7 +354,6 @@ class ChannelNode:
             idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
             if idle and role.commit >= role.last:
                 role.stop("IDLE", fx)
-                del self.roles[channel]
-                self._busy.pop(channel, None)
+                self._forget(channel)
             else:
                 role.dedup.expire(now_ms + self.wall_offset_ms)

@@ -42,9 +42,10 @@ from services.channel.role import (
 )
 from services.common import convert
 from services.common.entries import Message
-from services.common.errors import ServiceError, abort
+from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
 from services.common.server import CHANNEL_OPTIONS
+from services.gateway.validation import Limits, check_channel
 from services.placement.client import RingView
 from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply
 
@@ -79,7 +80,12 @@ event_loop_lag_s_max = 1.0
 """A tick this late means the process is starved (CPU, swap, GC): counted against its health."""
 
 lagging_ticks_max = 3
+
+prepare_channels_max = 1_000
+"""Channels one Prepare call may name."""
 """Consecutive late ticks after which the node calls itself unhealthy (EVENT_LOOP_LAG)."""
+
+LIMITS = Limits()
 
 STATUS_BY_NAME = {
     "APPEND_STATUS_OK": AppendStatus.OK,
@@ -424,6 +430,18 @@ class ChannelNodeAdapter:
             self.subscriptions.pop(token, None)
             self.core.unsubscribe(channel, token)
 
+    def prepare(self, channels: list[str]) -> int:
+        if self.closing:
+            return 0
+        queued = 0
+
+        def prepare(fx: Effects) -> None:
+            nonlocal queued
+            queued = self.core.prepare(channels, now_ms(), fx)
+
+        self.call(prepare)
+        return queued
+
     def channel_state(self, channel: str) -> tuple[int, int]:
         """(epoch, last committed serial) of the channel's role here, or (0, 0)."""
         role = self.core.roles.get(channel)
@@ -497,4 +515,35 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             epoch=epoch,
             last_serial=last,
             ring_version=self.node.ring_version,
+        )
+
+    async def Prepare(  # noqa: N802
+        self, request: channel_pb2.ChannelServicePrepareRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.ChannelServicePrepareResponse:
+        try:
+            if len(request.channels) > prepare_channels_max:
+                raise invalid(
+                    "TOO_MANY_CHANNELS",
+                    f"{len(request.channels)} channels in one call; at most {prepare_channels_max}",
+                    limit=str(prepare_channels_max),
+                )
+            for channel in request.channels:
+                check_channel(channel, LIMITS)
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        return channel_pb2.ChannelServicePrepareResponse(queued=self.node.prepare(list(request.channels)))
+
+    async def GetNode(  # noqa: N802
+        self, request: channel_pb2.ChannelServiceGetNodeRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.ChannelServiceGetNodeResponse:
+        status = self.node.core.status(now_ms())
+        return channel_pb2.ChannelServiceGetNodeResponse(
+            node_id=self.node.node_id,
+            ring_version=self.node.ring_version,
+            serving=status.serving,
+            channels_serving=status.channels_serving,
+            channels_taking_over=status.channels_taking_over,
+            channels_prepared=status.channels_prepared,
+            takeovers_done=status.takeovers_done,
         )

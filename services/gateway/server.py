@@ -7,6 +7,11 @@ deadline, with jittered, bounded backoff. Retrying a publish is safe because mes
 idempotent. A subscription is a loop: follow the owner's stream, and on any interruption resume
 after the last serial delivered, at whoever owns the channel then; so the client sees no gap and no
 duplicate across owner changes.
+
+A gateway also remembers the channels it routed lately (bounded, least recently used forgotten
+first). When a new ring moves some of them to another node, it asks that node to take them over at
+once (Prepare), so a relocation does not wait for each channel's next request; the work is
+proportional to the channels in use that moved.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -47,6 +53,17 @@ publish_stream_inflight_max = 64
 subscribe_outage_s_max = 60.0
 """A subscription whose channel has had no reachable owner this long ends (UNAVAILABLE; resumable)."""
 
+recent_channels_max = 100_000
+"""Channels a gateway remembers as in use, for Prepare after a ring change."""
+
+recent_channel_s = 300.0
+"""A channel not routed for this long is no longer in use (the nodes step down from it too)."""
+
+prepare_call_channels_max = 1_000
+"""Channels one Prepare call to a node names."""
+
+prepare_timeout_s = 5.0
+
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
 
 FAIL_FAST_REASONS = {"QUORUM_UNAVAILABLE"}
@@ -61,12 +78,73 @@ class ChannelMovedAway(Exception):
     """The ring gave the channel to another node while a call to its old owner was in flight."""
 
 
+class RecentChannels:
+    """Channels routed lately, least recently used first, bounded in count and in age."""
+
+    def __init__(self, entries_max: int = recent_channels_max, horizon_s: float = recent_channel_s) -> None:
+        self.entries_max = entries_max
+        self.horizon_s = horizon_s
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def touch(self, channel: str, now: float) -> None:
+        self._seen[channel] = now
+        self._seen.move_to_end(channel)
+        if len(self._seen) > self.entries_max:
+            self._seen.popitem(last=False)
+
+    def in_use(self, now: float) -> list[str]:
+        while self._seen and now - next(iter(self._seen.values())) > self.horizon_s:
+            self._seen.popitem(last=False)
+        return list(self._seen)
+
+
 class OwnerRouter:
     """Channel → owner address under the newest ring, and one gRPC channel per owner address."""
 
     def __init__(self, watcher: RingWatcher) -> None:
         self.watcher = watcher
         self._stubs: dict[str, tuple[grpc.aio.Channel, channel_grpc.ChannelServiceStub]] = {}
+        self.recent = RecentChannels()
+        self._view: RingView | None = None
+        self._preparing: asyncio.Task[None] | None = None
+        watcher.subscribe(self._on_ring)
+
+    def _on_ring(self, view: RingView) -> None:
+        previous, self._view = self._view, view
+        if previous is None or view.ring.version <= previous.ring.version:
+            return
+        if self._preparing is not None:
+            self._preparing.cancel()  # a newer ring supersedes what the last one moved
+        self._preparing = asyncio.create_task(self._prepare_moved(previous, view), name="prepare-moved")
+
+    async def _prepare_moved(self, previous: RingView, view: RingView) -> None:
+        """Ask each new owner to take over the channels in use that `view` moved to it."""
+        loop = asyncio.get_running_loop()
+        moved: dict[str, list[str]] = {}
+        for index, channel in enumerate(self.recent.in_use(loop.time())):
+            if index % 1_000 == 999:
+                await asyncio.sleep(0)  # a large table must not stall the calls in flight
+            owner = view.ring.owner(channel)
+            if owner is not None and owner in view.members and owner != previous.ring.owner(channel):
+                moved.setdefault(owner, []).append(channel)
+        for owner, channels in moved.items():
+            stub = self.stub(view.members[owner])
+            queued = 0
+            try:
+                for start in range(0, len(channels), prepare_call_channels_max):
+                    request = channel_pb2.ChannelServicePrepareRequest(
+                        channels=channels[start : start + prepare_call_channels_max]
+                    )
+                    queued += (await stub.Prepare(request, timeout=prepare_timeout_s)).queued
+            except grpc.RpcError as error:  # the first request of each channel takes it over instead
+                log.info("prepare at %s failed: %s", owner, reason_of(error))
+            log.info(
+                "ring %d moved %d channels in use to %s; it queued %d takeovers",
+                view.ring.version,
+                len(channels),
+                owner,
+                queued,
+            )
 
     def owner(self, channel: str) -> tuple[str, str]:
         view = self.watcher.ring
@@ -85,6 +163,8 @@ class OwnerRouter:
         return held[1]
 
     async def close(self) -> None:
+        if self._preparing is not None:
+            self._preparing.cancel()
         for link, _ in self._stubs.values():
             await link.close()
 
@@ -124,6 +204,7 @@ class OwnerRouter:
     ) -> T:
         """Run `attempt` against the owner until it succeeds, fails for good, or `deadline` passes."""
         loop = asyncio.get_running_loop()
+        self.recent.touch(channel, loop.time())
         backoff = retry_backoff_s_min
         last_reason = "UNAVAILABLE"
         while True:
@@ -233,12 +314,14 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         outage_since: float | None = None
         while True:
             try:
+                self.router.recent.touch(request.channel, loop.time())
                 _, address = self.router.owner(request.channel)
                 upstream = self.router.stub(address).Subscribe(
                     channel_pb2.ChannelServiceSubscribeRequest(channel=request.channel, after_serial=after)
                 )
                 async for response in upstream:
                     outage_since, backoff = None, retry_backoff_s_min
+                    self.router.recent.touch(request.channel, loop.time())
                     for message in response.messages:
                         if message.serial != after + 1:  # the owner broke G4: never pass that on
                             log.error("owner sent serial %d after %d on %s", message.serial, after, request.channel)

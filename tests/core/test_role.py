@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from services.channel.node import EPOCH_ATTEMPTS_PER_VERSION, ChannelNode, NodeConfig, make_epoch
+from services.channel.node import EPOCH_ATTEMPTS_PER_VERSION, ChannelNode, NodeConfig, NodeStatus, make_epoch
 from services.channel.role import (
     AppendRequest,
     ChannelRole,
@@ -405,6 +405,36 @@ def test_node_sweeps_every_role_for_idleness_at_its_own_pace() -> None:
     node.tick(5_200, fx)  # quiet long enough, and a sweep is due
     assert node.roles == {}
     assert sorted(event.split()[2] for event in fx.events if event.startswith("stepped down")) == ["idle-a", "idle-b"]
+
+
+def test_prepared_channels_are_taken_over_a_bounded_number_at_a_time() -> None:
+    replicas = Replicas()
+    members = ("n1", "n2")
+    node = ChannelNode("n1", NodeConfig(takeovers_inflight_max=50, prepared_channels_max=400))
+    node.on_registered(3)
+    node.on_lease(1_000_000)
+    node.on_ring(Ring(3, members), Effects())
+    ring = Ring(3, members)
+    ours = [f"p{i}" for i in range(2_000) if ring.owner(f"p{i}") == "n1"][:500]
+    theirs = [f"p{i}" for i in range(2_000) if ring.owner(f"p{i}") == "n2"][:10]
+    fx = Effects()
+    assert node.prepare(theirs + ours, 0, fx) == 400  # not ours: ignored; beyond the queue bound: left
+    fenced = {request.channel for _, request in fx.sends if isinstance(request, FenceRequest)}
+    assert len(fenced) == 50 and fenced <= set(ours)
+    assert node.status(0) == NodeStatus(True, 0, 50, 350, 0)
+    now_ms = 0
+    while node.status(now_ms).channels_prepared or node.status(now_ms).channels_taking_over:
+        run_node(replicas, node, fx, now_ms)
+        now_ms += 50
+        fx = Effects()
+        node.tick(now_ms, fx)
+        taking_over = {c for c, role in node.roles.items() if role.state is not RoleState.SERVING}
+        assert len(taking_over) <= 50
+    assert node.status(now_ms) == NodeStatus(True, 400, 0, 0, 400)
+    assert set(node.roles) == set(ours[:400])
+    assert node.prepare(ours, now_ms, Effects()) == 100  # held ones are skipped
+    lost = ChannelNode("n1", NodeConfig())
+    assert lost.prepare(ours, 0, Effects()) == 0  # no lease, no ring: nothing
 
 
 def _published(node: ChannelNode, channel: str, token: int, now_ms: int = 0) -> Effects:

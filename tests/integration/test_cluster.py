@@ -17,10 +17,13 @@ import pytest
 
 from ringcast.cluster.launcher import Launcher
 from ringcast.cluster.topology import local_topology
+from ringcast.v1 import channel_service_pb2 as channel_pb2
+from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common.errors import error_info
+from services.placement.ring import Ring
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = 20
@@ -181,6 +184,76 @@ def test_acknowledged_messages_survive_sigkill_of_every_store(cluster: Launcher)
     for zone in "abc":
         cluster.restart(f"store-{zone}")
     assert asyncio.run(history(gateway, "durable")) == [(s, f"d{i}") for i, s in enumerate(serials)]
+
+
+async def _serving(addresses: list[str]) -> int:
+    total = 0
+    for address in addresses:
+        async with grpc.aio.insecure_channel(address) as link:
+            node = channel_grpc.ChannelServiceStub(link)
+            total += (await node.GetNode(channel_pb2.ChannelServiceGetNodeRequest(), timeout=5)).channels_serving
+    return total
+
+
+def test_a_killed_nodes_channels_in_use_serve_again_before_any_request(cluster: Launcher) -> None:
+    """Relocation does not wait for clients: gateways prepare the moved channels at their new owners."""
+    gateways = cluster.topology.gateways
+    nodes = {p.name: p.address for p in cluster.topology.processes if p.role == "channel"}
+    victim = sorted(nodes)[0]
+    survivors = [address for name, address in nodes.items() if name != victim]
+    ring = Ring(1, sorted(nodes))
+    channels = [name for name in (f"moved-{index}" for index in range(2_000)) if ring.owner(name) == victim][:200]
+
+    async def publish_all(tag: str) -> None:
+        links = [grpc.aio.insecure_channel(address) for address in gateways]
+        try:
+            apis = [realtime_grpc.RealtimeServiceStub(link) for link in links]
+            await asyncio.gather(
+                *(
+                    apis[index % 2].Publish(
+                        realtime_pb2.PublishRequest(channel=channel, messages=[message_pb2.Message(id=tag)]), timeout=60
+                    )
+                    for index, channel in enumerate(channels)
+                )
+            )
+        finally:
+            for link in links:
+                await link.close()
+
+    asyncio.run(publish_all("before"))
+    baseline = asyncio.run(_serving(survivors))
+    cluster.kill(victim, signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 60  # a liveness bound, not a measurement (see `ringcast bench --failover`)
+        while (serving := asyncio.run(_serving(survivors))) < baseline + len(channels):
+            assert time.monotonic() < deadline, f"{serving - baseline} of {len(channels)} moved channels serve"
+            time.sleep(0.1)
+        asyncio.run(publish_all("after"))
+        for channel in channels[:20]:
+            assert asyncio.run(history(gateways[0], channel)) == [(1, "before"), (2, "after")]
+    finally:
+        cluster.restart(victim)
+
+
+def test_prepare_refuses_bad_input_and_get_node_tells_the_state(cluster: Launcher) -> None:
+    address = next(p.address for p in cluster.topology.processes if p.role == "channel")
+
+    async def scenario() -> tuple[list[str], channel_pb2.ChannelServiceGetNodeResponse]:
+        async with grpc.aio.insecure_channel(address) as link:
+            node = channel_grpc.ChannelServiceStub(link)
+            reasons = []
+            for channels in (["ok"] * 1_001, ["ok", ""], ["bad name!"]):
+                try:
+                    await node.Prepare(channel_pb2.ChannelServicePrepareRequest(channels=channels), timeout=5)
+                except grpc.aio.AioRpcError as error:
+                    info = error_info(error)
+                    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and info is not None
+                    reasons.append(info.reason)
+            return reasons, await node.GetNode(channel_pb2.ChannelServiceGetNodeRequest(), timeout=5)
+
+    reasons, state = asyncio.run(scenario())
+    assert reasons == ["TOO_MANY_CHANNELS", "CHANNEL_NAME_EMPTY", "CHANNEL_NAME_INVALID"]
+    assert state.serving and state.ring_version > 0 and state.node_id.startswith("channel-")
 
 
 def test_ringcast_up_serves_and_stops_with_no_process_left(tmp_path: Path) -> None:
