@@ -59,3 +59,10 @@ def test_ring_simulate_prints_the_contract_line() -> None:
     assert re.fullmatch(
         r"nodes=3 channels=1000 max_over_mean=\d+\.\d+ moved_on_join=\d+\.\d+ ideal=0\.2500", result.stdout.strip()
     )
+
+
+def test_bench_without_a_cluster_says_how_to_get_one_and_exits_one() -> None:
+    result = ringcast("bench", "--gateway", "127.0.0.1:1", "--publishers", "1", "--seconds", "1")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "no cluster answered at 127.0.0.1:1" in result.stderr and "ringcast up" in result.stderr

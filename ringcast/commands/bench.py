@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import time
 import uuid
 
@@ -18,6 +19,7 @@ import grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from services.common.errors import reason_of
 
 
 async def _publisher(
@@ -92,18 +94,27 @@ async def bench(
 
 
 def run(arguments: argparse.Namespace) -> int:
-    from ringcast.commands.client import default_gateway
+    from ringcast.commands.client import default_gateways
 
     if arguments.failover:
         from ringcast.commands import failover
 
         return failover.run(arguments.trials, arguments.moved_channels, arguments.lease_ttl, arguments.json)
 
-    gateways = arguments.gateway or [default_gateway()]
+    gateways = arguments.gateway or default_gateways()
     for publishers in arguments.publishers:
-        result = asyncio.run(
-            bench(gateways, publishers, arguments.seconds, arguments.size, arguments.batch, arguments.channels)
-        )
+        try:
+            result = asyncio.run(
+                bench(gateways, publishers, arguments.seconds, arguments.size, arguments.batch, arguments.channels)
+            )
+        except grpc.RpcError as error:  # warming up failed: no cluster there, or it cannot serve
+            print(
+                f"error: {error.code().name} {reason_of(error)}: {error.details()}\n"
+                f"no cluster answered at {', '.join(gateways)}: start one with `ringcast up`, name gateways "
+                "with --gateway, or use --failover (which starts its own)",
+                file=sys.stderr,
+            )
+            return 1
         if arguments.json:
             print(json.dumps(result))
         else:
@@ -119,7 +130,7 @@ def run(arguments: argparse.Namespace) -> int:
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command = commands.add_parser("bench", help="publish throughput and publish→ack latency against a cluster")
-    command.add_argument("--gateway", action="append", help="gateway address (repeatable; default: local cluster)")
+    command.add_argument("--gateway", action="append", help="gateway address (repeatable; default: all local)")
     command.add_argument("--publishers", type=int, nargs="+", default=[1, 16, 256], help="concurrent publishers")
     command.add_argument("--seconds", type=float, default=10.0)
     command.add_argument("--size", type=int, default=100, help="message data bytes")

@@ -24,12 +24,17 @@ def _cluster_state() -> dict[str, object] | None:
     return dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def default_gateway() -> str:
+def default_gateways() -> list[str]:
+    """Every gateway of the local cluster (`ringcast up`), or the default address."""
     state = _cluster_state()
     gateways = state.get("gateways") if state else None
     if isinstance(gateways, list) and gateways:
-        return str(gateways[0])
-    return "127.0.0.1:7409"
+        return [str(gateway) for gateway in gateways]
+    return ["127.0.0.1:7409"]
+
+
+def default_gateway() -> str:
+    return default_gateways()[0]
 
 
 def default_placement() -> str:
