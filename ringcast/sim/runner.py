@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -35,5 +36,14 @@ def run_seeds(first_seed: int, count: int, bugs: frozenset[str], workers: int = 
     if workers == 1 or count < 4:
         yield from map(_run, jobs)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # Forked workers inherit every object of this process, gRPC's among them when the test suite
+    # runs the simulator after the integration tests; a worker that garbage-collected those crashed
+    # (SIGSEGV) and the pool then waited forever for its seeds. Frozen objects are never collected,
+    # so the workers leave them alone (and the parent collects them again after the fork).
+    gc.freeze()
+    try:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    finally:
+        gc.unfreeze()
+    with pool:
         yield from pool.imap(_run, jobs, chunksize=max(1, min(16, count // (workers * 8))))
