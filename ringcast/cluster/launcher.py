@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ringcast.chaos.proxy import ProxyControl
@@ -56,6 +57,10 @@ def healthy(spec: ProcessSpec, timeout_s: float = 1.0) -> bool:
     try:
         if spec.role == "proxy":
             return ProxyControl(spec.control, timeout_s=timeout_s).healthy()
+        if spec.role == "redis":
+            host, port = spec.address.rsplit(":", 1)
+            with redis.Redis(host=host, port=int(port), socket_timeout=timeout_s) as client:
+                return bool(client.ping())
         if spec.role == "etcd":
             with urllib.request.urlopen(f"http://{spec.address}/health", timeout=timeout_s) as response:
                 return bool(json.loads(response.read()).get("health") == "true")

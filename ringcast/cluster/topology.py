@@ -117,8 +117,13 @@ def local_topology(
     lease_ttl_s: float = 2.0,
     python: str = sys.executable,
     proxies: Sequence[str] = (),
+    engine: str = "sqlite",
 ) -> Topology:
     """etcd, placement ×P, store ×3 (zones a, b, c), channel ×C, gateway ×G on one host.
+
+    With `engine="redis"` each store keeps its log in a Redis of its own (role "redis", named
+    `redis-<zone>`, AOF with `appendfsync always`), started just before the store; the Redis
+    processes take their ports after everyone else's.
 
     `proxies` names links (forms in `PROXY_LINK_FORMS`) to put a fault proxy on. Each proxy is a
     process of role "proxy" named by `ProxyLink.name`, listening on its `address`, with its HTTP
@@ -126,8 +131,10 @@ def local_topology(
     the rest do not move), and it is started just before the channel node of its link, so it is up
     before anything dials it. It starts in mode `pass`.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"store engine {engine!r}: expected one of {', '.join(ENGINES)}")
     links = [ProxyLink.parse(text) for text in proxies]
-    port_count = 4 + placements + 3 + channels + gateways + 2 * len(links)
+    port_count = 4 + placements + 3 + channels + gateways + 2 * len(links) + (3 if engine == "redis" else 0)
     port_source = ports if ports is not None else iter(free_ports(port_count))
     data_root = Path(data_root)
 
@@ -228,7 +235,59 @@ def local_topology(
         )
     if links:
         processes = _with_proxies(processes, links, address, python)
+    if engine == "redis":
+        processes = _with_redis(processes, address, data_root)
     return Topology(tuple(processes))
+
+
+ENGINES = ("sqlite", "redis")
+"""Store engines: SQLite files, or one Redis per zone."""
+
+
+def redis_argv(address: str, directory: str) -> tuple[str, ...]:
+    """A Redis that syncs its append-only file before it answers any write (what a store needs)."""
+    host, port = address.rsplit(":", 1)
+    return (
+        "redis-server",
+        "--bind",
+        host,
+        "--port",
+        port,
+        "--dir",
+        directory,
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+    )
+
+
+def _with_redis(processes: list[ProcessSpec], address: Callable[[], str], data_root: Path) -> list[ProcessSpec]:
+    """`processes` with a Redis before each store, and each store told to use it."""
+    result: list[ProcessSpec] = []
+    for spec in processes:
+        if spec.role == "store":
+            listen = address()
+            directory = str(data_root / f"redis-{spec.zone}")
+            result.append(
+                ProcessSpec(
+                    name=f"redis-{spec.zone}",
+                    role="redis",
+                    zone=spec.zone,
+                    address=listen,
+                    data_dir=directory,
+                    argv=redis_argv(listen, directory),
+                )
+            )
+            spec = dataclasses.replace(spec, env={**spec.env, "RINGCAST_REDIS": f"redis://{listen}/0"})
+        result.append(spec)
+    return result
 
 
 def _with_proxies(

@@ -1,5 +1,6 @@
 """`ringcast up`: etcd, placement, three stores, channel nodes and gateways on this machine.
 
+With `--engine redis` each store keeps its log in a redis-server of its own (started first).
 With `--proxy LINK` (repeatable) a fault proxy sits on that link (`ringcast chaos link` sets its
 fault). While it runs it serves `ringcast chaos restart` on a control endpoint recorded in
 cluster.json (see `ringcast/commands/chaos.py`), and runs those requests on its main thread.
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from ringcast.cluster.launcher import Launcher, healthy
-from ringcast.cluster.topology import PROXY_LINK_FORMS, local_topology, sequential_ports
+from ringcast.cluster.topology import ENGINES, PROXY_LINK_FORMS, local_topology, sequential_ports
 from ringcast.commands.chaos import ControlServer
 
 status_interval_s = 2.0
@@ -46,6 +47,7 @@ def run(arguments: argparse.Namespace) -> int:
             gateways=arguments.gateways,
             placements=arguments.placements,
             proxies=arguments.proxy or (),
+            engine=arguments.engine,
         )
     except ValueError as error:
         print(f"ringcast up: {error}", file=sys.stderr)
@@ -123,5 +125,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="LINK",
         help=f"put a fault proxy on LINK, one of {', '.join(PROXY_LINK_FORMS)} (repeatable; "
         "write --proxy=->channel-N, or argparse takes ->channel-N for an option)",
+    )
+    up.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="sqlite",
+        help="store engine: SQLite files, or one redis-server per zone (AOF, appendfsync always)",
     )
     up.set_defaults(handler=run)

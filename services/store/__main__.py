@@ -75,7 +75,7 @@ class Membership:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    service = StoreService(arguments.data_dir or f"data/{arguments.id}")
+    service = StoreService(arguments.data_dir or f"data/{arguments.id}", redis_url=arguments.redis)
     membership: Membership | None = None
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", default=env_default("DATA_DIR", ""), help="default: data/<id>")
     parser.add_argument("--etcd", default=env_default("ETCD", ""), help="etcd endpoints; empty: do not register")
+    parser.add_argument(
+        "--redis",
+        default=env_default("REDIS", ""),
+        help="keep the log in this Redis (redis://HOST:PORT/DB; it must run appendfsync always); empty: SQLite",
+    )
     return parser
 
 

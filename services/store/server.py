@@ -44,7 +44,9 @@ from services.common import convert
 from services.common.entries import Entry, Position
 from services.common.errors import ServiceError, abort, invalid, unavailable
 from services.common.invariants import InvariantViolation, invariant
+from services.store import redis_engine
 from services.store.log import AppendReply, FenceReply, ReadReply, ReplicaLog, read_entries_max
+from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
 from services.store.sqlite_engine import SqliteLogStorage
 
 log = logging.getLogger("ringcast.store")
@@ -143,7 +145,7 @@ _STOP = object()
 class GroupCommitWriter:
     """The one writer thread of a replica: applies queued writes in groups, one commit per group."""
 
-    def __init__(self, storage: SqliteLogStorage) -> None:
+    def __init__(self, storage: SqliteLogStorage | RedisLogStorage) -> None:
         invariant(not storage.read_only, "the writer writes")
         self.storage = storage
         self.replica = ReplicaLog(storage)
@@ -248,12 +250,15 @@ def _settle(write: _Write, value: Committed[Any] | None, error: ServiceError | N
         write.loop.call_soon_threadsafe(settle)
 
 
+Storage = SqliteLogStorage | RedisLogStorage
+
+
 class LogReaders:
     """Read-only connections, one per read thread; a read sees one committed snapshot."""
 
-    def __init__(self, path: str, threads: int = read_threads_max) -> None:
-        self._storages: queue.SimpleQueue[SqliteLogStorage] = queue.SimpleQueue()
-        self._all = [SqliteLogStorage(path, read_only=True) for _ in range(threads)]
+    def __init__(self, open_reader: Callable[[], Storage], threads: int = read_threads_max) -> None:
+        self._storages: queue.SimpleQueue[Storage] = queue.SimpleQueue()
+        self._all = [open_reader() for _ in range(threads)]
         for storage in self._all:
             self._storages.put(storage)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read")
@@ -293,15 +298,36 @@ class StoreService:
     `StoreServiceServicer` (whose only use would be UNIMPLEMENTED defaults, and which mypy sees as Any).
     """
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, *, redis_url: str = "", redis_prefix: str = "rc:") -> None:
+        """Over SQLite in `data_dir`; or, with `redis_url`, over that Redis (`data_dir` then holds only
+        the lock that keeps a second store process off the same data)."""
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
         self._lock = _lock_data_dir(data_dir)
-        path = os.path.join(data_dir, database_file_name)
-        self.writer = GroupCommitWriter(SqliteLogStorage(path))
-        self.readers = LogReaders(path)
+        open_reader: Callable[[], Storage]
+        if redis_url:
+            client = open_redis(redis_url)
+            check_durable(client)
+            writer: Storage = RedisLogStorage(client, prefix=redis_prefix)
+            self.value_max = redis_engine.value_max
+
+            def open_reader() -> Storage:
+                return RedisLogStorage(open_redis(redis_url), prefix=redis_prefix, read_only=True)
+
+            where = f"{redis_url} (keys {redis_prefix}*)"
+        else:
+            path = os.path.join(data_dir, database_file_name)
+            writer = SqliteLogStorage(path)
+            self.value_max = stored_value_max
+
+            def open_reader() -> Storage:
+                return SqliteLogStorage(path, read_only=True)
+
+            where = path
+        self.writer = GroupCommitWriter(writer)
+        self.readers = LogReaders(open_reader)
         self.writer.start()
-        log.info("store data in %s", path)
+        log.info("store data in %s", where)
 
     @property
     def stats(self) -> GroupCommitStats:
@@ -320,7 +346,7 @@ class StoreService:
         self, request: store_pb2.FenceRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.FenceResponse:
         try:
-            fences = _fences(request.fences)
+            fences = _fences(request.fences, self.value_max)
             if not fences:
                 return store_pb2.FenceResponse()
             committed = await self.writer.submit(
@@ -336,7 +362,7 @@ class StoreService:
         self, request: store_pb2.AppendRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.AppendResponse:
         try:
-            appends = _appends(request.appends)
+            appends = _appends(request.appends, self.value_max)
             if not appends:
                 return store_pb2.AppendResponse()
             committed = await self.writer.submit(
@@ -352,7 +378,7 @@ class StoreService:
 
     async def Read(self, request: store_pb2.ReadRequest, context: grpc.aio.ServicerContext) -> store_pb2.ReadResponse:
         try:
-            reads = _reads(request.reads)
+            reads = _reads(request.reads, self.value_max)
             replies = await self.readers.read_many(reads, read_response_bytes_max)
         except ServiceError as error:
             await abort(context, error)
@@ -389,23 +415,23 @@ def _channel(name: str) -> str:
     return name
 
 
-def _stored_value(value: int, field: str) -> int:
-    if value > stored_value_max:
-        raise invalid("VALUE_OUT_OF_RANGE", f"{field} is above {stored_value_max}", field=field)
+def _stored_value(value: int, field: str, value_max: int) -> int:
+    if value > value_max:
+        raise invalid("VALUE_OUT_OF_RANGE", f"{field} is above {value_max}", field=field)
     return value
 
 
-def _fences(protos: Sequence[store_pb2.ChannelFence]) -> list[tuple[str, int]]:
+def _fences(protos: Sequence[store_pb2.ChannelFence], value_max: int) -> list[tuple[str, int]]:
     _at_most(len(protos), fence_channels_max, "TOO_MANY_FENCES", "fences")
-    return [(_channel(proto.channel), _stored_value(proto.epoch, "epoch")) for proto in protos]
+    return [(_channel(proto.channel), _stored_value(proto.epoch, "epoch", value_max)) for proto in protos]
 
 
-def _reads(protos: Sequence[store_pb2.ChannelRead]) -> list[tuple[str, int, int]]:
+def _reads(protos: Sequence[store_pb2.ChannelRead], value_max: int) -> list[tuple[str, int, int]]:
     _at_most(len(protos), read_channels_max, "TOO_MANY_READS", "reads")
     return [
         (
             _channel(proto.channel),
-            _stored_value(proto.after_serial, "after_serial"),
+            _stored_value(proto.after_serial, "after_serial", value_max),
             min(proto.limit or read_entries_default, read_entries_max),
         )
         for proto in protos
@@ -420,16 +446,19 @@ def _at_most(count: int, limit: int, reason: str, what: str) -> None:
 _Append = tuple[str, int, Position, tuple[Entry, ...]]
 
 
-def _appends(protos: Sequence[store_pb2.ChannelAppend]) -> list[_Append]:
+def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[_Append]:
     _at_most(len(protos), append_channels_max, "TOO_MANY_APPENDS", "appends")
     appends = []
     for proto in protos:
         channel = _channel(proto.channel)
-        epoch = _stored_value(proto.epoch, "epoch")
-        prev = Position(_stored_value(proto.prev.serial, "prev.serial"), _stored_value(proto.prev.epoch, "prev.epoch"))
+        epoch = _stored_value(proto.epoch, "epoch", value_max)
+        prev = Position(
+            _stored_value(proto.prev.serial, "prev.serial", value_max),
+            _stored_value(proto.prev.epoch, "prev.epoch", value_max),
+        )
         for entry in proto.entries:
-            _stored_value(entry.serial, "entries.serial")
-            _stored_value(entry.epoch, "entries.epoch")
+            _stored_value(entry.serial, "entries.serial", value_max)
+            _stored_value(entry.epoch, "entries.epoch", value_max)
         entries = tuple(convert.entry_from_proto(entry) for entry in proto.entries)
         appends.append((channel, epoch, prev, entries))
     return appends

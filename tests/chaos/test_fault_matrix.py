@@ -20,7 +20,7 @@ import pytest
 from ringcast.chaos.workload import WorkloadConfig, clock_ms
 from ringcast.checker import Outcome
 from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import proxy_name
+from ringcast.cluster.topology import ENGINES, proxy_name
 from services.placement.ring import Ring
 from tests.chaos.conftest import (
     BUSY,
@@ -134,34 +134,42 @@ def test_owner_paused_past_its_lease_then_resumed(cluster: Launcher, start_load:
     )
 
 
-def test_one_zone_store_down_publishes_continue(cluster: Launcher, start_load: LoadStarter) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_one_zone_store_down_publishes_continue(
+    make_cluster: ClusterFactory, start_load: LoadStarter, engine: str
+) -> None:
     """G1 with one zone gone: two stores are a quorum, so publishes go on being acked."""
+    cluster = make_cluster(engine=engine)
     background = start_load(cluster, LOAD)
     background.wait_for_acks(WARM_UP_ACKS, channel=BUSY)
     killed_ms = clock_ms()
-    cluster.kill("store-a", signal.SIGKILL)
+    kill_zone(cluster, "a")
     background.wait_for_acks(HEALED_ACKS, since_ms=killed_ms, channel=BUSY, timeout_s=20)
     time.sleep(2.0)  # keep it down a while under load, so it comes back far behind
     during = background.workload.acks_since(killed_ms)
-    cluster.restart("store-a")
+    restart_zone(cluster, "a")
     background.wait_for_acks(HEALED_ACKS, since_ms=clock_ms(), channel=BUSY)
     history = background.finish()
     assert_history_clean(background, history)
-    report("one_store_down", acks_while_down=during, summary=background.workload.summary())
+    report(f"one_store_down[{engine}]", acks_while_down=during, summary=background.workload.summary())
 
 
-def test_two_zone_stores_down_fail_fast_then_heal(cluster: Launcher, start_load: LoadStarter) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_zone_stores_down_fail_fast_then_heal(
+    make_cluster: ClusterFactory, start_load: LoadStarter, engine: str
+) -> None:
     """Two zones gone: no quorum, so no publish may be acked (G1) — they must fail with a retryable
     status, not hang past their deadline — and after both stores return nothing acked before is lost."""
+    cluster = make_cluster(engine=engine)
     background = start_load(cluster, LOAD)
     background.wait_for_acks(WARM_UP_ACKS, channel=BUSY)
-    cluster.kill("store-a", signal.SIGKILL)
-    cluster.kill("store-b", signal.SIGKILL)
+    kill_zone(cluster, "a")
+    kill_zone(cluster, "b")
     down_ms = clock_ms()
     time.sleep(8.0)
     healing_ms = clock_ms()
-    cluster.restart("store-a")
-    cluster.restart("store-b")
+    restart_zone(cluster, "a")
+    restart_zone(cluster, "b")
     background.wait_for_acks(HEALED_ACKS, since_ms=clock_ms(), channel=BUSY, timeout_s=30)
     history = background.finish()
     workload = background.workload
@@ -177,7 +185,7 @@ def test_two_zone_stores_down_fail_fast_then_heal(cluster: Launcher, start_load:
     assert slowest_ms <= LOAD.attempt_timeout_s * 1000 + 2_000, f"an attempt hung for {slowest_ms} ms"
     unavailable = sum(1 for a in during if a.code == "UNAVAILABLE")
     report(
-        "two_stores_down",
+        f"two_stores_down[{engine}]",
         attempts_while_down=len(during),
         unavailable=unavailable,
         deadline_exceeded=len(during) - unavailable,
@@ -400,28 +408,47 @@ def test_owner_cut_off_from_etcd_only(make_cluster: ClusterFactory, start_load: 
     )
 
 
+def kill_zone(cluster: Launcher, zone: str) -> None:
+    """SIGKILL the zone's store, and its redis-server when the cluster runs the Redis engine."""
+    cluster.kill(f"store-{zone}", signal.SIGKILL)
+    if f"redis-{zone}" in cluster.running:
+        cluster.kill(f"redis-{zone}", signal.SIGKILL)
+
+
+def restart_zone(cluster: Launcher, zone: str) -> None:
+    if f"redis-{zone}" in cluster.running:
+        cluster.restart(f"redis-{zone}")
+    cluster.restart(f"store-{zone}")
+
+
 def log_time_ms(line: str) -> int:
     """The wall-clock time (ms) a service log line was written: they begin `YYYY-MM-DD HH:MM:SS,mmm`."""
     stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
     return int(stamp.timestamp() * 1000)
 
 
-def test_store_loses_unsynced_tail_while_another_is_paused(cluster: Launcher, start_load: LoadStarter) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_store_loses_unsynced_tail_while_another_is_paused(
+    make_cluster: ClusterFactory, start_load: LoadStarter, engine: str
+) -> None:
     """Pause store-b (SIGSTOP: alive, silent), then SIGKILL store-a mid-load: whatever store-a had
     received but not yet committed (its unsynced tail, the group commit in progress) is gone.
     With only store-c answering nothing can be acked; store-a restarts with its synced log only and,
     with store-c, forms a quorum again while store-b is still paused; then store-b wakes up behind.
-    Nothing acked may be lost, and the owner must repair both stores from where their logs match."""
+    Nothing acked may be lost, and the owner must repair both stores from where their logs match.
+    Over Redis, zone a's redis-server is SIGKILLed with its store: it keeps only what its append-only
+    file synced."""
+    cluster = make_cluster(engine=engine)
     background = start_load(cluster, LOAD)
     background.wait_for_acks(WARM_UP_ACKS, channel=BUSY)
     pause(cluster, "store-b")
     try:
         time.sleep(0.5)  # appends pile up at store-a and store-c, store-b's are in flight
         down_ms = clock_ms()
-        cluster.kill("store-a", signal.SIGKILL)
+        kill_zone(cluster, "a")
         time.sleep(3.0)
         healing_ms = clock_ms()
-        cluster.restart("store-a")
+        restart_zone(cluster, "a")
         background.wait_for_acks(HEALED_ACKS, since_ms=clock_ms(), channel=BUSY, timeout_s=30)
     finally:
         resume(cluster, "store-b")
@@ -432,4 +459,4 @@ def test_store_loses_unsynced_tail_while_another_is_paused(cluster: Launcher, st
     assert_history_clean(background, history)
     impossible = acked_between(history, down_ms, healing_ms)
     assert impossible == [], f"acked with only store-c answering: {impossible[:5]}"
-    report("unsynced_tail", summary=background.workload.summary())
+    report(f"unsynced_tail[{engine}]", summary=background.workload.summary())

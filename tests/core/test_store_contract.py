@@ -6,16 +6,19 @@ and checks the replies and what the engine holds. A randomized run then applies 
 of fences, appends (well formed, stale, mismatched, malformed), reads and rolled-back transactions
 to the engine and to the in-memory reference, and requires identical replies and identical logs.
 
-To add an engine (Redis, later), add one entry to `ENGINES`: a function that opens a fresh, empty
-storage in a directory and wraps it in an `Engine`. The SQLite-only properties (durability across
-reopening, rollback, corruption at rest, the pragmas) follow the contract suite.
+To add an engine, add one entry to `ENGINES`: a function that opens a fresh, empty storage in a
+directory and wraps it in an `Engine`. The Redis engine runs against a real redis-server (started
+once for the module, with the flags `ringcast up --engine redis` uses); each storage gets a key
+prefix of its own. The SQLite-only and Redis-only properties follow the contract suite.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import random
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +37,9 @@ from services.store.log import (
     ReadReply,
     ReplicaLog,
 )
+from services.store.redis_engine import RedisConflict, RedisLogStorage, check_durable, open_redis
 from services.store.sqlite_engine import SqliteLogStorage
+from tests.redis_server import RedisServer
 
 Result = TypeVar("Result")
 
@@ -110,9 +115,28 @@ def _sqlite_engine(directory: Path) -> Engine:
     )
 
 
+_redis_servers: list[RedisServer] = []
+
+
+def _redis_url(directory: Path) -> str:
+    """The module's redis-server, started on first use; it dies with the test process."""
+    if not _redis_servers:
+        _redis_servers.append(RedisServer(directory.parent / "redis").start())
+        atexit.register(_redis_servers[0].stop)
+    return _redis_servers[0].url
+
+
+def _redis_engine(directory: Path) -> Engine:
+    storage = RedisLogStorage(open_redis(_redis_url(directory)), prefix=f"{uuid.uuid4().hex}:")
+    return Engine(
+        "redis", storage, begin=storage.begin, commit=storage.commit, rollback=storage.rollback, close=storage.close
+    )
+
+
 ENGINES: dict[str, Callable[[Path], Engine]] = {
     "memory": _memory_engine,
     "sqlite": _sqlite_engine,
+    "redis": _redis_engine,
 }
 """Every engine the contract runs against: name -> open a fresh, empty storage in a directory."""
 
@@ -796,3 +820,75 @@ def test_sqlite_corrupted_stored_row_reads_as_corrupt(tmp_path: Path, damage: st
     assert not replica.read(channel, 0, 2).corrupt
     assert not replica.read(channel, 3, 10).corrupt
     storage.close()
+
+
+# --------------------------------------------------------------------------------- Redis only
+
+
+def _redis(url: str, prefix: str) -> RedisLogStorage:
+    return RedisLogStorage(open_redis(url), prefix=prefix)
+
+
+def test_redis_commit_survives_a_sigkill_of_redis_itself(tmp_path: Path) -> None:
+    """appendfsync always: what a commit returned for is on disk, even if Redis dies at once."""
+    with RedisServer(tmp_path / "redis") as server:
+        storage = _redis(server.url, "k:")
+        check_durable(storage.client)
+        replica = ReplicaLog(storage)
+        log_entries = _entries(1, [3, 3, 4])
+        _in_transaction(storage, lambda: replica.fence(channel, 4))
+        _in_transaction(storage, lambda: replica.append(channel, 4, ORIGIN, log_entries))
+        storage.client.close()
+        server.stop()  # SIGKILL
+        server.start()  # same directory and port: replays its append-only file
+        reopened = _redis(server.url, "k:")
+        assert (reopened.fence_of(channel), reopened.last(channel)) == (4, Position(3, 4))
+        assert reopened.read(channel, 0, 10) == log_entries
+        assert reopened.channels() == [channel]
+        reopened.close()
+
+
+def test_redis_second_writer_makes_the_commit_fail_whole(tmp_path: Path) -> None:
+    """The fence check and the write are one atomic script: a writer working from a stale view of a
+    channel (another writer raised its fence meanwhile) writes nothing at all."""
+    url = _redis_url(tmp_path)
+    prefix = f"{uuid.uuid4().hex}:"
+    first, second = _redis(url, prefix), _redis(url, prefix)
+    _in_transaction(first, lambda: ReplicaLog(first).append(channel, 2, ORIGIN, _entries(1, [2])))
+    assert first.fence_of(channel) == 2  # cached by the first writer now
+    _in_transaction(second, lambda: ReplicaLog(second).fence(channel, 5))
+    first.begin()
+    assert ReplicaLog(first).append(channel, 2, Position(1, 2), _entries(2, [2])).status is AppendStatus.OK
+    ReplicaLog(first).fence(other_channel, 3)
+    with pytest.raises(RedisConflict):
+        first.commit()
+    # Nothing of the group was written, and the first writer forgot what it had cached.
+    assert (first.fence_of(channel), first.last(channel), first.fence_of(other_channel)) == (5, Position(1, 2), 0)
+    assert ReplicaLog(first).fence(channel, 4).fenced
+    first.close()
+    second.close()
+
+
+def test_redis_rollback_leaves_nothing_behind(tmp_path: Path) -> None:
+    storage = _redis(_redis_url(tmp_path), f"{uuid.uuid4().hex}:")
+    replica = ReplicaLog(storage)
+    _in_transaction(storage, lambda: replica.append(channel, 2, ORIGIN, _entries(1, [1, 2, 2])))
+    storage.begin()
+    replica.fence(channel, 5)
+    assert replica.append(channel, 5, Position(1, 1), _entries(2, [5])).status is AppendStatus.OK  # truncates
+    assert storage.last(channel) == Position(2, 5)
+    storage.rollback()
+    assert (storage.fence_of(channel), storage.last(channel)) == (2, Position(3, 2))
+    assert [entry.epoch for entry in storage.read(channel, 0, 10)] == [1, 2, 2]
+    with pytest.raises(InvariantViolation):
+        storage.set_fence(channel, 9)  # outside a transaction
+    storage.close()
+
+
+def test_redis_that_does_not_sync_every_write_is_refused(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        client = open_redis(server.url)
+        client.config_set("appendfsync", "everysec")
+        with pytest.raises(SystemExit, match="appendfsync always"):
+            check_durable(client)
+        client.close()

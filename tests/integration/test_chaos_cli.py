@@ -77,6 +77,24 @@ def test_proxies_take_the_next_ports_and_sit_in_front_of_what_their_channel_node
     assert proxied.named("channel-3").env == plain.named("channel-3").env
 
 
+def test_the_redis_engine_puts_a_syncing_redis_before_each_store_and_moves_nobody() -> None:
+    plain = local_topology(Path("/data"), ports=sequential_ports(7400))
+    over_redis = local_topology(Path("/data"), ports=sequential_ports(7400), engine="redis")
+    names = [spec.name for spec in over_redis.processes]
+    for spec in plain.processes:
+        moved = over_redis.named(spec.name)
+        assert moved.address == spec.address and moved.argv == spec.argv
+    for index, zone in enumerate("abc"):
+        redis = over_redis.named(f"redis-{zone}")
+        assert redis.role == "redis" and redis.address == f"127.0.0.1:{7411 + index}"
+        assert names.index(redis.name) == names.index(f"store-{zone}") - 1
+        assert _argument(redis, "--appendfsync") == "always" and _argument(redis, "--appendonly") == "yes"
+        assert _argument(redis, "--dir") == f"/data/redis-{zone}"
+        assert over_redis.named(f"store-{zone}").env["RINGCAST_REDIS"] == f"redis://{redis.address}/0"
+    with pytest.raises(ValueError, match="store engine 'mongo'"):
+        local_topology(Path("/data"), engine="mongo")
+
+
 @pytest.mark.parametrize(
     ("links", "error"),
     [

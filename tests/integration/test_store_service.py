@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -28,8 +30,11 @@ from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.common.convert import entry_from_proto, entry_to_proto, position_to_proto
 from services.common.entries import ORIGIN, Entry, Message, Position
 from services.common.errors import error_info
+from services.store import redis_engine
 from services.store import server as store_server
+from services.store.redis_engine import open_redis
 from tests.integration.procs import ServiceProcess, ServiceProcesses, free_port
+from tests.redis_server import RedisServer
 
 call_timeout_s = 10.0
 
@@ -488,3 +493,43 @@ def test_an_unreachable_etcd_does_not_keep_the_store_from_serving(processes: Ser
     with channel:
         assert _append_one(stub, _append("no-etcd", 1, ORIGIN, _entries(1, [1]))).status == store_pb2.APPEND_STATUS_OK
     assert process.stop() == 0
+
+
+# --------------------------------------------------------------------------------- the Redis engine
+
+
+def test_over_redis_an_acknowledged_append_survives_sigkill_of_store_and_redis(
+    processes: ServiceProcesses, tmp_path: Path
+) -> None:
+    with RedisServer(tmp_path / "redis") as redis_server:
+        flags = ["--id", "store-r", "--zone", "r", "--data-dir", str(tmp_path / "lock"), "--redis", redis_server.url]
+        process = processes.start("services.store", flags)
+        entries = _entries(1, [7, 7])
+        channel, stub = _stub(process)
+        with channel:
+            assert _fence(stub, "durable", 7).fence_epoch == 7
+            assert _append_one(stub, _append("durable", 7, ORIGIN, entries)).status == store_pb2.APPEND_STATUS_OK
+            too_big = redis_engine.value_max + 1
+            refused = _fails(lambda: _fence(stub, "durable", too_big))
+            assert _refusal(refused) == (grpc.StatusCode.INVALID_ARGUMENT, "VALUE_OUT_OF_RANGE")
+        process.kill()
+        redis_server.stop()  # SIGKILL: only what the append-only file synced remains
+        redis_server.start()
+        restarted = processes.start("services.store", flags, address=process.address)
+        channel, stub = _stub(restarted)
+        with channel:
+            assert _read(stub, "durable") == entries
+            assert _fence(stub, "durable", 6).fenced
+
+
+def test_a_store_refuses_a_redis_that_does_not_sync_every_write(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as redis_server:
+        open_redis(redis_server.url).config_set("appendfsync", "everysec")
+        result = subprocess.run(
+            [sys.executable, "-m", "services.store", "--data-dir", str(tmp_path / "lock"), "--redis", redis_server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    assert "appendfsync always" in result.stderr
