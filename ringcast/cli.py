@@ -84,7 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     ring.add_argument("--nodes", type=int, help="with `simulate`: nodes")
     ring.add_argument("--channels", dest="channel_count", type=int, help="with `simulate`: channels")
     ring.set_defaults(handler=_ring)
+
+    health = commands.add_parser("health", help="exit 0 when the gRPC service at ADDRESS answers SERVING")
+    health.add_argument("address", help="HOST:PORT")
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(handler=_health)
     return parser
+
+
+def _health(arguments: argparse.Namespace) -> int:
+    """Used by container healthchecks: one grpc.health.v1 Check, exit 0 on SERVING, else 1."""
+    from ringcast.cluster.launcher import healthy
+    from ringcast.cluster.topology import ProcessSpec
+
+    spec = ProcessSpec(name="health", role="service", address=arguments.address, argv=())
+    return 0 if healthy(spec, timeout_s=arguments.timeout) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

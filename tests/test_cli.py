@@ -66,3 +66,8 @@ def test_bench_without_a_cluster_says_how_to_get_one_and_exits_one() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "no cluster answered at 127.0.0.1:1" in result.stderr and "ringcast up" in result.stderr
+
+
+def test_health_exits_one_when_nothing_answers() -> None:
+    result = ringcast("health", "127.0.0.1:1", "--timeout", "0.5")
+    assert result.returncode == 1 and "Traceback" not in result.stderr

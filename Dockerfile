@@ -1,0 +1,10 @@
+# The ringcast image: every ringcast service (python -m services.<name>) and the ringcast CLI, which
+# the compose healthchecks use (`ringcast health HOST:PORT`). etcd and Redis run their own images.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY ringcast ./ringcast
+COPY services ./services
+RUN pip install --no-cache-dir .
+ENV PYTHONUNBUFFERED=1
+CMD ["ringcast", "--help"]

@@ -1,0 +1,84 @@
+"""docker-compose.yml is honest: generated from the topology the tests run, and referring only to
+things that exist. (This machine has no Docker engine, so nothing here starts a container.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import yaml
+
+from ringcast.cluster import compose
+from ringcast.cluster.topology import local_topology, sequential_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> dict[str, object]:
+    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_the_compose_file_is_what_the_generator_writes_now() -> None:
+    assert (ROOT / "docker-compose.yml").read_text() == compose.dump(), (
+        "docker-compose.yml is stale: run `python -m ringcast.cluster.compose`"
+    )
+
+
+_ADDRESS = re.compile(r"(?:127\.0\.0\.1|0\.0\.0\.0|[a-z][a-z0-9-]*):(\d{4,5})")
+
+
+def _without_hosts(text: str) -> str:
+    """An argument with every HOST:PORT reduced to @PORT (and a bare bind address to @HOST)."""
+    return "@HOST" if text in ("127.0.0.1", "0.0.0.0") else _ADDRESS.sub(r"@\1", text)
+
+
+def test_the_stack_runs_the_processes_ringcast_up_runs_in_the_same_order() -> None:
+    local = local_topology(Path("/data"), ports=sequential_ports(7400), placements=2, engine="redis", python="python")
+    services = load()["services"]
+    assert isinstance(services, dict)
+    assert list(services)[: len(local.processes)] == [spec.name for spec in local.processes]
+    assert set(services) - {spec.name for spec in local.processes} == {"otel-collector", "jaeger"}
+    for spec in local.processes:
+        service = services[spec.name]
+        # The same program and flags; only hosts differ (service names instead of 127.0.0.1).
+        assert [_without_hosts(arg) for arg in service["command"]] == [_without_hosts(arg) for arg in spec.argv]
+        environment = service.get("environment", {})
+        assert {key: _without_hosts(value) for key, value in spec.env.items()} == {
+            key: _without_hosts(environment[key]) for key in spec.env
+        }, spec.name
+        assert "healthcheck" in service, spec.name
+
+
+def test_everything_the_stack_refers_to_exists() -> None:
+    document = load()
+    services = document["services"]
+    volumes = document["volumes"]
+    assert isinstance(services, dict) and isinstance(volumes, dict)
+    for name, service in services.items():
+        if "build" in service:
+            dockerfile = ROOT / service["build"]["context"] / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), name
+        command = service.get("command", [])
+        if command[:2] == ["python", "-m"]:
+            assert importlib.util.find_spec(command[2]) is not None, (name, command[2])
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, (name, dependency)
+        for mount in service.get("volumes", []):
+            source = mount.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).is_file(), (name, source)
+            else:
+                assert source in volumes, (name, source)
+        if service.get("image") == compose.RINGCAST_IMAGE:
+            assert service["healthcheck"]["test"][:3] == ["CMD", "ringcast", "health"], name
+    for source in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE):
+        assert (ROOT / source).exists(), source
+    assert {port for name in ("gateway-1", "gateway-2") for port in services[name]["ports"]} == {
+        "7410:7410",
+        "7411:7411",
+    }
+    collector = yaml.safe_load((ROOT / compose.COLLECTOR_CONFIG).read_text())
+    assert collector["service"]["pipelines"]["traces"]["receivers"] == ["otlp"]
