@@ -78,11 +78,11 @@ class NodeConfig:
     """Roles that may stall within the window before the node calls itself unhealthy."""
     stall_records_max: int = 1_024
     idle_sweep_ms: int = 1_000
+    """How often every role held is looked at for idleness and dedup expiry (ticks see only busy ones)."""
     takeovers_inflight_max: int = 1_024
     """Takeovers (fencing or recovering) at once before prepared channels wait for a slot."""
     prepared_channels_max: int = 100_000
     """Prepared channels waiting for a takeover slot; beyond that they are left to their first request."""
-    """How often every role held is looked at for idleness and dedup expiry (ticks see only busy ones)."""
     role: RoleConfig = RoleConfig()
 
 

@@ -105,17 +105,23 @@ class OwnerRouter:
         self.watcher = watcher
         self._stubs: dict[str, tuple[grpc.aio.Channel, channel_grpc.ChannelServiceStub]] = {}
         self.recent = RecentChannels()
-        self._view: RingView | None = None
+        # The ring whose moves were last prepared in full: a prepare cut short by a newer ring is
+        # covered by the next one, which compares against this ring rather than the one before it.
+        self._prepared_view: RingView | None = None
+        self._newest_version = 0
         self._preparing: asyncio.Task[None] | None = None
         watcher.subscribe(self._on_ring)
 
     def _on_ring(self, view: RingView) -> None:
-        previous, self._view = self._view, view
-        if previous is None or view.ring.version <= previous.ring.version:
+        if view.ring.version <= self._newest_version:
+            return
+        self._newest_version = view.ring.version
+        if self._prepared_view is None:
+            self._prepared_view = view
             return
         if self._preparing is not None:
-            self._preparing.cancel()  # a newer ring supersedes what the last one moved
-        self._preparing = asyncio.create_task(self._prepare_moved(previous, view), name="prepare-moved")
+            self._preparing.cancel()  # a newer ring supersedes it
+        self._preparing = asyncio.create_task(self._prepare_moved(self._prepared_view, view), name="prepare-moved")
 
     async def _prepare_moved(self, previous: RingView, view: RingView) -> None:
         """Ask each new owner to take over the channels in use that `view` moved to it."""
@@ -145,6 +151,7 @@ class OwnerRouter:
                 owner,
                 queued,
             )
+        self._prepared_view = view
 
     def owner(self, channel: str) -> tuple[str, str]:
         view = self.watcher.ring
