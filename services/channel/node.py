@@ -155,7 +155,7 @@ class ChannelNode:
 
     # ----------------------------------------------------------------------------- requests
 
-    def _role_for(self, channel: str, now_ms: int, fx: Effects) -> ChannelRole | str:
+    def _role_for(self, channel: str, now_ms: int, fx: Effects, trigger: str = "request") -> ChannelRole | str:
         """The serving (or starting) role for `channel`, or the reason there is none."""
         if not self.serving(now_ms):
             if self.roles:
@@ -180,7 +180,7 @@ class ChannelNode:
         self.roles[channel] = role
         self._taking_over[channel] = None
         self._touch(role)
-        role.start(fx)
+        role.start(fx, trigger)
         return role
 
     def prepare(self, channels: Sequence[str], now_ms: int, fx: Effects) -> int:
@@ -204,7 +204,7 @@ class ChannelNode:
             channel = next(iter(self._prepared))
             del self._prepared[channel]
             if channel not in self.roles:
-                self._role_for(channel, now_ms, fx)  # not ours any more, or no lease: nothing starts
+                self._role_for(channel, now_ms, fx, "prepare")  # not ours any more, or no lease: nothing starts
 
     def publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, fx: Effects) -> None:
         role = self._role_for(channel, now_ms, fx)

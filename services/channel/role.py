@@ -148,6 +148,9 @@ class Effects:
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
     histories: list[tuple[int, HistoryResult]] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    # Takeover steps, for traces: (channel, epoch, step, details); step is "fencing", "recovering",
+    # "serving" or "failed".
+    takeovers: list[tuple[str, int, str, dict[str, int | str]]] = field(default_factory=list)
 
 
 class DedupWindow:
@@ -283,12 +286,15 @@ class ChannelRole:
 
     # ----------------------------------------------------------------------------- takeover
 
-    def start(self, fx: Effects) -> None:
-        """Begin the takeover: fence every replica at our epoch."""
+    def start(self, fx: Effects, trigger: str = "request") -> None:
+        """Begin the takeover: fence every replica at our epoch. `trigger` says why (for traces)."""
         fence_epoch = 0 if "skip-fence" in self.bugs else self.epoch
         for name in self.config.replicas:
             fx.sends.append((name, FenceRequest(self.channel, fence_epoch)))
         fx.events.append(f"takeover {self.channel} epoch={self.epoch} fencing")
+        fx.takeovers.append(
+            (self.channel, self.epoch, "fencing", {"replicas": len(self.config.replicas), "trigger": trigger})
+        )
 
     def on_fence_reply(self, replica: str, reply: FenceReply, now_ms: int, fx: Effects) -> None:
         if self.state is not RoleState.FENCING or replica not in self.replicas:
@@ -303,6 +309,7 @@ class ChannelRole:
         if len(answered) < needed:
             return
         self.state = RoleState.RECOVERING
+        fx.takeovers.append((self.channel, self.epoch, "recovering", {"fence_answers": len(answered)}))
         lasts = [(name, last) for name, last in answered if last is not None]
         if "adopt-highest-epoch-per-serial" in self.bugs:
             sources = lasts
@@ -395,6 +402,13 @@ class ChannelRole:
                 self.dedup.add(entry.message.id, entry.serial, entry.message.timestamp_ms)
             self.dedup.expire(now_ms + self.wall_offset_ms)
         self.state = RoleState.SERVING
+        details: dict[str, int | str] = {
+            "last": self.last,
+            "adopted_entries": len(entries),
+            "rewritten_at_epoch": self.last - self.epoch_start_serial + 1 if entries else 0,
+            "dedup_ids": len(self.dedup),
+        }
+        fx.takeovers.append((self.channel, self.epoch, "serving", details))
         self.recovery.clear()
         self.recovery_target.clear()
         fx.events.append(f"takeover {self.channel} epoch={self.epoch} serving last={self.last}")
@@ -832,6 +846,8 @@ class ChannelRole:
         """Stop serving at once: fail what is pending, end every subscription."""
         if self.state is RoleState.STOPPED:
             return
+        if self.state is not RoleState.SERVING:
+            fx.takeovers.append((self.channel, self.epoch, "failed", {"reason": reason}))
         self.state = RoleState.STOPPED
         self.stop_reason = reason
         for pending in self.pending:

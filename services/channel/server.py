@@ -16,18 +16,21 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import store_service_pb2 as store_pb2
 from ringcast.v1 import store_service_pb2_grpc as store_grpc
-from services.channel.node import ChannelNode, NodeConfig
+from services.channel.node import ChannelNode, NodeConfig, epoch_ring_version
 from services.channel.role import (
     AppendRequest,
     Delivery,
@@ -40,7 +43,7 @@ from services.channel.role import (
     RoleState,
     StoreRequest,
 )
-from services.common import convert
+from services.common import convert, tracing
 from services.common.entries import Message
 from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
@@ -48,6 +51,7 @@ from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_channel
 from services.placement.client import RingView
 from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply
+from services.store.server import COMMIT_ID_KEY, COMMIT_MS_KEY, COMMIT_REQUESTS_KEY
 
 log = logging.getLogger("ringcast.channel")
 
@@ -83,6 +87,9 @@ lagging_ticks_max = 3
 
 prepare_channels_max = 1_000
 """Channels one Prepare call may name."""
+
+traced_publishes_max = 10_000
+"""Publishes whose span a delivery can still link to (with tracing on); the oldest are forgotten."""
 """Consecutive late ticks after which the node calls itself unhealthy (EVENT_LOOP_LAG)."""
 
 LIMITS = Limits()
@@ -116,6 +123,130 @@ def error_for(reason: str, ring_version: int) -> ServiceError:
 class _Subscription:
     queue: asyncio.Queue[Delivery]
     channel: str
+
+
+@dataclass(slots=True)
+class _PublishTrace:
+    channel: str
+    context: trace.SpanContext  # the publish's span at the owner
+    last_serial: int | None  # None while the channel is still being taken over
+    replicas: dict[str, trace.Span]
+
+
+class PublishTraces:
+    """With tracing on: a child span per store replica for each publish, and span links for deliveries.
+
+    A publish's entries reach the replicas inside batched Append RPCs shared with other channels, so
+    the replica spans are the owner's view: each starts with the publish and ends when that replica
+    acknowledged the publish's last serial (attributes: zone, the commit's id, size and sync time as
+    the store reported them), or, if the publish finished first, with the outcome "not awaited" (a
+    quorum of the others sufficed) or the publish's failure.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, dict[int, _PublishTrace]] = {}
+        self._tokens: dict[int, _PublishTrace] = {}
+        self._published: OrderedDict[tuple[str, int], trace.SpanContext] = OrderedDict()
+
+    def begin(self, channel: str, token: int, last_serial: int | None, zones: list[str]) -> None:
+        spans = {
+            zone: tracing.tracer.start_span(
+                "StoreService/Append", kind=trace.SpanKind.CLIENT, attributes={"ringcast.zone": zone}
+            )
+            for zone in zones
+        }
+        traced = _PublishTrace(channel, trace.get_current_span().get_span_context(), last_serial, spans)
+        self._open.setdefault(channel, {})[token] = traced
+        self._tokens[token] = traced
+
+    def on_append(self, zone: str, channel: str, reply: AppendReply, trailing: dict[str, str]) -> None:
+        for traced in self._open.get(channel, {}).values():
+            span = traced.replicas.get(zone)
+            if span is None or traced.last_serial is None:
+                continue
+            if reply.status is AppendStatus.OK and reply.match_serial >= traced.last_serial:
+                span.set_attribute("ringcast.replica.outcome", "acked")
+                for key in (COMMIT_ID_KEY, COMMIT_REQUESTS_KEY, COMMIT_MS_KEY):
+                    if key in trailing:
+                        span.set_attribute(key.replace("ringcast-", "ringcast.store.").replace("-", "_"), trailing[key])
+                span.end()
+                del traced.replicas[zone]
+            elif reply.status is not AppendStatus.OK:
+                span.add_event("refused", {"ringcast.append_status": reply.status.name})
+
+    def end(self, channel: str, token: int) -> None:
+        self._tokens.pop(token, None)
+        traced = self._open.get(channel, {}).pop(token, None)
+        if not self._open.get(channel, True):
+            del self._open[channel]
+        if traced is None:
+            return
+        for span in traced.replicas.values():
+            span.set_attribute("ringcast.replica.outcome", "not awaited")
+            span.end()
+        trace.get_current_span().set_attribute("ringcast.replicas_not_awaited", len(traced.replicas))
+
+    def on_result(self, token: int, result: PublishResult) -> None:
+        """A publish is answered: its serials now lead deliveries to its span (before they go out)."""
+        traced = self._tokens.get(token)
+        if traced is None or not result.ok or not traced.context.is_valid:
+            return
+        for serial in result.serials:
+            self._published[(traced.channel, serial)] = traced.context
+            while len(self._published) > traced_publishes_max:
+                self._published.popitem(last=False)
+
+    def links(self, channel: str, serials: Sequence[int]) -> list[trace.Link]:
+        found: dict[tuple[int, int], trace.SpanContext] = {}
+        for serial in serials:
+            context = self._published.get((channel, serial))
+            if context is not None:
+                found[(context.trace_id, context.span_id)] = context
+        return [trace.Link(context) for context in found.values()]
+
+
+class TakeoverTraces:
+    """With tracing on, each takeover is a trace of its own: a root span `takeover` (channel, epoch,
+    the ring version it acts under, what triggered it) with one child span per step: `fence` (until
+    a quorum answered), `recover` (reading the adopted log and rewriting its last entry at our epoch),
+    then `serving` marks the end (entries adopted, ids the dedup window was rebuilt with)."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int], tuple[trace.Span, trace.Span]] = {}
+
+    def on_step(self, channel: str, epoch: int, step: str, details: dict[str, int | str]) -> None:
+        key = (channel, epoch)
+        attributes = {f"ringcast.{name}": value for name, value in details.items()}
+        if step == "fencing":
+            root = tracing.tracer.start_span(
+                "takeover",
+                context=otel_context.Context(),  # a trace of its own, whatever request started it
+                attributes={
+                    "ringcast.channel": channel,
+                    "ringcast.epoch": epoch,
+                    "ringcast.ring_version": epoch_ring_version(epoch),
+                    **attributes,
+                },
+            )
+            self._open[key] = (root, tracing.tracer.start_span("fence", context=trace.set_span_in_context(root)))
+            return
+        opened = self._open.get(key)
+        if opened is None:
+            return
+        root, step_span = opened
+        step_span.set_attributes(attributes)
+        step_span.end()
+        if step == "recovering":
+            self._open[key] = (root, tracing.tracer.start_span("recover", context=trace.set_span_in_context(root)))
+            return
+        del self._open[key]
+        root.set_attributes(attributes)
+        if step == "failed":
+            root.set_status(trace.Status(trace.StatusCode.ERROR, str(details.get("reason", ""))))
+        else:
+            root.add_event("rebuilt dedup window", {"ringcast.dedup_ids": details.get("dedup_ids", 0)})
+        root.set_attribute("ringcast.outcome", step)
+        root.end()
 
 
 Request = TypeVar("Request", AppendRequest, FenceRequest, ReadRequest)
@@ -195,7 +326,9 @@ class StoreLink:
     ) -> None:
         """One batched RPC: its replies go to the core one by one; a failed call fails each request."""
         try:
-            response = await call(proto, timeout=store_rpc_timeout_s)
+            rpc = call(proto, timeout=store_rpc_timeout_s)
+            response = await rpc
+            trailing = await _trailing(rpc) if tracing.enabled() else {}
         except (grpc.RpcError, grpc.aio.UsageError) as error:  # UsageError: the link closed at shutdown
             self._failed(batch, error)
             return
@@ -204,6 +337,8 @@ class StoreLink:
         def deliver(fx: Effects) -> None:
             for request, reply in zip(batch, replies, strict=True):
                 on_reply(self.zone, request, reply, now_ms(), fx)
+                if trailing and isinstance(reply, AppendReply) and isinstance(request, AppendRequest):
+                    self.node.traces.on_append(self.zone, request.channel, reply, trailing)
 
         self.node.call(deliver)
 
@@ -258,6 +393,12 @@ class StoreLink:
         )
 
 
+async def _trailing(rpc: object) -> dict[str, str]:
+    """A finished call's trailing metadata (what the store says about its commit)."""
+    metadata = await rpc.trailing_metadata()  # type: ignore[attr-defined]
+    return {str(key): str(value) for key, value in metadata or ()}
+
+
 def _read_reply(result: store_pb2.ChannelReadResult) -> ReadReply:
     last = convert.position_from_proto(result.last)
     if result.corrupt_serial:
@@ -294,6 +435,8 @@ class ChannelNodeAdapter:
         self._ticker: asyncio.Task[None] | None = None
         self._lagging_ticks = 0
         self.closing = False
+        self.traces = PublishTraces()
+        self.takeover_traces = TakeoverTraces()
         # Called with a reason when this node should leave the ring for a while (see health()).
         self.on_unhealthy: Callable[[str], None] = lambda reason: None
 
@@ -316,6 +459,8 @@ class ChannelNodeAdapter:
             if link is not None:
                 link.send(request)
         for token, result in fx.results:
+            if tracing.enabled():
+                self.traces.on_result(token, result)
             future = self.publishes.pop(token, None)
             if future is not None and not future.done():
                 future.set_result(result)
@@ -335,6 +480,9 @@ class ChannelNodeAdapter:
                 self.subscriptions.pop(token, None)
         for event in fx.events:
             log.info("%s", event)
+        if fx.takeovers and tracing.enabled():
+            for channel, epoch, step, details in fx.takeovers:
+                self.takeover_traces.on_step(channel, epoch, step, details)
 
     async def start(self) -> None:
         self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
@@ -395,10 +543,17 @@ class ChannelNodeAdapter:
         future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         self.publishes[token] = future
         self.call(lambda fx: self.core.publish(channel, token, messages, now_ms(), fx))
+        if tracing.enabled():
+            role = self.core.roles.get(channel)
+            serving = role is not None and role.state is RoleState.SERVING and not future.done()
+            self.traces.begin(channel, token, role.last if serving and role else None, sorted(self.links))
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            result = await asyncio.wait_for(future, timeout_s)
         finally:
             self.publishes.pop(token, None)
+            if tracing.enabled():
+                self.traces.end(channel, token)
+        return result
 
     async def history(self, channel: str, after_serial: int, limit: int, timeout_s: float) -> HistoryResult:
         if self.closing:
@@ -463,13 +618,25 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         self, request: channel_pb2.ChannelServicePublishRequest, context: grpc.aio.ServicerContext
     ) -> channel_pb2.ChannelServicePublishResponse:
         messages = tuple(convert.message_from_proto(message) for message in request.messages)
-        try:
-            result = await self.node.publish(request.channel, messages, _deadline(context))
-        except TimeoutError:
-            await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
-            raise
-        if not result.ok:
-            await abort(context, error_for(result.reason, self.node.ring_version))
+        with tracing.tracer.start_as_current_span(
+            "ChannelService/Publish",
+            context=tracing.extract(context.invocation_metadata()),
+            kind=trace.SpanKind.SERVER,
+            attributes={"ringcast.channel": request.channel, "ringcast.node": self.node.node_id},
+        ) as span:
+            try:
+                result = await self.node.publish(request.channel, messages, _deadline(context))
+            except TimeoutError:
+                span.set_attribute("ringcast.reason", "COMMIT_TIMEOUT")
+                await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
+                raise
+            epoch, _ = self.node.channel_state(request.channel)
+            span.set_attributes({"ringcast.epoch": epoch, "ringcast.serials": list(result.serials)})
+            if not result.ok:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason))
+                span.set_attribute("ringcast.reason", result.reason)
+                await abort(context, error_for(result.reason, self.node.ring_version))
+            span.set_attribute("ringcast.quorum", "acked")
         return channel_pb2.ChannelServicePublishResponse(serials=result.serials, duplicates=result.duplicates)
 
     async def Subscribe(  # noqa: N802
@@ -479,9 +646,19 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             if delivery.end_reason:
                 await abort(context, error_for(delivery.end_reason, self.node.ring_version))
                 return
+            span = None
+            if tracing.enabled():
+                serials = [entry.serial for entry in delivery.entries]
+                span = tracing.tracer.start_span(
+                    "ChannelService/deliver",
+                    links=self.node.traces.links(request.channel, serials),
+                    attributes={"ringcast.channel": request.channel, "ringcast.serials": serials},
+                )
             yield channel_pb2.ChannelServiceSubscribeResponse(
                 messages=[convert.message_to_proto(e.message, e.serial) for e in delivery.entries]
             )
+            if span is not None:
+                span.end()
 
     async def History(  # noqa: N802
         self, request: channel_pb2.ChannelServiceHistoryRequest, context: grpc.aio.ServicerContext

@@ -22,6 +22,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common import tracing
+
 log = logging.getLogger("ringcast")
 
 shutdown_grace_s = 3.0
@@ -129,5 +131,9 @@ def run_service(
     """The body of every `python -m services.<name>`: flags, logging, event loop, run until stopped."""
     arguments = build_parser().parse_args()
     setup_logging(arguments.id)
+    tracing.setup(arguments.id)
     install_event_loop()
-    asyncio.run(main(arguments))
+    try:
+        asyncio.run(main(arguments))
+    finally:
+        tracing.shutdown()

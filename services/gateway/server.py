@@ -24,12 +24,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from services.common import tracing
 from services.common.errors import ServiceError, abort, reason_of, status_of, unavailable
 from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_batch, check_channel, history_limit
@@ -255,13 +258,36 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         self.router = router
         self.limits = limits or Limits()
 
-    async def _publish(self, request: realtime_pb2.PublishRequest, deadline: float) -> realtime_pb2.PublishResponse:
+    async def _publish(
+        self, request: realtime_pb2.PublishRequest, deadline: float, parent: otel_context.Context | None = None
+    ) -> realtime_pb2.PublishResponse:
+        """One publish, as one span (a child of the client's, when its metadata carried one)."""
+        attributes: dict[str, str | int] = {
+            "ringcast.channel": request.channel,
+            "ringcast.messages": len(request.messages),
+        }
+        with tracing.tracer.start_as_current_span(
+            "RealtimeService/Publish", context=parent, kind=SpanKind.SERVER, attributes=attributes
+        ) as span:
+            try:
+                response = await self._route_publish(request, deadline)
+            except ServiceError as error:
+                span.set_status(Status(StatusCode.ERROR, error.reason))
+                span.set_attribute("ringcast.reason", error.reason)
+                raise
+            span.set_attribute("ringcast.serials", list(response.serials))
+            return response
+
+    async def _route_publish(
+        self, request: realtime_pb2.PublishRequest, deadline: float
+    ) -> realtime_pb2.PublishResponse:
         check_channel(request.channel, self.limits)
         check_batch(request.messages, self.limits)
         forward = channel_pb2.ChannelServicePublishRequest(channel=request.channel, messages=request.messages)
 
         async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> realtime_pb2.PublishResponse:
-            response = await stub.Publish(forward, timeout=timeout)
+            with tracing.tracer.start_as_current_span("ChannelService/Publish", kind=SpanKind.CLIENT):
+                response = await stub.Publish(forward, timeout=timeout, metadata=tracing.inject())
             return realtime_pb2.PublishResponse(
                 channel=request.channel, serials=response.serials, duplicates=response.duplicates
             )
@@ -275,7 +301,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         self, request: realtime_pb2.PublishRequest, context: grpc.aio.ServicerContext
     ) -> realtime_pb2.PublishResponse:
         try:
-            return await self._publish(request, _deadline(context))
+            return await self._publish(request, _deadline(context), tracing.extract(context.invocation_metadata()))
         except ServiceError as error:
             await abort(context, error)
             raise

@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -90,6 +91,8 @@ lock_file_name = "store.lock"
 
 COMMIT_ID_KEY = "ringcast-commit-id"
 COMMIT_REQUESTS_KEY = "ringcast-commit-requests"
+COMMIT_MS_KEY = "ringcast-commit-ms"
+"""How long the commit (its sync to disk) took, in milliseconds."""
 
 Result = TypeVar("Result")
 
@@ -101,6 +104,7 @@ class Committed(Generic[Result]):
     value: Result
     commit_id: int
     commit_requests: int
+    commit_ms: float = 0.0
 
 
 @dataclass(slots=True)
@@ -203,7 +207,9 @@ class GroupCommitWriter:
         storage.begin()
         try:
             values = [write.apply(self.replica) for write in group]
+            committing = time.perf_counter()
             storage.commit()
+            commit_ms = (time.perf_counter() - committing) * 1000
         except Exception as error:
             storage.rollback()
             log.warning("group commit of %d requests failed (%s); applying them one by one", len(group), error)
@@ -212,7 +218,7 @@ class GroupCommitWriter:
             return
         commit_id = self.stats.record(len(group))
         for write, value in zip(group, values, strict=True):
-            _settle(write, Committed(value, commit_id, len(group)), None)
+            _settle(write, Committed(value, commit_id, len(group), commit_ms), None)
 
     def _commit_alone(self, write: _Write) -> None:
         storage = self.storage
@@ -468,7 +474,11 @@ def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[
 
 
 def _commit_metadata(committed: Committed[Any]) -> tuple[tuple[str, str], ...]:
-    return ((COMMIT_ID_KEY, str(committed.commit_id)), (COMMIT_REQUESTS_KEY, str(committed.commit_requests)))
+    return (
+        (COMMIT_ID_KEY, str(committed.commit_id)),
+        (COMMIT_REQUESTS_KEY, str(committed.commit_requests)),
+        (COMMIT_MS_KEY, f"{committed.commit_ms:.3f}"),
+    )
 
 
 def _fence_to_proto(reply: FenceReply) -> store_pb2.ChannelFenceResult:
