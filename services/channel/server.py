@@ -140,7 +140,8 @@ class PublishTraces:
     the replica spans are the owner's view: each starts with the publish and ends when that replica
     acknowledged the publish's last serial (attributes: zone, the commit's id, size and sync time as
     the store reported them), or, if the publish finished first, with the outcome "not awaited" (a
-    quorum of the others sufficed) or the publish's failure.
+    quorum of the others sufficed) or "no answer" (the publish failed). A publish queued while its
+    channel is being taken over has no serial yet: its replica spans end with the publish.
     """
 
     def __init__(self) -> None:
@@ -174,7 +175,7 @@ class PublishTraces:
             elif reply.status is not AppendStatus.OK:
                 span.add_event("refused", {"ringcast.append_status": reply.status.name})
 
-    def end(self, channel: str, token: int) -> None:
+    def end(self, channel: str, token: int, outcome: str) -> None:
         self._tokens.pop(token, None)
         traced = self._open.get(channel, {}).pop(token, None)
         if not self._open.get(channel, True):
@@ -182,7 +183,7 @@ class PublishTraces:
         if traced is None:
             return
         for span in traced.replicas.values():
-            span.set_attribute("ringcast.replica.outcome", "not awaited")
+            span.set_attribute("ringcast.replica.outcome", outcome)
             span.end()
         trace.get_current_span().set_attribute("ringcast.replicas_not_awaited", len(traced.replicas))
 
@@ -547,12 +548,13 @@ class ChannelNodeAdapter:
             role = self.core.roles.get(channel)
             serving = role is not None and role.state is RoleState.SERVING and not future.done()
             self.traces.begin(channel, token, role.last if serving and role else None, sorted(self.links))
+        result: PublishResult | None = None
         try:
             result = await asyncio.wait_for(future, timeout_s)
         finally:
             self.publishes.pop(token, None)
             if tracing.enabled():
-                self.traces.end(channel, token)
+                self.traces.end(channel, token, "not awaited" if result is not None and result.ok else "no answer")
         return result
 
     async def history(self, channel: str, after_serial: int, limit: int, timeout_s: float) -> HistoryResult:
