@@ -14,7 +14,8 @@ From the local topology to containers:
   `redis-cli ping`), and depends on the one the launcher starts before it being healthy;
 - data directories are named volumes; the gateways' ports are published;
 - an OpenTelemetry collector (config in deploy/otel-collector.yaml) and Jaeger come along; every
-  ringcast service gets OTEL_EXPORTER_OTLP_ENDPOINT pointing at the collector.
+  ringcast service gets OTEL_EXPORTER_OTLP_ENDPOINT pointing at the collector, and serves Prometheus
+  metrics at `<name>:<metrics port>/metrics` (the port it has locally).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _in_containers(topology: Topology) -> list[ProcessSpec]:
             argv = tuple("0.0.0.0" if index and argv[index - 1] == "--bind" else arg for index, arg in enumerate(argv))
         else:
             env["RINGCAST_LISTEN"] = f"0.0.0.0:{port}"
+            env["RINGCAST_METRICS_LISTEN"] = f"0.0.0.0:{_port(spec.metrics)}"
             if spec.role in ("store", "channel"):
                 env["RINGCAST_ADVERTISE"] = env.get("RINGCAST_ADVERTISE") or f"{spec.name}:{port}"
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = OTLP_ENDPOINT

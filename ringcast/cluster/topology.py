@@ -31,6 +31,7 @@ class ProcessSpec:
     env: dict[str, str] = field(default_factory=dict)
     data_dir: str = ""
     control: str = ""  # host:port of its control port (a proxy's HTTP control), else ""
+    metrics: str = ""  # host:port of its Prometheus endpoint (/metrics), else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,8 @@ def local_topology(
 
     With `engine="redis"` each store keeps its log in a Redis of its own (role "redis", named
     `redis-<zone>`, AOF with `appendfsync always`), started just before the store; the Redis
-    processes take their ports after everyone else's.
+    processes take their ports after the proxies'. Last come the metrics ports of the ringcast
+    services (`metrics`, and RINGCAST_METRICS_LISTEN in their environment).
 
     `proxies` names links (forms in `PROXY_LINK_FORMS`) to put a fault proxy on. Each proxy is a
     process of role "proxy" named by `ProxyLink.name`, listening on its `address`, with its HTTP
@@ -134,7 +136,8 @@ def local_topology(
     if engine not in ENGINES:
         raise ValueError(f"store engine {engine!r}: expected one of {', '.join(ENGINES)}")
     links = [ProxyLink.parse(text) for text in proxies]
-    port_count = 4 + placements + 3 + channels + gateways + 2 * len(links) + (3 if engine == "redis" else 0)
+    services = placements + 3 + channels + gateways
+    port_count = 4 + services + 2 * len(links) + (3 if engine == "redis" else 0) + services
     port_source = ports if ports is not None else iter(free_ports(port_count))
     data_root = Path(data_root)
 
@@ -237,7 +240,22 @@ def local_topology(
         processes = _with_proxies(processes, links, address, python)
     if engine == "redis":
         processes = _with_redis(processes, address, data_root)
-    return Topology(tuple(processes))
+    return Topology(tuple(_with_metrics(processes, address)))
+
+
+METRICS_ROLES = ("placement", "store", "channel", "gateway")
+"""Processes that serve Prometheus metrics (the ringcast services)."""
+
+
+def _with_metrics(processes: list[ProcessSpec], address: Callable[[], str]) -> list[ProcessSpec]:
+    """Each ringcast service with a metrics endpoint; these ports come after everyone else's."""
+    result = []
+    for spec in processes:
+        if spec.role in METRICS_ROLES:
+            listen = address()
+            spec = dataclasses.replace(spec, metrics=listen, env={**spec.env, "RINGCAST_METRICS_LISTEN": listen})
+        result.append(spec)
+    return result
 
 
 ENGINES = ("sqlite", "redis")

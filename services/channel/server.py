@@ -13,6 +13,7 @@ it cannot trust.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -43,7 +44,7 @@ from services.channel.role import (
     RoleState,
     StoreRequest,
 )
-from services.common import convert, tracing
+from services.common import convert, metrics, tracing
 from services.common.entries import Message
 from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
@@ -338,6 +339,10 @@ class StoreLink:
         def deliver(fx: Effects) -> None:
             for request, reply in zip(batch, replies, strict=True):
                 on_reply(self.zone, request, reply, now_ms(), fx)
+                if isinstance(reply, AppendReply) and reply.status is AppendStatus.OK:
+                    role = self.node.core.roles.get(request.channel)
+                    if role is not None:
+                        metrics.replica_behind_entries.labels(self.zone).observe(max(0, role.last - reply.match_serial))
                 if trailing and isinstance(reply, AppendReply) and isinstance(request, AppendRequest):
                     self.node.traces.on_append(self.zone, request.channel, reply, trailing)
 
@@ -438,6 +443,9 @@ class ChannelNodeAdapter:
         self.closing = False
         self.traces = PublishTraces()
         self.takeover_traces = TakeoverTraces()
+        self._takeovers_started: dict[tuple[str, int], tuple[float, str]] = {}  # → (monotonic s, trigger)
+        for state in ("serving", "taking_over", "prepared"):
+            metrics.channels.labels(state).set_function(functools.partial(self._channels, state))
         # Called with a reason when this node should leave the ring for a while (see health()).
         self.on_unhealthy: Callable[[str], None] = lambda reason: None
 
@@ -476,13 +484,17 @@ class ChannelNodeAdapter:
             if subscription.queue.qsize() >= subscriber_queue_deliveries_max - 1 and not delivery.end_reason:
                 delivery = Delivery(end_reason="SUBSCRIBER_TOO_SLOW")
                 self.core.unsubscribe(subscription.channel, token)
+                metrics.subscribers_dropped.inc()
+            elif delivery.entries:
+                metrics.deliveries.inc(len(delivery.entries))
             subscription.queue.put_nowait(delivery)
             if delivery.end_reason:
                 self.subscriptions.pop(token, None)
         for event in fx.events:
             log.info("%s", event)
-        if fx.takeovers and tracing.enabled():
-            for channel, epoch, step, details in fx.takeovers:
+        for channel, epoch, step, details in fx.takeovers:
+            self._count_takeover(channel, epoch, step, details)
+            if tracing.enabled():
                 self.takeover_traces.on_step(channel, epoch, step, details)
 
     async def start(self) -> None:
@@ -530,6 +542,29 @@ class ChannelNodeAdapter:
 
     def on_ring(self, view: RingView) -> None:
         self.call(lambda fx: self.core.on_ring(view.ring, fx))
+        metrics.ring_version.set(self.ring_version)
+
+    def _channels(self, state: str) -> float:
+        status = self.core.status(now_ms())
+        return float(
+            {
+                "serving": status.channels_serving,
+                "taking_over": status.channels_taking_over,
+                "prepared": status.channels_prepared,
+            }[state]
+        )
+
+    def _count_takeover(self, channel: str, epoch: int, step: str, details: dict[str, int | str]) -> None:
+        key = (channel, epoch)
+        if step == "fencing":
+            self._takeovers_started[key] = (time.monotonic(), str(details.get("trigger", "request")))
+        elif step in ("serving", "failed"):
+            started = self._takeovers_started.pop(key, None)
+            if started is None:
+                return
+            metrics.takeovers.labels(started[1], step).inc()
+            if step == "serving":
+                metrics.takeover_seconds.observe(time.monotonic() - started[0])
 
     @property
     def ring_version(self) -> int:

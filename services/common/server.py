@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.common import tracing
+from services.common import metrics, tracing
 
 log = logging.getLogger("ringcast")
 
@@ -129,9 +129,16 @@ def run_service(
     main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
 ) -> None:
     """The body of every `python -m services.<name>`: flags, logging, event loop, run until stopped."""
-    arguments = build_parser().parse_args()
+    parser = build_parser()
+    parser.add_argument(
+        "--metrics-listen",
+        default=env_default("METRICS_LISTEN", ""),
+        help="serve Prometheus metrics at HOST:PORT/metrics (empty: none)",
+    )
+    arguments = parser.parse_args()
     setup_logging(arguments.id)
     tracing.setup(arguments.id)
+    metrics.serve(arguments.metrics_listen)
     install_event_loop()
     try:
         asyncio.run(main(arguments))

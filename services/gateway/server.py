@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -32,7 +33,7 @@ from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
-from services.common import tracing
+from services.common import metrics, tracing
 from services.common.errors import ServiceError, abort, reason_of, status_of, unavailable
 from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_batch, check_channel, history_limit
@@ -119,6 +120,7 @@ class OwnerRouter:
         if view.ring.version <= self._newest_version:
             return
         self._newest_version = view.ring.version
+        metrics.ring_version.set(view.ring.version)
         if self._prepared_view is None:
             self._prepared_view = view
             return
@@ -266,6 +268,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             "ringcast.channel": request.channel,
             "ringcast.messages": len(request.messages),
         }
+        started = time.perf_counter()
         with tracing.tracer.start_as_current_span(
             "RealtimeService/Publish", context=parent, kind=SpanKind.SERVER, attributes=attributes
         ) as span:
@@ -274,8 +277,10 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             except ServiceError as error:
                 span.set_status(Status(StatusCode.ERROR, error.reason))
                 span.set_attribute("ringcast.reason", error.reason)
+                metrics.publish_seconds.labels(error.reason).observe(time.perf_counter() - started)
                 raise
             span.set_attribute("ringcast.serials", list(response.serials))
+            metrics.publish_seconds.labels("ok").observe(time.perf_counter() - started)
             return response
 
     async def _route_publish(

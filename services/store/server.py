@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from ringcast.v1 import store_service_pb2 as store_pb2
-from services.common import convert
+from services.common import convert, metrics
 from services.common.entries import Entry, Position
 from services.common.errors import ServiceError, abort, invalid, unavailable
 from services.common.invariants import InvariantViolation, invariant
@@ -217,6 +217,8 @@ class GroupCommitWriter:
                 self._commit_alone(write)
             return
         commit_id = self.stats.record(len(group))
+        metrics.store_commit_requests.observe(len(group))
+        metrics.store_commit_seconds.observe(commit_ms / 1000)
         for write, value in zip(group, values, strict=True):
             _settle(write, Committed(value, commit_id, len(group), commit_ms), None)
 

@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ringcast.cluster.launcher import Launcher
 from ringcast.cluster.topology import local_topology
@@ -254,6 +256,52 @@ def test_prepare_refuses_bad_input_and_get_node_tells_the_state(cluster: Launche
     reasons, state = asyncio.run(scenario())
     assert reasons == ["TOO_MANY_CHANNELS", "CHANNEL_NAME_EMPTY", "CHANNEL_NAME_INVALID"]
     assert state.serving and state.ring_version > 0 and state.node_id.startswith("channel-")
+
+
+def _scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample at a Prometheus endpoint: (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_every_service_serves_prometheus_metrics(cluster: Launcher) -> None:
+    """A publish to a new channel (a takeover) and a subscription to it: each process reports its part."""
+    gateway = cluster.topology.gateways[0]
+
+    async def traffic() -> list[tuple[int, str]]:
+        async with grpc.aio.insecure_channel(gateway) as link:
+            api = realtime_grpc.RealtimeServiceStub(link)
+            request = realtime_pb2.PublishRequest(
+                channel="metered", messages=[message_pb2.Message(id=f"m{i}") for i in range(3)]
+            )
+            await api.Publish(request, timeout=30)
+        return await follow(gateway, "metered", 0, 3)
+
+    assert [serial for serial, _ in asyncio.run(traffic())] == [1, 2, 3]
+    totals: dict[str, float] = {}
+    for spec in cluster.topology.processes:
+        if not spec.metrics:
+            continue
+        for (name, labels), value in _scrape(spec.metrics).items():
+            key = f"{spec.role}:{name}" + "".join(f"[{v}]" for k, v in labels if k in ("outcome", "state"))
+            totals[key] = totals.get(key, 0.0) + value
+    assert totals["gateway:ringcast_publish_seconds_count[ok]"] > 0
+    assert totals["gateway:ringcast_ring_version"] > 0 and totals["channel:ringcast_ring_version"] > 0
+    assert totals["channel:ringcast_takeovers_total[serving]"] > 0
+    assert totals["channel:ringcast_takeover_seconds_count"] > 0
+    assert totals["channel:ringcast_channels[serving]"] > 0
+    assert totals["channel:ringcast_deliveries_total"] > 0
+    assert totals["channel:ringcast_replica_behind_entries_count"] > 0
+    assert totals["store:ringcast_store_commit_seconds_count"] > 0
+    assert (
+        totals["store:ringcast_store_commit_requests_sum"] >= totals["store:ringcast_store_commit_requests_count"] > 0
+    )
+    assert any(key.startswith("placement:") for key in totals)  # it serves the process metrics at least
 
 
 def test_ringcast_up_serves_and_stops_with_no_process_left(tmp_path: Path) -> None:

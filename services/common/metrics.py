@@ -1,0 +1,60 @@
+"""Prometheus metrics of every ringcast process, served over HTTP at `--metrics-listen HOST:PORT`.
+
+Each process exposes what it knows; a labelled metric appears once it has a value. Names:
+
+- `ringcast_publish_seconds{outcome}` (histogram, gateway): publish to acknowledgement as the gateway
+  saw it; outcome `ok` or the error reason.
+- `ringcast_ring_version` (gauge, gateway and channel): the newest ring this process acts on.
+- `ringcast_takeovers_total{trigger,outcome}` (counter, channel): takeovers ended; trigger `request`
+  or `prepare`, outcome `serving` or `failed`. `ringcast_takeover_seconds` (histogram): fence to serving.
+- `ringcast_channels{state}` (gauge, channel): channels `serving`, `taking_over`, `prepared`.
+- `ringcast_replica_behind_entries{zone}` (histogram, channel): at each append acknowledgement, how
+  many entries that replica is behind the owner's log (commit lag per replica).
+- `ringcast_deliveries_total`, `ringcast_subscribers_dropped_total` (counters, channel): messages
+  delivered to subscriptions; subscriptions cut off as too slow (they resume).
+- `ringcast_store_commit_requests`, `ringcast_store_commit_seconds` (histograms, store): requests one
+  group commit made durable; one commit, its sync to disk included.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("ringcast.metrics")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+publish_seconds = Histogram(
+    "ringcast_publish_seconds", "Publish to acknowledgement, at the gateway", ["outcome"], buckets=_LATENCY_BUCKETS
+)
+ring_version = Gauge("ringcast_ring_version", "Version of the newest ring this process acts on")
+takeovers = Counter("ringcast_takeovers", "Takeovers ended", ["trigger", "outcome"])
+takeover_seconds = Histogram("ringcast_takeover_seconds", "Takeover from fence to serving", buckets=_LATENCY_BUCKETS)
+channels = Gauge("ringcast_channels", "Channels held by this node", ["state"])
+replica_behind_entries = Histogram(
+    "ringcast_replica_behind_entries",
+    "Entries a replica is behind the owner's log when it acknowledges an append",
+    ["zone"],
+    buckets=(0, 1, 2, 5, 10, 50, 100, 1_000, 10_000),
+)
+deliveries = Counter("ringcast_deliveries", "Messages delivered to subscriptions")
+subscribers_dropped = Counter("ringcast_subscribers_dropped", "Subscriptions cut off as too slow")
+store_commit_requests = Histogram(
+    "ringcast_store_commit_requests",
+    "Requests one group commit made durable",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1_024),
+)
+store_commit_seconds = Histogram(
+    "ringcast_store_commit_seconds", "One store commit, its sync to disk included", buckets=_LATENCY_BUCKETS
+)
+
+
+def serve(listen: str) -> None:
+    """Serve /metrics at `listen` (HOST:PORT) from a background thread; nothing when it is empty."""
+    if not listen:
+        return
+    host, port = listen.rsplit(":", 1)
+    start_http_server(int(port), addr=host)
+    log.info("metrics at http://%s/metrics", listen)
