@@ -209,9 +209,11 @@ class PublishTraces:
 
 class TakeoverTraces:
     """With tracing on, each takeover is a trace of its own: a root span `takeover` (channel, epoch,
-    the ring version it acts under, what triggered it) with one child span per step: `fence` (until
-    a quorum answered), `recover` (reading the adopted log and rewriting its last entry at our epoch),
-    then `serving` marks the end (entries adopted, ids the dedup window was rebuilt with)."""
+    the ring version it acts under) with one child span per step: `detect` (why: a ring change that
+    gateways reported with Prepare, or the first request under this ring), `fence` (until a quorum
+    answered), `recover` (reading the adopted log and rewriting its last entry at our epoch, which
+    re-replicates it), `rebuild dedup` (ids the window was rebuilt with); the root ends with the
+    outcome `serving` or `failed` (with the reason)."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[str, int], tuple[trace.Span, trace.Span]] = {}
@@ -230,6 +232,12 @@ class TakeoverTraces:
                     **attributes,
                 },
             )
+            trigger = str(details.get("trigger", "request"))
+            why = "ring change (prepared by a gateway)" if trigger == "prepare" else "first request under this ring"
+            detect = tracing.tracer.start_span(
+                "detect", context=trace.set_span_in_context(root), attributes={"ringcast.why": why}
+            )
+            detect.end()
             self._open[key] = (root, tracing.tracer.start_span("fence", context=trace.set_span_in_context(root)))
             return
         opened = self._open.get(key)
@@ -246,7 +254,12 @@ class TakeoverTraces:
         if step == "failed":
             root.set_status(trace.Status(trace.StatusCode.ERROR, str(details.get("reason", ""))))
         else:
-            root.add_event("rebuilt dedup window", {"ringcast.dedup_ids": details.get("dedup_ids", 0)})
+            rebuild = tracing.tracer.start_span(
+                "rebuild dedup",
+                context=trace.set_span_in_context(root),
+                attributes={"ringcast.dedup_ids": details.get("dedup_ids", 0)},
+            )
+            rebuild.end()
         root.set_attribute("ringcast.outcome", step)
         root.end()
 
