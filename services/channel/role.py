@@ -240,6 +240,7 @@ class ChannelRole:
         self.quorum = quorum_size(len(config.replicas))
         self.replicas = {name: _Replica(name) for name in config.replicas}
         self.started_ms = now_ms
+        self.trigger = "request"  # why the takeover began (for metrics and traces): "request" or "prepare"
         self.last_activity_ms = now_ms
         # `now_ms` is a monotonic clock (timers); message timestamps and the dedup window's ages are
         # wall-clock time, `now_ms + wall_offset_ms`, kept current by the node.
@@ -287,7 +288,8 @@ class ChannelRole:
     # ----------------------------------------------------------------------------- takeover
 
     def start(self, fx: Effects, trigger: str = "request") -> None:
-        """Begin the takeover: fence every replica at our epoch. `trigger` says why (for traces)."""
+        """Begin the takeover: fence every replica at our epoch. `trigger` says why (for metrics, traces)."""
+        self.trigger = trigger
         fence_epoch = 0 if "skip-fence" in self.bugs else self.epoch
         for name in self.config.replicas:
             fx.sends.append((name, FenceRequest(self.channel, fence_epoch)))
@@ -407,6 +409,8 @@ class ChannelRole:
             "adopted_entries": len(entries),
             "rewritten_at_epoch": self.last - self.epoch_start_serial + 1 if entries else 0,
             "dedup_ids": len(self.dedup),
+            "trigger": self.trigger,
+            "duration_ms": now_ms - self.started_ms,
         }
         fx.takeovers.append((self.channel, self.epoch, "serving", details))
         self.recovery.clear()
@@ -847,7 +851,7 @@ class ChannelRole:
         if self.state is RoleState.STOPPED:
             return
         if self.state is not RoleState.SERVING:
-            fx.takeovers.append((self.channel, self.epoch, "failed", {"reason": reason}))
+            fx.takeovers.append((self.channel, self.epoch, "failed", {"reason": reason, "trigger": self.trigger}))
         self.state = RoleState.STOPPED
         self.stop_reason = reason
         for pending in self.pending:

@@ -51,8 +51,15 @@ from services.common.invariants import InvariantViolation
 from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_channel
 from services.placement.client import RingView
-from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply
-from services.store.server import COMMIT_ID_KEY, COMMIT_MS_KEY, COMMIT_REQUESTS_KEY
+from services.store.log import (
+    COMMIT_ID_KEY,
+    COMMIT_MS_KEY,
+    COMMIT_REQUESTS_KEY,
+    AppendReply,
+    AppendStatus,
+    FenceReply,
+    ReadReply,
+)
 
 log = logging.getLogger("ringcast.channel")
 
@@ -85,13 +92,13 @@ event_loop_lag_s_max = 1.0
 """A tick this late means the process is starved (CPU, swap, GC): counted against its health."""
 
 lagging_ticks_max = 3
+"""Consecutive late ticks after which the node calls itself unhealthy (EVENT_LOOP_LAG)."""
 
 prepare_channels_max = 1_000
 """Channels one Prepare call may name."""
 
 traced_publishes_max = 10_000
 """Publishes whose span a delivery can still link to (with tracing on); the oldest are forgotten."""
-"""Consecutive late ticks after which the node calls itself unhealthy (EVENT_LOOP_LAG)."""
 
 LIMITS = Limits()
 
@@ -338,6 +345,7 @@ class StoreLink:
         proto: object,
         replies_of: Callable[[Response], list[Reply]],
         on_reply: Callable[[str, Request, Reply, int, Effects], None],
+        observe: Callable[[Request, Reply, dict[str, str]], None] | None = None,
     ) -> None:
         """One batched RPC: its replies go to the core one by one; a failed call fails each request."""
         try:
@@ -352,14 +360,19 @@ class StoreLink:
         def deliver(fx: Effects) -> None:
             for request, reply in zip(batch, replies, strict=True):
                 on_reply(self.zone, request, reply, now_ms(), fx)
-                if isinstance(reply, AppendReply) and reply.status is AppendStatus.OK:
-                    role = self.node.core.roles.get(request.channel)
-                    if role is not None:
-                        metrics.replica_behind_entries.labels(self.zone).observe(max(0, role.last - reply.match_serial))
-                if trailing and isinstance(reply, AppendReply) and isinstance(request, AppendRequest):
-                    self.node.traces.on_append(self.zone, request.channel, reply, trailing)
+                if observe is not None:
+                    observe(request, reply, trailing)
 
         self.node.call(deliver)
+
+    def _observe_append(self, request: AppendRequest, reply: AppendReply, trailing: dict[str, str]) -> None:
+        """Metrics and traces of one append reply (after the core has it)."""
+        if reply.status is AppendStatus.OK:
+            role = self.node.core.roles.get(request.channel)
+            if role is not None:
+                metrics.replica_behind_entries.labels(self.zone).observe(max(0, role.last - reply.match_serial))
+        if trailing:
+            self.node.traces.on_append(self.zone, request.channel, reply, trailing)
 
     async def _append(self, batch: list[AppendRequest]) -> None:
         proto = store_pb2.AppendRequest(
@@ -379,6 +392,7 @@ class StoreLink:
             proto,
             lambda response: [_append_reply(result) for result in response.results],
             self.node.core.on_append_reply,
+            self._observe_append,
         )
 
     async def _fence(self, batch: list[FenceRequest]) -> None:
@@ -456,7 +470,6 @@ class ChannelNodeAdapter:
         self.closing = False
         self.traces = PublishTraces()
         self.takeover_traces = TakeoverTraces()
-        self._takeovers_started: dict[tuple[str, int], tuple[float, str]] = {}  # → (monotonic s, trigger)
         for state in ("serving", "taking_over", "prepared"):
             metrics.channels.labels(state).set_function(functools.partial(self._channels, state))
         # Called with a reason when this node should leave the ring for a while (see health()).
@@ -506,7 +519,7 @@ class ChannelNodeAdapter:
         for event in fx.events:
             log.info("%s", event)
         for channel, epoch, step, details in fx.takeovers:
-            self._count_takeover(channel, epoch, step, details)
+            self._count_takeover(step, details)
             if tracing.enabled():
                 self.takeover_traces.on_step(channel, epoch, step, details)
 
@@ -567,17 +580,12 @@ class ChannelNodeAdapter:
             }[state]
         )
 
-    def _count_takeover(self, channel: str, epoch: int, step: str, details: dict[str, int | str]) -> None:
-        key = (channel, epoch)
-        if step == "fencing":
-            self._takeovers_started[key] = (time.monotonic(), str(details.get("trigger", "request")))
-        elif step in ("serving", "failed"):
-            started = self._takeovers_started.pop(key, None)
-            if started is None:
-                return
-            metrics.takeovers.labels(started[1], step).inc()
-            if step == "serving":
-                metrics.takeover_seconds.observe(time.monotonic() - started[0])
+    @staticmethod
+    def _count_takeover(step: str, details: dict[str, int | str]) -> None:
+        if step in ("serving", "failed"):
+            metrics.takeovers.labels(str(details.get("trigger", "request")), step).inc()
+        if step == "serving":
+            metrics.takeover_seconds.observe(int(details.get("duration_ms", 0)) / 1000)
 
     @property
     def ring_version(self) -> int:

@@ -37,6 +37,14 @@ read_entries_max = 1_000
 """Upper bound on the entries one read returns, whatever the caller asked for."""
 
 
+COMMIT_ID_KEY = "ringcast-commit-id"
+"""Trailing metadata of a store's write replies: the number of the group commit that made it durable."""
+COMMIT_REQUESTS_KEY = "ringcast-commit-requests"
+"""... how many requests that commit carried."""
+COMMIT_MS_KEY = "ringcast-commit-ms"
+"""... how long the commit (its sync to disk) took, in milliseconds."""
+
+
 class AppendStatus(enum.Enum):
     OK = "ok"
     FENCED = "fenced"

@@ -46,7 +46,16 @@ from services.common.entries import Entry, Position
 from services.common.errors import ServiceError, abort, invalid, unavailable
 from services.common.invariants import InvariantViolation, invariant
 from services.store import redis_engine
-from services.store.log import AppendReply, FenceReply, ReadReply, ReplicaLog, read_entries_max
+from services.store.log import (
+    COMMIT_ID_KEY,
+    COMMIT_MS_KEY,
+    COMMIT_REQUESTS_KEY,
+    AppendReply,
+    FenceReply,
+    ReadReply,
+    ReplicaLog,
+    read_entries_max,
+)
 from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
 from services.store.sqlite_engine import SqliteLogStorage
 
@@ -89,10 +98,6 @@ stored_value_max = (1 << 63) - 1
 database_file_name = "store.sqlite3"
 lock_file_name = "store.lock"
 
-COMMIT_ID_KEY = "ringcast-commit-id"
-COMMIT_REQUESTS_KEY = "ringcast-commit-requests"
-COMMIT_MS_KEY = "ringcast-commit-ms"
-"""How long the commit (its sync to disk) took, in milliseconds."""
 
 Result = TypeVar("Result")
 
