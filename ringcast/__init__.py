@@ -1,4 +1,38 @@
-"""ringcast: fault-tolerant realtime pub/sub. The Python SDK and the `ringcast` command."""
+"""ringcast: fault-tolerant realtime pub/sub. The Python SDK and the `ringcast` command.
 
-__all__: list[str] = []
+    import ringcast
+
+    async with ringcast.Client(["127.0.0.1:7409", "127.0.0.1:7410"]) as client:
+        serial = await client.publish("chat:lobby", "hello")
+        async for message in client.subscribe("chat:lobby", after=serial - 1):
+            ...
+
+See docs/quickstart.md.
+"""
+
+from ringcast._client import Client, HistoryPage
+from ringcast._endpoints import EndpointState, EndpointStatus, HealthPolicy
+from ringcast._errors import ClientClosed, ContinuityLost, InvalidArgument, RingcastError, Unavailable
+from ringcast._subscription import Subscription
+from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage, StateChange
+
+__all__ = [
+    "ChannelInfo",
+    "Client",
+    "ClientClosed",
+    "ClientStats",
+    "ConnectionState",
+    "ContinuityLost",
+    "EndpointState",
+    "EndpointStatus",
+    "HealthPolicy",
+    "HistoryPage",
+    "InvalidArgument",
+    "Message",
+    "OutgoingMessage",
+    "RingcastError",
+    "StateChange",
+    "Subscription",
+    "Unavailable",
+]
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from ringcast._errors import error_info
+
 DOMAIN = "ringcast"
 
 
@@ -51,19 +53,6 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
 def status_of(error: ServiceError) -> status_pb2.Status:
     """The google.rpc.Status for streams that report errors in-band (PublishStream)."""
     return error.to_status()
-
-
-def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
-    """The ErrorInfo carried by a failed call, if any."""
-    status = rpc_status.from_call(error)
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
 
 
 def reason_of(error: grpc.RpcError) -> str:

@@ -347,6 +347,9 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         except ServiceError as error:
             await abort(context, error)
             return
+        # Headers now, before any message: they tell the client the subscription is in place (and
+        # that this gateway answers) even on a quiet channel.
+        await context.send_initial_metadata(())
         loop = asyncio.get_running_loop()
         backoff = retry_backoff_s_min
         outage_since: float | None = None

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ringcast.cluster.launcher import Launcher
+from ringcast.cluster.topology import local_topology
 from tests.integration.etcd import EtcdServer
 
 
@@ -26,3 +28,16 @@ def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
 def etcd_endpoint(etcd_server: EtcdServer) -> str:
     """host:port of the test's etcd, what `Etcd.connect` and `--etcd` take."""
     return etcd_server.endpoint
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """A whole local cluster of real processes (`local_topology`), one per test module: etcd,
+    placement, 3 stores, 3 channel nodes, 2 gateways. Tests that kill a process restart it."""
+    state = tmp_path_factory.mktemp("cluster")
+    launcher = Launcher(local_topology(state / "data"), state)
+    launcher.start_all()
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +17,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import local_topology
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
@@ -31,17 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = 20
 MESSAGES = 500
 BATCH = 5
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
-    state = tmp_path_factory.mktemp("cluster")
-    launcher = Launcher(local_topology(state / "data"), state)
-    launcher.start_all()
-    try:
-        yield launcher
-    finally:
-        launcher.stop_all()
 
 
 def stub(address: str) -> realtime_grpc.RealtimeServiceStub:

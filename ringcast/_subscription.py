@@ -1,0 +1,167 @@
+"""A subscription that survives the failure of anything between it and the channel.
+
+It always knows the serial of the last message it handed to the application, and after any
+failure (its gateway killed, paused or partitioned; the stream cut for a slow reader; the channel's
+owner failing over behind the gateway) it subscribes again, on the healthiest gateway, from just
+after that serial. It hands on each serial exactly once and in order: a serial at or below the last
+one is dropped (counted in `ClientStats.duplicates_dropped`), and a serial past the next one, or the
+platform's explicit ContinuityLost, raises `ContinuityLost` rather than skipping silently.
+
+The start is pinned before the first stream: `latest` and `rewind` become an `after` serial through
+GetChannel, so a resume before the first message neither loses nor repeats anything. A `rewind`
+asks for "the last N that are still retained", so a gap at its very start is accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from types import TracebackType
+
+import grpc
+
+from ringcast._endpoints import Outcome
+from ringcast._errors import ClientClosed, ContinuityLost, Unavailable, from_rpc_error
+from ringcast._transport import Stub, Transport, trace_metadata
+from ringcast._types import ClientStats, Message
+from ringcast.v1 import message_pb2
+from ringcast.v1 import realtime_service_pb2 as realtime_pb2
+
+
+class Subscription:
+    """`async for message in subscription` yields the channel's messages in serial order, once each.
+
+    Also an async context manager; `await close()` ends it. `last_serial` is the serial of the last
+    message handed on (the point a new subscription would resume from); `resumes` counts recoveries.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        stats: ClientStats,
+        channel: str,
+        *,
+        after: int | None,
+        rewind: int | None,
+        resume_timeout_s: float,
+        start_timeout_s: float,
+    ) -> None:
+        self.channel = channel
+        self.transport = transport
+        self.stats = stats
+        self.resume_timeout_s = resume_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._after = after
+        self._rewind = rewind
+        self.last_serial: int | None = after
+        self.resumes = 0
+        self._messages = self._run()
+        self._call: grpc.aio.UnaryStreamCall | None = None
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        return await self._messages.__anext__()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        await self._messages.aclose()
+
+    async def _start_serial(self) -> int:
+        if self._after is not None:
+            return self._after
+
+        async def last_serial(stub: Stub, timeout: float) -> int:
+            request = realtime_pb2.GetChannelRequest(channel=self.channel)
+            channel: message_pb2.Channel = await stub.GetChannel(request, timeout=timeout, metadata=trace_metadata())
+            return int(channel.last_serial)
+
+        loop = asyncio.get_running_loop()
+        last = await self.transport.call(
+            last_serial, loop.time() + self.start_timeout_s, what=f"subscribe to {self.channel!r}"
+        )
+        return max(0, last - self._rewind) if self._rewind is not None else last
+
+    async def _run(self) -> AsyncGenerator[Message, None]:
+        loop = asyncio.get_running_loop()
+        last = await self._start_serial()
+        self.last_serial = last
+        gap_accepted = self._rewind is not None  # until the first message: "the last N still retained"
+        failing_since: float | None = None
+        attempts = 0
+        previous: str | None = None
+        while True:
+            address = self.transport.pool.pick(loop.time(), avoid=previous)
+            request = realtime_pb2.SubscribeRequest(channel=self.channel, after_serial=last)
+            started = loop.time()
+            call = self._call = self.transport.stub(address).Subscribe(request, metadata=trace_metadata())
+            try:
+                # The gateway sends its headers once the subscription is in place; a gateway that
+                # does not within the attempt timeout is paused or cut off.
+                try:
+                    await asyncio.wait_for(call.initial_metadata(), self.transport.attempt_timeout_s)
+                except TimeoutError:
+                    raise _NoAnswer() from None
+                if not call.done():
+                    self.transport.succeeded(address, loop.time() - started)
+                    failing_since, attempts = None, 0
+                async for response in call:
+                    if response.WhichOneof("item") == "gap":
+                        if not gap_accepted:
+                            raise ContinuityLost(self.channel, last, response.gap.next_serial, response.gap.reason)
+                        last = self.last_serial = response.gap.next_serial - 1
+                        continue
+                    serial = response.message.serial
+                    if serial <= last:
+                        self.stats.duplicates_dropped += 1
+                        continue
+                    if serial != last + 1:
+                        raise ContinuityLost(self.channel, last, serial, "SERIAL_GAP")
+                    last = self.last_serial = serial
+                    gap_accepted = False
+                    yield Message.from_proto(self.channel, response.message)
+                outcome, reason = Outcome.SOFT_FAILURE, "STREAM_ENDED"
+            except grpc.aio.AioRpcError as error:
+                verdict = self.transport.classify(error)
+                if verdict is None:
+                    if error.code() == grpc.StatusCode.CANCELLED and self.transport.closed:
+                        raise ClientClosed() from None
+                    raise from_rpc_error(error) from None
+                outcome, reason = verdict
+            except _NoAnswer:
+                outcome, reason = Outcome.HARD_FAILURE, "NO_ANSWER"
+            except grpc.aio.UsageError as error:
+                raise ClientClosed() from error
+            finally:
+                call.cancel()
+                self._call = None
+            self.transport.failed(address, outcome, reason)
+            previous = address
+            now = loop.time()
+            failing_since = failing_since if failing_since is not None else now
+            if now - failing_since > self.resume_timeout_s:
+                raise Unavailable(
+                    f"subscription to {self.channel!r}: no gateway served it for {self.resume_timeout_s:.0f} s "
+                    f"(last: {reason}); resume with after={last}",
+                    reason=reason,
+                    attempts=attempts,
+                    endpoints=self.transport.pool.addresses,
+                )
+            attempts += 1
+            self.resumes += 1
+            self.stats.subscribe_resumes += 1
+            await asyncio.sleep(self.transport.backoff(attempts))
+
+
+class _NoAnswer(Exception):
+    pass

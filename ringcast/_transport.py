@@ -1,0 +1,215 @@
+"""Requests to the gateways: one gRPC channel per gateway, failover between them, bounded retries.
+
+A request is retried only when it failed with UNAVAILABLE, or when the gateway did not answer
+within the attempt timeout (a paused or partitioned gateway). Every retry goes to the healthiest
+gateway other than the one that just failed, after a jittered backoff, until the request's overall
+deadline. Everything else (INVALID_ARGUMENT first of all) is raised at once as a `RingcastError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from opentelemetry import propagate
+
+from ringcast._endpoints import EndpointPool, HealthPolicy, Outcome
+from ringcast._errors import ClientClosed, Unavailable, error_info, from_rpc_error
+from ringcast._types import ClientStats, ConnectionState, StateChange
+from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+
+log = logging.getLogger("ringcast.client")
+
+T = TypeVar("T")
+
+Stub: TypeAlias = Any
+"""A RealtimeService stub (the generated code is untyped)."""
+StateListener = Callable[[StateChange], None]
+
+response_bytes_max = 128 * 1024 * 1024
+"""Largest answer the client accepts: a history page of 1,000 messages of 64 KiB, with room."""
+
+
+def channel_options(keepalive_s: float) -> tuple[tuple[str, int], ...]:
+    """gRPC channel settings. HTTP/2 pings every `keepalive_s` while a call is open notice a gateway
+    that stopped answering (paused, partitioned) within about twice that, even on a quiet
+    subscription; the gateways accept pings that often. gRPC's own retries are off: we retry."""
+    keepalive_ms = max(100, int(keepalive_s * 1000))
+    return (
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", response_bytes_max),
+        ("grpc.max_send_message_length", response_bytes_max),
+        ("grpc.enable_retries", 0),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    )
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The caller's OpenTelemetry context as W3C `traceparent` metadata (nothing when no span is active)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
+
+
+class Transport:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        stats: ClientStats,
+        health: HealthPolicy | None,
+        attempt_timeout_s: float,
+        backoff_s_min: float,
+        backoff_s_max: float,
+        keepalive_s: float,
+        suspended_after_s: float,
+    ) -> None:
+        self.pool = EndpointPool(endpoints, health)
+        self.stats = stats
+        self.attempt_timeout_s = attempt_timeout_s
+        self.backoff_s_min = backoff_s_min
+        self.backoff_s_max = backoff_s_max
+        self.suspended_after_s = suspended_after_s
+        self._options = channel_options(keepalive_s)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, Stub] = {}
+        self.state = ConnectionState.INITIALIZED
+        self._listeners: list[StateListener] = []
+        self._failing_since: float | None = None
+        self.closed = False
+
+    # -- channels ---------------------------------------------------------------------------------
+
+    def stub(self, address: str) -> Stub:
+        if self.closed:
+            raise ClientClosed()
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+            stub = self._stubs[address] = realtime_grpc.RealtimeServiceStub(channel)
+        return stub
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._set_state(ConnectionState.CLOSED, "closed by the application", None)
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            await channel.close()
+
+    # -- health and state -------------------------------------------------------------------------
+
+    def on_state_change(self, listener: StateListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def _set_state(self, state: ConnectionState, reason: str, endpoint: str | None) -> None:
+        if state is self.state or self.state is ConnectionState.CLOSED:
+            return
+        change = StateChange(self.state, state, reason, endpoint)
+        self.state = state
+        log.info("connection %s -> %s (%s)", change.previous.value, state.value, reason)
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:  # a listener's bug must not break the client
+                log.exception("state listener failed")
+
+    def succeeded(self, address: str, latency_s: float) -> None:
+        now = asyncio.get_running_loop().time()
+        self.pool.record(address, Outcome.SUCCESS, now, latency_s=latency_s)
+        self._failing_since = None
+        self._set_state(ConnectionState.CONNECTED, "answered", address)
+
+    def failed(self, address: str, outcome: Outcome, reason: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.pool.record(address, outcome, now, reason=reason):
+            log.warning("gateway %s demoted: %s", address, reason)
+        if outcome is not Outcome.HARD_FAILURE:
+            return
+        self._failing_since = self._failing_since if self._failing_since is not None else now
+        if self.pool.healthy_count(now) == 0 and now - self._failing_since >= self.suspended_after_s:
+            self._set_state(ConnectionState.SUSPENDED, reason, address)
+        elif self.state is not ConnectionState.SUSPENDED:
+            self._set_state(ConnectionState.DISCONNECTED, reason, address)
+
+    @staticmethod
+    def classify(error: grpc.aio.AioRpcError) -> tuple[Outcome, str] | None:
+        """How a failed attempt reflects on its gateway, or None when the request must not be retried."""
+        code = error.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            info = error_info(error)
+            if info is not None:  # the gateway answered: something behind it is down
+                return Outcome.SOFT_FAILURE, str(info.reason)
+            return Outcome.HARD_FAILURE, f"UNAVAILABLE: {error.details() or 'no connection'}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # no answer within the attempt timeout
+            return Outcome.HARD_FAILURE, "NO_ANSWER"
+        return None
+
+    def backoff(self, attempt: int) -> float:
+        """Jittered exponential backoff before retry number `attempt` (1, 2, ...)."""
+        ceiling = min(self.backoff_s_max, self.backoff_s_min * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    # -- unary requests ---------------------------------------------------------------------------
+
+    async def call(
+        self,
+        invoke: Callable[[Stub, float], Awaitable[T]],
+        deadline: float,
+        *,
+        what: str,
+        ids: Sequence[str] = (),
+    ) -> T:
+        """`invoke(stub, attempt_timeout)` on the healthiest gateway, failing over until `deadline`."""
+        loop = asyncio.get_running_loop()
+        attempts = 0
+        previous: str | None = None
+        reason = "UNAVAILABLE"
+        tried: list[str] = []
+        while True:
+            now = loop.time()
+            if now >= deadline and attempts:
+                raise Unavailable(
+                    f"{what}: no gateway answered before the deadline ({attempts} attempts; last: {reason})",
+                    reason=reason,
+                    attempts=attempts,
+                    endpoints=tried,
+                    ids=ids,
+                )
+            address = self.pool.pick(now, avoid=previous)
+            if attempts:
+                self.stats.retries += 1
+                self.stats.failovers += address != previous
+            attempts += 1
+            tried.append(address)
+            timeout = max(0.001, min(deadline - now, self.attempt_timeout_s))
+            try:
+                result = await invoke(self.stub(address), timeout)
+            except grpc.aio.AioRpcError as error:
+                verdict = self.classify(error)
+                if verdict is None:
+                    self.succeeded(address, loop.time() - now)  # it answered, with a refusal
+                    raise from_rpc_error(error) from None
+                outcome, reason = verdict
+                self.failed(address, outcome, reason)
+            except grpc.aio.UsageError as error:  # the channel was closed under us
+                if self.closed:
+                    raise ClientClosed() from error
+                raise
+            else:
+                self.succeeded(address, loop.time() - now)
+                return result
+            previous = address
+            pause = min(self.backoff(attempts), max(0.0, deadline - loop.time()))
+            if pause > 0:
+                await asyncio.sleep(pause)
