@@ -46,7 +46,14 @@ def _ring(arguments: argparse.Namespace) -> int:
         if arguments.nodes is None or arguments.channel_count is None:
             print("usage: ringcast ring simulate --nodes N --channels M", file=sys.stderr)
             return 2
-        print(format_stats(simulate(arguments.nodes, arguments.channel_count)))
+        stats = simulate(arguments.nodes, arguments.channel_count)
+        if arguments.json:
+            import dataclasses
+            import json
+
+            print(json.dumps(dataclasses.asdict(stats)))
+        else:
+            print(format_stats(stats))
         return 0
     from ringcast.commands import client
 
@@ -81,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     ring.add_argument("channels", nargs="*", help="channels whose owner to show")
     ring.add_argument("--placement", default=None, help="placement address (default: the local cluster's)")
     ring.add_argument("--timeout", type=float, default=10.0)
+    ring.add_argument("--json", action="store_true", help="one JSON object on stdout, for scripts")
     ring.add_argument("--nodes", type=int, help="with `simulate`: nodes")
     ring.add_argument("--channels", dest="channel_count", type=int, help="with `simulate`: channels")
     ring.set_defaults(handler=_ring)
@@ -88,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="exit 0 when the gRPC service at ADDRESS answers SERVING")
     health.add_argument("address", help="HOST:PORT")
     health.add_argument("--timeout", type=float, default=2.0)
+    health.add_argument("--json", action="store_true", help="also print the answer as one JSON object")
     health.set_defaults(handler=_health)
     return parser
 
@@ -98,15 +107,16 @@ def _health(arguments: argparse.Namespace) -> int:
     from ringcast.cluster.topology import ProcessSpec
 
     spec = ProcessSpec(name="health", role="service", address=arguments.address, argv=())
-    return 0 if healthy(spec, timeout_s=arguments.timeout) else 1
+    serving = healthy(spec, timeout_s=arguments.timeout)
+    if arguments.json:
+        import json
+
+        print(json.dumps({"address": arguments.address, "serving": serving}))
+    return 0 if serving else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    if getattr(arguments, "gateway", "unset") is None and arguments.command != "bench":
-        from ringcast.commands.client import default_gateway
-
-        arguments.gateway = default_gateway()
     return int(arguments.handler(arguments))
 
 

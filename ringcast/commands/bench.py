@@ -13,9 +13,11 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 
+from ringcast.commands import output
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
@@ -47,8 +49,21 @@ async def _publisher(
         latencies_ms.append((time.perf_counter() - started) * 1000)
 
 
+async def _tick(advance: Callable[[float], None], stop_at: float) -> None:
+    """Move the progress bar once a second until the run ends."""
+    while time.monotonic() < stop_at:
+        await asyncio.sleep(1.0)
+        advance(1)
+
+
 async def bench(
-    gateways: list[str], publishers: int, seconds: float, size: int, batch: int, channels: int
+    gateways: list[str],
+    publishers: int,
+    seconds: float,
+    size: int,
+    batch: int,
+    channels: int,
+    show_progress: bool = False,
 ) -> dict[str, object]:
     links = [grpc.aio.insecure_channel(address) for address in gateways]
     stubs = [realtime_grpc.RealtimeServiceStub(link) for link in links]
@@ -62,12 +77,17 @@ async def bench(
         await stubs[0].Publish(realtime_pb2.PublishRequest(channel=f"bench-{run}-{index}", messages=[warm]), timeout=30)
     stop_at = time.monotonic() + seconds
     started = time.monotonic()
-    await asyncio.gather(
-        *(
-            _publisher(stubs[i % len(stubs)], f"bench-{run}-{i % channels}", batch, payload, stop_at, latencies, errors)
-            for i in range(publishers)
+    with output.progress(f"{publishers} publishers", round(seconds), enabled=show_progress) as advance:
+        clock = asyncio.create_task(_tick(advance, stop_at))
+        await asyncio.gather(
+            *(
+                _publisher(
+                    stubs[i % len(stubs)], f"bench-{run}-{i % channels}", batch, payload, stop_at, latencies, errors
+                )
+                for i in range(publishers)
+            )
         )
-    )
+        clock.cancel()
     elapsed = time.monotonic() - started
     for link in links:
         await link.close()
@@ -105,7 +125,15 @@ def run(arguments: argparse.Namespace) -> int:
     for publishers in arguments.publishers:
         try:
             result = asyncio.run(
-                bench(gateways, publishers, arguments.seconds, arguments.size, arguments.batch, arguments.channels)
+                bench(
+                    gateways,
+                    publishers,
+                    arguments.seconds,
+                    arguments.size,
+                    arguments.batch,
+                    arguments.channels,
+                    show_progress=not arguments.json,
+                )
             )
         except grpc.RpcError as error:  # warming up failed: no cluster there, or it cannot serve
             print(

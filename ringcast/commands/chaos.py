@@ -197,10 +197,19 @@ def _signal(process: dict[str, Any], signal_number: int) -> None:
         raise Failure(f"{process['name']} pid={process['pid']} is not running") from None
 
 
+def _say(arguments: argparse.Namespace, text: str, event: str, process: dict[str, Any], **details: object) -> None:
+    """What an action did: a line for people, or with --json one object for scripts."""
+    if arguments.json:
+        record = {"event": event, "process": process["name"], "pid": process.get("pid"), **details}
+        print(json.dumps(record), flush=True)
+    else:
+        print(text, flush=True)
+
+
 def _kill(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
     process = _process(state, arguments.name)
     _signal(process, signal.SIGKILL)
-    print(f"killed {process['name']} pid={process['pid']}", flush=True)
+    _say(arguments, f"killed {process['name']} pid={process['pid']}", "killed", process)
 
 
 def _pause(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
@@ -210,20 +219,27 @@ def _pause(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
         raise Failure(f"--for must be within 0..{pause_seconds_max:.0f} seconds", status=2)
     _signal(process, signal.SIGSTOP)
     if seconds is None:
-        print(f"paused {process['name']} pid={process['pid']} (`ringcast chaos resume {process['name']}`)", flush=True)
+        text = f"paused {process['name']} pid={process['pid']} (`ringcast chaos resume {process['name']}`)"
+        _say(arguments, text, "paused", process)
         return
-    print(f"paused {process['name']} pid={process['pid']} for {seconds:g} s", flush=True)
+    _say(
+        arguments,
+        f"paused {process['name']} pid={process['pid']} for {seconds:g} s",
+        "paused",
+        process,
+        seconds=seconds,
+    )
     try:
         time.sleep(seconds)
     finally:  # even on Ctrl-C: a pause with --for never outlives this command
         _signal(process, signal.SIGCONT)
-    print(f"resumed {process['name']} pid={process['pid']}", flush=True)
+    _say(arguments, f"resumed {process['name']} pid={process['pid']}", "resumed", process)
 
 
 def _resume(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
     process = _process(state, arguments.name)
     _signal(process, signal.SIGCONT)
-    print(f"resumed {process['name']} pid={process['pid']}", flush=True)
+    _say(arguments, f"resumed {process['name']} pid={process['pid']}", "resumed", process)
 
 
 def _restart(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
@@ -237,7 +253,7 @@ def _restart(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
         raise Failure(f"ringcast up's control endpoint {control} does not answer: {error}") from None
     if not answer.startswith("ok "):
         raise Failure(answer.removeprefix("error "))
-    print(f"restarted {process['name']} {answer.removeprefix('ok ')}", flush=True)
+    _say(arguments, f"restarted {process['name']} {answer.removeprefix('ok ')}", "restarted", process)
 
 
 def _link(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
@@ -262,7 +278,8 @@ def _link(arguments: argparse.Namespace, state: dict[str, Any]) -> None:
         Mode.DELAY.value: f" ms={current.ms}",
         Mode.DROP.value: f" probability={current.probability} ms={current.ms}",
     }
-    print(f"{process['name']} {current.mode}{parameters.get(current.mode, '')}", flush=True)
+    text = f"{process['name']} {current.mode}{parameters.get(current.mode, '')}"
+    _say(arguments, text, "link", process, mode=current.mode, ms=current.ms, probability=current.probability)
 
 
 ACTION_HANDLERS = {"kill": _kill, "pause": _pause, "resume": _resume, "restart": _restart, "link": _link}
@@ -280,6 +297,7 @@ def run(arguments: argparse.Namespace) -> int:
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state", default=".ringcast", help="the directory with cluster.json (default: .ringcast)")
+    common.add_argument("--json", action="store_true", help="one JSON object per event on stdout, for scripts")
     chaos = commands.add_parser("chaos", help="kill, pause, restart processes and fault proxied links of a cluster")
     actions = chaos.add_subparsers(dest="action", required=True)
     kill = actions.add_parser("kill", parents=[common], help="SIGKILL the process")

@@ -1,22 +1,29 @@
-"""`ringcast publish | subscribe | history | ring`: the platform from the command line."""
+"""`ringcast publish | subscribe | history | channel | ring`: the platform from the command line, on the SDK.
+
+Every command talks to all the gateways it is given (`--gateway`, repeatable; default: every
+gateway of the local cluster), so it fails over like any SDK client. `--json` prints one JSON object
+per line on stdout; otherwise people get tables and, for long work, a progress bar on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
-import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any, TextIO
 
 import grpc
 
-from ringcast.v1 import message_pb2, placement_service_pb2, placement_service_pb2_grpc
-from ringcast.v1 import realtime_service_pb2 as realtime_pb2
-from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
-from services.common.errors import reason_of
+import ringcast
+from ringcast.commands import output
+from ringcast.v1 import placement_service_pb2, placement_service_pb2_grpc
 
-resume_backoff_s_max = 2.0
+publish_group_messages = 1_000
+"""Messages a large publish hands to the SDK at a time (the progress bar moves per group)."""
 
 
 def _cluster_state() -> dict[str, object] | None:
@@ -33,10 +40,6 @@ def default_gateways() -> list[str]:
     return ["127.0.0.1:7409"]
 
 
-def default_gateway() -> str:
-    return default_gateways()[0]
-
-
 def default_placement() -> str:
     state = _cluster_state() or {}
     processes = state.get("processes")
@@ -46,92 +49,166 @@ def default_placement() -> str:
     return "127.0.0.1:7402"
 
 
-def _stub(address: str) -> realtime_grpc.RealtimeServiceStub:
-    return realtime_grpc.RealtimeServiceStub(grpc.insecure_channel(address))
+def _client(arguments: argparse.Namespace) -> ringcast.Client:
+    return ringcast.Client(arguments.gateway or default_gateways(), timeout_s=arguments.timeout)
 
 
-def _fail(error: grpc.RpcError) -> int:
-    print(f"error: {error.code().name} {reason_of(error)}: {error.details()}", file=sys.stderr)
-    return 1
+def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a command's coroutine; an SDK error becomes `error: ...` on stderr and exit status 1."""
+    try:
+        return asyncio.run(work())
+    except ringcast.RingcastError as error:
+        return output.fail(error)
+    except KeyboardInterrupt:
+        return 130
 
 
-def _message_json(message: message_pb2.Message) -> str:
-    return json.dumps(
-        {
-            "serial": message.serial,
-            "id": message.id,
-            "name": message.name,
-            "data": message.data.decode("utf-8", "replace"),
-            "timestamp_ms": message.timestamp_ms,
-        }
-    )
+def _lines(source: TextIO) -> list[str]:
+    return [line.rstrip("\n") for line in source if line.strip()]
 
 
 def publish(arguments: argparse.Namespace) -> int:
-    prefix = arguments.id or uuid.uuid4().hex
-    ids = (
-        [arguments.id]
-        if arguments.id and len(arguments.data) == 1
-        else [f"{prefix}-{i}" for i in range(len(arguments.data))]
-    )
-    messages = [
-        message_pb2.Message(id=message_id, name=arguments.name, data=data.encode())
-        for message_id, data in zip(ids, arguments.data, strict=True)
-    ]
-    request = realtime_pb2.PublishRequest(channel=arguments.channel, messages=messages)
-    try:
-        response = _stub(arguments.gateway).Publish(request, timeout=arguments.timeout)
-    except grpc.RpcError as error:
-        return _fail(error)
-    for message, serial, duplicate in zip(messages, response.serials, response.duplicates, strict=True):
-        print(json.dumps({"id": message.id, "serial": serial, "duplicate": duplicate}))
-    return 0
+    if arguments.file is not None:
+        if arguments.file == "-":
+            datas = _lines(sys.stdin)
+        else:
+            with open(arguments.file, encoding="utf-8") as source:
+                datas = _lines(source)
+    else:
+        datas = list(arguments.data)
+    if not datas:
+        print("ringcast publish: nothing to publish (give DATA or --file)", file=sys.stderr)
+        return 2
+    if arguments.id and len(datas) > 1:
+        print("ringcast publish: --id names one message; with several, ids are made per message", file=sys.stderr)
+        return 2
+
+    async def work() -> int:
+        async with _client(arguments) as client:
+            ids = [arguments.id or client.new_id() for _ in datas]
+            messages = [
+                ringcast.OutgoingMessage(data, name=arguments.name, id=message_id)
+                for data, message_id in zip(datas, ids, strict=True)
+            ]
+            serials: list[int] = []
+            started = time.monotonic()
+            with output.progress(
+                f"publishing to {arguments.channel}", len(messages), enabled=not arguments.json
+            ) as advance:
+                for first in range(0, len(messages), publish_group_messages):
+                    group = messages[first : first + publish_group_messages]
+                    serials.extend(await client.publish_many(arguments.channel, group))
+                    advance(len(group))
+            elapsed = time.monotonic() - started
+        if arguments.json:
+            for message_id, serial in zip(ids, serials, strict=True):
+                output.json_line({"channel": arguments.channel, "id": message_id, "serial": serial})
+        elif len(serials) == 1:
+            output.stdout.print(f"published to {arguments.channel}: serial {serials[0]} (id {ids[0]})", markup=False)
+        else:
+            rate = len(serials) / elapsed if elapsed > 0 else float("inf")
+            output.stdout.print(
+                f"published {len(serials)} messages to {arguments.channel}: serials {serials[0]}..{serials[-1]} "
+                f"in {elapsed:.2f} s ({rate:.0f} msgs/s)",
+                markup=False,
+            )
+        return 0
+
+    return _run(work)
+
+
+def _tell_state(change: ringcast.StateChange) -> None:
+    if change.current is not ringcast.ConnectionState.CLOSED:
+        where = f" ({change.endpoint})" if change.endpoint else ""
+        output.notice(f"[{change.current.value}{where}] {change.reason}")
 
 
 def subscribe(arguments: argparse.Namespace) -> int:
-    """Follow a channel; on any error, resume after the last serial received."""
-    stub = _stub(arguments.gateway)
-    if arguments.after is not None:
-        request = realtime_pb2.SubscribeRequest(channel=arguments.channel, after_serial=arguments.after)
-    elif arguments.rewind is not None:
-        request = realtime_pb2.SubscribeRequest(channel=arguments.channel, rewind=arguments.rewind)
-    else:
-        request = realtime_pb2.SubscribeRequest(channel=arguments.channel, latest=True)
-    received = 0
-    backoff = 0.1
-    while True:
-        try:
-            for response in stub.Subscribe(request):
-                backoff = 0.1
-                if response.WhichOneof("item") == "gap":
-                    print(json.dumps({"gap": {"next_serial": response.gap.next_serial, "reason": response.gap.reason}}))
-                    continue
-                print(_message_json(response.message), flush=True)
-                request = realtime_pb2.SubscribeRequest(channel=arguments.channel, after_serial=response.message.serial)
-                received += 1
-                if arguments.count and received >= arguments.count:
-                    return 0
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                return _fail(error)
-            print(f"resuming after {reason_of(error)}", file=sys.stderr)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, resume_backoff_s_max)
-        except KeyboardInterrupt:
-            return 0
+    """Follow a channel; the SDK resumes after the last serial received across any failure."""
+
+    async def work() -> int:
+        async with _client(arguments) as client:
+            if not arguments.json:
+                client.on_state_change(_tell_state)
+            received = 0
+            subscription = client.subscribe(arguments.channel, after=arguments.after, rewind=arguments.rewind)
+            async with subscription:
+                async for message in subscription:
+                    if arguments.json:
+                        output.json_line(output.message_record(message))
+                    else:
+                        name = f" {message.name}" if message.name else ""
+                        output.stdout.print(
+                            f"#{message.serial} {message.id}{name}: {message.data.decode('utf-8', 'replace')}",
+                            markup=False,
+                        )
+                    received += 1
+                    if arguments.count and received >= arguments.count:
+                        break
+        return 0
+
+    return _run(work)
 
 
 def history(arguments: argparse.Namespace) -> int:
-    request = realtime_pb2.HistoryRequest(
-        channel=arguments.channel, after_serial=arguments.after, limit=arguments.limit, reverse=arguments.reverse
-    )
-    try:
-        response = _stub(arguments.gateway).History(request, timeout=arguments.timeout)
-    except grpc.RpcError as error:
-        return _fail(error)
-    for message in response.messages:
-        print(_message_json(message))
-    return 0
+    async def messages(client: ringcast.Client) -> AsyncIterator[ringcast.Message]:
+        if arguments.all:
+            async for message in client.history_all(
+                arguments.channel, after=arguments.after, reverse=arguments.reverse
+            ):
+                yield message
+            return
+        page = await client.history(
+            arguments.channel, after=arguments.after, limit=arguments.limit, reverse=arguments.reverse
+        )
+        for message in page.messages:
+            yield message
+
+    async def work() -> int:
+        async with _client(arguments) as client:
+            if arguments.json:
+                async for message in messages(client):
+                    output.json_line(output.message_record(message))
+                return 0
+            rows = [
+                [
+                    str(message.serial),
+                    message.id,
+                    message.name,
+                    time.strftime("%H:%M:%S", time.localtime(message.timestamp_ms / 1000))
+                    + f".{message.timestamp_ms % 1000:03d}",
+                    message.data.decode("utf-8", "replace"),
+                ]
+                async for message in messages(client)
+            ]
+        output.table(f"{arguments.channel}: {len(rows)} messages", ["serial", "id", "name", "time", "data"], rows)
+        return 0
+
+    return _run(work)
+
+
+def channel(arguments: argparse.Namespace) -> int:
+    async def work() -> int:
+        async with _client(arguments) as client:
+            info = await client.get_channel(arguments.channel)
+        record = {
+            "channel": info.name,
+            "owner": info.owner,
+            "epoch": info.epoch,
+            "last_serial": info.last_serial,
+            "ring_version": info.ring_version,
+        }
+        if arguments.json:
+            output.json_line(record)
+        else:
+            output.table(
+                info.name,
+                ["owner", "epoch", "last serial", "ring version"],
+                [[str(v) for v in list(record.values())[1:]]],
+            )
+        return 0
+
+    return _run(work)
 
 
 def ring(arguments: argparse.Namespace) -> int:
@@ -139,34 +216,43 @@ def ring(arguments: argparse.Namespace) -> int:
     try:
         current = stub.GetRing(placement_service_pb2.GetRingRequest(), timeout=arguments.timeout)
     except grpc.RpcError as error:
-        return _fail(error)
+        print(f"error: {error.code().name}: {error.details()} (placement at {arguments.placement})", file=sys.stderr)
+        return 1
     from services.placement.ring import Ring
 
     core = Ring(current.version, [member.id for member in current.members])
-    print(f"version {current.version}")
-    for member in current.members:
-        print(f"channel-node {member.id} {member.address}")
-    for store in current.stores:
-        print(f"store {store.id} zone={store.zone} {store.address}")
-    for channel in arguments.channels:
-        print(f"owner {channel} {core.owner(channel)}")
+    members = [{"id": member.id, "address": member.address} for member in current.members]
+    stores = [{"id": store.id, "zone": store.zone, "address": store.address} for store in current.stores]
+    owners = {channel: core.owner(channel) for channel in arguments.channels}
+    if arguments.json:
+        output.json_line({"version": current.version, "channel_nodes": members, "stores": stores, "owners": owners})
+        return 0
+    output.stdout.print(f"ring version {current.version}", markup=False)
+    output.table("channel nodes", ["id", "address"], [[m["id"], m["address"]] for m in members])
+    output.table("stores", ["id", "zone", "address"], [[s["id"], s["zone"], s["address"]] for s in stores])
+    if owners:
+        output.table("owners", ["channel", "owner"], [[name, owner or "-"] for name, owner in owners.items()])
     return 0
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--gateway", default=None, help="gateway address (default: the local cluster's first)")
-        parser.add_argument("--timeout", type=float, default=10.0, help="seconds")
+        parser.add_argument(
+            "--gateway", action="append", help="gateway address (repeatable; default: every local gateway)"
+        )
+        parser.add_argument("--timeout", type=float, default=15.0, help="seconds a request may take, retries included")
+        output.add_json_flag(parser)
 
-    command = commands.add_parser("publish", help="publish messages (one per DATA) as one batch")
+    command = commands.add_parser("publish", help="publish messages (one per DATA, or one per line of --file)")
     command.add_argument("channel")
-    command.add_argument("data", nargs="+")
+    command.add_argument("data", nargs="*")
+    command.add_argument("--file", help="publish each line of this file as a message ('-': standard input)")
     command.add_argument("--name", default="")
-    command.add_argument("--id", default="", help="message id (default: random; makes a retry idempotent)")
+    command.add_argument("--id", default="", help="message id (default: made per message; retries are idempotent)")
     common(command)
     command.set_defaults(handler=publish)
 
-    command = commands.add_parser("subscribe", help="follow a channel (Ctrl-C stops)")
+    command = commands.add_parser("subscribe", help="follow a channel, resuming across failures (Ctrl-C stops)")
     command.add_argument("channel")
     start = command.add_mutually_exclusive_group()
     start.add_argument("--after", type=int, default=None, help="start after this serial")
@@ -175,10 +261,16 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     common(command)
     command.set_defaults(handler=subscribe)
 
-    command = commands.add_parser("history", help="committed messages of a channel")
+    command = commands.add_parser("history", help="committed messages of a channel, as a table")
     command.add_argument("channel")
-    command.add_argument("--after", type=int, default=0)
-    command.add_argument("--limit", type=int, default=100)
-    command.add_argument("--reverse", action="store_true")
+    command.add_argument("--after", type=int, default=0, help="after this serial (with --reverse: below it)")
+    command.add_argument("--limit", type=int, default=100, help="one page of at most this many (1-1000)")
+    command.add_argument("--all", action="store_true", help="every page, not just one")
+    command.add_argument("--reverse", action="store_true", help="newest first")
     common(command)
     command.set_defaults(handler=history)
+
+    command = commands.add_parser("channel", help="a channel's owner, epoch and last serial")
+    command.add_argument("channel")
+    common(command)
+    command.set_defaults(handler=channel)

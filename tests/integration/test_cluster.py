@@ -318,7 +318,7 @@ def test_ringcast_up_serves_and_stops_with_no_process_left(tmp_path: Path) -> No
     assert names[0] == "etcd" and len(names) == 10
     assert {p["role"] for p in state["processes"]} == {"etcd", "placement", "store", "channel", "gateway"}
     published = subprocess.run(
-        [sys.executable, "-m", "ringcast", "publish", "hello", "world"],
+        [sys.executable, "-m", "ringcast", "publish", "hello", "world", "--json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
