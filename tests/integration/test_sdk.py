@@ -8,6 +8,8 @@ in order, with the ids that were published; each retried id stored once.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 
 import ringcast
 from ringcast.cluster.launcher import Launcher
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gateway_names(cluster: Launcher) -> list[str]:
@@ -191,3 +195,30 @@ def test_a_closed_client_refuses_work(cluster: Launcher, tmp_path: Path) -> None
             client.subscribe("sdk-closed")
 
     asyncio.run(scenario())
+
+
+def test_the_quickstart_program_runs_as_written(cluster: Launcher, tmp_path: Path) -> None:
+    """docs/quickstart.md's Python program, with this cluster's gateways: it publishes, pages, and
+    follows the channel (stopped once it has printed the last message)."""
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    program = text.split("```python\n", 1)[1].split("```", 1)[0]
+    program = program.replace('["127.0.0.1:7409", "127.0.0.1:7410"]', repr(cluster.topology.gateways))
+    assert repr(cluster.topology.gateways) in program, "the quickstart no longer names the default gateways"
+    (tmp_path / "quickstart.py").write_text(program)
+    process = subprocess.Popen(
+        [sys.executable, str(tmp_path / "quickstart.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("1001 "):
+                break
+    finally:
+        process.kill()
+        _, errors = process.communicate(timeout=30)
+    assert lines and lines[-1].startswith("1001 "), "".join(lines) + errors
+    assert lines[0].startswith("published 1 and 2 .. 1001 in ")
+    assert lines[1] == "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] more: True\n"
+    assert lines[2] == '1 created {"id": 1}\n'
