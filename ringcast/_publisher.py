@@ -28,6 +28,10 @@ from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
 
+deadline_grace_s = 0.5
+"""How long past its deadline a publish waits for its batch's own verdict."""
+
+
 @dataclass(slots=True)
 class _Part:
     messages: list[message_pb2.Message]
@@ -100,7 +104,10 @@ class Publisher:
             futures.append(part.future)
         serials: list[int] = []
         for future in futures:
-            remaining = deadline - loop.time()
+            # A batch of this part alone ends by `deadline` with the transport's own verdict (what was
+            # tried, the last reason); the grace lets that verdict arrive. A batch shared with
+            # later deadlines may go on longer: then this caller stops waiting on its own.
+            remaining = deadline + deadline_grace_s - loop.time()
             try:
                 # shield: a caller that gives up must not cancel a batch other callers share
                 serials.extend(await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.0)))
