@@ -27,7 +27,6 @@ from ringcast._types import ClientStats
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
-
 deadline_grace_s = 0.5
 """How long past its deadline a publish waits for its batch's own verdict."""
 
