@@ -34,6 +34,12 @@ def _sim(arguments: argparse.Namespace) -> int:
                 print(f"  {violation}")
             print(f"  replay: {replay_command(outcome.seed, bugs)}")
     elapsed = time.monotonic() - started
+    if arguments.json:
+        import json
+
+        summary = {"seeds": arguments.seeds, "violations": violating_seeds, "first_violating_seed": first_violation}
+        print(json.dumps({**summary, "elapsed_s": round(elapsed, 1)}))
+        return 1 if violating_seeds and not bugs else 0
     print(f"elapsed_s={elapsed:.1f} first_violating_seed={first_violation}")
     print(f"seeds={arguments.seeds} violations={violating_seeds}")
     return 1 if violating_seeds and not bugs else 0
@@ -72,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--workers", type=int, default=0, help="processes (default: one per core)")
     sim.add_argument("--show", type=int, default=5, help="violating seeds to print in full")
     sim.add_argument("--verbose", action="store_true", help="a line per seed, with its digest")
+    sim.add_argument("--json", action="store_true", help="end with one JSON summary instead of the two lines")
     sim.set_defaults(handler=_sim)
 
     from ringcast.commands import bench, chaos, client

@@ -9,6 +9,7 @@ cluster.json (see `ringcast/commands/chaos.py`), and runs those requests on its 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import socket
@@ -60,17 +61,28 @@ def run(arguments: argparse.Namespace) -> int:
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
-    launcher = Launcher(topology, state_dir, on_event=lambda text: print(f"[up] {text}", flush=True))
+    say = _Say(arguments.json)
+    launcher = Launcher(topology, state_dir, on_event=lambda text: say(f"[up] {text}", event="launcher", detail=text))
     control = ControlServer(avoid=addresses)
     launcher.control = control.address
     control.start()
     try:
-        return _run_cluster(launcher, control, stop, state_dir)
+        return _run_cluster(launcher, control, stop, state_dir, say)
     finally:
         control.close()
 
 
-def _run_cluster(launcher: Launcher, control: ControlServer, stop: threading.Event, state_dir: Path) -> int:
+class _Say:
+    """A line for people, or with --json one object per event for scripts."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, line: str, **record: object) -> None:
+        print(json.dumps(record) if self.as_json else line, flush=True)
+
+
+def _run_cluster(launcher: Launcher, control: ControlServer, stop: threading.Event, state_dir: Path, say: _Say) -> int:
     topology = launcher.topology
     started = time.monotonic()
     try:
@@ -78,10 +90,12 @@ def _run_cluster(launcher: Launcher, control: ControlServer, stop: threading.Eve
     except RuntimeError as error:
         print(f"ringcast up: {error}", file=sys.stderr)
         return 1
-    print(f"[up] cluster ready in {time.monotonic() - started:.1f} s; state in {state_dir / 'cluster.json'}")
-    for address in topology.gateways:
-        print(f"gateway {address}")
-    print("[up] Ctrl-C stops every process", flush=True)
+    ready_s = time.monotonic() - started
+    state = state_dir / "cluster.json"
+    text = f"[up] cluster ready in {ready_s:.1f} s; state in {state}\n"
+    text += "".join(f"gateway {address}\n" for address in topology.gateways)
+    text += "[up] Ctrl-C stops every process"
+    say(text, event="ready", seconds=round(ready_s, 2), state=str(state), gateways=topology.gateways)
     last_status = ""
     next_status_s = time.monotonic() + status_interval_s
     # Only `is_set` here, which takes no lock: the signal handler's `set` runs on this thread.
@@ -90,26 +104,26 @@ def _run_cluster(launcher: Launcher, control: ControlServer, stop: threading.Eve
         if time.monotonic() < next_status_s:
             continue
         next_status_s = time.monotonic() + status_interval_s
-        status = _status_line(launcher)
+        states = _states(launcher)
+        status = " ".join(f"{name}={state}" for name, state in states.items())
         if status != last_status:
-            print(f"[up] {time.strftime('%H:%M:%S')} {status}", flush=True)
+            say(f"[up] {time.strftime('%H:%M:%S')} {status}", event="status", processes=states)
             last_status = status
-    print("[up] stopping", flush=True)
+    say("[up] stopping", event="stopping")
     launcher.stop_all()
     return 0
 
 
-def _status_line(launcher: Launcher) -> str:
-    parts = []
+def _states(launcher: Launcher) -> dict[str, str]:
+    states = {}
     for name, running in launcher.running.items():
         if running.process.poll() is not None:
-            state = f"exited({running.process.returncode})"
+            states[name] = f"exited({running.process.returncode})"
         elif healthy(running.spec, timeout_s=0.5):
-            state = "ok"
+            states[name] = "ok"
         else:
-            state = "unhealthy"
-        parts.append(f"{name}={state}")
-    return " ".join(parts)
+            states[name] = "unhealthy"
+    return states
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -132,4 +146,5 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="sqlite",
         help="store engine: SQLite files, or one redis-server per zone (AOF, appendfsync always)",
     )
+    up.add_argument("--json", action="store_true", help="one JSON object per event on stdout, for scripts")
     up.set_defaults(handler=run)
