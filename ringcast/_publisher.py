@@ -1,8 +1,10 @@
 """Coalescing publisher: many small concurrent publishes to a channel become few Publish RPCs.
 
 Per channel there is a queue of *parts* (one per `publish` call, or per chunk of a `publish_many`)
-and at most one batch in flight. The first part of a batch waits at most `linger_s` for company
-(Kafka's linger.ms); whatever arrives while a batch is in flight rides the next one. A batch holds at
+and at most one batch in flight; whatever arrives while a batch is in flight rides the next one, and
+publishes made in the same event-loop turn leave together. The first part of a batch may also wait
+up to `linger_s` for company (Kafka's linger.ms); the default is 0, because one batch in flight
+already coalesces under load and a lone publish should not wait. A batch holds at
 most `batch_messages_max` messages and `batch_bytes_max` bytes (the platform's limits), so the
 platform never refuses a batch for its size.
 
@@ -48,7 +50,7 @@ class _ChannelQueue:
 
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
-    linger_s: float = 0.002
+    linger_s: float = 0.0
     batch_messages_max: int = 100
     batch_bytes_max: int = 1024 * 1024
     pending_messages_max: int = 100_000
