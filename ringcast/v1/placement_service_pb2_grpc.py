@@ -51,6 +51,11 @@ class PlacementServiceStub:
                 request_serializer=ringcast_dot_v1_dot_placement__service__pb2.WatchRingRequest.SerializeToString,
                 response_deserializer=ringcast_dot_v1_dot_placement__service__pb2.Ring.FromString,
                 _registered_method=True)
+        self.ReportUnreachable = channel.unary_unary(
+                '/ringcast.v1.PlacementService/ReportUnreachable',
+                request_serializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.FromString,
+                _registered_method=True)
 
 
 class PlacementServiceServicer:
@@ -79,6 +84,16 @@ class PlacementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUnreachable(self, request, context):
+        """A caller's connection to a channel node was refused. Placement checks for itself (a TCP
+        connect to the member's address); when it is refused there too, the process is gone, and
+        placement revokes the member's etcd lease so the ring moves its channels now rather than when
+        the lease expires. Anything short of a refusal (an answer, a timeout) changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlacementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +111,11 @@ def add_PlacementServiceServicer_to_server(servicer, server):
                     servicer.WatchRing,
                     request_deserializer=ringcast_dot_v1_dot_placement__service__pb2.WatchRingRequest.FromString,
                     response_serializer=ringcast_dot_v1_dot_placement__service__pb2.Ring.SerializeToString,
+            ),
+            'ReportUnreachable': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUnreachable,
+                    request_deserializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +201,33 @@ class PlacementService:
             '/ringcast.v1.PlacementService/WatchRing',
             ringcast_dot_v1_dot_placement__service__pb2.WatchRingRequest.SerializeToString,
             ringcast_dot_v1_dot_placement__service__pb2.Ring.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUnreachable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.v1.PlacementService/ReportUnreachable',
+            ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.SerializeToString,
+            ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.FromString,
             options,
             channel_credentials,
             insecure,

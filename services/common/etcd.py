@@ -285,6 +285,20 @@ class Etcd:
                 return  # Already expired or revoked: the keys are gone, which is what revoking is for.
             raise
 
+    async def revoke_member(self, record: MemberRecord) -> bool:
+        """Revoke the lease `record`'s key is attached to, if the key still holds `record`: the
+        member leaves the member set at once. False when the key is gone or describes another
+        registration (the process came back, maybe elsewhere)."""
+        kv, _, _ = self._services()
+        response = await self._call("read member", kv.get(record.key, timeout=etcd_call_timeout_s))
+        if not response.kvs:
+            return False
+        entry = response.kvs[0]
+        if _record_from_entry(entry.key, entry.value) != record or not entry.lease:
+            return False
+        await self.revoke(int(entry.lease))
+        return True
+
     # ----------------------------------------------------------------------------- watching
 
     async def watch_members(self, after_revision: int) -> AsyncGenerator[tuple[int, list[MemberRecord]], None]:

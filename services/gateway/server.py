@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
+from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common import metrics, tracing
@@ -67,6 +68,22 @@ prepare_call_channels_max = 1_000
 """Channels one Prepare call to a node names."""
 
 prepare_timeout_s = 5.0
+
+report_interval_s = 0.5
+"""How often a gateway may report one owner address as refusing connections."""
+
+reported_addresses_max = 1_024
+"""Owner addresses whose last report a gateway remembers."""
+
+
+def refused(error: grpc.RpcError) -> bool:
+    """The call failed because nothing listens at the owner's address (gRPC's own wording)."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and "Connection refused" in (error.details() or "")
+
+
+def outcome_name(outcome: int) -> str:
+    return str(placement_pb2.UnreachableOutcome.Name(outcome)).removeprefix("UNREACHABLE_OUTCOME_")
+
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
 
@@ -114,6 +131,8 @@ class OwnerRouter:
         self._prepared_view: RingView | None = None
         self._newest_version = 0
         self._preparing: asyncio.Task[None] | None = None
+        self._reported: dict[str, float] = {}
+        self._reports: set[asyncio.Task[None]] = set()
         watcher.subscribe(self._on_ring)
 
     def _on_ring(self, view: RingView) -> None:
@@ -166,6 +185,29 @@ class OwnerRouter:
         if owner is None or owner not in view.members:
             raise NoOwner("NO_CHANNEL_NODES")
         return owner, view.members[owner]
+
+    def report_refused(self, owner: str, address: str) -> None:
+        """Nothing listens at `owner`'s address any more: have placement check and, if it agrees,
+        move the owner's channels now instead of when its lease expires (at most one report per
+        owner in flight, and at most one per `report_interval_s`)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._reported.get(address, float("-inf")) < report_interval_s:
+            return
+        self._reported[address] = loop.time()
+        if len(self._reported) > reported_addresses_max:
+            self._reported.pop(next(iter(self._reported)))
+
+        async def report() -> None:
+            try:
+                outcome = await self.watcher.report_unreachable(owner, address)
+            except grpc.RpcError as error:
+                log.info("reporting %s as unreachable failed: %s", owner, reason_of(error))
+                return
+            log.info("reported %s at %s as refusing connections: %s", owner, address, outcome_name(outcome))
+
+        task = asyncio.create_task(report(), name=f"report-{owner}")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     def stub(self, address: str) -> channel_grpc.ChannelServiceStub:
         held = self._stubs.get(address)
@@ -236,6 +278,8 @@ class OwnerRouter:
                 last_reason = reason_of(error)
                 if code not in RETRYABLE or last_reason in FAIL_FAST_REASONS:
                     raise
+                if refused(error):
+                    self.report_refused(owner, address)
             except grpc.aio.UsageError:  # the link to the owner was closed under us: dial again
                 last_reason = "OWNER_LINK_CLOSED"
                 self._stubs.pop(address, None)
@@ -356,7 +400,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         while True:
             try:
                 self.router.recent.touch(request.channel, loop.time())
-                _, address = self.router.owner(request.channel)
+                owner, address = self.router.owner(request.channel)
                 upstream = self.router.stub(address).Subscribe(
                     channel_pb2.ChannelServiceSubscribeRequest(channel=request.channel, after_serial=after)
                 )
@@ -378,6 +422,8 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
                 if error.code() not in RETRYABLE:
                     await abort(context, _passthrough(error))
                     return
+                if refused(error):
+                    self.router.report_refused(owner, address)
             outage_since = outage_since or loop.time()
             if loop.time() - outage_since > subscribe_outage_s_max:
                 await abort(

@@ -35,7 +35,7 @@ async def main(arguments: argparse.Namespace) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        placement_service_pb2_grpc.add_PlacementServiceServicer_to_server(PlacementServicer(broadcast), server)
+        placement_service_pb2_grpc.add_PlacementServiceServicer_to_server(PlacementServicer(broadcast, etcd), server)
         return [placement_service_pb2.DESCRIPTOR.services_by_name["PlacementService"].full_name]
 
     async def ready() -> None:

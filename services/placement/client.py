@@ -36,6 +36,8 @@ watch_retry_delay_s_max = 1.0
 """Delays between WatchRing attempts while placement is unreachable (before jitter)."""
 
 get_ring_timeout_s = 2.0
+report_timeout_s = 2.0
+"""How long a ReportUnreachable call may take (placement dials the member itself)."""
 """Deadline of one GetRing call made by `refresh()`."""
 
 
@@ -136,6 +138,13 @@ class RingWatcher:
             self._refreshing = asyncio.create_task(self._refresh_once(), name="ring-refresh")
         # Shielded: one caller giving up must not cancel the refresh the others are waiting for.
         return await asyncio.shield(self._refreshing)
+
+    async def report_unreachable(self, member_id: str, address: str) -> int:
+        """Tell placement that connecting to channel node `member_id` at `address` was refused; its
+        outcome (an UnreachableOutcome). Placement checks for itself before it removes anything."""
+        request = placement_pb2.ReportUnreachableRequest(member_id=member_id, address=address)
+        response = await self._stub(self.address).ReportUnreachable(request, timeout=report_timeout_s)
+        return int(response.outcome)
 
     # ----------------------------------------------------------------------------- internals
 

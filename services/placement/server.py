@@ -118,12 +118,40 @@ def _ring_unknown() -> ServiceError:
     return unavailable("RING_UNKNOWN", "placement has not read membership from etcd yet")
 
 
+confirm_connect_timeout_s = 0.5
+"""How long placement's own connect to a reported member may take. Only a refusal counts as death."""
+
+report_checks_max = 64
+"""Reports checked at once; more are answered NOT_CONFIRMED without a check."""
+
+
+async def connect_refused(address: str, timeout_s: float = confirm_connect_timeout_s) -> bool:
+    """True only when a TCP connect to `address` is actively refused: nothing listens on that port,
+    so the process that did is gone. A connect that succeeds (even to a paused process, whose
+    kernel still accepts) or times out (a partition, a dead host) proves nothing, and the member's
+    lease expiry stays the judge."""
+    host, _, port = address.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, int(port))
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False
+
+
 # The generated servicer base is untyped (mypy skips ringcast.v1), hence the ignore.
 class PlacementServicer(placement_grpc.PlacementServiceServicer):  # type: ignore[misc]
-    """Lookup, GetRing and WatchRing over the broadcast's newest ring."""
+    """Lookup, GetRing and WatchRing over the broadcast's newest ring; ReportUnreachable with etcd."""
 
-    def __init__(self, broadcast: RingBroadcast) -> None:
+    def __init__(self, broadcast: RingBroadcast, etcd: Etcd | None = None) -> None:
         self.broadcast = broadcast
+        self.etcd = etcd
+        self._checking: dict[tuple[str, str], asyncio.Task[placement_pb2.UnreachableOutcome]] = {}
 
     async def _current(self, context: grpc.aio.ServicerContext) -> PlacementRing:
         current = self.broadcast.current
@@ -164,6 +192,38 @@ class PlacementServicer(placement_grpc.PlacementServiceServicer):  # type: ignor
             # turn sends the newest and skips the rest.
             yield ring.message
             sent_version = ring.version
+
+    async def ReportUnreachable(  # noqa: N802 - the RPC's name
+        self, request: placement_pb2.ReportUnreachableRequest, context: grpc.aio.ServicerContext
+    ) -> placement_pb2.ReportUnreachableResponse:
+        current = await self._current(context)
+        member = current.members.get(request.member_id)
+        if member is None or member.address != request.address or self.etcd is None:
+            return placement_pb2.ReportUnreachableResponse(outcome=placement_pb2.UNREACHABLE_OUTCOME_NOT_A_MEMBER)
+        key = (request.member_id, request.address)
+        check = self._checking.get(key)
+        if check is None:  # many callers report the same death at once: one check answers them all
+            if len(self._checking) >= report_checks_max:
+                return placement_pb2.ReportUnreachableResponse(outcome=placement_pb2.UNREACHABLE_OUTCOME_NOT_CONFIRMED)
+            record = MemberRecord(CHANNEL_KIND, member.id, member.address, member.zone)
+            check = self._checking[key] = asyncio.create_task(self._check(record))
+            check.add_done_callback(lambda _: self._checking.pop(key, None))
+        outcome = await asyncio.shield(check)
+        return placement_pb2.ReportUnreachableResponse(outcome=outcome)
+
+    async def _check(self, record: MemberRecord) -> placement_pb2.UnreachableOutcome:
+        assert self.etcd is not None
+        if not await connect_refused(record.address):
+            return placement_pb2.UNREACHABLE_OUTCOME_NOT_CONFIRMED
+        try:
+            removed = await self.etcd.revoke_member(record)
+        except EtcdUnavailable as error:
+            log.warning("could not revoke the lease of %s: %s", record.key, error)
+            return placement_pb2.UNREACHABLE_OUTCOME_NOT_CONFIRMED
+        if not removed:
+            return placement_pb2.UNREACHABLE_OUTCOME_NOT_A_MEMBER
+        log.warning("%s at %s refuses connections: revoked its lease, its channels move now", record.id, record.address)
+        return placement_pb2.UNREACHABLE_OUTCOME_REMOVED
 
 
 async def follow_membership(etcd: Etcd, broadcast: RingBroadcast) -> None:
