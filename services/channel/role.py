@@ -240,6 +240,10 @@ class ChannelRole:
         self.quorum = quorum_size(len(config.replicas))
         self.replicas = {name: _Replica(name) for name in config.replicas}
         self.started_ms = now_ms
+        # A takeover is abandoned when it stops making progress, not when it is merely long: many
+        # large recoveries at once share the stores' read bandwidth, and restarting them all on a
+        # fixed clock only throws their work away (and they would time out together again).
+        self.progress_ms = now_ms
         self.trigger = "request"  # why the takeover began (for metrics and traces): "request" or "prepare"
         self.last_activity_ms = now_ms
         # `now_ms` is a monotonic clock (timers); message timestamps and the dedup window's ages are
@@ -306,6 +310,7 @@ class ChannelRole:
             return
         invariant(reply.last.epoch < self.epoch or "skip-fence" in self.bugs, "no entry at our epoch yet")
         self.replicas[replica].fence_last = reply.last
+        self.progress_ms = now_ms
         answered = [(r.name, r.fence_last) for r in self.replicas.values() if r.fence_last is not None]
         needed = 1 if "recover-from-one" in self.bugs else self.quorum
         if len(answered) < needed:
@@ -349,6 +354,7 @@ class ChannelRole:
             return
         got = self.recovery[name]
         got.extend(entry for entry in reply.entries if entry.serial <= target.serial)
+        self.progress_ms = now_ms
         have = got[-1].serial
         if have < target.serial:
             self._send_read("recover", name, have, target.serial - have, 0, now_ms, fx)
@@ -822,7 +828,7 @@ class ChannelRole:
         if self.state is RoleState.STOPPED:
             return
         if self.state is not RoleState.SERVING:
-            if now_ms - self.started_ms > self.config.takeover_timeout_ms:
+            if now_ms - self.progress_ms > self.config.takeover_timeout_ms:
                 self.stop("TAKEOVER_TIMEOUT", fx)
             return
         if self.pending and now_ms - self.pending[0].assigned_ms > self.config.commit_stall_ms:

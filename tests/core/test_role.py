@@ -336,6 +336,39 @@ def test_takeover_times_out_without_a_quorum() -> None:
     assert role.state is RoleState.STOPPED and role.stop_reason == "TAKEOVER_TIMEOUT"
 
 
+def test_a_long_recovery_that_keeps_progressing_is_not_timed_out() -> None:
+    """The takeover timeout counts time without progress: a recovery whose reads each take 2 s
+    (many takeovers sharing a store) finishes, though it takes far longer than the timeout."""
+    config = RoleConfig(takeover_timeout_ms=3_000)
+    replicas = Replicas()
+    for name in STORES:
+        replicas.write(name, entries(5, 1, *(f"m{index}" for index in range(20))))
+    role = ChannelRole("ch", 7, config, 0)
+    fx = Effects()
+    role.start(fx)
+    now_ms = 0
+    for name, request, reply in replicas.replies(fx):
+        if isinstance(reply, FenceReply):
+            role.on_fence_reply(name, reply, now_ms, fx)
+            continue
+        now_ms += 2_000  # each page of the recovery arrives 2 s after the one before
+        role.tick(now_ms, fx)
+        assert role.state is not RoleState.STOPPED, role.stop_reason
+        if isinstance(reply, ReadReply):
+            assert isinstance(request, ReadRequest)
+            page = replace(reply, entries=reply.entries[:3])  # a store's answer is bounded in bytes
+            role.on_read_reply(name, request, page, now_ms, fx)
+        else:
+            assert isinstance(request, AppendRequest) and isinstance(reply, AppendReply)
+            role.on_append_reply(name, request, reply, now_ms, fx)
+    assert now_ms > 3 * config.takeover_timeout_ms
+    assert role.state is RoleState.SERVING and role.last == 20
+    stalled = ChannelRole("ch", 9, config, now_ms)
+    stalled.start(Effects())  # no replica ever answers
+    stalled.tick(now_ms + config.takeover_timeout_ms + 1, Effects())
+    assert stalled.stop_reason == "TAKEOVER_TIMEOUT"
+
+
 def test_batch_over_the_pending_bound_is_refused_and_changes_nothing() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7, config=RoleConfig(pending_entries_max=2))
