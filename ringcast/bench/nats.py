@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ from nats.js.api import DeliverPolicy, StorageType, StreamConfig
 
 from ringcast.cluster.launcher import pdeathsig_prefix
 from ringcast.cluster.topology import free_ports
+
+log = logging.getLogger("ringcast.bench")
 
 stream_name = "RINGCAST_BENCH"
 ready_timeout_s = 30.0
@@ -101,6 +104,11 @@ class NatsCluster:
                 process.wait()
 
 
+async def _connection_error(error: Exception) -> None:
+    """nats-py reports each refused reconnect (a killed server) here; they are expected."""
+    log.debug("nats connection: %s", error)
+
+
 class NatsTarget:
     """The bench workloads' view of NATS JetStream, through nats-py (the same kind of Python client)."""
 
@@ -124,6 +132,7 @@ class NatsTarget:
             reconnect_time_wait=0.05,
             connect_timeout=2,
             pending_size=64 * 1024 * 1024,
+            error_cb=_connection_error,
         )
         self._jetstream = js = connection.jetstream(timeout=publish_timeout_s)
         config = StreamConfig(name=stream_name, subjects=["bench.>"], num_replicas=3, storage=StorageType.FILE)

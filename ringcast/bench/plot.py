@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display: files only
 
 import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from matplotlib import ticker  # noqa: E402
 
 COLORS = {"ringcast": "#1f77b4", "nats": "#ff7f0e"}
 
@@ -55,6 +56,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 label = f"{system} p50={row['p50_ms']} p99={row['p99_ms']} ms"
                 axis.plot(samples, fractions, label=label, color=COLORS[system])
         axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(ticker.NullFormatter())
         axis.set_xlabel("ms")
         axis.set_ylabel("fraction")
         axis.set_title(title, fontsize=10)
