@@ -188,8 +188,8 @@ class OwnerRouter:
 
     def report_refused(self, owner: str, address: str) -> None:
         """Nothing listens at `owner`'s address any more: have placement check and, if it agrees,
-        move the owner's channels now instead of when its lease expires (at most one report per
-        owner in flight, and at most one per `report_interval_s`)."""
+        move the owner's channels now instead of when its lease expires (one report per address
+        per `report_interval_s` at most; placement answers concurrent ones with one check)."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._reported.get(address, float("-inf")) < report_interval_s:
             return

@@ -36,9 +36,10 @@ watch_retry_delay_s_max = 1.0
 """Delays between WatchRing attempts while placement is unreachable (before jitter)."""
 
 get_ring_timeout_s = 2.0
+"""Deadline of one GetRing call made by `refresh()`."""
+
 report_timeout_s = 2.0
 """How long a ReportUnreachable call may take (placement dials the member itself)."""
-"""Deadline of one GetRing call made by `refresh()`."""
 
 
 @dataclass(frozen=True, slots=True)
