@@ -57,12 +57,18 @@ class Subscription:
         self.resumes = 0
         self._messages = self._run()
         self._call: grpc.aio.UnaryStreamCall | None = None
+        self._closed = False
+        self._waiting = 0
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Message:
-        return await self._messages.__anext__()
+        self._waiting += 1
+        try:
+            return await self._messages.__anext__()
+        finally:
+            self._waiting -= 1
 
     async def __aenter__(self) -> Subscription:
         return self
@@ -73,9 +79,12 @@ class Subscription:
         await self.close()
 
     async def close(self) -> None:
+        """End the subscription; an `async for` over it (in this task or another) simply ends."""
+        self._closed = True
         if self._call is not None:
             self._call.cancel()
-        await self._messages.aclose()
+        if not self._waiting:  # a task waiting inside the subscription sees it end on its own
+            await self._messages.aclose()
 
     async def _start_serial(self) -> int:
         if self._after is not None:
@@ -100,7 +109,7 @@ class Subscription:
         failing_since: float | None = None
         attempts = 0
         previous: str | None = None
-        while True:
+        while not self._closed:
             address = self.transport.pool.pick(loop.time(), avoid=previous)
             request = realtime_pb2.SubscribeRequest(channel=self.channel, after_serial=last)
             started = loop.time()
@@ -134,10 +143,16 @@ class Subscription:
             except grpc.aio.AioRpcError as error:
                 verdict = self.transport.classify(error)
                 if verdict is None:
+                    if error.code() == grpc.StatusCode.CANCELLED and self._closed:
+                        return
                     if error.code() == grpc.StatusCode.CANCELLED and self.transport.closed:
                         raise ClientClosed() from None
                     raise from_rpc_error(error) from None
                 outcome, reason = verdict
+            except asyncio.CancelledError:
+                if self._closed:  # close() cancelled the call under us: the iteration ends
+                    return
+                raise
             except _NoAnswer:
                 outcome, reason = Outcome.HARD_FAILURE, "NO_ANSWER"
             except grpc.aio.UsageError as error:

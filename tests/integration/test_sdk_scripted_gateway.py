@@ -191,3 +191,24 @@ def test_invalid_argument_is_never_retried_and_unavailable_is_retried_until_the_
             assert set(retried) == {"kept"}  # every attempt carried the same id
 
     run(scenario)
+
+
+def test_closing_the_client_ends_a_subscription_iterated_in_another_task() -> None:
+    async def scenario(gateways: list[ScriptedGateway], addresses: list[str]) -> None:
+        gateways[0].streams = [[message(1)]]
+        client = ringcast.Client(addresses[:1])
+        received: list[int] = []
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async for item in client.subscribe("c", after=0):
+                received.append(item.serial)
+                first.set()
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.wait_for(first.wait(), 10)
+        await client.close()  # while the consumer waits inside the subscription
+        await asyncio.wait_for(consumer, 10)  # it ends, without an error
+        assert received == [1]
+
+    run(scenario, count=1)
