@@ -219,6 +219,12 @@ async def _run_nats(options: Options, root: Path, say: Callable[[str], None]) ->
         cluster.stop()
 
 
+def _rows(section: dict[str, object]) -> list[dict[str, object]]:
+    results = section["results"]
+    assert isinstance(results, list)
+    return results
+
+
 def run(options: Options, say: Callable[[str], None] = print) -> dict[str, object]:
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report: dict[str, object] = {
@@ -230,14 +236,13 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, objec
     }
     with tempfile.TemporaryDirectory(prefix="ringcast-bench-") as directory:
         root = Path(directory)
-        report["ringcast"] = asyncio.run(_run_ringcast(options, root, say))
+        ours = report["ringcast"] = asyncio.run(_run_ringcast(options, root, say))
+        theirs = None
         if options.compare == "nats":
-            report["nats"] = asyncio.run(_run_nats(options, root, say))
+            theirs = report["nats"] = asyncio.run(_run_nats(options, root, say))
             report["nats_server"] = _nats_version()
-    if options.compare == "nats":
-        ours = report["ringcast"]["results"]  # type: ignore[index]
-        theirs = report["nats"]["results"]  # type: ignore[index]
-        report["ratios"] = ratios(ours, theirs, max(options.publishers))
+    if theirs is not None:
+        report["ratios"] = ratios(_rows(ours), _rows(theirs), max(options.publishers))
         say(
             "note: NATS JetStream acknowledges once a quorum has the message in memory (it fsyncs every 2 min); "
             "ringcast acknowledges after a quorum of zones fsynced it"
