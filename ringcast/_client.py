@@ -14,7 +14,7 @@ from ringcast._endpoints import EndpointStatus, HealthPolicy
 from ringcast._errors import ClientClosed, InvalidArgument
 from ringcast._publisher import BatchLimits, Publisher
 from ringcast._subscription import Subscription
-from ringcast._transport import StateListener, Stub, Transport, trace_metadata
+from ringcast._transport import Gateway, StateListener, Transport, trace_metadata
 from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
@@ -220,8 +220,8 @@ class Client:
             raise ValueError(f"limit must be 1..{history_page_max}")
         request = realtime_pb2.HistoryRequest(channel=channel, after_serial=after, limit=limit, reverse=reverse)
 
-        async def invoke(stub: Stub, timeout: float) -> realtime_pb2.HistoryResponse:
-            response: realtime_pb2.HistoryResponse = await stub.History(
+        async def invoke(gateway: Gateway, timeout: float) -> realtime_pb2.HistoryResponse:
+            response: realtime_pb2.HistoryResponse = await gateway.stub.History(
                 request, timeout=timeout, metadata=trace_metadata()
             )
             return response
@@ -243,9 +243,11 @@ class Client:
     async def get_channel(self, channel: str, *, timeout_s: float | None = None) -> ChannelInfo:
         """The channel's owner, epoch and last committed serial."""
 
-        async def invoke(stub: Stub, timeout: float) -> message_pb2.Channel:
+        async def invoke(gateway: Gateway, timeout: float) -> message_pb2.Channel:
             request = realtime_pb2.GetChannelRequest(channel=channel)
-            answer: message_pb2.Channel = await stub.GetChannel(request, timeout=timeout, metadata=trace_metadata())
+            answer: message_pb2.Channel = await gateway.stub.GetChannel(
+                request, timeout=timeout, metadata=trace_metadata()
+            )
             return answer
 
         answer = await self._transport.call(invoke, self._deadline(timeout_s), what=f"channel {channel!r}")

@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ringcast._errors import ClientClosed, InvalidArgument, RingcastError, Unavailable
-from ringcast._transport import Stub, Transport, trace_metadata
+from ringcast._transport import Gateway, Transport, trace_metadata
 from ringcast._types import ClientStats
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
@@ -86,6 +86,7 @@ class Publisher:
         self._pending_messages = 0
         self._pending_bytes = 0
         self._room = asyncio.Condition()
+        self._room_waiters = 0  # publishes waiting for room (only they need the condition)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -110,8 +111,9 @@ class Publisher:
             # later deadlines may go on longer: then this caller stops waiting on its own.
             remaining = deadline + deadline_grace_s - loop.time()
             try:
-                # shield: a caller that gives up must not cancel a batch other callers share
-                serials.extend(await asyncio.wait_for(asyncio.shield(future), max(remaining, 0.0)))
+                # The future is this part's own: a caller that gives up cancels it, not the batch.
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    serials.extend(await future)
             except TimeoutError:
                 raise Unavailable(
                     f"publish to {channel!r}: not acknowledged before the deadline; it may still be stored",
@@ -146,8 +148,16 @@ class Publisher:
             )
             return nothing_pending or fits
 
+        if room() and not self._room_waiters:  # the common case: no lock, no timer, no task
+            if self.transport.closed:
+                raise ClientClosed()
+            self._pending_messages += count
+            self._pending_bytes += size
+            self._idle.clear()
+            return
         async with self._room:
             remaining = deadline - asyncio.get_running_loop().time()
+            self._room_waiters += 1
             try:
                 await asyncio.wait_for(self._room.wait_for(room), max(remaining, 0.0))
             except TimeoutError:
@@ -158,6 +168,8 @@ class Publisher:
                     endpoints=[],
                     ids=[message.id for message in run],
                 ) from None
+            finally:
+                self._room_waiters -= 1
             if self.transport.closed:
                 raise ClientClosed()
             self._pending_messages += count
@@ -165,12 +177,13 @@ class Publisher:
             self._idle.clear()
 
     async def _release(self, parts: list[_Part]) -> None:
-        async with self._room:
-            self._pending_messages -= sum(len(part.messages) for part in parts)
-            self._pending_bytes -= sum(part.size_bytes for part in parts)
-            if self._pending_messages == 0:
-                self._idle.set()
-            self._room.notify_all()
+        self._pending_messages -= sum(len(part.messages) for part in parts)
+        self._pending_bytes -= sum(part.size_bytes for part in parts)
+        if self._pending_messages == 0:
+            self._idle.set()
+        if self._room_waiters:
+            async with self._room:
+                self._room.notify_all()
 
     def _take(self, queue: _ChannelQueue) -> list[_Part]:
         batch = [queue.parts.popleft()]
@@ -208,12 +221,11 @@ class Publisher:
     async def _send(self, channel: str, batch: list[_Part]) -> None:
         messages = [message for part in batch for message in part.messages]
         request = realtime_pb2.PublishRequest(channel=channel, messages=messages)
-        metadata = trace_metadata()
+        trace_context = dict(trace_metadata())
 
-        async def invoke(stub: Stub, timeout: float) -> realtime_pb2.PublishResponse:
+        async def invoke(gateway: Gateway, timeout: float) -> realtime_pb2.PublishResponse:
             self.stats.publish_rpcs += 1
-            response: realtime_pb2.PublishResponse = await stub.Publish(request, timeout=timeout, metadata=metadata)
-            return response
+            return await gateway.pipe.publish(request, timeout, trace_context)
 
         try:
             response = await self.transport.call(

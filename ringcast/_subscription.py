@@ -22,7 +22,7 @@ import grpc
 
 from ringcast._endpoints import Outcome
 from ringcast._errors import ClientClosed, ContinuityLost, Unavailable, from_rpc_error
-from ringcast._transport import Stub, Transport, trace_metadata
+from ringcast._transport import Gateway, Transport, trace_metadata
 from ringcast._types import ClientStats, Message
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
@@ -90,9 +90,11 @@ class Subscription:
         if self._after is not None:
             return self._after
 
-        async def last_serial(stub: Stub, timeout: float) -> int:
+        async def last_serial(gateway: Gateway, timeout: float) -> int:
             request = realtime_pb2.GetChannelRequest(channel=self.channel)
-            channel: message_pb2.Channel = await stub.GetChannel(request, timeout=timeout, metadata=trace_metadata())
+            channel: message_pb2.Channel = await gateway.stub.GetChannel(
+                request, timeout=timeout, metadata=trace_metadata()
+            )
             return int(channel.last_serial)
 
         loop = asyncio.get_running_loop()

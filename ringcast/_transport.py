@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -19,7 +20,9 @@ from opentelemetry import propagate
 
 from ringcast._endpoints import EndpointPool, HealthPolicy, Outcome
 from ringcast._errors import ClientClosed, Unavailable, error_info, from_rpc_error
+from ringcast._pipe import PipeClient
 from ringcast._types import ClientStats, ConnectionState, StateChange
+from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 
 log = logging.getLogger("ringcast.client")
@@ -28,6 +31,19 @@ T = TypeVar("T")
 
 Stub: TypeAlias = Any
 """A RealtimeService stub (the generated code is untyped)."""
+
+PublishPipe: TypeAlias = PipeClient[realtime_pb2.PublishRequest, realtime_pb2.PublishResponse]
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """What one attempt talks to: a gateway's address, its stub, and its PublishPipe stream."""
+
+    address: str
+    stub: Stub
+    pipe: PublishPipe
+
+
 StateListener = Callable[[StateChange], None]
 
 response_bytes_max = 128 * 1024 * 1024
@@ -79,7 +95,7 @@ class Transport:
         self.suspended_after_s = suspended_after_s
         self._options = channel_options(keepalive_s)
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, Stub] = {}
+        self._gateways: dict[str, Gateway] = {}
         self.state = ConnectionState.INITIALIZED
         self._listeners: list[StateListener] = []
         self._failing_since: float | None = None
@@ -87,22 +103,32 @@ class Transport:
 
     # -- channels ---------------------------------------------------------------------------------
 
-    def stub(self, address: str) -> Stub:
+    def gateway(self, address: str) -> Gateway:
         if self.closed:
             raise ClientClosed()
-        stub = self._stubs.get(address)
-        if stub is None:
+        gateway = self._gateways.get(address)
+        if gateway is None:
             channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
-            stub = self._stubs[address] = realtime_grpc.RealtimeServiceStub(channel)
-        return stub
+            stub = realtime_grpc.RealtimeServiceStub(channel)
+            pipe: PublishPipe = PipeClient(
+                stub.PublishPipe, realtime_pb2.PublishPipeRequest, realtime_pb2.PipedPublish, name=address
+            )
+            gateway = self._gateways[address] = Gateway(address, stub, pipe)
+        return gateway
+
+    def stub(self, address: str) -> Stub:
+        return self.gateway(address).stub
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self._set_state(ConnectionState.CLOSED, "closed by the application", None)
-        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        channels, self._channels = list(self._channels.values()), {}
+        gateways, self._gateways = list(self._gateways.values()), {}
+        for gateway in gateways:
+            await gateway.pipe.close()
         for channel in channels:
             await channel.close()
 
@@ -164,13 +190,13 @@ class Transport:
 
     async def call(
         self,
-        invoke: Callable[[Stub, float], Awaitable[T]],
+        invoke: Callable[[Gateway, float], Awaitable[T]],
         deadline: float,
         *,
         what: str,
         ids: Sequence[str] = (),
     ) -> T:
-        """`invoke(stub, attempt_timeout)` on the healthiest gateway, failing over until `deadline`."""
+        """`invoke(gateway, attempt_timeout)` on the healthiest gateway, failing over until `deadline`."""
         loop = asyncio.get_running_loop()
         attempts = 0
         previous: str | None = None
@@ -194,7 +220,7 @@ class Transport:
             tried.append(address)
             timeout = max(0.001, min(deadline - now, self.attempt_timeout_s))
             try:
-                result = await invoke(self.stub(address), timeout)
+                result = await invoke(self.gateway(address), timeout)
             except grpc.aio.AioRpcError as error:
                 verdict = self.classify(error)
                 if verdict is None:

@@ -22,38 +22,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ringcast/v1/channel_service.proto\x12\x0bringcast.v1\x1a\x19ringcast/v1/message.proto\"W\n\x1c\x43hannelServicePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"D\n\x1d\x43hannelServicePublishResponse\x12\x0f\n\x07serials\x18\x01 \x03(\x04\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"G\n\x1e\x43hannelServiceSubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\"I\n\x1f\x43hannelServiceSubscribeResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\"T\n\x1c\x43hannelServiceHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x1d\x43hannelServiceHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12\x13\n\x0blast_serial\x18\x02 \x01(\x04\"2\n\x1f\x43hannelServiceGetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"0\n\x1c\x43hannelServicePrepareRequest\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\"/\n\x1d\x43hannelServicePrepareResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"\x1e\n\x1c\x43hannelServiceGetNodeRequest\"\xc2\x01\n\x1d\x43hannelServiceGetNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x18\n\x10\x63hannels_serving\x18\x04 \x01(\r\x12\x1c\n\x14\x63hannels_taking_over\x18\x05 \x01(\r\x12\x19\n\x11\x63hannels_prepared\x18\x06 \x01(\r\x12\x16\n\x0etakeovers_done\x18\x07 \x01(\x04\x32\xd4\x04\n\x0e\x43hannelService\x12`\n\x07Publish\x12).ringcast.v1.ChannelServicePublishRequest\x1a*.ringcast.v1.ChannelServicePublishResponse\x12h\n\tSubscribe\x12+.ringcast.v1.ChannelServiceSubscribeRequest\x1a,.ringcast.v1.ChannelServiceSubscribeResponse0\x01\x12`\n\x07History\x12).ringcast.v1.ChannelServiceHistoryRequest\x1a*.ringcast.v1.ChannelServiceHistoryResponse\x12P\n\nGetChannel\x12,.ringcast.v1.ChannelServiceGetChannelRequest\x1a\x14.ringcast.v1.Channel\x12`\n\x07Prepare\x12).ringcast.v1.ChannelServicePrepareRequest\x1a*.ringcast.v1.ChannelServicePrepareResponse\x12`\n\x07GetNode\x12).ringcast.v1.ChannelServiceGetNodeRequest\x1a*.ringcast.v1.ChannelServiceGetNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!ringcast/v1/channel_service.proto\x12\x0bringcast.v1\x1a\x17google/rpc/status.proto\x1a\x19ringcast/v1/message.proto\"W\n\x1c\x43hannelServicePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"D\n\x1d\x43hannelServicePublishResponse\x12\x0f\n\x07serials\x18\x01 \x03(\x04\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"^\n ChannelServicePublishPipeRequest\x12:\n\tpublishes\x18\x01 \x03(\x0b\x32\'.ringcast.v1.ChannelServicePipedPublish\"\x80\x02\n\x1a\x43hannelServicePipedPublish\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12:\n\x07publish\x18\x02 \x01(\x0b\x32).ringcast.v1.ChannelServicePublishRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12P\n\rtrace_context\x18\x04 \x03(\x0b\x32\x39.ringcast.v1.ChannelServicePipedPublish.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"c\n!ChannelServicePublishPipeResponse\x12>\n\x07results\x18\x01 \x03(\x0b\x32-.ringcast.v1.ChannelServicePipedPublishResult\"\x90\x01\n ChannelServicePipedPublishResult\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12<\n\x08response\x18\x02 \x01(\x0b\x32*.ringcast.v1.ChannelServicePublishResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"G\n\x1e\x43hannelServiceSubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\"I\n\x1f\x43hannelServiceSubscribeResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\"T\n\x1c\x43hannelServiceHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x1d\x43hannelServiceHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12\x13\n\x0blast_serial\x18\x02 \x01(\x04\"2\n\x1f\x43hannelServiceGetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"0\n\x1c\x43hannelServicePrepareRequest\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\"/\n\x1d\x43hannelServicePrepareResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"\x1e\n\x1c\x43hannelServiceGetNodeRequest\"\xc2\x01\n\x1d\x43hannelServiceGetNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x18\n\x10\x63hannels_serving\x18\x04 \x01(\r\x12\x1c\n\x14\x63hannels_taking_over\x18\x05 \x01(\r\x12\x19\n\x11\x63hannels_prepared\x18\x06 \x01(\r\x12\x16\n\x0etakeovers_done\x18\x07 \x01(\x04\x32\xc6\x05\n\x0e\x43hannelService\x12`\n\x07Publish\x12).ringcast.v1.ChannelServicePublishRequest\x1a*.ringcast.v1.ChannelServicePublishResponse\x12p\n\x0bPublishPipe\x12-.ringcast.v1.ChannelServicePublishPipeRequest\x1a..ringcast.v1.ChannelServicePublishPipeResponse(\x01\x30\x01\x12h\n\tSubscribe\x12+.ringcast.v1.ChannelServiceSubscribeRequest\x1a,.ringcast.v1.ChannelServiceSubscribeResponse0\x01\x12`\n\x07History\x12).ringcast.v1.ChannelServiceHistoryRequest\x1a*.ringcast.v1.ChannelServiceHistoryResponse\x12P\n\nGetChannel\x12,.ringcast.v1.ChannelServiceGetChannelRequest\x1a\x14.ringcast.v1.Channel\x12`\n\x07Prepare\x12).ringcast.v1.ChannelServicePrepareRequest\x1a*.ringcast.v1.ChannelServicePrepareResponse\x12`\n\x07GetNode\x12).ringcast.v1.ChannelServiceGetNodeRequest\x1a*.ringcast.v1.ChannelServiceGetNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringcast.v1.channel_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANNELSERVICEPUBLISHREQUEST']._serialized_start=77
-  _globals['_CHANNELSERVICEPUBLISHREQUEST']._serialized_end=164
-  _globals['_CHANNELSERVICEPUBLISHRESPONSE']._serialized_start=166
-  _globals['_CHANNELSERVICEPUBLISHRESPONSE']._serialized_end=234
-  _globals['_CHANNELSERVICESUBSCRIBEREQUEST']._serialized_start=236
-  _globals['_CHANNELSERVICESUBSCRIBEREQUEST']._serialized_end=307
-  _globals['_CHANNELSERVICESUBSCRIBERESPONSE']._serialized_start=309
-  _globals['_CHANNELSERVICESUBSCRIBERESPONSE']._serialized_end=382
-  _globals['_CHANNELSERVICEHISTORYREQUEST']._serialized_start=384
-  _globals['_CHANNELSERVICEHISTORYREQUEST']._serialized_end=468
-  _globals['_CHANNELSERVICEHISTORYRESPONSE']._serialized_start=470
-  _globals['_CHANNELSERVICEHISTORYRESPONSE']._serialized_end=562
-  _globals['_CHANNELSERVICEGETCHANNELREQUEST']._serialized_start=564
-  _globals['_CHANNELSERVICEGETCHANNELREQUEST']._serialized_end=614
-  _globals['_CHANNELSERVICEPREPAREREQUEST']._serialized_start=616
-  _globals['_CHANNELSERVICEPREPAREREQUEST']._serialized_end=664
-  _globals['_CHANNELSERVICEPREPARERESPONSE']._serialized_start=666
-  _globals['_CHANNELSERVICEPREPARERESPONSE']._serialized_end=713
-  _globals['_CHANNELSERVICEGETNODEREQUEST']._serialized_start=715
-  _globals['_CHANNELSERVICEGETNODEREQUEST']._serialized_end=745
-  _globals['_CHANNELSERVICEGETNODERESPONSE']._serialized_start=748
-  _globals['_CHANNELSERVICEGETNODERESPONSE']._serialized_end=942
-  _globals['_CHANNELSERVICE']._serialized_start=945
-  _globals['_CHANNELSERVICE']._serialized_end=1541
+  _globals['_CHANNELSERVICEPIPEDPUBLISH_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_CHANNELSERVICEPIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_CHANNELSERVICEPUBLISHREQUEST']._serialized_start=102
+  _globals['_CHANNELSERVICEPUBLISHREQUEST']._serialized_end=189
+  _globals['_CHANNELSERVICEPUBLISHRESPONSE']._serialized_start=191
+  _globals['_CHANNELSERVICEPUBLISHRESPONSE']._serialized_end=259
+  _globals['_CHANNELSERVICEPUBLISHPIPEREQUEST']._serialized_start=261
+  _globals['_CHANNELSERVICEPUBLISHPIPEREQUEST']._serialized_end=355
+  _globals['_CHANNELSERVICEPIPEDPUBLISH']._serialized_start=358
+  _globals['_CHANNELSERVICEPIPEDPUBLISH']._serialized_end=614
+  _globals['_CHANNELSERVICEPIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_start=563
+  _globals['_CHANNELSERVICEPIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_end=614
+  _globals['_CHANNELSERVICEPUBLISHPIPERESPONSE']._serialized_start=616
+  _globals['_CHANNELSERVICEPUBLISHPIPERESPONSE']._serialized_end=715
+  _globals['_CHANNELSERVICEPIPEDPUBLISHRESULT']._serialized_start=718
+  _globals['_CHANNELSERVICEPIPEDPUBLISHRESULT']._serialized_end=862
+  _globals['_CHANNELSERVICESUBSCRIBEREQUEST']._serialized_start=864
+  _globals['_CHANNELSERVICESUBSCRIBEREQUEST']._serialized_end=935
+  _globals['_CHANNELSERVICESUBSCRIBERESPONSE']._serialized_start=937
+  _globals['_CHANNELSERVICESUBSCRIBERESPONSE']._serialized_end=1010
+  _globals['_CHANNELSERVICEHISTORYREQUEST']._serialized_start=1012
+  _globals['_CHANNELSERVICEHISTORYREQUEST']._serialized_end=1096
+  _globals['_CHANNELSERVICEHISTORYRESPONSE']._serialized_start=1098
+  _globals['_CHANNELSERVICEHISTORYRESPONSE']._serialized_end=1190
+  _globals['_CHANNELSERVICEGETCHANNELREQUEST']._serialized_start=1192
+  _globals['_CHANNELSERVICEGETCHANNELREQUEST']._serialized_end=1242
+  _globals['_CHANNELSERVICEPREPAREREQUEST']._serialized_start=1244
+  _globals['_CHANNELSERVICEPREPAREREQUEST']._serialized_end=1292
+  _globals['_CHANNELSERVICEPREPARERESPONSE']._serialized_start=1294
+  _globals['_CHANNELSERVICEPREPARERESPONSE']._serialized_end=1341
+  _globals['_CHANNELSERVICEGETNODEREQUEST']._serialized_start=1343
+  _globals['_CHANNELSERVICEGETNODEREQUEST']._serialized_end=1373
+  _globals['_CHANNELSERVICEGETNODERESPONSE']._serialized_start=1376
+  _globals['_CHANNELSERVICEGETNODERESPONSE']._serialized_end=1570
+  _globals['_CHANNELSERVICE']._serialized_start=1573
+  _globals['_CHANNELSERVICE']._serialized_end=2283
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.rpc import status_pb2 as _status_pb2
 from ringcast.v1 import message_pb2 as _message_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -22,6 +23,47 @@ class ChannelServicePublishResponse(_message.Message):
     serials: _containers.RepeatedScalarFieldContainer[int]
     duplicates: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, serials: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class ChannelServicePublishPipeRequest(_message.Message):
+    __slots__ = ("publishes",)
+    PUBLISHES_FIELD_NUMBER: _ClassVar[int]
+    publishes: _containers.RepeatedCompositeFieldContainer[ChannelServicePipedPublish]
+    def __init__(self, publishes: _Optional[_Iterable[_Union[ChannelServicePipedPublish, _Mapping]]] = ...) -> None: ...
+
+class ChannelServicePipedPublish(_message.Message):
+    __slots__ = ("tag", "publish", "timeout_ms", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    publish: ChannelServicePublishRequest
+    timeout_ms: int
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, tag: _Optional[int] = ..., publish: _Optional[_Union[ChannelServicePublishRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ChannelServicePublishPipeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ChannelServicePipedPublishResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ChannelServicePipedPublishResult, _Mapping]]] = ...) -> None: ...
+
+class ChannelServicePipedPublishResult(_message.Message):
+    __slots__ = ("tag", "response", "error")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    response: ChannelServicePublishResponse
+    error: _status_pb2.Status
+    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[ChannelServicePublishResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ChannelServiceSubscribeRequest(_message.Message):
     __slots__ = ("channel", "after_serial")

@@ -44,6 +44,11 @@ class ChannelServiceStub:
                 request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishRequest.SerializeToString,
                 response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishResponse.FromString,
                 _registered_method=True)
+        self.PublishPipe = channel.stream_stream(
+                '/ringcast.v1.ChannelService/PublishPipe',
+                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/ringcast.v1.ChannelService/Subscribe',
                 request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeRequest.SerializeToString,
@@ -80,6 +85,18 @@ class ChannelServiceServicer:
 
     def Publish(self, request, context):
         """Assign serials to a batch and answer once it is committed on a quorum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishPipe(self, request_iterator, context):
+        """Publishing for many channels over one long-lived stream, answered as each publish commits (not in
+        request order): a request carries publishes tagged by the caller, a response the results of those
+        that finished meanwhile, so one slow channel delays no other and a busy caller sends few, large
+        messages instead of one call per publish. At most 4,096 publishes of a stream are worked on at
+        once; the stream stops reading beyond that (flow control pushes back on the caller).
+        This is how gateways publish.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +147,11 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.Publish,
                     request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishRequest.FromString,
                     response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishResponse.SerializeToString,
+            ),
+            'PublishPipe': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishPipe,
+                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -188,6 +210,33 @@ class ChannelService:
             '/ringcast.v1.ChannelService/Publish',
             ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishRequest.SerializeToString,
             ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishPipe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ringcast.v1.ChannelService/PublishPipe',
+            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeRequest.SerializeToString,
+            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,3 +71,44 @@ class GetChannelRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     channel: str
     def __init__(self, channel: _Optional[str] = ...) -> None: ...
+
+class PublishPipeRequest(_message.Message):
+    __slots__ = ("publishes",)
+    PUBLISHES_FIELD_NUMBER: _ClassVar[int]
+    publishes: _containers.RepeatedCompositeFieldContainer[PipedPublish]
+    def __init__(self, publishes: _Optional[_Iterable[_Union[PipedPublish, _Mapping]]] = ...) -> None: ...
+
+class PipedPublish(_message.Message):
+    __slots__ = ("tag", "publish", "timeout_ms", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    publish: PublishRequest
+    timeout_ms: int
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, tag: _Optional[int] = ..., publish: _Optional[_Union[PublishRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class PublishPipeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PipedPublishResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PipedPublishResult, _Mapping]]] = ...) -> None: ...
+
+class PipedPublishResult(_message.Message):
+    __slots__ = ("tag", "response", "error")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tag: int
+    response: PublishResponse
+    error: _status_pb2.Status
+    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[PublishResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...

@@ -48,6 +48,11 @@ class RealtimeServiceStub:
                 request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishRequest.SerializeToString,
                 response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishResponse.FromString,
                 _registered_method=True)
+        self.PublishPipe = channel.stream_stream(
+                '/ringcast.v1.RealtimeService/PublishPipe',
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishPipeRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishPipeResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/ringcast.v1.RealtimeService/Subscribe',
                 request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.SubscribeRequest.SerializeToString,
@@ -88,6 +93,18 @@ class RealtimeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishPipe(self, request_iterator, context):
+        """Publishing for many channels over one long-lived stream, answered as each publish commits (not in
+        request order): a request carries publishes tagged by the caller, a response the results of those
+        that finished meanwhile, so one slow channel delays no other and a busy caller sends few, large
+        messages instead of one call per publish. At most 4,096 publishes of a stream are worked on at
+        once; the stream stops reading beyond that (flow control pushes back on the caller).
+        This is what the Python SDK uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Every committed message of a channel after a starting point, in serial order, with no gaps and
         no duplicates, and then new ones as they are committed, until the client cancels.
@@ -122,6 +139,11 @@ def add_RealtimeServiceServicer_to_server(servicer, server):
                     servicer.PublishStream,
                     request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishRequest.FromString,
                     response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishResponse.SerializeToString,
+            ),
+            'PublishPipe': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishPipe,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishPipeRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishPipeResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -196,6 +218,33 @@ class RealtimeService:
             '/ringcast.v1.RealtimeService/PublishStream',
             ringcast_dot_v1_dot_realtime__service__pb2.PublishRequest.SerializeToString,
             ringcast_dot_v1_dot_realtime__service__pb2.PublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishPipe(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ringcast.v1.RealtimeService/PublishPipe',
+            ringcast_dot_v1_dot_realtime__service__pb2.PublishPipeRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.PublishPipeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -45,9 +45,11 @@ from services.channel.role import (
     StoreRequest,
 )
 from services.common import convert, metrics, tracing
+from services.common.batcher import Batcher
 from services.common.entries import Message
 from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
+from services.common.pipe import serve_pipe
 from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_channel
 from services.placement.client import RingView
@@ -96,6 +98,7 @@ lagging_ticks_max = 3
 
 prepare_channels_max = 1_000
 """Channels one Prepare call may name."""
+
 
 traced_publishes_max = 10_000
 """Publishes whose span a delivery can still link to (with tracing on); the oldest are forgotten."""
@@ -276,35 +279,6 @@ Reply = TypeVar("Reply", AppendReply, FenceReply, ReadReply)
 Response = TypeVar("Response")
 
 
-class _Batcher(Generic[Request]):
-    """Coalesces one kind of store request to one replica: at most `inflight_max` RPCs in flight,
-    each carrying up to `per_call_max` requests; what arrives meanwhile waits for the next one."""
-
-    def __init__(self, call: Callable[[list[Request]], Awaitable[None]], per_call_max: int) -> None:
-        self.call: Callable[[list[Request]], Awaitable[None]] = call
-        self.per_call_max = per_call_max
-        self.waiting: list[Request] = []
-        self.inflight = 0
-
-    def add(self, request: Request) -> None:
-        self.waiting.append(request)
-        self._flush()
-
-    def _flush(self) -> None:
-        while self.waiting and self.inflight < store_rpcs_inflight_max:
-            batch = self.waiting[: self.per_call_max]
-            del self.waiting[: self.per_call_max]
-            self.inflight += 1
-            asyncio.create_task(self._run(batch))
-
-    async def _run(self, batch: list[Request]) -> None:
-        try:
-            await self.call(batch)
-        finally:
-            self.inflight -= 1
-            self._flush()
-
-
 class StoreLink:
     """One store replica: a gRPC channel, and per-replica batchers for fences, appends and reads."""
 
@@ -314,9 +288,9 @@ class StoreLink:
         self.node = node
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = store_grpc.StoreServiceStub(self.channel)
-        self.appends = _Batcher(self._append, append_batch_appends_max)
-        self.fences = _Batcher(self._fence, fence_batch_fences_max)
-        self.reads = _Batcher(self._read, read_batch_reads_max)
+        self.appends = Batcher(self._append, append_batch_appends_max, store_rpcs_inflight_max)
+        self.fences = Batcher(self._fence, fence_batch_fences_max, store_rpcs_inflight_max)
+        self.reads = Batcher(self._read, read_batch_reads_max, store_rpcs_inflight_max)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -672,30 +646,57 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
     def __init__(self, node: ChannelNodeAdapter) -> None:
         self.node = node
 
-    async def Publish(  # noqa: N802 - gRPC method names
-        self, request: channel_pb2.ChannelServicePublishRequest, context: grpc.aio.ServicerContext
+    async def _publish(
+        self, request: channel_pb2.ChannelServicePublishRequest, parent: otel_context.Context | None, timeout_s: float
     ) -> channel_pb2.ChannelServicePublishResponse:
+        """One channel's publish, as one span; a failure is a ServiceError with the reason."""
         messages = tuple(convert.message_from_proto(message) for message in request.messages)
         with tracing.tracer.start_as_current_span(
             "ChannelService/Publish",
-            context=tracing.extract(context.invocation_metadata()),
+            context=parent,
             kind=trace.SpanKind.SERVER,
             attributes={"ringcast.channel": request.channel, "ringcast.node": self.node.node_id},
         ) as span:
             try:
-                result = await self.node.publish(request.channel, messages, _deadline(context))
+                result = await self.node.publish(request.channel, messages, timeout_s)
             except TimeoutError:
                 span.set_attribute("ringcast.reason", "COMMIT_TIMEOUT")
-                await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
-                raise
+                raise error_for("COMMIT_TIMEOUT", self.node.ring_version) from None
             epoch, _ = self.node.channel_state(request.channel)
             span.set_attributes({"ringcast.epoch": epoch, "ringcast.serials": list(result.serials)})
             if not result.ok:
                 span.set_status(trace.Status(trace.StatusCode.ERROR, result.reason))
                 span.set_attribute("ringcast.reason", result.reason)
-                await abort(context, error_for(result.reason, self.node.ring_version))
+                raise error_for(result.reason, self.node.ring_version)
             span.set_attribute("ringcast.quorum", "acked")
         return channel_pb2.ChannelServicePublishResponse(serials=result.serials, duplicates=result.duplicates)
+
+    async def Publish(  # noqa: N802 - gRPC method names
+        self, request: channel_pb2.ChannelServicePublishRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.ChannelServicePublishResponse:
+        try:
+            return await self._publish(request, tracing.extract(context.invocation_metadata()), _deadline(context))
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+
+    async def PublishPipe(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[channel_pb2.ChannelServicePublishPipeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[channel_pb2.ChannelServicePublishPipeResponse]:
+        async def handle(item: channel_pb2.ChannelServicePipedPublish) -> channel_pb2.ChannelServicePublishResponse:
+            timeout_s = min(request_timeout_s, item.timeout_ms / 1000) if item.timeout_ms else request_timeout_s
+            return await self._publish(item.publish, tracing.extract(item.trace_context.items()), timeout_s)
+
+        async for response in serve_pipe(
+            context,
+            request_iterator,
+            handle,
+            channel_pb2.ChannelServicePublishPipeResponse,
+            channel_pb2.ChannelServicePipedPublishResult,
+        ):
+            yield response
 
     async def Subscribe(  # noqa: N802
         self, request: channel_pb2.ChannelServiceSubscribeRequest, context: grpc.aio.ServicerContext

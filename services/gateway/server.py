@@ -28,6 +28,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ringcast._pipe import PipeClient
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
@@ -36,6 +37,7 @@ from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common import metrics, tracing
 from services.common.errors import ServiceError, abort, reason_of, status_of, unavailable
+from services.common.pipe import serve_pipe
 from services.common.server import CHANNEL_OPTIONS
 from services.gateway.validation import Limits, check_batch, check_channel, history_limit
 from services.placement.client import RingView, RingWatcher
@@ -119,12 +121,35 @@ class RecentChannels:
         return list(self._seen)
 
 
+class OwnerLink:
+    """One owner address: its gRPC channel and stub, and the PublishPipe stream that carries the
+    publishes for all of its channels (`ringcast._pipe`: few messages under load, none waits for
+    another)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = channel_grpc.ChannelServiceStub(self.channel)
+        self.pipe: PipeClient[channel_pb2.ChannelServicePublishRequest, channel_pb2.ChannelServicePublishResponse] = (
+            PipeClient(
+                self.stub.PublishPipe,
+                channel_pb2.ChannelServicePublishPipeRequest,
+                channel_pb2.ChannelServicePipedPublish,
+                name=address,
+            )
+        )
+
+    async def close(self) -> None:
+        await self.pipe.close()
+        await self.channel.close()
+
+
 class OwnerRouter:
     """Channel → owner address under the newest ring, and one gRPC channel per owner address."""
 
     def __init__(self, watcher: RingWatcher) -> None:
         self.watcher = watcher
-        self._stubs: dict[str, tuple[grpc.aio.Channel, channel_grpc.ChannelServiceStub]] = {}
+        self._links: dict[str, OwnerLink] = {}
         self.recent = RecentChannels()
         # The ring whose moves were last prepared in full: a prepare cut short by a newer ring is
         # covered by the next one, which compares against this ring rather than the one before it.
@@ -209,17 +234,19 @@ class OwnerRouter:
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
+    def link(self, address: str) -> OwnerLink:
+        link = self._links.get(address)
+        if link is None:
+            link = self._links[address] = OwnerLink(address)
+        return link
+
     def stub(self, address: str) -> channel_grpc.ChannelServiceStub:
-        held = self._stubs.get(address)
-        if held is None:
-            link = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            held = self._stubs[address] = (link, channel_grpc.ChannelServiceStub(link))
-        return held[1]
+        return self.link(address).stub
 
     async def close(self) -> None:
         if self._preparing is not None:
             self._preparing.cancel()
-        for link, _ in self._stubs.values():
+        for link in self._links.values():
             await link.close()
 
     async def _unless_moved(self, channel: str, owner: str, call: Awaitable[T]) -> T:
@@ -254,7 +281,7 @@ class OwnerRouter:
         self,
         channel: str,
         deadline: float,
-        attempt: Callable[[channel_grpc.ChannelServiceStub, float], Awaitable[T]],
+        attempt: Callable[[OwnerLink, float], Awaitable[T]],
     ) -> T:
         """Run `attempt` against the owner until it succeeds, fails for good, or `deadline` passes."""
         loop = asyncio.get_running_loop()
@@ -267,7 +294,7 @@ class OwnerRouter:
                 raise unavailable(last_reason, f"no owner answered in time for channel {channel!r}: {last_reason}")
             try:
                 owner, address = self.owner(channel)
-                call = attempt(self.stub(address), min(remaining, owner_call_timeout_s))
+                call = attempt(self.link(address), min(remaining, owner_call_timeout_s))
                 return await self._unless_moved(channel, owner, call)
             except NoOwner as error:
                 last_reason = str(error)
@@ -282,7 +309,7 @@ class OwnerRouter:
                     self.report_refused(owner, address)
             except grpc.aio.UsageError:  # the link to the owner was closed under us: dial again
                 last_reason = "OWNER_LINK_CLOSED"
-                self._stubs.pop(address, None)
+                self._links.pop(address, None)
             await self.watcher.refresh()
             await asyncio.sleep(min(backoff, max(0.0, deadline - loop.time())) * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, retry_backoff_s_max)
@@ -334,9 +361,9 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         check_batch(request.messages, self.limits)
         forward = channel_pb2.ChannelServicePublishRequest(channel=request.channel, messages=request.messages)
 
-        async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> realtime_pb2.PublishResponse:
+        async def attempt(link: OwnerLink, timeout: float) -> realtime_pb2.PublishResponse:
             with tracing.tracer.start_as_current_span("ChannelService/Publish", kind=SpanKind.CLIENT):
-                response = await stub.Publish(forward, timeout=timeout, metadata=tracing.inject())
+                response = await link.pipe.publish(forward, timeout, dict(tracing.inject()))
             return realtime_pb2.PublishResponse(
                 channel=request.channel, serials=response.serials, duplicates=response.duplicates
             )
@@ -381,6 +408,19 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
                 yield await task
         finally:
             reader.cancel()
+
+    async def PublishPipe(  # noqa: N802
+        self, request_iterator: AsyncIterator[realtime_pb2.PublishPipeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.PublishPipeResponse]:
+        async def handle(item: realtime_pb2.PipedPublish) -> realtime_pb2.PublishResponse:
+            loop = asyncio.get_running_loop()
+            budget = min(item.timeout_ms / 1000, request_deadline_s * 6) if item.timeout_ms else request_deadline_s
+            return await self._publish(item.publish, loop.time() + budget, tracing.extract(item.trace_context.items()))
+
+        async for response in serve_pipe(
+            context, request_iterator, handle, realtime_pb2.PublishPipeResponse, realtime_pb2.PipedPublishResult
+        ):
+            yield response
 
     async def Subscribe(  # noqa: N802
         self, request: realtime_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -435,8 +475,9 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             backoff = min(backoff * 2, retry_backoff_s_max)
 
     async def _last_serial(self, channel: str, deadline: float) -> int:
-        async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> int:
-            state = await stub.GetChannel(channel_pb2.ChannelServiceGetChannelRequest(channel=channel), timeout=timeout)
+        async def attempt(link: OwnerLink, timeout: float) -> int:
+            request = channel_pb2.ChannelServiceGetChannelRequest(channel=channel)
+            state = await link.stub.GetChannel(request, timeout=timeout)
             return int(state.last_serial)
 
         return await self.router.call(channel, deadline, attempt)
@@ -481,11 +522,11 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             )
 
             async def attempt(
-                stub: channel_grpc.ChannelServiceStub,
+                link: OwnerLink,
                 timeout: float,
                 request: channel_pb2.ChannelServiceHistoryRequest = request,
             ) -> list[message_pb2.Message]:
-                return list((await stub.History(request, timeout=timeout)).messages)
+                return list((await link.stub.History(request, timeout=timeout)).messages)
 
             page = await self.router.call(channel, deadline, attempt)
             if not page:
@@ -500,9 +541,9 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         try:
             check_channel(request.channel, self.limits)
 
-            async def attempt(stub: channel_grpc.ChannelServiceStub, timeout: float) -> message_pb2.Channel:
+            async def attempt(link: OwnerLink, timeout: float) -> message_pb2.Channel:
                 forward = channel_pb2.ChannelServiceGetChannelRequest(channel=request.channel)
-                channel: message_pb2.Channel = await stub.GetChannel(forward, timeout=timeout)
+                channel: message_pb2.Channel = await link.stub.GetChannel(forward, timeout=timeout)
                 return channel
 
             return await self.router.call(request.channel, _deadline(context), attempt)

@@ -16,6 +16,7 @@ from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common.errors import ServiceError, abort, invalid, unavailable
+from services.common.pipe import serve_pipe
 
 
 class ScriptedGateway(realtime_grpc.RealtimeServiceServicer):  # type: ignore[misc]
@@ -31,16 +32,34 @@ class ScriptedGateway(realtime_grpc.RealtimeServiceServicer):  # type: ignore[mi
         self.subscribe_requests: list[realtime_pb2.SubscribeRequest] = []
         self.serial = 0
 
-    async def Publish(  # noqa: N802
-        self, request: realtime_pb2.PublishRequest, context: grpc.aio.ServicerContext
-    ) -> realtime_pb2.PublishResponse:
+    async def _publish(self, request: realtime_pb2.PublishRequest) -> realtime_pb2.PublishResponse:
         self.publishes.append(request)
         await asyncio.sleep(self.delay_s)
         if self.refuse is not None:
-            await abort(context, self.refuse)
+            raise self.refuse
         serials = list(range(self.serial + 1, self.serial + 1 + len(request.messages)))
         self.serial += len(request.messages)
         return realtime_pb2.PublishResponse(channel=request.channel, serials=serials, duplicates=[False] * len(serials))
+
+    async def Publish(  # noqa: N802
+        self, request: realtime_pb2.PublishRequest, context: grpc.aio.ServicerContext
+    ) -> realtime_pb2.PublishResponse:
+        try:
+            return await self._publish(request)
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+
+    async def PublishPipe(  # noqa: N802 - what the SDK publishes through
+        self, requests: AsyncIterator[realtime_pb2.PublishPipeRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.PublishPipeResponse]:
+        async def handle(item: realtime_pb2.PipedPublish) -> realtime_pb2.PublishResponse:
+            return await self._publish(item.publish)
+
+        async for response in serve_pipe(
+            context, requests, handle, realtime_pb2.PublishPipeResponse, realtime_pb2.PipedPublishResult
+        ):
+            yield response
 
     async def GetChannel(  # noqa: N802
         self, request: realtime_pb2.GetChannelRequest, context: grpc.aio.ServicerContext
