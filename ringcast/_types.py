@@ -91,7 +91,8 @@ class ClientStats:
     messages_published: int = 0
     """Messages acknowledged (duplicates included)."""
     publish_rpcs: int = 0
-    """Publish RPCs sent (each attempt counts): coalescing makes this much lower than publish_calls."""
+    """Publish requests sent, each a coalesced batch for one channel (every attempt counts): much
+    lower than publish_calls. They travel on each gateway's PublishPipe stream, many per message."""
     retries: int = 0
     """Attempts after the first, for every kind of request."""
     failovers: int = 0

@@ -53,7 +53,7 @@ def test_buf_style() -> None:
             rpc = re.match(r"^rpc (\w+)\((stream )?(\w+)\) returns \((stream )?([\w.]+)\);$", stripped)
             if rpc:
                 name, request, response = rpc.group(1), rpc.group(3), rpc.group(5)
-                if name == "PublishStream":  # DESIGN §4 names it so: the same messages as Publish, streamed
-                    name = "Publish"
+                if name in ("PublishStream", "AppendStream"):  # the same messages as the unary call, streamed
+                    name = name.removesuffix("Stream")
                 assert request.endswith(f"{name}Request"), stripped
                 assert response.endswith(f"{name}Response") or response in ("Channel", "Ring"), stripped

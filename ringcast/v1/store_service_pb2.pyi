@@ -92,10 +92,22 @@ class ChannelAppend(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "commit")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ChannelAppendResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[ChannelAppendResult, _Mapping]]] = ...) -> None: ...
+    commit: StoreCommit
+    def __init__(self, results: _Optional[_Iterable[_Union[ChannelAppendResult, _Mapping]]] = ..., commit: _Optional[_Union[StoreCommit, _Mapping]] = ...) -> None: ...
+
+class StoreCommit(_message.Message):
+    __slots__ = ("id", "requests", "ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    requests: int
+    ms: float
+    def __init__(self, id: _Optional[int] = ..., requests: _Optional[int] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class ChannelAppendResult(_message.Message):
     __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail")

@@ -46,6 +46,11 @@ class StoreServiceStub:
                 request_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
                 response_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.AppendStream = channel.stream_stream(
+                '/ringcast.v1.StoreService/AppendStream',
+                request_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
+                _registered_method=True)
         self.Read = channel.unary_unary(
                 '/ringcast.v1.StoreService/Read',
                 request_serializer=ringcast_dot_v1_dot_store__service__pb2.ReadRequest.SerializeToString,
@@ -74,6 +79,16 @@ class StoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendStream(self, request_iterator, context):
+        """Append, over one long-lived stream: one response per request, in order, each sent once the
+        request is durable. An owner keeps one open per replica and sends its next (coalesced) appends
+        when the previous answer came, which costs far less than a call each time. The stream ends
+        with the status Append would have ended with when a request is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Read(self, request, context):
         """Stored entries of many channels, each after a serial, from one committed snapshot.
         """
@@ -91,6 +106,11 @@ def add_StoreServiceServicer_to_server(servicer, server):
             ),
             'Append': grpc.unary_unary_rpc_method_handler(
                     servicer.Append,
+                    request_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.SerializeToString,
+            ),
+            'AppendStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendStream,
                     request_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.FromString,
                     response_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.SerializeToString,
             ),
@@ -154,6 +174,33 @@ class StoreService:
             request,
             target,
             '/ringcast.v1.StoreService/Append',
+            ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
+            ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ringcast.v1.StoreService/AppendStream',
             ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
             ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
             options,

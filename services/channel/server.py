@@ -26,6 +26,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from ringcast._pipe import call_error
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
@@ -46,7 +47,7 @@ from services.channel.role import (
 )
 from services.common import convert, metrics, tracing
 from services.common.batcher import Batcher
-from services.common.entries import Message
+from services.common.entries import Entry, Message
 from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
 from services.common.pipe import serve_pipe
@@ -99,6 +100,9 @@ lagging_ticks_max = 3
 prepare_channels_max = 1_000
 """Channels one Prepare call may name."""
 
+
+entry_protos_max = 8_192
+"""Entries kept in their wire form for the replicas still to be sent them (oldest dropped first)."""
 
 traced_publishes_max = 10_000
 """Publishes whose span a delivery can still link to (with tracing on); the oldest are forgotten."""
@@ -288,6 +292,7 @@ class StoreLink:
         self.node = node
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = store_grpc.StoreServiceStub(self.channel)
+        self.append_stream = _AppendStream(self.stub, zone)
         self.appends = Batcher(self._append, append_batch_appends_max, store_rpcs_inflight_max)
         self.fences = Batcher(self._fence, fence_batch_fences_max, store_rpcs_inflight_max)
         self.reads = Batcher(self._read, read_batch_reads_max, store_rpcs_inflight_max)
@@ -315,27 +320,26 @@ class StoreLink:
     async def _exchange(
         self,
         batch: list[Request],
-        call: Callable[..., Awaitable[Response]],
-        proto: object,
+        call: Callable[[], Awaitable[Response]],
         replies_of: Callable[[Response], list[Reply]],
         on_reply: Callable[[str, Request, Reply, int, Effects], None],
         observe: Callable[[Request, Reply, dict[str, str]], None] | None = None,
+        commit_of: Callable[[Response], dict[str, str]] | None = None,
     ) -> None:
-        """One batched RPC: its replies go to the core one by one; a failed call fails each request."""
+        """One batched exchange: its replies go to the core one by one; a failed one fails each request."""
         try:
-            rpc = call(proto, timeout=store_rpc_timeout_s)
-            response = await rpc
-            trailing = await _trailing(rpc) if tracing.enabled() else {}
+            response = await call()
         except (grpc.RpcError, grpc.aio.UsageError) as error:  # UsageError: the link closed at shutdown
             self._failed(batch, error)
             return
         replies = replies_of(response)
+        commit = commit_of(response) if commit_of is not None and tracing.enabled() else {}
 
         def deliver(fx: Effects) -> None:
             for request, reply in zip(batch, replies, strict=True):
                 on_reply(self.zone, request, reply, now_ms(), fx)
                 if observe is not None:
-                    observe(request, reply, trailing)
+                    observe(request, reply, commit)
 
         self.node.call(deliver)
 
@@ -355,18 +359,18 @@ class StoreLink:
                     channel=request.channel,
                     epoch=request.epoch,
                     prev=convert.position_to_proto(request.prev),
-                    entries=convert.entries_to_proto(request.entries),
+                    entries=[self.node.entry_proto(request.channel, entry) for entry in request.entries],
                 )
                 for request in batch
             ]
         )
         await self._exchange(
             batch,
-            self.stub.Append,
-            proto,
+            lambda: self.append_stream.exchange(proto, store_rpc_timeout_s),
             lambda response: [_append_reply(result) for result in response.results],
             self.node.core.on_append_reply,
             self._observe_append,
+            _commit_of,
         )
 
     async def _fence(self, batch: list[FenceRequest]) -> None:
@@ -375,8 +379,7 @@ class StoreLink:
         )
         await self._exchange(
             batch,
-            self.stub.Fence,
-            proto,
+            lambda: self.stub.Fence(proto, timeout=store_rpc_timeout_s),
             lambda response: [
                 FenceReply(result.fenced, result.fence_epoch, convert.position_from_proto(result.last))
                 for result in response.results
@@ -393,17 +396,73 @@ class StoreLink:
         )
         await self._exchange(
             batch,
-            self.stub.Read,
-            proto,
+            lambda: self.stub.Read(proto, timeout=store_rpc_timeout_s),
             lambda response: [_read_reply(result) for result in response.results],
             self.node.core.on_read_reply,
         )
 
 
-async def _trailing(rpc: object) -> dict[str, str]:
-    """A finished call's trailing metadata (what the store says about its commit)."""
-    metadata = await rpc.trailing_metadata()  # type: ignore[attr-defined]
-    return {str(key): str(value) for key, value in metadata or ()}
+def _commit_of(response: store_pb2.AppendResponse) -> dict[str, str]:
+    """What the store says about the commit that made an append durable (for the publish's trace)."""
+    if not response.HasField("commit"):
+        return {}
+    commit = response.commit
+    return {COMMIT_ID_KEY: str(commit.id), COMMIT_REQUESTS_KEY: str(commit.requests), COMMIT_MS_KEY: f"{commit.ms:.3f}"}
+
+
+class _AppendStream:
+    """The AppendStream to one replica: one request, then its response, on a stream kept open.
+
+    Any failure (an error, no answer in time, cancellation) leaves the stream out of step with
+    its requests, so it is dropped; the next exchange opens a new one. A stream that broke while
+    idle (the replica restarted) is found out by the next exchange: that one is tried again at once
+    on a new stream, as a unary call on a reconnected channel would have gone through.
+    """
+
+    def __init__(self, stub: store_grpc.StoreServiceStub, zone: str) -> None:
+        self.stub = stub
+        self.zone = zone
+        self.stream: grpc.aio.StreamStreamCall | None = None
+        self._turn = asyncio.Lock()  # one exchange at a time keeps responses matched to requests
+
+    async def exchange(self, request: store_pb2.AppendRequest, timeout_s: float) -> store_pb2.AppendResponse:
+        async with self._turn:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            if self.stream is not None and self.stream.done():
+                self._drop(self.stream)
+            fresh = self.stream is None
+            try:
+                return await self._exchange(request, timeout_s)
+            except grpc.RpcError as error:
+                if fresh or error.code() != grpc.StatusCode.UNAVAILABLE or loop.time() >= deadline:
+                    raise
+            return await self._exchange(request, deadline - loop.time())  # once, on a new stream
+
+    async def _exchange(self, request: store_pb2.AppendRequest, timeout_s: float) -> store_pb2.AppendResponse:
+        stream = self.stream
+        if stream is None:
+            stream = self.stream = self.stub.AppendStream()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await stream.write(request)
+                response = await stream.read()
+        except TimeoutError:
+            self._drop(stream)
+            raise call_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer from store {self.zone} in time") from None
+        except BaseException:
+            self._drop(stream)
+            raise
+        if response is grpc.aio.EOF:
+            self._drop(stream)
+            raise call_error(grpc.StatusCode.UNAVAILABLE, f"store {self.zone} ended the append stream")
+        answer: store_pb2.AppendResponse = response
+        return answer
+
+    def _drop(self, stream: grpc.aio.StreamStreamCall) -> None:
+        if self.stream is stream:
+            self.stream = None
+        stream.cancel()
 
 
 def _read_reply(result: store_pb2.ChannelReadResult) -> ReadReply:
@@ -444,12 +503,23 @@ class ChannelNodeAdapter:
         self.closing = False
         self.traces = PublishTraces()
         self.takeover_traces = TakeoverTraces()
+        self._entry_protos: dict[tuple[str, int, int], store_pb2.LogEntry] = {}
         for state in ("serving", "taking_over", "prepared"):
             metrics.channels.labels(state).set_function(functools.partial(self._channels, state))
         # Called with a reason when this node should leave the ring for a while (see health()).
         self.on_unhealthy: Callable[[str], None] = lambda reason: None
 
     # ----------------------------------------------------------------------------- plumbing
+
+    def entry_proto(self, channel: str, entry: Entry) -> store_pb2.LogEntry:
+        """`entry` as sent to the replicas, made once for all of them (every replica gets each entry)."""
+        key = (channel, entry.serial, entry.epoch)
+        proto = self._entry_protos.get(key)
+        if proto is None or proto.checksum != entry.checksum:
+            proto = self._entry_protos[key] = convert.entry_to_proto(entry)
+            if len(self._entry_protos) > entry_protos_max:
+                del self._entry_protos[next(iter(self._entry_protos))]
+        return proto
 
     def call(self, action: Callable[[Effects], object]) -> None:
         """Run one step of the core and carry out what it asks for."""

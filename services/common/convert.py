@@ -39,9 +39,21 @@ def entry_to_proto(entry: Entry) -> store_service_pb2.LogEntry:
     )
 
 
-def entry_from_proto(proto: store_service_pb2.LogEntry) -> Entry:
-    """An entry as sent; its checksum is kept as received, so corruption in transit is detected."""
-    return Entry(proto.serial, proto.epoch, message_from_proto(proto.message), proto.checksum)
+def entry_from_proto(proto: store_service_pb2.LogEntry, keep_encoded: bool = False) -> Entry:
+    """An entry as sent; its checksum is kept as received, so corruption in transit is detected.
+    With `keep_encoded` the message keeps its wire form (`Message.encoded`), for a store to write."""
+    if not keep_encoded:
+        return Entry(proto.serial, proto.epoch, message_from_proto(proto.message), proto.checksum)
+    message = proto.message
+    stored = Message(
+        message.id,
+        message.name,
+        bytes(message.data),
+        tuple(sorted(message.headers.items())),
+        message.timestamp_ms,
+        encoded=message.SerializeToString(),
+    )
+    return Entry(proto.serial, proto.epoch, stored, proto.checksum)
 
 
 def entries_to_proto(entries: Iterable[Entry]) -> list[store_service_pb2.LogEntry]:

@@ -41,6 +41,9 @@ class Message:
     headers: tuple[tuple[str, str], ...] = ()
     timestamp_ms: int = 0
     content_crc: int = field(default=-1, compare=False, repr=False)
+    encoded: bytes = field(default=b"", compare=False, repr=False)
+    """The message as it arrived on the wire (a ringcast.v1.Message), when it did: what a store
+    writes, so it need not encode it again. Empty when the message was made here."""
 
     def __post_init__(self) -> None:
         if self.content_crc < 0:

@@ -34,7 +34,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -371,23 +371,43 @@ class StoreService:
         context.set_trailing_metadata(_commit_metadata(committed))
         return store_pb2.FenceResponse(results=[_fence_to_proto(reply) for reply in committed.value])
 
+    async def _append(self, request: store_pb2.AppendRequest) -> tuple[store_pb2.AppendResponse, Committed[Any] | None]:
+        appends = _appends(request.appends, self.value_max)
+        if not appends:
+            return store_pb2.AppendResponse(), None
+        committed = await self.writer.submit(
+            lambda replica: [replica.append(channel, epoch, prev, entries) for channel, epoch, prev, entries in appends]
+        )
+        response = store_pb2.AppendResponse(
+            results=[_append_to_proto(reply) for reply in committed.value],
+            commit=store_pb2.StoreCommit(
+                id=committed.commit_id, requests=committed.commit_requests, ms=committed.commit_ms
+            ),
+        )
+        return response, committed
+
     async def Append(
         self, request: store_pb2.AppendRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.AppendResponse:
         try:
-            appends = _appends(request.appends, self.value_max)
-            if not appends:
-                return store_pb2.AppendResponse()
-            committed = await self.writer.submit(
-                lambda replica: [
-                    replica.append(channel, epoch, prev, entries) for channel, epoch, prev, entries in appends
-                ]
-            )
+            response, committed = await self._append(request)
         except ServiceError as error:
             await abort(context, error)
             raise
-        context.set_trailing_metadata(_commit_metadata(committed))
-        return store_pb2.AppendResponse(results=[_append_to_proto(reply) for reply in committed.value])
+        if committed is not None:
+            context.set_trailing_metadata(_commit_metadata(committed))
+        return response
+
+    async def AppendStream(  # noqa: N802
+        self, request_iterator: AsyncIterator[store_pb2.AppendRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[store_pb2.AppendResponse]:
+        async for request in request_iterator:
+            try:
+                response, _ = await self._append(request)
+            except ServiceError as error:
+                await abort(context, error)
+                return
+            yield response
 
     async def Read(self, request: store_pb2.ReadRequest, context: grpc.aio.ServicerContext) -> store_pb2.ReadResponse:
         try:
@@ -472,7 +492,7 @@ def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[
         for entry in proto.entries:
             _stored_value(entry.serial, "entries.serial", value_max)
             _stored_value(entry.epoch, "entries.epoch", value_max)
-        entries = tuple(convert.entry_from_proto(entry) for entry in proto.entries)
+        entries = tuple(convert.entry_from_proto(entry, keep_encoded=True) for entry in proto.entries)
         appends.append((channel, epoch, prev, entries))
     return appends
 

@@ -274,6 +274,8 @@ def _message_bytes(message: Message) -> bytes:
     # a message whose headers are not sorted by key (and unique) would come back with another checksum.
     keys = [key for key, _ in message.headers]
     invariant(all(a < b for a, b in zip(keys, keys[1:], strict=False)), "message headers are sorted and unique")
+    if message.encoded:  # as it came: reading it back gives the same message (its serial is ignored)
+        return message.encoded
     return bytes(message_to_proto(message).SerializeToString())
 
 
