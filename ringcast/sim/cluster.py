@@ -93,6 +93,8 @@ def role_config(bugs: frozenset[str]) -> RoleConfig:
         dedup_window_ms=60_000,
         tail_entries_max=24,
         read_entries_max=16,
+        recovery_full_entries_max=12,
+        recovery_ids_per_read=10,
         append_entries_max=8,
         append_inflight_max=3,
         append_timeout_ms=120,
@@ -170,6 +172,8 @@ class SimStore:
             reply: Any = self.rules.append(request.channel, request.epoch, request.prev, request.entries)
         elif isinstance(request, FenceRequest):
             reply = self.rules.fence(request.channel, request.epoch)
+        elif request.ids_only:
+            reply = self.rules.read_ids(request.channel, request.after_serial, request.limit)
         else:
             reply = self.rules.read(request.channel, request.after_serial, request.limit)
         self.unsynced_replies.append((source, ("store_reply", self.name, request, reply)))

@@ -134,14 +134,16 @@ class ReadRequest(_message.Message):
     def __init__(self, reads: _Optional[_Iterable[_Union[ChannelRead, _Mapping]]] = ...) -> None: ...
 
 class ChannelRead(_message.Message):
-    __slots__ = ("channel", "after_serial", "limit")
+    __slots__ = ("channel", "after_serial", "limit", "ids_only")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     channel: str
     after_serial: int
     limit: int
-    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    ids_only: bool
+    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ..., ids_only: _Optional[bool] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
     __slots__ = ("results",)
@@ -150,11 +152,15 @@ class ReadResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ChannelReadResult, _Mapping]]] = ...) -> None: ...
 
 class ChannelReadResult(_message.Message):
-    __slots__ = ("entries", "last", "corrupt_serial")
+    __slots__ = ("entries", "last", "corrupt_serial", "ids", "timestamps_ms")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     CORRUPT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     last: LogPosition
     corrupt_serial: int
-    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., corrupt_serial: _Optional[int] = ...) -> None: ...
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    timestamps_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., corrupt_serial: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ...) -> None: ...

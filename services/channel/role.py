@@ -61,6 +61,12 @@ class RoleConfig:
     dedup_window_ms: int = 120_000
     dedup_entries_max: int = 100_000
     recovery_read_entries_max: int = 100_000
+    """How far back a takeover rebuilds the dedup window (entries before the adopted log's last)."""
+    recovery_full_entries_max: int = 1_000
+    """Of those, the newest this many are read whole (they become the in-memory tail); the older
+    ones only as message ids and timestamps, which is all the dedup window needs and a fraction of
+    the work (a busy channel holds tens of thousands of entries inside the window)."""
+    recovery_ids_per_read: int = 10_000
     tail_entries_max: int = 10_000
     read_entries_max: int = 1_000
     append_entries_max: int = 256
@@ -107,6 +113,7 @@ class ReadRequest:
     after_serial: int
     limit: int
     sequence: int
+    ids_only: bool = False  # only (message id, timestamp) per entry: ReadReply.ids
 
 
 StoreRequest = FenceRequest | AppendRequest | ReadRequest
@@ -217,7 +224,7 @@ class _Subscriber:
 class _Read:
     """A read in flight: what it is for and where it went."""
 
-    purpose: str  # "recover", "backfill", "subscriber" or "history"
+    purpose: str  # "recover", "recover-ids", "backfill", "subscriber" or "history"
     replica: str
     sent_ms: int
     owner: int  # subscriber token, history token, or the serial a backfill is for
@@ -265,6 +272,11 @@ class ChannelRole:
         self.recovery: dict[str, list[Entry]] = {}
         self.recovery_target: dict[str, Position] = {}
         self.recovery_start = 0
+        # The dedup range older than the whole-entry read: (id, timestamp) of serials
+        # (recovery_ids_from, recovery_start], read from `recovery_ids_source`.
+        self.recovery_ids: list[tuple[str, int]] = []
+        self.recovery_ids_from = 0
+        self.recovery_ids_source = ""
         self.recovered_last = 0  # serial of the adopted log's last entry; commit is known past it
         self._sequence = 0
 
@@ -326,11 +338,14 @@ class ChannelRole:
         self._begin_recovery(sources, now_ms, fx)
 
     def _begin_recovery(self, sources: Sequence[tuple[str, Position | None]], now_ms: int, fx: Effects) -> None:
-        """Read the adopted log's suffix: from `recovery_start` (its entry gives our base epoch)."""
+        """Read the adopted log's suffix: from `recovery_start` (its entry gives our base epoch)
+        whole, and the dedup range before it as ids only."""
         targets = {name: last for name, last in sources if last is not None}
         invariant(len(targets) == len(sources), "every source answered its fence")
         self.recovered_last = max(last.serial for last in targets.values())
-        self.recovery_start = max(0, self.recovered_last - self.config.recovery_read_entries_max)
+        full = min(self.config.recovery_full_entries_max, self.config.recovery_read_entries_max)
+        self.recovery_start = max(0, self.recovered_last - full)
+        self.recovery_ids_from = max(0, self.recovered_last - self.config.recovery_read_entries_max)
         if self.recovered_last == 0:
             self._install_recovered([], now_ms, fx)
             return
@@ -340,6 +355,29 @@ class ChannelRole:
             self.recovery_target[name] = target
             if target.serial > after:
                 self._send_read("recover", name, after, target.serial - after, 0, now_ms, fx)
+        if self.recovery_ids_from < self.recovery_start:
+            self.recovery_ids_source = max(targets, key=lambda name: (targets[name].epoch, targets[name].serial))
+            self._send_ids_read(now_ms, fx)
+
+    def _send_ids_read(self, now_ms: int, fx: Effects) -> None:
+        after = self.recovery_ids_from + len(self.recovery_ids)
+        limit = min(self.config.recovery_ids_per_read, self.recovery_start - after)
+        self._send_read("recover-ids", self.recovery_ids_source, after, limit, 0, now_ms, fx, ids_only=True)
+
+    def _on_recovery_ids_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+        target = self.recovery_target.get(read.replica)
+        if target is None or not reply.ids:
+            self.stop("RECOVERY_READ_FAILED", fx)
+            return
+        if reply.last.serial < target.serial:
+            self.stop("FENCED", fx)  # the adopted log got shorter under us: a later epoch is writing
+            return
+        self.recovery_ids.extend(reply.ids[: self.recovery_start - read.after_serial])
+        self.progress_ms = now_ms
+        if self.recovery_ids_from + len(self.recovery_ids) < self.recovery_start:
+            self._send_ids_read(now_ms, fx)
+            return
+        self._install_if_recovered(now_ms, fx)
 
     def _on_recovery_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         name = read.replica
@@ -359,9 +397,14 @@ class ChannelRole:
         if have < target.serial:
             self._send_read("recover", name, have, target.serial - have, 0, now_ms, fx)
             return
-        if all(
+        self._install_if_recovered(now_ms, fx)
+
+    def _install_if_recovered(self, now_ms: int, fx: Effects) -> None:
+        whole = all(
             not entries or entries[-1].serial >= self.recovery_target[n].serial for n, entries in self.recovery.items()
-        ) and not any(r.purpose == "recover" for r in self.reads.values()):
+        )
+        ids = self.recovery_ids_from + len(self.recovery_ids) >= self.recovery_start
+        if whole and ids and not any(r.purpose in ("recover", "recover-ids") for r in self.reads.values()):
             self._install_recovered(self._merge_recovered(), now_ms, fx)
 
     def _merge_recovered(self) -> list[Entry]:
@@ -406,9 +449,12 @@ class ChannelRole:
                 replica.match = min(fence_last.serial, max(self.last - 1, 0))
                 replica.next = replica.match + 1
         if "reset-dedup-on-takeover" not in self.bugs:
+            for offset, (message_id, timestamp_ms) in enumerate(self.recovery_ids):
+                self.dedup.add(message_id, self.recovery_ids_from + 1 + offset, timestamp_ms)
             for entry in self.tail:
                 self.dedup.add(entry.message.id, entry.serial, entry.message.timestamp_ms)
             self.dedup.expire(now_ms + self.wall_offset_ms)
+        self.recovery_ids = []
         self.state = RoleState.SERVING
         details: dict[str, int | str] = {
             "last": self.last,
@@ -735,11 +781,20 @@ class ChannelRole:
         return self._send_read(purpose, source.name, after, limit, owner, now_ms, fx)
 
     def _send_read(
-        self, purpose: str, replica: str, after: int, limit: int, owner: int, now_ms: int, fx: Effects
+        self,
+        purpose: str,
+        replica: str,
+        after: int,
+        limit: int,
+        owner: int,
+        now_ms: int,
+        fx: Effects,
+        *,
+        ids_only: bool = False,
     ) -> int:
         sequence = self._next_sequence()
         self.reads[sequence] = _Read(purpose, replica, now_ms, owner, after, limit)
-        fx.sends.append((replica, ReadRequest(self.channel, self.epoch, after, limit, sequence)))
+        fx.sends.append((replica, ReadRequest(self.channel, self.epoch, after, limit, sequence, ids_only)))
         return sequence
 
     def on_read_reply(self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, fx: Effects) -> None:
@@ -748,6 +803,8 @@ class ChannelRole:
             return
         if read.purpose == "recover":
             self._on_recovery_read(read, reply, now_ms, fx)
+        elif read.purpose == "recover-ids":
+            self._on_recovery_ids_read(read, reply, now_ms, fx)
         elif read.purpose == "backfill":
             self._on_backfill_read(read, reply, now_ms, fx)
         elif read.purpose == "subscriber":
@@ -798,7 +855,7 @@ class ChannelRole:
         read = self.reads.pop(sequence, None)
         if read is None:
             return
-        if read.purpose == "recover":
+        if read.purpose in ("recover", "recover-ids"):
             self.stop("RECOVERY_READ_FAILED", fx)
         elif read.purpose == "subscriber":
             subscriber = self.subscribers.get(read.owner)

@@ -390,7 +390,12 @@ class StoreLink:
     async def _read(self, batch: list[ReadRequest]) -> None:
         proto = store_pb2.ReadRequest(
             reads=[
-                store_pb2.ChannelRead(channel=request.channel, after_serial=request.after_serial, limit=request.limit)
+                store_pb2.ChannelRead(
+                    channel=request.channel,
+                    after_serial=request.after_serial,
+                    limit=request.limit,
+                    ids_only=request.ids_only,
+                )
                 for request in batch
             ]
         )
@@ -467,6 +472,8 @@ class _AppendStream:
 
 def _read_reply(result: store_pb2.ChannelReadResult) -> ReadReply:
     last = convert.position_from_proto(result.last)
+    if result.ids:
+        return ReadReply((), last, False, tuple(zip(result.ids, result.timestamps_ms, strict=True)))
     if result.corrupt_serial:
         return ReadReply((), last, True)
     entries = tuple(convert.entry_from_proto(entry) for entry in result.entries)

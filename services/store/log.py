@@ -36,6 +36,9 @@ from services.common.invariants import invariant
 read_entries_max = 1_000
 """Upper bound on the entries one read returns, whatever the caller asked for."""
 
+ids_read_max = 10_000
+"""Message ids one ids-only read returns at most."""
+
 
 COMMIT_ID_KEY = "ringcast-commit-id"
 """Trailing metadata of a store's write replies: the number of the group commit that made it durable."""
@@ -79,6 +82,10 @@ class ReadReply:
     entries: tuple[Entry, ...]
     last: Position
     corrupt: bool = False
+    ids: tuple[tuple[str, int], ...] = ()
+    """For an ids-only read: (message id, timestamp ms) of each entry after the read's serial, in
+    order, and no `entries`. Checksums are not checked on this path (they cover the whole message):
+    a corrupt id can at worst let one retried message be stored twice, never lose or reorder one."""
 
 
 class LogStorage(Protocol):
@@ -101,6 +108,10 @@ class LogStorage(Protocol):
     def extend(self, channel: str, entries: Sequence[Entry]) -> None: ...
 
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]: ...
+
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+        """(message id, timestamp ms) of the entries `read` would return."""
+        ...
 
 
 class ReplicaLog:
@@ -182,6 +193,11 @@ class ReplicaLog:
                     break
         corrupt = not all(entry.intact() for entry in entries)
         return ReadReply(tuple(entries), self.storage.last(channel), corrupt)
+
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> ReadReply:
+        """At most `limit` (message id, timestamp) pairs of the entries after `after_serial`."""
+        ids = self.storage.read_ids(channel, after_serial, max(0, min(limit, ids_read_max)))
+        return ReadReply((), self.storage.last(channel), False, tuple(ids))
 
 
 def _malformed(epoch: int, prev: Position, entries: Sequence[Entry]) -> str:
@@ -283,6 +299,9 @@ class MemoryLogStorage:
             return []
         start = max(after_serial, 0)
         return log.entries[start : start + max(limit, 0)]
+
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+        return [(entry.message.id, entry.message.timestamp_ms) for entry in self.read(channel, after_serial, limit)]
 
     def replay(self, journal: Sequence[tuple[str, str, object]]) -> None:
         """Apply mutations recorded by another storage's journal, in order."""

@@ -344,6 +344,10 @@ class RedisLogStorage:
         found += [entry for entry in change.entries if entry.serial > after_serial][: limit - len(found)]
         return found
 
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+        # Entries are stored whole in one sorted-set member each: nothing cheaper to fetch.
+        return [(entry.message.id, entry.message.timestamp_ms) for entry in self.read(channel, after_serial, limit)]
+
     def _stored_read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
         if limit <= 0:
             return []

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -54,6 +55,7 @@ from services.store.log import (
     FenceReply,
     ReadReply,
     ReplicaLog,
+    ids_read_max,
     read_entries_max,
 )
 from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
@@ -276,21 +278,25 @@ class LogReaders:
             self._storages.put(storage)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read")
 
-    async def read_many(self, reads: Sequence[tuple[str, int, int]], bytes_max: int) -> list[ReadReply]:
-        """Each (channel, after serial, limit), from one snapshot; see `read_response_bytes_max`."""
+    async def read_many(self, reads: Sequence[_Read], bytes_max: int) -> list[ReadReply]:
+        """Each (channel, after serial, limit, ids only), from one snapshot; see `read_response_bytes_max`."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._read_many, reads, bytes_max)
 
-    def _read_many(self, reads: Sequence[tuple[str, int, int]], bytes_max: int) -> list[ReadReply]:
+    def _read_many(self, reads: Sequence[_Read], bytes_max: int) -> list[ReadReply]:
         # As many connections as threads, so a thread always finds one free.
         storage = self._storages.get_nowait()
         try:
             storage.begin()  # one snapshot for all the entries and last positions
             try:
                 replica, replies, budget = ReplicaLog(storage), [], bytes_max
-                for channel, after_serial, limit in reads:
-                    reply = replica.read(channel, after_serial, limit, bytes_max=budget)
-                    budget -= sum(len(entry.message.data) for entry in reply.entries)
+                for channel, after_serial, limit, ids_only in reads:
+                    if ids_only:
+                        reply = _within(replica.read_ids(channel, after_serial, limit), budget)
+                        budget -= sum(len(message_id) + 8 for message_id, _ in reply.ids)
+                    else:
+                        reply = replica.read(channel, after_serial, limit, bytes_max=budget)
+                        budget -= sum(len(entry.message.data) for entry in reply.entries)
                     replies.append(reply)
                 return replies
             finally:
@@ -417,8 +423,16 @@ class StoreService:
             await abort(context, error)
             raise
         results = []
-        for (channel, _, _), reply in zip(reads, replies, strict=True):
-            if reply.corrupt:
+        for (channel, _, _, ids_only), reply in zip(reads, replies, strict=True):
+            if ids_only:
+                results.append(
+                    store_pb2.ChannelReadResult(
+                        last=convert.position_to_proto(reply.last),
+                        ids=[message_id for message_id, _ in reply.ids],
+                        timestamps_ms=[timestamp_ms for _, timestamp_ms in reply.ids],
+                    )
+                )
+            elif reply.corrupt:
                 serial = next(entry.serial for entry in reply.entries if not entry.intact())
                 log.error("stored entry %d of channel %r is corrupt", serial, channel)
                 results.append(
@@ -459,16 +473,31 @@ def _fences(protos: Sequence[store_pb2.ChannelFence], value_max: int) -> list[tu
     return [(_channel(proto.channel), _stored_value(proto.epoch, "epoch", value_max)) for proto in protos]
 
 
-def _reads(protos: Sequence[store_pb2.ChannelRead], value_max: int) -> list[tuple[str, int, int]]:
+_Read = tuple[str, int, int, bool]
+"""(channel, after serial, limit, ids only)"""
+
+
+def _reads(protos: Sequence[store_pb2.ChannelRead], value_max: int) -> list[_Read]:
     _at_most(len(protos), read_channels_max, "TOO_MANY_READS", "reads")
     return [
         (
             _channel(proto.channel),
             _stored_value(proto.after_serial, "after_serial", value_max),
-            min(proto.limit or read_entries_default, read_entries_max),
+            min(proto.limit or read_entries_default, ids_read_max if proto.ids_only else read_entries_max),
+            proto.ids_only,
         )
         for proto in protos
     ]
+
+
+def _within(reply: ReadReply, budget: int) -> ReadReply:
+    """An ids-only reply cut to about `budget` bytes, but never to fewer than one id."""
+    size = 0
+    for index, (message_id, _) in enumerate(reply.ids):
+        size += len(message_id) + 8
+        if index and size > budget:
+            return dataclasses.replace(reply, ids=reply.ids[:index])
+    return reply
 
 
 def _at_most(count: int, limit: int, reason: str, what: str) -> None:

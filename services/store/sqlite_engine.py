@@ -255,6 +255,15 @@ class SqliteLogStorage:
         )
         self._lasts.put(channel, entries[-1].position)
 
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+        if limit <= 0:
+            return []
+        rows = self._connection.execute(
+            "SELECT message FROM entries WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?",
+            (channel, max(after_serial, 0), limit),
+        ).fetchall()
+        return [_id_and_timestamp(bytes(data)) for (data,) in rows]
+
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
         if limit <= 0:
             return []
@@ -267,6 +276,14 @@ class SqliteLogStorage:
             _entry_from_row(int(serial), int(epoch), bytes(data), int(checksum))
             for serial, epoch, data, checksum in rows
         ]
+
+
+def _id_and_timestamp(data: bytes) -> tuple[str, int]:
+    try:
+        message = message_pb2.Message.FromString(data)
+    except Exception:  # unparsable bytes (see _entry_from_row): an id no retry can match
+        return "", 0
+    return message.id, message.timestamp_ms
 
 
 def _message_bytes(message: Message) -> bytes:

@@ -62,7 +62,8 @@ class Replicas:
                 yield name, request, log.append(request.channel, request.epoch, request.prev, request.entries)
             else:
                 assert isinstance(request, ReadRequest)
-                yield name, request, log.read(request.channel, request.after_serial, request.limit)
+                read = log.read_ids if request.ids_only else log.read
+                yield name, request, read(request.channel, request.after_serial, request.limit)
 
     def ids(self, name: str, channel: str = "ch") -> list[tuple[int, int, str]]:
         return [(e.serial, e.epoch, e.message.id) for e in self.storages[name].read(channel, 0, 10_000)]
@@ -100,6 +101,27 @@ def test_takeover_of_an_empty_channel_serves_and_acks_at_quorum() -> None:
     assert [(token, result.ok, result.serials) for token, result in fx.results] == [(1, True, (1, 2))]
     assert replicas.ids("store-a") == [(1, 7, "m1"), (2, 7, "m2")]
     assert replicas.ids("store-c") == []
+
+
+def test_a_takeover_reads_the_newest_entries_whole_and_older_dedup_ids_only() -> None:
+    replicas = Replicas()
+    old = entries(3, 1, *(f"m{n}" for n in range(1, 51)))
+    for name in STORES:
+        replicas.write(name, old)
+    config = RoleConfig(recovery_full_entries_max=5, recovery_ids_per_read=7, recovery_read_entries_max=40)
+    role = ChannelRole("ch", 9, config, 0)
+    fx = Effects()
+    role.start(fx)
+    replicas.run(role, fx)
+    reads = [request for _, request in fx.sends if isinstance(request, ReadRequest)]
+    whole = [read for read in reads if not read.ids_only]
+    ids = [read for read in reads if read.ids_only]
+    assert sum(read.limit for read in whole) == 6  # the base entry (45) and the 5 newest (46..50)
+    assert [(read.after_serial, read.limit) for read in ids] == [(10, 7), (17, 7), (24, 7), (31, 7), (38, 7)]
+    assert role.state is RoleState.SERVING and role.tail_base == 45 and len(role.tail) == 5
+    assert len(role.dedup) == 40  # m11..m50: the ids of 11..45 and the tail's 46..50
+    fx = publish(replicas, role, 1, "m12", "m47", "new")  # retries of old messages, and a new one
+    assert [(token, r.serials, r.duplicates) for token, r in fx.results] == [(1, (12, 47, 51), (True, True, False))]
 
 
 def test_no_ack_without_a_quorum_and_a_retry_finds_the_original_serial() -> None:

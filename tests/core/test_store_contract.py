@@ -180,6 +180,9 @@ class Replica:
     def read(self, name: str, after_serial: int, limit: int) -> ReadReply:
         return self.engine.run(lambda: self.rules.read(name, after_serial, limit))
 
+    def read_ids(self, name: str, after_serial: int, limit: int) -> ReadReply:
+        return self.engine.run(lambda: self.rules.read_ids(name, after_serial, limit))
+
 
 # --------------------------------------------------------------------------------- helpers
 
@@ -490,6 +493,26 @@ def test_read_limit_is_capped_by_read_entries_max(engine: Engine) -> None:
     assert reply.last == Position(count_max + 7, 1)
     tail = replica.read(channel, count_max, count_max * 3)
     assert [entry.serial for entry in tail.entries] == list(range(count_max + 1, count_max + 8))
+
+
+def test_ids_only_reads_give_each_entrys_message_id_and_timestamp(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 6 + [2] * 4)
+    held = _held(engine)
+    reply = replica.read_ids(channel, 3, 4)
+    assert reply.ids == tuple((entry.message.id, entry.message.timestamp_ms) for entry in held[3:7])
+    assert (reply.entries, reply.last, reply.corrupt) == ((), Position(10, 2), False)
+    assert [message_id for message_id, _ in replica.read_ids(channel, 0, 100).ids] == [e.message.id for e in held]
+    assert replica.read_ids(channel, 10, 5).ids == ()
+    assert replica.read_ids(channel, 0, 0).ids == ()
+    assert Replica(engine).read_ids("nowhere", 0, 10) == ReadReply((), ORIGIN, False)
+
+
+def test_ids_only_reads_are_capped_by_ids_read_max(engine: Engine) -> None:
+    count_max = log_module.ids_read_max
+    replica = _replica_with(engine, [1] * (count_max + 3))
+    reply = replica.read_ids(channel, 0, count_max * 2)
+    assert len(reply.ids) == count_max
+    assert reply.ids[-1][0] == _held(engine)[count_max - 1].message.id
 
 
 def test_reads_of_channels_are_independent(engine: Engine) -> None:
