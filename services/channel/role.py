@@ -32,6 +32,7 @@ what must happen to an `Effects` object: requests for store replicas, publish re
 from __future__ import annotations
 
 import enum
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -333,7 +334,10 @@ class ChannelRole:
         if "adopt-highest-epoch-per-serial" in self.bugs:
             sources = lasts
         else:
-            adopted = most_up_to_date(lasts)
+            # Replicas with the same last position hold the same log; which one to read from among
+            # them is free, so channels take turns (by name) instead of all reading the first.
+            turn = zlib.crc32(self.channel.encode()) % len(lasts)
+            adopted = most_up_to_date(lasts[turn:] + lasts[:turn])
             sources = [(adopted, self.replicas[adopted].fence_last)]  # type: ignore[list-item]
         self._begin_recovery(sources, now_ms, fx)
 

@@ -34,7 +34,9 @@ channel_cache_entries_max = 100_000
 busy_timeout_ms = 5_000
 """How long a connection waits for a lock held by another connection before it fails."""
 
-schema_version = 1
+schema_version = 2
+"""1: entries and fences. 2: entries also hold their message id and timestamp in columns of their own
+(what ids-only reads select); rows written at version 1 have them NULL and are decoded instead."""
 
 _SCHEMA = (
     """
@@ -44,6 +46,8 @@ _SCHEMA = (
         epoch INTEGER NOT NULL,
         message BLOB NOT NULL,
         checksum INTEGER NOT NULL,
+        message_id TEXT,
+        timestamp_ms INTEGER,
         PRIMARY KEY (channel, serial)
     ) WITHOUT ROWID
     """,
@@ -131,7 +135,10 @@ class SqliteLogStorage:
             for statement in _SCHEMA:
                 connection.execute(statement)
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            invariant(version in (0, schema_version), f"store database schema {version} is {schema_version}")
+            invariant(version in (0, 1, schema_version), f"store database schema {version} is {schema_version}")
+            if version == 1:
+                connection.execute("ALTER TABLE entries ADD COLUMN message_id TEXT")
+                connection.execute("ALTER TABLE entries ADD COLUMN timestamp_ms INTEGER")
             connection.execute(f"PRAGMA user_version = {schema_version}")
             connection.execute("COMMIT")
         except BaseException:
@@ -248,10 +255,23 @@ class SqliteLogStorage:
         for entry in entries:
             invariant(entry.serial == previous_serial + 1, "log stays contiguous")
             invariant(entry.epoch >= previous_epoch, "epochs never decrease")
-            rows.append((channel, entry.serial, entry.epoch, _message_bytes(entry.message), entry.checksum))
+            message = entry.message
+            rows.append(
+                (
+                    channel,
+                    entry.serial,
+                    entry.epoch,
+                    _message_bytes(message),
+                    entry.checksum,
+                    message.id,
+                    message.timestamp_ms,
+                )
+            )
             previous_serial, previous_epoch = entry.serial, entry.epoch
         self._connection.executemany(
-            "INSERT INTO entries (channel, serial, epoch, message, checksum) VALUES (?, ?, ?, ?, ?)", rows
+            "INSERT INTO entries (channel, serial, epoch, message, checksum, message_id, timestamp_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
         self._lasts.put(channel, entries[-1].position)
 
@@ -259,10 +279,14 @@ class SqliteLogStorage:
         if limit <= 0:
             return []
         rows = self._connection.execute(
-            "SELECT message FROM entries WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?",
+            "SELECT message_id, timestamp_ms, CASE WHEN message_id IS NULL THEN message END FROM entries "
+            "WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?",
             (channel, max(after_serial, 0), limit),
         ).fetchall()
-        return [_id_and_timestamp(bytes(data)) for (data,) in rows]
+        return [
+            (message_id, timestamp_ms) if message_id is not None else _id_and_timestamp(bytes(data))
+            for message_id, timestamp_ms, data in rows
+        ]
 
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
         if limit <= 0:

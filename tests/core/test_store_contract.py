@@ -28,6 +28,7 @@ import pytest
 from services.common.entries import ORIGIN, Entry, Message, Position
 from services.common.invariants import InvariantViolation
 from services.store import log as log_module
+from services.store import sqlite_engine
 from services.store.log import (
     AppendReply,
     AppendStatus,
@@ -717,6 +718,39 @@ def test_sqlite_uses_wal_and_syncs_every_commit(tmp_path: Path) -> None:
     connection = storage._connection
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    storage.close()
+
+
+def test_a_schema_1_store_opens_and_its_old_rows_still_give_their_ids(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    old = _entries(1, [2, 2, 2])
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        """
+        CREATE TABLE entries (channel TEXT NOT NULL, serial INTEGER NOT NULL, epoch INTEGER NOT NULL,
+            message BLOB NOT NULL, checksum INTEGER NOT NULL, PRIMARY KEY (channel, serial)) WITHOUT ROWID;
+        CREATE TABLE fences (channel TEXT NOT NULL PRIMARY KEY, epoch INTEGER NOT NULL) WITHOUT ROWID;
+        PRAGMA user_version = 1;
+        """
+    )
+    connection.execute("INSERT INTO fences VALUES (?, 2)", (channel,))
+    connection.executemany(
+        "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+        [(channel, e.serial, e.epoch, sqlite_engine._message_bytes(e.message), e.checksum) for e in old],
+    )
+    connection.commit()
+    connection.close()
+
+    storage = _sqlite(path)
+    assert storage._connection.execute("PRAGMA user_version").fetchone()[0] == sqlite_engine.schema_version
+    replica = ReplicaLog(storage)
+    new = _entries(4, [2, 2])
+    assert _in_transaction(storage, lambda: replica.append(channel, 2, Position(3, 2), new)).status is AppendStatus.OK
+    assert storage.read(channel, 0, 10) == old + new
+    ids = _in_transaction(storage, lambda: replica.read_ids(channel, 0, 10)).ids
+    assert ids == tuple((e.message.id, e.message.timestamp_ms) for e in old + new)
+    stored = storage._connection.execute("SELECT message_id FROM entries ORDER BY serial").fetchall()
+    assert stored == [(None,)] * 3 + [(e.message.id,) for e in new]
     storage.close()
 
 
