@@ -17,10 +17,12 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, StorageType, StreamConfig
@@ -33,6 +35,12 @@ log = logging.getLogger("ringcast.bench")
 stream_name = "RINGCAST_BENCH"
 ready_timeout_s = 30.0
 publish_timeout_s = 20.0
+"""How long one publish may take in all, its retries included."""
+retry_pause_s = 0.05
+publish_attempt_timeout_s = 5.0
+"""How long one attempt waits for its ack before it is sent again with the same Nats-Msg-Id: the
+ringcast SDK's default attempt timeout. Without retries a publish whose ack died with the stream
+leader waits out its whole timeout, and the failover gap measures that timeout, not NATS."""
 
 
 class NatsCluster:
@@ -151,7 +159,21 @@ class NatsTarget:
             await self._connection.close()
 
     async def publish(self, channel: str, data: bytes) -> None:
-        await self._js.publish(f"bench.{channel}", data, timeout=publish_timeout_s)
+        """One publish with a message id (JetStream drops a repeated one within its 2-minute
+        duplicate window, as ringcast does), retried like the SDK retries until `publish_timeout_s`."""
+        headers = {"Nats-Msg-Id": uuid.uuid4().hex}
+        deadline = time.monotonic() + publish_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                await self._js.publish(
+                    f"bench.{channel}", data, timeout=min(publish_attempt_timeout_s, remaining), headers=headers
+                )
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError):
+                if time.monotonic() + retry_pause_s >= deadline:
+                    raise
+                await asyncio.sleep(retry_pause_s)
 
     async def publish_batch(self, channel: str, datas: list[bytes]) -> None:
         """JetStream 2.9 has no atomic batch: the batch's publishes go pipelined, and all are awaited."""
