@@ -19,9 +19,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+import ringcast
 from ringcast.cluster.launcher import Launcher
 from ringcast.cluster.topology import free_ports, local_topology
 from ringcast.v1 import message_pb2
@@ -120,8 +123,17 @@ def test_one_publish_is_one_trace_and_its_delivery_links_to_it(
             delivered = await asyncio.wait_for(received, 30)
             subscription.cancel()
             assert delivered.message.serial == response.serials[0]
-            return int(response.serials[0])
+        # The SDK publishes on its PublishPipe stream: each publish carries the caller's context.
+        token = otel_context.attach(propagate.extract({"traceparent": sdk_parent}))
+        try:
+            async with ringcast.Client([gateway]) as client:
+                await client.publish("traced", b"through the sdk")
+        finally:
+            otel_context.detach(token)
+        return int(response.serials[0])
 
+    sdk_trace_id = secrets.token_bytes(16)
+    sdk_parent = f"00-{sdk_trace_id.hex()}-{secrets.token_hex(8)}-01"
     serial = asyncio.run(scenario())
     deadline = time.monotonic() + 30
     while True:
@@ -151,6 +163,13 @@ def test_one_publish_is_one_trace_and_its_delivery_links_to_it(
     service, delivery = deliveries[0]
     assert service.startswith("channel") and delivery.name == "ChannelService/deliver"
     assert attributes(delivery)["ringcast.serials"] == [serial]
+    while time.monotonic() < deadline and not any(
+        span.name == "ChannelService/Publish" for _, span in collected.of_trace(sdk_trace_id)
+    ):
+        time.sleep(0.1)
+    sdk_spans = sorted((service.split("-")[0], span.name) for service, span in collected.of_trace(sdk_trace_id))
+    assert ("gateway", "RealtimeService/Publish") in sdk_spans, sdk_spans
+    assert ("channel", "ChannelService/Publish") in sdk_spans, sdk_spans
 
 
 def test_no_endpoint_no_export() -> None:
