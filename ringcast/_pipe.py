@@ -49,13 +49,14 @@ def status_error(status: status_pb2.Status) -> grpc.aio.AioRpcError:
     return call_error(_STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message, status)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Waiting:
     tag: int
     payload: Any
     timeout_ms: int
     trace_context: Mapping[str, str]
     size: int
+    written: bool = False
 
 
 class PipeClient(Generic[Payload, Answer]):
@@ -110,16 +111,16 @@ class PipeClient(Generic[Payload, Answer]):
             remaining = max(0.001, deadline - loop.time())
             waiting = _Waiting(tag, payload, max(1, int(remaining * 1000)), trace_context or {}, payload.ByteSize())
             self._outbox.append(waiting)
-            self._ensure_stream()
-            self._wake.set()
             try:
+                self._ensure_stream()
+                self._wake.set()
                 async with asyncio.timeout(remaining):
                     result = await answer
             except TimeoutError:
                 raise call_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer from {self.name} in time") from None
             finally:
                 self._answers.pop(tag, None)
-                if waiting in self._outbox:  # given up before it was written: do not send it
+                if not waiting.written and waiting in self._outbox:  # given up before it was written
                     self._outbox.remove(waiting)
         finally:
             self._room.release()
@@ -146,6 +147,8 @@ class PipeClient(Generic[Payload, Answer]):
             count += 1
         taken = self._outbox[:count]
         del self._outbox[:count]
+        for waiting in taken:
+            waiting.written = True
         return taken
 
     async def _write(self, stream: Any) -> None:

@@ -455,6 +455,9 @@ class _AppendStream:
         except TimeoutError:
             self._drop(stream)
             raise call_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer from store {self.zone} in time") from None
+        except asyncio.InvalidStateError:  # the stream ended between our check and the write
+            self._drop(stream)
+            raise call_error(grpc.StatusCode.UNAVAILABLE, f"the append stream to store {self.zone} ended") from None
         except BaseException:
             self._drop(stream)
             raise
