@@ -8,14 +8,16 @@ from ringcast.v1 import message_pb2, store_service_pb2
 from services.common.entries import Entry, Message, Position
 
 
-def message_from_proto(proto: message_pb2.Message) -> Message:
-    """A core message from a client's; headers sorted so every replica computes the same checksum."""
+def message_from_proto(proto: message_pb2.Message, keep_encoded: bool = False) -> Message:
+    """A core message from a client's; headers sorted so every replica computes the same checksum.
+    With `keep_encoded` it keeps its wire form (`Message.encoded`), for a store to write as it is."""
     return Message(
         proto.id,
         proto.name,
         bytes(proto.data),
         tuple(sorted(proto.headers.items())),
         proto.timestamp_ms,
+        encoded=proto.SerializeToString() if keep_encoded else b"",
     )
 
 
@@ -40,20 +42,8 @@ def entry_to_proto(entry: Entry) -> store_service_pb2.LogEntry:
 
 
 def entry_from_proto(proto: store_service_pb2.LogEntry, keep_encoded: bool = False) -> Entry:
-    """An entry as sent; its checksum is kept as received, so corruption in transit is detected.
-    With `keep_encoded` the message keeps its wire form (`Message.encoded`), for a store to write."""
-    if not keep_encoded:
-        return Entry(proto.serial, proto.epoch, message_from_proto(proto.message), proto.checksum)
-    message = proto.message
-    stored = Message(
-        message.id,
-        message.name,
-        bytes(message.data),
-        tuple(sorted(message.headers.items())),
-        message.timestamp_ms,
-        encoded=message.SerializeToString(),
-    )
-    return Entry(proto.serial, proto.epoch, stored, proto.checksum)
+    """An entry as sent; its checksum is kept as received, so corruption in transit is detected."""
+    return Entry(proto.serial, proto.epoch, message_from_proto(proto.message, keep_encoded), proto.checksum)
 
 
 def entries_to_proto(entries: Iterable[Entry]) -> list[store_service_pb2.LogEntry]:

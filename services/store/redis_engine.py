@@ -33,6 +33,7 @@ import redis
 
 from services.common.entries import ORIGIN, Entry, Position
 from services.common.invariants import invariant
+from services.store.log import message_ids
 from services.store.sqlite_engine import _BoundedCache, _entry_from_row, _message_bytes, channel_cache_entries_max
 
 value_max = 2**53
@@ -346,7 +347,7 @@ class RedisLogStorage:
 
     def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
         # Entries are stored whole in one sorted-set member each: nothing cheaper to fetch.
-        return [(entry.message.id, entry.message.timestamp_ms) for entry in self.read(channel, after_serial, limit)]
+        return message_ids(self.read(channel, after_serial, limit))
 
     def _stored_read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
         if limit <= 0:
