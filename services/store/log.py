@@ -17,6 +17,17 @@ Rules (DESIGN §3), for one channel X on one replica:
    does not match their content are refused whole (CORRUPT), and so are appends that break
    contiguity or epoch order (INVALID): bad input never changes the log.
 
+5. Retention: a replica drops the oldest entries of a channel's log (`trim`), but only entries it
+   knows are committed — an accepted append carries the owner's commit point, and the replica's log
+   matches the owner's up to the append's end, so `committed` is the smaller of the two — and never
+   one younger than `Retention.keep_recent_ms` (the dedup window: a retry must still find its id).
+   The log then starts after its `base`, the position of the last dropped entry. Committed entries
+   are never truncated, so an append whose `prev` lies below the base skips the entries up to it
+   (the owner holds the same ones); a read from below the base starts after it and says so.
+6. An append marked `from_base` carries a `prev` the owner read as another replica's base, i.e. a
+   committed position. A replica that does not hold `prev` drops its whole log and starts after
+   `prev`: it was too far behind to be caught up entry by entry from replicas that trimmed.
+
 The rules are plain code over a `LogStorage` (what an engine provides: SQLite, Redis, or the
 in-memory engine below). They do no I/O of their own; making writes durable before the reply leaves
 the replica is the adapter's job.
@@ -78,10 +89,24 @@ class AppendReply:
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of each channel's log a replica keeps (DESIGN §7): entries older than `age_ms`, or
+    beyond the newest `entries_max`, are dropped, as long as they are committed and older than
+    `keep_recent_ms`. One `trim` call looks at `scan_max` entries at most."""
+
+    age_ms: int = 72 * 3_600_000
+    entries_max: int = 1_000_000
+    keep_recent_ms: int = 120_000
+    scan_max: int = 1_000
+
+
+@dataclass(frozen=True, slots=True)
 class ReadReply:
     entries: tuple[Entry, ...]
     last: Position
     corrupt: bool = False
+    base: Position = ORIGIN
+    """The position the replica's retained log follows: a read from below it starts after it."""
     ids: tuple[tuple[str, int], ...] = ()
     """For an ids-only read: (message id, timestamp ms) of each entry after the read's serial, in
     order, and no `entries`. Checksums are not checked on this path (they cover the whole message):
@@ -101,7 +126,9 @@ class LogStorage(Protocol):
         """Epoch of the entry at `serial`; 0 for serial 0; None when the log does not reach it."""
         ...
 
-    def first_serial_of_epoch(self, channel: str, epoch: int) -> int: ...
+    def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
+        """The first retained serial with `epoch` (the base's serial when the base has it)."""
+        ...
 
     def truncate_after(self, channel: str, serial: int) -> None: ...
 
@@ -111,6 +138,25 @@ class LogStorage(Protocol):
 
     def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
         """(message id, timestamp ms) of the entries `read` would return."""
+        ...
+
+    def base(self, channel: str) -> Position:
+        """The position the retained log follows (ORIGIN until something is trimmed). `last` is the
+        base when no entry is retained; `epoch_at` knows the base's epoch and nothing below it."""
+        ...
+
+    def drop_through(self, channel: str, base: Position) -> None:
+        """Drop every entry up to `base.serial`; the log then follows `base`."""
+        ...
+
+    def committed(self, channel: str) -> int:
+        """The highest serial this replica knows to be committed (0: none known)."""
+        ...
+
+    def set_committed(self, channel: str, serial: int) -> None: ...
+
+    def channels_after(self, channel: str, count: int) -> list[str]:
+        """Up to `count` channel names after `channel` ("" for the first), in order."""
         ...
 
 
@@ -130,7 +176,17 @@ class ReplicaLog:
             self.storage.set_fence(channel, epoch)
         return FenceReply(False, epoch, self.storage.last(channel))
 
-    def append(self, channel: str, epoch: int, prev: Position, entries: Sequence[Entry]) -> AppendReply:
+    def append(
+        self,
+        channel: str,
+        epoch: int,
+        prev: Position,
+        entries: Sequence[Entry],
+        *,
+        commit: int = 0,
+        from_base: bool = False,
+    ) -> AppendReply:
+        """Rules 2, 3, 5 and 6; `commit` is the owner's commit point when it sent the append."""
         storage = self.storage
         fence = storage.fence_of(channel)
         if epoch < fence and self._check_epoch:
@@ -139,11 +195,28 @@ class ReplicaLog:
         if problem:
             status = AppendStatus.CORRUPT if problem == "checksum" else AppendStatus.INVALID
             return AppendReply(status, fence, storage.last(channel), detail=problem)
+        base = storage.base(channel)
+        end = prev.serial + len(entries)
+        if prev.serial < base.serial:
+            # Entries up to the base were committed when they were dropped: the owner holds the same.
+            skipped = min(base.serial - prev.serial, len(entries))
+            if skipped == base.serial - prev.serial and entries[skipped - 1].epoch != base.epoch:
+                return AppendReply(AppendStatus.INVALID, fence, storage.last(channel), detail="trimmed")
+            prev, entries = (base, entries[skipped:]) if skipped == base.serial - prev.serial else (prev, ())
         if epoch > fence:
             storage.set_fence(channel, epoch)
             fence = epoch
-        last = storage.last(channel)
+        if not entries and prev.serial < base.serial:
+            self._learn_commit(channel, commit, end)
+            return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end)
         held_epoch = storage.epoch_at(channel, prev.serial)
+        if from_base and held_epoch != prev.epoch:
+            if prev.serial == base.serial:  # our base is committed: a committed position cannot differ
+                return AppendReply(AppendStatus.INVALID, fence, storage.last(channel), detail="trimmed")
+            storage.truncate_after(channel, prev.serial)
+            storage.drop_through(channel, prev)
+            held_epoch = prev.epoch
+        last = storage.last(channel)
         if held_epoch != prev.epoch:
             if held_epoch is None:
                 return AppendReply(AppendStatus.MISMATCH, fence, last)
@@ -159,7 +232,36 @@ class ReplicaLog:
             if entries[first_new].serial <= last.serial:
                 storage.truncate_after(channel, entries[first_new].serial - 1)
             storage.extend(channel, entries[first_new:])
-        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=prev.serial + len(entries))
+        self._learn_commit(channel, commit, end)
+        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end)
+
+    def _learn_commit(self, channel: str, commit: int, match_serial: int) -> None:
+        known = min(commit, match_serial)
+        if known > self.storage.committed(channel):
+            self.storage.set_committed(channel, known)
+
+    def trim(self, channel: str, wall_now_ms: int, retention: Retention) -> int:
+        """Rule 5 for one channel: drop what retention no longer keeps, looking at `scan_max`
+        entries at most. Returns how many were dropped (`scan_max` means: call again)."""
+        storage = self.storage
+        base, last = storage.base(channel), storage.last(channel)
+        limit = min(storage.committed(channel), last.serial, base.serial + retention.scan_max)
+        if limit <= base.serial:
+            return 0
+        by_count = last.serial - retention.entries_max
+        through = base.serial
+        for offset, (_, timestamp_ms) in enumerate(storage.read_ids(channel, base.serial, limit - base.serial)):
+            age_ms = wall_now_ms - timestamp_ms
+            if age_ms < retention.keep_recent_ms or (base.serial + 1 + offset > by_count and age_ms < retention.age_ms):
+                break
+            through = base.serial + 1 + offset
+        if through == base.serial:
+            return 0
+        epoch = storage.epoch_at(channel, through)
+        invariant(epoch is not None, "a retained entry has an epoch")
+        assert epoch is not None
+        storage.drop_through(channel, Position(through, epoch))
+        return through - base.serial
 
     def _first_not_held(self, channel: str, entries: Sequence[Entry], last: Position) -> int:
         """Index of the first entry the log does not already hold at the same (serial, epoch).
@@ -183,7 +285,8 @@ class ReplicaLog:
         """At most `limit` entries after `after_serial`; with `bytes_max`, only as many as fit in that
         much message data, but never fewer than one (so a reader always makes progress)."""
         limit = max(0, min(limit, read_entries_max))
-        entries = self.storage.read(channel, after_serial, limit)
+        base = self.storage.base(channel)
+        entries = self.storage.read(channel, max(after_serial, base.serial), limit)
         if bytes_max is not None:
             size = 0
             for index, entry in enumerate(entries):
@@ -192,12 +295,14 @@ class ReplicaLog:
                     del entries[index:]
                     break
         corrupt = not all(entry.intact() for entry in entries)
-        return ReadReply(tuple(entries), self.storage.last(channel), corrupt)
+        return ReadReply(tuple(entries), self.storage.last(channel), corrupt, base)
 
     def read_ids(self, channel: str, after_serial: int, limit: int) -> ReadReply:
-        """At most `limit` (message id, timestamp) pairs of the entries after `after_serial`."""
-        ids = self.storage.read_ids(channel, after_serial, max(0, min(limit, ids_read_max)))
-        return ReadReply((), self.storage.last(channel), False, tuple(ids))
+        """At most `limit` (message id, timestamp) pairs of the entries after `after_serial` (or
+        after the base, when that is later)."""
+        base = self.storage.base(channel)
+        ids = self.storage.read_ids(channel, max(after_serial, base.serial), max(0, min(limit, ids_read_max)))
+        return ReadReply((), self.storage.last(channel), False, base, tuple(ids))
 
 
 def message_ids(entries: Sequence[Entry]) -> list[tuple[str, int]]:
@@ -222,12 +327,14 @@ def _malformed(epoch: int, prev: Position, entries: Sequence[Entry]) -> str:
 
 
 class _ChannelLog:
-    __slots__ = ("fence", "entries", "epochs")
+    __slots__ = ("fence", "entries", "epochs", "base", "committed")
 
     def __init__(self) -> None:
         self.fence = 0
-        self.entries: list[Entry] = []
+        self.entries: list[Entry] = []  # serials base.serial + 1, base.serial + 2, ...
         self.epochs: list[int] = []  # entries[i].epoch, kept for bisect
+        self.base = ORIGIN
+        self.committed = 0
 
 
 class MemoryLogStorage:
@@ -247,8 +354,17 @@ class MemoryLogStorage:
             log = self._logs[channel] = _ChannelLog()
         return log
 
+    def _record(self, kind: str, channel: str, argument: object) -> None:
+        if self.journal is not None:
+            self.journal.append((kind, channel, argument))
+
     def channels(self) -> list[str]:
         return sorted(self._logs)
+
+    def channels_after(self, channel: str, count: int) -> list[str]:
+        names = self.channels()
+        start = bisect.bisect_right(names, channel)
+        return names[start : start + max(count, 0)]
 
     def fence_of(self, channel: str) -> int:
         log = self._logs.get(channel)
@@ -258,51 +374,79 @@ class MemoryLogStorage:
         log = self._log(channel)
         invariant(epoch >= log.fence, "fence never decreases")
         log.fence = epoch
-        if self.journal is not None:
-            self.journal.append(("fence", channel, epoch))
+        self._record("fence", channel, epoch)
+
+    def base(self, channel: str) -> Position:
+        log = self._logs.get(channel)
+        return log.base if log else ORIGIN
+
+    def committed(self, channel: str) -> int:
+        log = self._logs.get(channel)
+        return log.committed if log else 0
+
+    def set_committed(self, channel: str, serial: int) -> None:
+        log = self._log(channel)
+        invariant(serial >= log.committed, "what is known committed stays known")
+        log.committed = serial
+        self._record("committed", channel, serial)
 
     def last(self, channel: str) -> Position:
         log = self._logs.get(channel)
-        if not log or not log.entries:
+        if not log:
             return ORIGIN
-        return log.entries[-1].position
+        return log.entries[-1].position if log.entries else log.base
 
     def epoch_at(self, channel: str, serial: int) -> int | None:
         if serial == 0:
             return 0
         log = self._logs.get(channel)
-        if not log or serial > len(log.entries) or serial < 0:
+        if not log:
             return None
-        return log.epochs[serial - 1]
+        if serial == log.base.serial:
+            return log.base.epoch
+        index = serial - log.base.serial - 1
+        if index < 0 or index >= len(log.entries):
+            return None
+        return log.epochs[index]
 
     def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
         log = self._log(channel)
         index = bisect.bisect_left(log.epochs, epoch)
+        if log.base.epoch == epoch and log.base.serial > 0:
+            return log.base.serial
         invariant(index < len(log.epochs) and log.epochs[index] == epoch, "epoch is in the log")
-        return index + 1
+        return log.base.serial + index + 1
 
     def truncate_after(self, channel: str, serial: int) -> None:
         log = self._log(channel)
-        del log.entries[serial:]
-        del log.epochs[serial:]
-        if self.journal is not None:
-            self.journal.append(("truncate", channel, serial))
+        keep = max(serial - log.base.serial, 0)
+        del log.entries[keep:]
+        del log.epochs[keep:]
+        self._record("truncate", channel, serial)
+
+    def drop_through(self, channel: str, base: Position) -> None:
+        log = self._log(channel)
+        invariant(base.serial > log.base.serial, "the base only moves forward")
+        drop = base.serial - log.base.serial
+        del log.entries[:drop]
+        del log.epochs[:drop]
+        log.base = base
+        self._record("drop", channel, base)
 
     def extend(self, channel: str, entries: Sequence[Entry]) -> None:
         log = self._log(channel)
         for entry in entries:
-            invariant(entry.serial == len(log.entries) + 1, "log stays contiguous")
-            invariant(not log.epochs or entry.epoch >= log.epochs[-1], "epochs never decrease")
+            invariant(entry.serial == log.base.serial + len(log.entries) + 1, "log stays contiguous")
+            invariant(entry.epoch >= (log.epochs[-1] if log.epochs else log.base.epoch), "epochs never decrease")
             log.entries.append(entry)
             log.epochs.append(entry.epoch)
-        if self.journal is not None:
-            self.journal.append(("extend", channel, tuple(entries)))
+        self._record("extend", channel, tuple(entries))
 
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
         log = self._logs.get(channel)
         if not log:
             return []
-        start = max(after_serial, 0)
+        start = max(after_serial - log.base.serial, 0)
         return log.entries[start : start + max(limit, 0)]
 
     def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
@@ -310,13 +454,15 @@ class MemoryLogStorage:
 
     def replay(self, journal: Sequence[tuple[str, str, object]]) -> None:
         """Apply mutations recorded by another storage's journal, in order."""
+        apply = {
+            "fence": self.set_fence,
+            "committed": self.set_committed,
+            "truncate": self.truncate_after,
+            "drop": self.drop_through,
+            "extend": self.extend,
+        }
         for kind, channel, argument in journal:
-            if kind == "fence":
-                self.set_fence(channel, argument)  # type: ignore[arg-type]
-            elif kind == "truncate":
-                self.truncate_after(channel, argument)  # type: ignore[arg-type]
-            else:
-                self.extend(channel, argument)  # type: ignore[arg-type]
+            apply[kind](channel, argument)  # type: ignore[operator]
 
     def clone(self, *, journal: list[tuple[str, str, object]] | None = None) -> MemoryLogStorage:
         """A deep-enough copy (entries are immutable), recording into `journal` from now on."""
@@ -324,4 +470,5 @@ class MemoryLogStorage:
         for channel, log in self._logs.items():
             copied = copy._log(channel)
             copied.fence, copied.entries, copied.epochs = log.fence, list(log.entries), list(log.epochs)
+            copied.base, copied.committed = log.base, log.committed
         return copy

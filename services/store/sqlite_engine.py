@@ -8,8 +8,9 @@ Rules:
 2. A message is stored as its serialized ringcast.v1 Message, with the checksum as it was received,
    so corruption at rest is detected when the entry is read back (`Entry.intact()`): an entry whose
    stored bytes no longer parse is handed back as an entry that is not intact, never skipped.
-3. Each channel's fence and last position are cached in memory, in a bounded cache, and updated on
-   every mutation. A rollback forgets the whole cache, so it never holds what was not committed.
+3. Each channel's fence, base, committed serial and last position are cached in memory, in a
+   bounded cache, and updated on every mutation. A rollback forgets the whole cache, so it never
+   holds what was not committed.
 4. A read-only instance (`read_only=True`) serves reads from its own connection, which WAL lets run
    alongside the writer and which only ever sees committed transactions. It caches nothing, since
    another connection writes; `begin()`/`commit()` around several reads give them one snapshot.
@@ -21,6 +22,7 @@ import os
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from ringcast.v1 import message_pb2
@@ -34,9 +36,11 @@ channel_cache_entries_max = 100_000
 busy_timeout_ms = 5_000
 """How long a connection waits for a lock held by another connection before it fails."""
 
-schema_version = 2
+schema_version = 3
 """1: entries and fences. 2: entries also hold their message id and timestamp in columns of their own
-(what ids-only reads select); rows written at version 1 have them NULL and are decoded instead."""
+(what ids-only reads select); rows written at version 1 have them NULL and are decoded instead.
+3: the channel row (`fences`) also holds the log's base and the serial known committed (retention).
+Older files are migrated in place when a writer opens them."""
 
 _SCHEMA = (
     """
@@ -55,10 +59,27 @@ _SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS fences (
         channel TEXT NOT NULL PRIMARY KEY,
-        epoch INTEGER NOT NULL
+        epoch INTEGER NOT NULL,
+        base_serial INTEGER NOT NULL DEFAULT 0,
+        base_epoch INTEGER NOT NULL DEFAULT 0,
+        committed INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
 )
+
+_CHANNEL_COLUMNS_OF_SCHEMA_3 = ("base_serial", "base_epoch", "committed")
+
+
+@dataclass(frozen=True, slots=True)
+class _ChannelRow:
+    """A channel's row of `fences`: its fence, the base its log follows, and what is known committed."""
+
+    fence: int = 0
+    base: Position = ORIGIN
+    committed: int = 0
+
+
+_NO_ROW = _ChannelRow()
 
 Value = TypeVar("Value")
 
@@ -121,7 +142,7 @@ class SqliteLogStorage:
         journal_mode = self._connection.execute("PRAGMA journal_mode").fetchone()[0]
         invariant(str(journal_mode).lower() == "wal", f"store database {path} is in WAL mode")
         cache_bound = 0 if read_only else channel_cache_entries_max
-        self._fences: _BoundedCache[int] = _BoundedCache(cache_bound)
+        self._rows: _BoundedCache[_ChannelRow] = _BoundedCache(cache_bound)
         self._lasts: _BoundedCache[Position] = _BoundedCache(cache_bound)
 
     def _open_for_writing(self) -> None:
@@ -135,10 +156,13 @@ class SqliteLogStorage:
             for statement in _SCHEMA:
                 connection.execute(statement)
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            invariant(version in (0, 1, schema_version), f"store database schema {version} is {schema_version}")
+            invariant(version in (0, 1, 2, schema_version), f"store database schema {version} is {schema_version}")
             if version == 1:
                 connection.execute("ALTER TABLE entries ADD COLUMN message_id TEXT")
                 connection.execute("ALTER TABLE entries ADD COLUMN timestamp_ms INTEGER")
+            if version in (1, 2):
+                for column in _CHANNEL_COLUMNS_OF_SCHEMA_3:
+                    connection.execute(f"ALTER TABLE fences ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             connection.execute(f"PRAGMA user_version = {schema_version}")
             connection.execute("COMMIT")
         except BaseException:
@@ -163,7 +187,7 @@ class SqliteLogStorage:
 
     def rollback(self) -> None:
         """Undo the transaction, and forget the cache, which may hold what was undone."""
-        self._fences.clear()
+        self._rows.clear()
         self._lasts.clear()
         if self._connection.in_transaction:
             self._connection.execute("ROLLBACK")
@@ -186,23 +210,58 @@ class SqliteLogStorage:
         ).fetchall()
         return [str(row[0]) for row in rows]
 
+    def channels_after(self, channel: str, count: int) -> list[str]:
+        """Channels with a row (every channel ever fenced or written: an append raises the fence first)."""
+        rows = self._connection.execute(
+            "SELECT channel FROM fences WHERE channel > ? ORDER BY channel LIMIT ?", (channel, max(count, 0))
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _row(self, channel: str) -> _ChannelRow:
+        cached = self._rows.get(channel)
+        if cached is None:
+            row = self._connection.execute(
+                "SELECT epoch, base_serial, base_epoch, committed FROM fences WHERE channel = ?", (channel,)
+            ).fetchone()
+            cached = _ChannelRow(int(row[0]), Position(int(row[1]), int(row[2])), int(row[3])) if row else _NO_ROW
+            self._rows.put(channel, cached)
+        return cached
+
+    def _write_row(self, channel: str, row: _ChannelRow) -> None:
+        self._mutating()
+        self._connection.execute(
+            "INSERT INTO fences (channel, epoch, base_serial, base_epoch, committed) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch, base_serial = excluded.base_serial, "
+            "base_epoch = excluded.base_epoch, committed = excluded.committed",
+            (channel, row.fence, row.base.serial, row.base.epoch, row.committed),
+        )
+        self._rows.put(channel, row)
+
     def fence_of(self, channel: str) -> int:
-        fence = self._fences.get(channel)
-        if fence is None:
-            row = self._connection.execute("SELECT epoch FROM fences WHERE channel = ?", (channel,)).fetchone()
-            fence = int(row[0]) if row else 0
-            self._fences.put(channel, fence)
-        return fence
+        return self._row(channel).fence
 
     def set_fence(self, channel: str, epoch: int) -> None:
-        self._mutating()
-        invariant(epoch >= self.fence_of(channel), "fence never decreases")
-        self._connection.execute(
-            "INSERT INTO fences (channel, epoch) VALUES (?, ?) "
-            "ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch",
-            (channel, epoch),
-        )
-        self._fences.put(channel, epoch)
+        row = self._row(channel)
+        invariant(epoch >= row.fence, "fence never decreases")
+        self._write_row(channel, replace(row, fence=epoch))
+
+    def base(self, channel: str) -> Position:
+        return self._row(channel).base
+
+    def committed(self, channel: str) -> int:
+        return self._row(channel).committed
+
+    def set_committed(self, channel: str, serial: int) -> None:
+        row = self._row(channel)
+        invariant(serial >= row.committed, "what is known committed stays known")
+        self._write_row(channel, replace(row, committed=serial))
+
+    def drop_through(self, channel: str, base: Position) -> None:
+        row = self._row(channel)
+        invariant(base.serial > row.base.serial, "the base only moves forward")
+        self._write_row(channel, replace(row, base=base))
+        self._connection.execute("DELETE FROM entries WHERE channel = ? AND serial <= ?", (channel, base.serial))
+        self._lasts.forget(channel)
 
     def last(self, channel: str) -> Position:
         last = self._lasts.get(channel)
@@ -210,7 +269,7 @@ class SqliteLogStorage:
             row = self._connection.execute(
                 "SELECT serial, epoch FROM entries WHERE channel = ? ORDER BY serial DESC LIMIT 1", (channel,)
             ).fetchone()
-            last = Position(int(row[0]), int(row[1])) if row else ORIGIN
+            last = Position(int(row[0]), int(row[1])) if row else self.base(channel)
             self._lasts.put(channel, last)
         return last
 
@@ -225,6 +284,9 @@ class SqliteLogStorage:
             return None
         if serial == last.serial:
             return last.epoch
+        base = self.base(channel)
+        if serial <= base.serial:
+            return base.epoch if serial == base.serial else None
         row = self._connection.execute(
             "SELECT epoch FROM entries WHERE channel = ? AND serial = ?", (channel, serial)
         ).fetchone()
@@ -232,6 +294,9 @@ class SqliteLogStorage:
         return int(row[0])
 
     def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
+        base = self.base(channel)
+        if base.epoch == epoch and base.serial > 0:
+            return base.serial
         row = self._connection.execute(
             "SELECT MIN(serial) FROM entries WHERE channel = ? AND epoch = ?", (channel, epoch)
         ).fetchone()

@@ -37,6 +37,7 @@ from services.store.log import (
     MemoryLogStorage,
     ReadReply,
     ReplicaLog,
+    Retention,
 )
 from services.store.redis_engine import RedisConflict, RedisLogStorage, check_durable, open_redis
 from services.store.sqlite_engine import SqliteLogStorage
@@ -175,8 +176,22 @@ class Replica:
     def fence(self, name: str, epoch: int) -> FenceReply:
         return self.engine.run(lambda: self.rules.fence(name, epoch))
 
-    def append(self, name: str, epoch: int, prev: Position, entries: Sequence[Entry]) -> AppendReply:
-        return self.engine.run(lambda: self.rules.append(name, epoch, prev, entries))
+    def append(
+        self,
+        name: str,
+        epoch: int,
+        prev: Position,
+        entries: Sequence[Entry],
+        *,
+        commit: int = 0,
+        from_base: bool = False,
+    ) -> AppendReply:
+        return self.engine.run(
+            lambda: self.rules.append(name, epoch, prev, entries, commit=commit, from_base=from_base)
+        )
+
+    def trim(self, name: str, wall_now_ms: int, retention: Retention) -> int:
+        return self.engine.run(lambda: self.rules.trim(name, wall_now_ms, retention))
 
     def read(self, name: str, after_serial: int, limit: int) -> ReadReply:
         return self.engine.run(lambda: self.rules.read(name, after_serial, limit))
@@ -206,10 +221,19 @@ def _held(engine: Engine, name: str = channel) -> list[Entry]:
     return engine.storage.read(name, 0, whole_log_count)
 
 
-def _state(engine: Engine) -> dict[str, tuple[int, Position, tuple[Entry, ...]]]:
-    """Everything a replica holds for the test channels: fence, last position, whole log."""
+def _state(engine: Engine) -> dict[str, tuple[int, Position, Position, int, tuple[Entry, ...]]]:
+    """Everything a replica holds for the test channels: fence, last position, base, committed, whole log."""
     storage = engine.storage
-    return {name: (storage.fence_of(name), storage.last(name), tuple(_held(engine, name))) for name in channels}
+    return {
+        name: (
+            storage.fence_of(name),
+            storage.last(name),
+            storage.base(name),
+            storage.committed(name),
+            tuple(_held(engine, name)),
+        )
+        for name in channels
+    }
 
 
 def _replica_with(engine: Engine, epochs: Sequence[int], fence: int | None = None) -> Replica:
@@ -524,6 +548,138 @@ def test_reads_of_channels_are_independent(engine: Engine) -> None:
     assert len(replica.read(channel, 0, 10).entries) == 2
 
 
+# --------------------------------------------------------------------------------- retention (rules 5 and 6)
+
+# Retention by count only: nothing here is old or recent enough for time to matter.
+by_count = Retention(age_ms=10**15, entries_max=2, keep_recent_ms=0)
+
+
+def _stamped(first_serial: int, epoch: int, timestamps_ms: Sequence[int]) -> list[Entry]:
+    return [
+        Entry.make(first_serial + index, epoch, Message(f"t-{first_serial + index}", timestamp_ms=timestamp_ms))
+        for index, timestamp_ms in enumerate(timestamps_ms)
+    ]
+
+
+def test_an_append_tells_the_replica_what_is_committed_as_far_as_it_matches(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 4)
+    assert engine.storage.committed(channel) == 0
+    # The owner's commit is 9, but this append shows the replica matches only up to 6.
+    replica.append(channel, 1, Position(4, 1), _entries(5, [1, 1]), commit=9)
+    assert engine.storage.committed(channel) == 6
+    replica.append(channel, 1, Position(2, 1), _entries(3, [1]), commit=3)  # a late one: never lowers it
+    assert engine.storage.committed(channel) == 6
+
+
+def test_trim_drops_only_committed_entries_beyond_the_newest_entries_max(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 10)
+    assert replica.trim(channel, 0, by_count) == 0, "nothing is known committed yet"
+    replica.append(channel, 1, Position(10, 1), (), commit=6)
+    assert replica.trim(channel, 0, by_count) == 6  # the count alone would allow 8
+    assert engine.storage.base(channel) == Position(6, 1)
+    assert engine.storage.last(channel) == Position(10, 1)
+    assert [entry.serial for entry in _held(engine)] == [7, 8, 9, 10]
+    assert engine.storage.epoch_at(channel, 6) == 1 and engine.storage.epoch_at(channel, 5) is None
+    replica.append(channel, 1, Position(10, 1), (), commit=10)
+    assert replica.trim(channel, 0, by_count) == 2
+    assert [entry.serial for entry in _held(engine)] == [9, 10]
+
+
+def test_trim_drops_by_age_but_never_what_is_younger_than_keep_recent(engine: Engine) -> None:
+    replica = Replica(engine)
+    replica.fence(channel, 1)
+    replica.append(channel, 1, ORIGIN, _stamped(1, 1, [1_000 * n for n in range(1, 11)]), commit=10)
+    retention = Retention(age_ms=5_000, entries_max=10**6, keep_recent_ms=1_000)
+    assert replica.trim(channel, 10_000, retention) == 5  # timestamps 1,000 .. 5,000 are 5 s old or more
+    assert engine.storage.base(channel) == Position(5, 1)
+    everything = Retention(age_ms=0, entries_max=0, keep_recent_ms=3_000)
+    assert replica.trim(channel, 10_000, everything) == 2  # 8,000 and younger stay: inside keep_recent
+    assert [entry.serial for entry in _held(engine)] == [8, 9, 10]
+
+
+def test_one_trim_looks_at_scan_max_entries_at_most(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 10)
+    replica.append(channel, 1, Position(10, 1), (), commit=10)
+    bounded = Retention(age_ms=0, entries_max=0, keep_recent_ms=0, scan_max=4)
+    assert [replica.trim(channel, 0, bounded) for _ in range(4)] == [4, 4, 2, 0]
+
+
+def test_a_log_trimmed_to_its_end_keeps_its_position_and_goes_on(engine: Engine) -> None:
+    replica = _replica_with(engine, [1, 1, 2])
+    replica.append(channel, 2, Position(3, 2), (), commit=3)
+    assert replica.trim(channel, 0, Retention(age_ms=0, entries_max=0, keep_recent_ms=0)) == 3
+    assert engine.storage.last(channel) == Position(3, 2) == engine.storage.base(channel)
+    assert replica.read(channel, 0, 10) == ReadReply((), Position(3, 2), False, Position(3, 2))
+    assert replica.fence(channel, 3) == FenceReply(False, 3, Position(3, 2))
+    assert replica.append(channel, 3, Position(3, 2), _entries(4, [3])).status is AppendStatus.OK
+    assert [entry.serial for entry in _held(engine)] == [4]
+
+
+def test_reads_from_below_the_base_start_after_it_and_name_it(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 6)
+    replica.append(channel, 1, Position(6, 1), (), commit=6)
+    replica.trim(channel, 0, by_count)
+    reply = replica.read(channel, 1, 10)
+    assert [entry.serial for entry in reply.entries] == [5, 6] and reply.base == Position(4, 1)
+    ids = replica.read_ids(channel, 0, 10)
+    assert [message_id for message_id, _ in ids.ids] == [entry.message.id for entry in reply.entries]
+    assert ids.base == Position(4, 1)
+    assert replica.read(channel, 5, 10).entries == reply.entries[1:]
+
+
+def test_an_append_from_below_the_base_skips_the_trimmed_entries(engine: Engine) -> None:
+    owner_log = _entries(1, [1] * 8)
+    replica = Replica(engine)
+    replica.fence(channel, 1)
+    replica.append(channel, 1, ORIGIN, owner_log[:6], commit=6)
+    replica.trim(channel, 0, by_count)  # base (4, 1)
+    assert replica.append(channel, 1, owner_log[1].position, owner_log[2:8]).match_serial == 8
+    assert _held(engine) == owner_log[4:8]
+    assert replica.append(channel, 1, owner_log[0].position, owner_log[1:3]) == AppendReply(
+        AppendStatus.OK, 1, Position(8, 1), match_serial=3
+    )
+    assert _held(engine) == owner_log[4:8]
+    conflicting = [owner_log[2], *_entries(4, [2])]  # the entry at the base (4) with another epoch
+    refused = replica.append(channel, 2, owner_log[1].position, conflicting)
+    assert refused.status is AppendStatus.INVALID and refused.detail == "trimmed"
+    assert _held(engine) == owner_log[4:8]
+
+
+def test_an_append_from_a_base_resets_a_replica_too_far_behind(engine: Engine) -> None:
+    replica = _replica_with(engine, [1, 1, 1])
+    assert replica.append(channel, 2, Position(8, 2), _entries(9, [2, 2])).status is AppendStatus.MISMATCH
+    reply = replica.append(channel, 2, Position(8, 2), _entries(9, [2, 2]), from_base=True)
+    assert reply.status is AppendStatus.OK and reply.match_serial == 10
+    assert engine.storage.base(channel) == Position(8, 2)
+    assert [entry.serial for entry in _held(engine)] == [9, 10]
+
+
+def test_an_append_from_a_base_drops_a_conflicting_log_whole(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 10)
+    reply = replica.append(channel, 2, Position(5, 2), _entries(6, [2]), from_base=True)
+    assert reply.status is AppendStatus.OK and engine.storage.base(channel) == Position(5, 2)
+    assert [(entry.serial, entry.epoch) for entry in _held(engine)] == [(6, 2)]
+
+
+def test_an_append_from_a_base_the_replica_holds_changes_nothing_before_it(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 5)
+    held = _held(engine)
+    reply = replica.append(channel, 1, Position(3, 1), _entries(4, [1, 1, 1]), from_base=True)
+    assert reply.status is AppendStatus.OK and engine.storage.base(channel) == ORIGIN
+    assert _held(engine)[:5] == held and len(_held(engine)) == 6
+
+
+def test_channels_are_listed_in_pages(engine: Engine) -> None:
+    replica = Replica(engine)
+    names = [f"c{index:02}" for index in range(7)]
+    for name in reversed(names):
+        replica.fence(name, 1)
+    assert engine.storage.channels_after("", 3) == names[:3]
+    assert engine.storage.channels_after(names[2], 3) == names[3:6]
+    assert engine.storage.channels_after(names[5], 3) == names[6:]
+    assert engine.storage.channels_after(names[6], 3) == []
+
+
 # --------------------------------------------------------------------------------- randomized comparison
 
 
@@ -546,8 +702,15 @@ class _RandomRun:
         self.reference_storage = MemoryLogStorage()
         self.reference = ReplicaLog(self.reference_storage)
         self.owners: dict[str, dict[int, list[Entry]]] = {name: {} for name in channels}
+        # The entries up to each channel's base, as the reference held them (or as the owner that
+        # reset it had them): with the retained log, the whole log new owners adopt a prefix of.
+        self.dropped: dict[str, list[Entry]] = {name: [] for name in channels}
+        self.sender_log: list[Entry] = []
         self.messages = itertools.count(1)
         self.outcomes: set[str] = set()
+
+    def _whole(self, name: str) -> list[Entry]:
+        return self.dropped[name] + self.reference_storage.read(name, 0, whole_log_count)
 
     def run(self, steps: int) -> None:
         step = 0
@@ -568,20 +731,29 @@ class _RandomRun:
             where = f"seed {self.seed}, step {step}, channel {name}"
             assert self.engine.storage.fence_of(name) == self.reference_storage.fence_of(name), where
             assert self.engine.storage.last(name) == self.reference_storage.last(name), where
+            assert self.engine.storage.base(name) == self.reference_storage.base(name), where
+            assert self.engine.storage.committed(name) == self.reference_storage.committed(name), where
             expected = self.reference_storage.read(name, 0, whole_log_count)
             assert self.engine.storage.read(name, 0, whole_log_count) == expected, where
 
     def _step(self, step: int) -> None:
         name = self.random.choice(channels)
-        kind = self.random.choices(["take_over", "publish", "append", "malformed", "read"], [1, 4, 6, 1, 2])[0]
+        kinds = ["take_over", "publish", "append", "malformed", "read", "trim"]
+        kind = self.random.choices(kinds, [1, 4, 6, 1, 2, 1])[0]
         operation = getattr(self, f"_{kind}")(name)
         if operation is None:
             return
-        before = self.reference_storage.read(name, 0, whole_log_count)
+        before = self._whole(name)
+        base = self.reference_storage.base(name)
         expected = operation(self.reference)
         actual = operation(self.subject)
         assert actual == expected, f"seed {self.seed}, step {step}: {kind} on {name}"
-        self._note(expected, before, self.reference_storage.read(name, 0, whole_log_count))
+        moved = self.reference_storage.base(name)
+        if moved != base:
+            known = before if len(before) >= moved.serial and before[moved.serial - 1].position == moved else []
+            self.dropped[name] = (known or self.sender_log)[: moved.serial]
+            self.outcomes.add("trimmed" if known else "reset")
+        self._note(expected, before, self._whole(name))
 
     def _note(self, reply: object, before: list[Entry], after: list[Entry]) -> None:
         if isinstance(reply, FenceReply):
@@ -609,7 +781,7 @@ class _RandomRun:
         epoch = self.random.choice(older) if stale else self.random.choice(newer[:3])
         # The new owner adopts a prefix of this replica's log (as if another replica of its fence
         # quorum were shorter), keeping only epochs it could have seen, and rewrites its tail.
-        held = self.reference_storage.read(name, 0, whole_log_count)
+        held = self._whole(name)
         adopted = [entry for entry in held[: self.random.randint(0, len(held))] if entry.epoch <= epoch]
         rewrite = self.random.randint(1 if adopted else 0, len(adopted))
         for index in range(len(adopted) - rewrite, len(adopted)):
@@ -645,7 +817,20 @@ class _RandomRun:
         if drawn is None:
             return None
         epoch, prev, entries = drawn
-        return lambda replica: replica.append(name, epoch, prev, entries)
+        owner_log = self.owners[name][epoch]
+        self.sender_log = owner_log
+        commit = self.random.randint(len(owner_log) // 2, len(owner_log))
+        from_base = self.random.random() < 0.1
+        return lambda replica: replica.append(name, epoch, prev, entries, commit=commit, from_base=from_base)
+
+    def _trim(self, name: str) -> Callable[[ReplicaLog], int]:
+        retention = Retention(
+            age_ms=10**15,
+            entries_max=self.random.choice([0, 3, 8, 20]),
+            keep_recent_ms=0,
+            scan_max=self.random.randint(1, 8),
+        )
+        return lambda replica: replica.trim(name, 0, retention)
 
     def _malformed(self, name: str) -> Callable[[ReplicaLog], AppendReply] | None:
         drawn = self._draw_append(name, 1)
@@ -690,10 +875,10 @@ class _RandomRun:
 def test_random_operations_give_the_reference_replies_and_logs(new_engine: Callable[[], Engine], seed: int) -> None:
     engine = new_engine()
     run = _RandomRun(seed, engine)
-    run.run(steps=400)
-    run._compare_holdings(400)
+    run.run(steps=600)
+    run._compare_holdings(600)
     # The run must have reached every kind of answer, or it proves little.
-    expected = {"fence", "fenced", "OK", "FENCED", "MISMATCH", "conflict", "truncated", "read"}
+    expected = {"fence", "fenced", "OK", "FENCED", "MISMATCH", "conflict", "truncated", "read", "trimmed", "reset"}
     expected |= {"rolled back"} if engine.transactional else set()
     assert expected <= run.outcomes, f"seed {seed}: never reached {sorted(expected - run.outcomes)}"
     assert run.outcomes & {"CORRUPT", "INVALID"}
@@ -751,7 +936,15 @@ def test_a_schema_1_store_opens_and_its_old_rows_still_give_their_ids(tmp_path: 
     assert ids == tuple((e.message.id, e.message.timestamp_ms) for e in old + new)
     stored = storage._connection.execute("SELECT message_id FROM entries ORDER BY serial").fetchall()
     assert stored == [(None,)] * 3 + [(e.message.id,) for e in new]
+    # Schema 3: the channel row keeps its fence and gains a base and a committed serial.
+    assert storage.fence_of(channel) == 2 and storage.base(channel) == ORIGIN and storage.committed(channel) == 0
+    _in_transaction(storage, lambda: replica.append(channel, 2, Position(5, 2), (), commit=5))
+    _in_transaction(storage, lambda: replica.trim(channel, 0, by_count))
     storage.close()
+    reopened = _sqlite(path)
+    assert reopened.base(channel) == Position(3, 2) and reopened.committed(channel) == 5
+    assert reopened.read(channel, 0, 10) == new
+    reopened.close()
 
 
 def test_sqlite_data_survives_close_and_reopen(tmp_path: Path) -> None:
@@ -837,7 +1030,7 @@ def test_sqlite_cache_bound_keeps_answers_correct(tmp_path: Path) -> None:
             entries = _entries(prev.serial + 1, [round_number], tag=name)
             reply = _in_transaction(storage, lambda: replica.append(name, round_number, prev, entries))  # noqa: B023
             assert reply.status is AppendStatus.OK
-    assert len(storage._lasts) <= 2 and len(storage._fences) <= 2
+    assert len(storage._lasts) <= 2 and len(storage._rows) <= 2
     for name in names:
         assert (storage.fence_of(name), storage.last(name)) == (3, Position(3, 3))
     storage.close()
