@@ -215,7 +215,9 @@ class Client:
         timeout_s: float | None = None,
     ) -> HistoryPage:
         """One page of committed messages: forward, those after serial `after`; with `reverse`, the
-        newest first, below serial `after` (0: from the end). `await page.next()` gets the next page."""
+        newest first, below serial `after` (0: from the end). `await page.next()` gets the next page.
+        When retention dropped messages the page would have held, `page.gap_next_serial` says where
+        what is retained begins (a forward page starts there; a reverse page ends above it)."""
         if not 1 <= limit <= history_page_max:
             raise ValueError(f"limit must be 1..{history_page_max}")
         request = realtime_pb2.HistoryRequest(channel=channel, after_serial=after, limit=limit, reverse=reverse)
@@ -228,12 +230,14 @@ class Client:
 
         response = await self._transport.call(invoke, self._deadline(timeout_s), what=f"history of {channel!r}")
         messages = [Message.from_proto(channel, message) for message in response.messages]
-        return HistoryPage(self, channel, messages, limit, reverse, timeout_s)
+        gap = int(response.gap.next_serial) if response.HasField("gap") else 0
+        return HistoryPage(self, channel, messages, limit, reverse, timeout_s, gap)
 
     async def history_all(
         self, channel: str, *, after: int = 0, reverse: bool = False, page_size: int = history_page_max
     ) -> AsyncIterator[Message]:
-        """Every message `history` would give, page after page."""
+        """Every message `history` would give, page after page (what retention dropped is not there:
+        use `history` and its `gap_next_serial` to tell)."""
         page: HistoryPage | None = await self.history(channel, after=after, limit=page_size, reverse=reverse)
         while page is not None:
             for message in page.messages:
@@ -270,12 +274,15 @@ class HistoryPage:
     limit: int
     reverse: bool
     timeout_s: float | None
+    gap_next_serial: int = 0
+    """Non-zero when messages asked for are no longer retained (RETENTION_EXPIRED): retained history
+    begins at this serial."""
 
     @property
     def has_next(self) -> bool:
         if len(self.messages) < self.limit:
             return False
-        return not (self.reverse and self.messages[-1].serial <= 1)
+        return not (self.reverse and (self.messages[-1].serial <= 1 or self.gap_next_serial))
 
     async def next(self) -> HistoryPage | None:
         """The page after this one, or None when this is the last."""

@@ -161,6 +161,8 @@ def history(arguments: argparse.Namespace) -> int:
         page = await client.history(
             arguments.channel, after=arguments.after, limit=arguments.limit, reverse=arguments.reverse
         )
+        if page.gap_next_serial:
+            output.notice(f"messages before serial {page.gap_next_serial} are no longer retained (RETENTION_EXPIRED)")
         for message in page.messages:
             yield message
 

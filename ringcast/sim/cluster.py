@@ -3,11 +3,11 @@
 Everything runs on a logical clock from one `random.Random(seed)`: channel nodes (the real
 `ChannelNode` core), three store replicas (the real `ReplicaLog` rules over the in-memory engine,
 with a model of fsync: a replica that crashes loses whatever it had not synced, and it answers
-nothing before syncing), an etcd stand-in (leases, membership, ring versions), publishers and
-subscribers. Messages between them cross a simulated network that drops, delays, duplicates,
-reorders and partitions. A fault schedule drawn from the seed crashes, pauses and restarts nodes
-and replicas, cuts links, and changes membership; then everything heals and settles, and the
-history is judged by `ringcast.checker`.
+nothing before syncing; in some seeds they also trim by a retention drawn from the seed), an etcd
+stand-in (leases, membership, ring versions), publishers and subscribers. Messages between them
+cross a simulated network that drops, delays, duplicates, reorders and partitions. A fault schedule
+drawn from the seed crashes, pauses and restarts nodes and replicas, cuts links, and changes
+membership; then everything heals and settles, and the history is judged by `ringcast.checker`.
 
 Same seed, same run, bit for bit: the run never iterates an unordered set, never reads a clock and
 never draws randomness from anywhere but its own generator. `SimResult.digest` fingerprints every
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from ringcast.checker import History, Outcome, PublishOp, SubscriberRecord, Violation, check
+from ringcast.checker import ContinuityLost, History, Outcome, PublishOp, SubscriberRecord, Violation, check
 from services.channel.node import ChannelNode, NodeConfig
 from services.channel.quorum import most_up_to_date
 from services.channel.role import (
@@ -39,7 +39,7 @@ from services.channel.role import (
 from services.common.entries import Message
 from services.common.invariants import InvariantViolation
 from services.placement.ring import Ring
-from services.store.log import MemoryLogStorage, ReplicaLog
+from services.store.log import MemoryLogStorage, ReplicaLog, Retention
 
 STORES = ("store-a", "store-b", "store-c")
 ETCD = "etcd"
@@ -68,11 +68,21 @@ class SimConfig:
     publish_timeout_ms: int = 250
     subscriber_idle_ms: int = 400
     nodes_max: int = 6
+    retention: Retention | None = None
+    """None: stores keep everything. Otherwise they trim every `trim_every_ms`, and a publisher gives
+    an operation up `keep_recent_ms` - 100 after invoking it: a retry then always comes while its
+    first copy's id is still retained (the premise of exactly-once, as the SDK's retry deadline is
+    shorter than the stores' keep_recent / dedup window)."""
+    trim_every_ms: int = 50
 
     @classmethod
     def draw(cls, rng: random.Random) -> SimConfig:
         quiet = rng.random() < 0.2
+        retention = rng.choice((None, None, (8, 600), (30, 900)))
         return cls(
+            retention=None
+            if retention is None
+            else Retention(age_ms=3 * retention[1], entries_max=retention[0], keep_recent_ms=retention[1]),
             nodes=rng.randint(2, 4),
             channels=rng.randint(1, 3),
             publishers=rng.randint(3, 8),
@@ -169,7 +179,7 @@ class SimStore:
     def receive(self, source: str, payload: tuple[Any, ...]) -> None:
         request: StoreRequest = payload[1]
         if isinstance(request, AppendRequest):
-            reply: Any = self.rules.append(request.channel, request.epoch, request.prev, request.entries)
+            reply: Any = request.apply_to(self.rules)
         elif isinstance(request, FenceRequest):
             reply = self.rules.fence(request.channel, request.epoch)
         elif request.ids_only:
@@ -189,6 +199,25 @@ class SimStore:
         replies, self.unsynced_replies = self.unsynced_replies, []
         for destination, reply in replies:
             self.sim.network.send(self.name, destination, reply)
+
+    def trim(self) -> None:
+        """Retention: drop what the rules allow, recording each dropped entry in the simulation's
+        archive of trimmed entries (which must agree across replicas: only committed ones go)."""
+        sim = self.sim
+        retention = sim.config.retention
+        assert retention is not None
+        for channel in self.volatile.channels():
+            base = self.volatile.base(channel)
+            held = self.volatile.read(channel, base.serial, retention.scan_max)
+            dropped = self.rules.trim(channel, sim.now, retention)
+            archive = sim.trimmed.setdefault(channel, {})
+            for entry in held[:dropped]:
+                kept = archive.setdefault(entry.serial, entry.message.id)
+                if kept != entry.message.id:
+                    detail = f"serial={entry.serial} {kept} and {entry.message.id}"
+                    sim.trim_violations.append(Violation("TRIMMED_UNCOMMITTED", channel, detail))
+            sim.stats["trimmed"] += dropped
+        sim.at(sim.now + sim.config.trim_every_ms, sim.endpoint_call, (self.name, "trim"))
 
     def crash(self) -> None:
         """Lose everything not yet synced."""
@@ -413,7 +442,9 @@ class SimPublisher(SimClient):
         op, sim = self.op, self.sim
         if op is None:
             return
-        if op["attempts"] >= self.attempts_max or sim.now >= sim.end_ms - 300:
+        retention = sim.config.retention
+        too_late = retention is not None and sim.now - op["invoke"] >= retention.keep_recent_ms - 100
+        if op["attempts"] >= self.attempts_max or sim.now >= sim.end_ms - 300 or too_late:
             self.finish(Outcome.UNKNOWN if op["maybe_stored"] else Outcome.FAIL, ())
             return
         owner = self.owner(op["channel"])
@@ -524,6 +555,10 @@ class SimSubscriber(SimClient):
             self.refresh_ring()
             self.later(10 + self.sim.rng.randrange(30))
             return
+        if delivery.gap_next_serial:
+            self.record.received.append(ContinuityLost(delivery.gap_next_serial))
+            self.last_serial = delivery.gap_next_serial - 1
+            self.sim.stats["continuity_lost"] += 1
         for entry in delivery.entries:
             self.record.received.append((entry.serial, entry.message.id))
             self.last_serial = entry.serial
@@ -558,6 +593,8 @@ class Simulation:
         self.node_count = 0
         self.incarnations = 0
         self.slow_watch: dict[str, int] = {}  # node → until when it hears of ring changes late
+        self.trimmed: dict[str, dict[int, str]] = {}  # channel → serial → id of each entry a store trimmed
+        self.trim_violations: list[Violation] = []
 
     # ----------------------------------------------------------------------------- scheduling
 
@@ -824,6 +861,9 @@ class Simulation:
             self.at(30 + self.rng.randrange(500), self.endpoint_call, (subscriber.name, "subscribe"))
             self.at(100, self.endpoint_call, (subscriber.name, "check_idle"))
         self.at(0, self.etcd_tick, None)
+        if config.retention is not None:
+            for name in STORES:
+                self.at(config.trim_every_ms, self.endpoint_call, (name, "trim"))
         self.schedule_faults()
         try:
             while self._queue:
@@ -847,7 +887,7 @@ class Simulation:
                 self.history.publishes.append(PublishOp(op["id"], op["channel"], ids, outcome, (), op["invoke"]))
         for channel in self.channels:
             self.history.final_logs[channel] = self.adopted_log(channel, STORES)
-        violations = check(self.history)
+        violations = check(self.history) + self.trim_violations
         # Whatever quorum a future owner fences, its adopted log must keep every acknowledged message.
         for pair in combinations(STORES, 2):
             logs = {channel: self.adopted_log(channel, pair) for channel in self.channels}
@@ -865,8 +905,11 @@ class Simulation:
         storages = {name: self.stores[name].volatile for name in replicas}
         chosen = most_up_to_date([(name, storage.last(channel)) for name, storage in storages.items()])
         storage = storages[chosen]
-        entries: list[tuple[int, str]] = []
-        after = 0
+        # What the replica trimmed is in the archive (every trimmed entry was committed, and the
+        # archive would have caught two replicas trimming different ones).
+        archive = self.trimmed.get(channel, {})
+        after = storage.base(channel).serial
+        entries = [(serial, archive.get(serial, "?trimmed")) for serial in range(1, after + 1)]
         while True:
             page = storage.read(channel, after, 10_000)
             if not page:

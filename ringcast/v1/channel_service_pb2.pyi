@@ -74,10 +74,12 @@ class ChannelServiceSubscribeRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ...) -> None: ...
 
 class ChannelServiceSubscribeResponse(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "gap")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
-    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
+    gap: _message_pb2.ContinuityLost
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ...) -> None: ...
 
 class ChannelServiceHistoryRequest(_message.Message):
     __slots__ = ("channel", "after_serial", "limit")
@@ -90,12 +92,14 @@ class ChannelServiceHistoryRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ChannelServiceHistoryResponse(_message.Message):
-    __slots__ = ("messages", "last_serial")
+    __slots__ = ("messages", "last_serial", "gap")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     last_serial: int
-    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., last_serial: _Optional[int] = ...) -> None: ...
+    gap: _message_pb2.ContinuityLost
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., last_serial: _Optional[int] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ...) -> None: ...
 
 class ChannelServiceGetChannelRequest(_message.Message):
     __slots__ = ("channel",)

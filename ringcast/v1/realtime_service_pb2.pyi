@@ -61,10 +61,12 @@ class HistoryRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ..., reverse: _Optional[bool] = ...) -> None: ...
 
 class HistoryResponse(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "gap")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
-    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
+    gap: _message_pb2.ContinuityLost
+    def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ...) -> None: ...
 
 class GetChannelRequest(_message.Message):
     __slots__ = ("channel",)

@@ -80,16 +80,20 @@ class AppendRequest(_message.Message):
     def __init__(self, appends: _Optional[_Iterable[_Union[ChannelAppend, _Mapping]]] = ...) -> None: ...
 
 class ChannelAppend(_message.Message):
-    __slots__ = ("channel", "epoch", "prev", "entries")
+    __slots__ = ("channel", "epoch", "prev", "entries", "commit", "from_base")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PREV_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_BASE_FIELD_NUMBER: _ClassVar[int]
     channel: str
     epoch: int
     prev: LogPosition
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
-    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+    commit: int
+    from_base: bool
+    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., from_base: _Optional[bool] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
     __slots__ = ("results", "commit")
@@ -110,7 +114,7 @@ class StoreCommit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., requests: _Optional[int] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class ChannelAppendResult(_message.Message):
-    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail")
+    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail", "base")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +122,7 @@ class ChannelAppendResult(_message.Message):
     CONFLICT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CONFLICT_FIRST_SERIAL_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     status: AppendStatus
     fence_epoch: int
     last: LogPosition
@@ -125,7 +130,8 @@ class ChannelAppendResult(_message.Message):
     conflict_epoch: int
     conflict_first_serial: int
     detail: str
-    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    base: LogPosition
+    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("reads",)
@@ -152,15 +158,17 @@ class ReadResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ChannelReadResult, _Mapping]]] = ...) -> None: ...
 
 class ChannelReadResult(_message.Message):
-    __slots__ = ("entries", "last", "corrupt_serial", "ids", "timestamps_ms")
+    __slots__ = ("entries", "last", "corrupt_serial", "ids", "timestamps_ms", "base")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
     CORRUPT_SERIAL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     last: LogPosition
     corrupt_serial: int
     ids: _containers.RepeatedScalarFieldContainer[str]
     timestamps_ms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., corrupt_serial: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+    base: LogPosition
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., corrupt_serial: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...

@@ -24,6 +24,12 @@ Rules, in the order they matter:
    known to match that far.
 6. Stop at once on FENCED, and when the node says the channel moved or the lease is gone: pending
    publishes fail with a retryable CHANNEL_MOVED, subscriptions end, and the role is dropped.
+7. Retention: every append tells a replica our commit point (and an idle channel's replicas are
+   told once more after `commit_notice_ms`), so replicas can drop old committed entries. A replica
+   that trimmed answers reads from after its base: a subscriber or history reader who asked for
+   older entries gets an explicit gap (`gap_next_serial`), never a silent skip; a takeover adopts the
+   base as its log's start; a replica that needs entries every other replica trimmed is reset to
+   that base (an append `from_base`) and caught up from there.
 
 The role does no I/O and reads no clock. Every method takes `now_ms` where time matters and adds
 what must happen to an `Effects` object: requests for store replicas, publish results, deliveries.
@@ -40,7 +46,7 @@ from dataclasses import dataclass, field
 from services.channel.quorum import advance_commit, most_up_to_date, quorum_size
 from services.common.entries import Entry, Message, Position
 from services.common.invariants import invariant
-from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply
+from services.store.log import AppendReply, AppendStatus, FenceReply, ReadReply, ReplicaLog
 
 BUG_NAMES = (
     "ack-before-quorum",
@@ -50,6 +56,7 @@ BUG_NAMES = (
     "reset-dedup-on-takeover",
     "deliver-uncommitted",
     "adopt-highest-epoch-per-serial",
+    "trim-uncommitted",
 )
 """Deliberate bugs, switchable for tests only, that the simulator's checker must catch."""
 
@@ -81,6 +88,9 @@ class RoleConfig:
     queued_publishes_max: int = 1_000
     subscribers_max: int = 10_000
     delivery_entries_max: int = 256
+    commit_notice_ms: int = 1_000
+    """A replica not told our latest commit point by an append is told by an empty one this long
+    after the last append it got (so an idle channel's last entries can be trimmed too)."""
     bugs: frozenset[str] = frozenset()
 
 
@@ -105,6 +115,14 @@ class AppendRequest:
     prev: Position
     entries: tuple[Entry, ...]
     sequence: int
+    commit: int = 0  # our commit point when sent: the replica learns what of its log is committed
+    from_base: bool = False  # `prev` is another replica's base: reset a replica that lacks it
+
+    def apply_to(self, replica: ReplicaLog) -> AppendReply:
+        """This append, applied by a replica's rules (what a store does with it)."""
+        return replica.append(
+            self.channel, self.epoch, self.prev, self.entries, commit=self.commit, from_base=self.from_base
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +157,17 @@ class Delivery:
 
     entries: tuple[Entry, ...] = ()
     end_reason: str = ""
+    gap_next_serial: int = 0
+    """Non-zero: the entries from the subscriber's next serial up to this one are no longer retained
+    (they come before `entries`, which start here if any)."""
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryResult:
     entries: tuple[Entry, ...] = ()
     reason: str = ""
+    gap_next_serial: int = 0
+    """Non-zero: the entries asked for before this serial are no longer retained."""
 
 
 @dataclass(slots=True)
@@ -204,6 +227,8 @@ class _Replica:
     fence_last: Position | None = None
     unreachable: bool = False  # its last append failed in transport or timed out; cleared by any reply
     probed_ms: int = -1_000_000_000  # when we last sent it an empty append to see if it is back
+    told_commit: int = 0  # the commit point our last append to it carried
+    sent_ms: int = 0  # when we last sent it an append
 
 
 @dataclass(slots=True)
@@ -272,6 +297,8 @@ class ChannelRole:
         self.reads: dict[int, _Read] = {}
         self.recovery: dict[str, list[Entry]] = {}
         self.recovery_target: dict[str, Position] = {}
+        # Per source that had trimmed below the suffix we asked for: its base (our log's start).
+        self.recovery_base: dict[str, Position] = {}
         self.recovery_start = 0
         # The dedup range older than the whole-entry read: (id, timestamp) of serials
         # (recovery_ids_from, recovery_start], read from `recovery_ids_source`.
@@ -279,6 +306,9 @@ class ChannelRole:
         self.recovery_ids_from = 0
         self.recovery_ids_source = ""
         self.recovered_last = 0  # serial of the adopted log's last entry; commit is known past it
+        # The furthest any replica has trimmed (its base, from append replies): readers are served
+        # nothing at or below it, even from memory, so what retention dropped is gone everywhere.
+        self.trimmed_through = 0
         self._sequence = 0
 
     # ----------------------------------------------------------------------------- accessors
@@ -370,13 +400,18 @@ class ChannelRole:
 
     def _on_recovery_ids_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         target = self.recovery_target.get(read.replica)
-        if target is None or not reply.ids:
+        after = read.after_serial
+        if target is not None and reply.base.serial > after:
+            # Trimmed: those entries are older than any dedup window (stores keep that much).
+            self.recovery_ids = []
+            self.recovery_ids_from = after = min(reply.base.serial, self.recovery_start)
+        if target is None or (not reply.ids and after < self.recovery_start):
             self.stop("RECOVERY_READ_FAILED", fx)
             return
         if reply.last.serial < target.serial:
             self.stop("FENCED", fx)  # the adopted log got shorter under us: a later epoch is writing
             return
-        self.recovery_ids.extend(reply.ids[: self.recovery_start - read.after_serial])
+        self.recovery_ids.extend(reply.ids[: self.recovery_start - after])
         self.progress_ms = now_ms
         if self.recovery_ids_from + len(self.recovery_ids) < self.recovery_start:
             self._send_ids_read(now_ms, fx)
@@ -386,7 +421,17 @@ class ChannelRole:
     def _on_recovery_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         name = read.replica
         target = self.recovery_target[name]
-        if reply.corrupt or not reply.entries or reply.entries[0].serial != read.after_serial + 1:
+        got = self.recovery[name]
+        base = reply.base
+        if base.serial > target.serial or (base.serial == target.serial and base.epoch != target.epoch):
+            self.stop("FENCED", fx)  # the adopted log moved on under us: a later epoch is writing
+            return
+        trimmed = base.serial > read.after_serial
+        if trimmed and (got or name in self.recovery_base):
+            self.stop("RECOVERY_READ_FAILED", fx)  # trimmed between our reads: start the takeover again
+            return
+        start = base.serial if trimmed else read.after_serial
+        if reply.corrupt or (start < target.serial and (not reply.entries or reply.entries[0].serial != start + 1)):
             self.stop("RECOVERY_READ_FAILED", fx)
             return
         if reply.last.serial < target.serial or any(
@@ -394,22 +439,29 @@ class ChannelRole:
         ):
             self.stop("FENCED", fx)  # the adopted log changed under us: a later epoch is writing
             return
-        got = self.recovery[name]
+        if trimmed:
+            self.recovery_base[name] = base
         got.extend(entry for entry in reply.entries if entry.serial <= target.serial)
         self.progress_ms = now_ms
-        have = got[-1].serial
+        have = got[-1].serial if got else base.serial
         if have < target.serial:
             self._send_read("recover", name, have, target.serial - have, 0, now_ms, fx)
             return
         self._install_if_recovered(now_ms, fx)
 
     def _install_if_recovered(self, now_ms: int, fx: Effects) -> None:
-        whole = all(
-            not entries or entries[-1].serial >= self.recovery_target[n].serial for n, entries in self.recovery.items()
-        )
+        whole = all(self._recovered_enough(name) for name in self.recovery)
         ids = self.recovery_ids_from + len(self.recovery_ids) >= self.recovery_start
         if whole and ids and not any(r.purpose in ("recover", "recover-ids") for r in self.reads.values()):
             self._install_recovered(self._merge_recovered(), now_ms, fx)
+
+    def _recovered_enough(self, name: str) -> bool:
+        """Whether what we read of `name` reaches its target (true, too, when nothing was to be read;
+        reads still in flight are checked apart)."""
+        entries, base = self.recovery[name], self.recovery_base.get(name)
+        if entries:
+            return entries[-1].serial >= self.recovery_target[name].serial
+        return base is None or base.serial >= self.recovery_target[name].serial
 
     def _merge_recovered(self) -> list[Entry]:
         """The adopted suffix. With the `adopt-highest-epoch-per-serial` bug: a per-serial merge."""
@@ -430,13 +482,20 @@ class ChannelRole:
 
     def _install_recovered(self, entries: list[Entry], now_ms: int, fx: Effects) -> None:
         """Make the adopted suffix our log, rewrite its last entry at our epoch, and serve."""
-        if entries:
-            if self.recovery_start > 0:
-                base, suffix = entries[0], entries[1:]
-                self.tail_base, self.tail_base_epoch = base.serial, base.epoch
-            else:
-                suffix = entries
-            invariant(bool(suffix) and suffix[0].serial == self.tail_base + 1, "adopted suffix follows its base")
+        trimmed_base = self.recovery_base.get(next(iter(self.recovery))) if len(self.recovery) == 1 else None
+        if trimmed_base is not None:
+            # The source had dropped everything up to here: committed, and where our log starts.
+            self.tail_base, self.tail_base_epoch = trimmed_base.serial, trimmed_base.epoch
+            self.commit = self.trimmed_through = trimmed_base.serial
+            suffix = entries
+        elif entries and self.recovery_start > 0:
+            base, suffix = entries[0], entries[1:]
+            self.tail_base, self.tail_base_epoch = base.serial, base.epoch
+            invariant(bool(suffix), "a suffix read from after its base has entries")
+        else:
+            suffix = entries
+        if suffix:
+            invariant(suffix[0].serial == self.tail_base + 1, "adopted suffix follows its base")
             rewrite_from = suffix[-1].serial  # the last adopted entry: what moves commit to our epoch
             if "adopt-highest-epoch-per-serial" in self.bugs:
                 # The merged suffix mixes logs, so the bug rewrites all of it past the common part.
@@ -445,12 +504,16 @@ class ChannelRole:
             self.tail = [e if e.serial < rewrite_from else e.with_epoch(self.epoch) for e in suffix]
             self.tail_batch_last = [entry.serial for entry in self.tail]
             self.epoch_start_serial = min(rewrite_from, self.last)
+        else:
+            self.epoch_start_serial = self.last + 1  # nothing to rewrite: what we adopted is committed
         self.recovered_last = self.last
+        tail_base = Position(self.tail_base, self.tail_base_epoch)
+        matched_max = max(self.last - 1, 0) if suffix else self.last  # the rewritten entry matches nowhere yet
         for replica in self.replicas.values():
             replica.next = max(self.last, 1)
             fence_last = replica.fence_last
-            if fence_last is not None and _holds(entries, fence_last):
-                replica.match = min(fence_last.serial, max(self.last - 1, 0))
+            if fence_last is not None and (_holds(entries, fence_last) or fence_last == tail_base):
+                replica.match = min(fence_last.serial, matched_max)
                 replica.next = replica.match + 1
         if "reset-dedup-on-takeover" not in self.bugs:
             for offset, (message_id, timestamp_ms) in enumerate(self.recovery_ids):
@@ -471,6 +534,7 @@ class ChannelRole:
         fx.takeovers.append((self.channel, self.epoch, "serving", details))
         self.recovery.clear()
         self.recovery_target.clear()
+        self.recovery_base.clear()
         fx.events.append(f"takeover {self.channel} epoch={self.epoch} serving last={self.last}")
         queued, self.queued = self.queued, deque()
         for token, messages in queued:
@@ -556,13 +620,22 @@ class ChannelRole:
                 self._send_append(replica, Position(first - 1, prev_epoch), self._entries(first, end), now_ms, fx)
 
     def _send_append(
-        self, replica: _Replica, prev: Position, entries: tuple[Entry, ...], now_ms: int, fx: Effects
+        self,
+        replica: _Replica,
+        prev: Position,
+        entries: tuple[Entry, ...],
+        now_ms: int,
+        fx: Effects,
+        *,
+        from_base: bool = False,
     ) -> None:
         sequence = self._next_sequence()
         end = prev.serial + len(entries)
         replica.inflight[sequence] = (now_ms, end)
         replica.next = end + 1
-        fx.sends.append((replica.name, AppendRequest(self.channel, self.epoch, prev, entries, sequence)))
+        replica.told_commit, replica.sent_ms = self.commit, now_ms
+        request = AppendRequest(self.channel, self.epoch, prev, entries, sequence, self.commit, from_base)
+        fx.sends.append((replica.name, request))
 
     def _backfill(self, replica: _Replica, now_ms: int, fx: Effects) -> None:
         """`replica` needs entries older than our memory: read them from a replica that matches."""
@@ -582,8 +655,17 @@ class ChannelRole:
         replica = self.replicas[read.target]
         first = read.owner
         entries = reply.entries
-        if reply.corrupt or not entries or entries[0].serial != read.after_serial + 1 or replica.next != first:
+        if reply.corrupt or replica.next != first:
             return  # the replica's needs moved on, or the read was bad: the next pump asks again
+        if reply.base.serial > read.after_serial:
+            # The source dropped what the replica lacks: start the replica over from the source's base
+            # (committed), then catch it up from there.
+            if not entries or entries[0].serial == reply.base.serial + 1:
+                self._send_append(replica, reply.base, entries, now_ms, fx, from_base=True)
+            self._pump(now_ms, fx)
+            return
+        if not entries or entries[0].serial != read.after_serial + 1:
+            return
         if first >= 2:
             prev, entries = entries[0].position, entries[1:]
         else:
@@ -602,6 +684,7 @@ class ChannelRole:
         replica.unreachable = False
         if reply.status is AppendStatus.OK:
             invariant(reply.match_serial <= self.last, "a replica cannot match beyond our log")
+            self.trimmed_through = max(self.trimmed_through, reply.base.serial)
             if reply.match_serial > replica.match:
                 replica.match = reply.match_serial
                 self._advance_commit(now_ms, fx)
@@ -679,6 +762,10 @@ class ChannelRole:
         if now_ms - replica.probed_ms < self.config.append_timeout_ms:
             return
         replica.probed_ms = now_ms
+        self._send_empty_append(replica, now_ms, fx)
+
+    def _send_empty_append(self, replica: _Replica, now_ms: int, fx: Effects) -> None:
+        """An append of nothing after our last entry: a probe, or a commit notice."""
         prev_epoch = self.epoch_at(self.last)
         invariant(prev_epoch is not None, "our last entry is in memory")
         assert prev_epoch is not None
@@ -738,6 +825,9 @@ class ChannelRole:
             return
         visible = self._visible()
         for token, subscriber in self.subscribers.items():
+            if subscriber.next_serial <= self.trimmed_through and not subscriber.read_sequence:
+                subscriber.next_serial = self.trimmed_through + 1
+                fx.deliveries.append((token, Delivery(gap_next_serial=subscriber.next_serial)))
             while subscriber.next_serial <= visible and not subscriber.read_sequence:
                 first = subscriber.next_serial
                 if first > self.tail_base:
@@ -763,16 +853,18 @@ class ChannelRole:
     def _answer_histories(self, now_ms: int, fx: Effects) -> None:
         if self.state is not RoleState.SERVING or self.commit < self.recovered_last:
             return  # until our rewrite of the adopted log is on a quorum, commit is unknown
-        for token, (after, limit) in list(self.histories.items()):
+        for token, (asked_after, limit) in list(self.histories.items()):
             if any(read.owner == token and read.purpose == "history" for read in self.reads.values()):
                 continue
+            after = max(asked_after, self.trimmed_through)
+            gap = after + 1 if after > asked_after else 0
             end = min(self.commit, after + limit)
             if after >= end:
                 del self.histories[token]
-                fx.histories.append((token, HistoryResult(())))
+                fx.histories.append((token, HistoryResult((), gap_next_serial=gap)))
             elif after >= self.tail_base:
                 del self.histories[token]
-                fx.histories.append((token, HistoryResult(self._entries(after + 1, end))))
+                fx.histories.append((token, HistoryResult(self._entries(after + 1, end), gap_next_serial=gap)))
             else:
                 self._read_committed("history", token, after, min(end, self.tail_base) - after, now_ms, fx)
 
@@ -816,32 +908,40 @@ class ChannelRole:
         else:
             self._on_history_read(read, reply, now_ms, fx)
 
-    def _checked_committed(self, read: _Read, reply: ReadReply) -> tuple[Entry, ...] | None:
-        """The reply's entries if they are what we asked for and committed; else None."""
+    def _checked_committed(self, read: _Read, reply: ReadReply) -> tuple[tuple[Entry, ...], int] | None:
+        """The reply's committed entries if they are what we asked for, with the serial they resume
+        at when the replica no longer holds the first ones asked for (else 0); None for a bad read."""
         entries = reply.entries
-        if reply.corrupt or not entries or entries[0].serial != read.after_serial + 1:
+        gap = reply.base.serial + 1 if reply.base.serial > read.after_serial else 0
+        start = max(read.after_serial, reply.base.serial)
+        if reply.corrupt or (entries and entries[0].serial != start + 1) or (not entries and not gap):
             return None
-        return tuple(entry for entry in entries if entry.serial <= self.commit)
+        return tuple(entry for entry in entries if entry.serial <= self.commit), gap
 
     def _on_subscriber_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         subscriber = self.subscribers.get(read.owner)
         if subscriber is None or subscriber.read_sequence == 0:
             return
         subscriber.read_sequence = 0
-        entries = self._checked_committed(read, reply)
-        if entries and subscriber.next_serial == read.after_serial + 1:
-            fx.deliveries.append((read.owner, Delivery(entries)))
-            subscriber.next_serial = entries[-1].serial + 1
+        checked = self._checked_committed(read, reply)
+        if checked and subscriber.next_serial == read.after_serial + 1:
+            entries, gap = checked
+            if entries or gap:
+                fx.deliveries.append((read.owner, Delivery(entries, gap_next_serial=gap)))
+                subscriber.next_serial = entries[-1].serial + 1 if entries else gap
         self._feed_subscribers(now_ms, fx)
 
     def _on_history_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         if read.owner not in self.histories:
             return
-        entries = self._checked_committed(read, reply)
-        if entries is None:
+        checked = self._checked_committed(read, reply)
+        if checked is None:
             return  # retried by the next call to _answer_histories
-        del self.histories[read.owner]
-        fx.histories.append((read.owner, HistoryResult(entries)))
+        entries, gap = checked
+        asked_after, _ = self.histories.pop(read.owner)
+        resumes_after = gap - 1 if gap else read.after_serial  # later than asked when trimmed
+        gap = resumes_after + 1 if resumes_after > asked_after else 0
+        fx.histories.append((read.owner, HistoryResult(entries, gap_next_serial=gap)))
 
     # ----------------------------------------------------------------------------- failures & time
 
@@ -866,6 +966,9 @@ class ChannelRole:
             if subscriber is not None:
                 subscriber.read_sequence = 0
 
+    def _owes_commit_notice(self, replica: _Replica) -> bool:
+        return replica.told_commit < self.commit and not replica.inflight and replica.next > self.last
+
     @property
     def quiet(self) -> bool:
         """True when nothing here waits on time: a tick would do nothing until an event arrives.
@@ -879,7 +982,7 @@ class ChannelRole:
             return False
         last = self.last
         for replica in self.replicas.values():
-            if replica.inflight or replica.unreachable or replica.next <= last:
+            if replica.inflight or replica.unreachable or replica.next <= last or self._owes_commit_notice(replica):
                 return False
         visible = self._visible()
         return all(subscriber.next_serial > visible for subscriber in self.subscribers.values())
@@ -905,6 +1008,8 @@ class ChannelRole:
                     self._mark_unreachable(replica, fx)
             elif replica.unreachable and replica.next > self.last:
                 self._probe(replica, now_ms, fx)
+            elif self._owes_commit_notice(replica) and now_ms - replica.sent_ms >= self.config.commit_notice_ms:
+                self._send_empty_append(replica, now_ms, fx)
         for sequence, read in list(self.reads.items()):
             if now_ms - read.sent_ms > self.config.read_timeout_ms:
                 self._fail_read(sequence, now_ms, fx)

@@ -109,6 +109,9 @@ traced_publishes_max = 10_000
 
 LIMITS = Limits()
 
+RETENTION_EXPIRED = "RETENTION_EXPIRED"
+"""ContinuityLost.reason when the messages a reader asked for were trimmed by retention."""
+
 STATUS_BY_NAME = {
     "APPEND_STATUS_OK": AppendStatus.OK,
     "APPEND_STATUS_FENCED": AppendStatus.FENCED,
@@ -360,6 +363,8 @@ class StoreLink:
                     epoch=request.epoch,
                     prev=convert.position_to_proto(request.prev),
                     entries=[self.node.entry_proto(request.channel, entry) for entry in request.entries],
+                    commit=request.commit,
+                    from_base=request.from_base,
                 )
                 for request in batch
             ]
@@ -474,13 +479,13 @@ class _AppendStream:
 
 
 def _read_reply(result: store_pb2.ChannelReadResult) -> ReadReply:
-    last = convert.position_from_proto(result.last)
+    last, base = convert.position_from_proto(result.last), convert.position_from_proto(result.base)
     if result.ids:
-        return ReadReply((), last, False, tuple(zip(result.ids, result.timestamps_ms, strict=True)))
+        return ReadReply((), last, False, base, tuple(zip(result.ids, result.timestamps_ms, strict=True)))
     if result.corrupt_serial:
-        return ReadReply((), last, True)
+        return ReadReply((), last, True, base)
     entries = tuple(convert.entry_from_proto(entry) for entry in result.entries)
-    return ReadReply(entries, last, not all(entry.intact() for entry in entries))
+    return ReadReply(entries, last, not all(entry.intact() for entry in entries), base)
 
 
 def _append_reply(result: store_pb2.ChannelAppendResult) -> AppendReply:
@@ -492,6 +497,7 @@ def _append_reply(result: store_pb2.ChannelAppendResult) -> AppendReply:
         result.conflict_epoch,
         result.conflict_first_serial,
         result.detail,
+        convert.position_from_proto(result.base),
     )
 
 
@@ -717,6 +723,11 @@ class ChannelNodeAdapter:
         return role.epoch, role.commit
 
 
+def _gap(next_serial: int) -> message_pb2.ContinuityLost | None:
+    """The explicit gap a reader gets when what it asked for is no longer retained."""
+    return message_pb2.ContinuityLost(next_serial=next_serial, reason=RETENTION_EXPIRED) if next_serial else None
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float:
     remaining = context.time_remaining()
     return min(request_timeout_s, remaining) if remaining is not None else request_timeout_s
@@ -794,7 +805,8 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
                     attributes={"ringcast.channel": request.channel, "ringcast.serials": serials},
                 )
             yield channel_pb2.ChannelServiceSubscribeResponse(
-                messages=[convert.message_to_proto(e.message, e.serial) for e in delivery.entries]
+                messages=[convert.message_to_proto(e.message, e.serial) for e in delivery.entries],
+                gap=_gap(delivery.gap_next_serial),
             )
             if span is not None:
                 span.end()
@@ -811,7 +823,9 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             await abort(context, error_for(result.reason, self.node.ring_version))
         _, last = self.node.channel_state(request.channel)
         return channel_pb2.ChannelServiceHistoryResponse(
-            messages=[convert.message_to_proto(e.message, e.serial) for e in result.entries], last_serial=last
+            messages=[convert.message_to_proto(e.message, e.serial) for e in result.entries],
+            last_serial=last,
+            gap=_gap(result.gap_next_serial),
         )
 
     async def GetChannel(  # noqa: N802

@@ -447,6 +447,10 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
                 async for response in upstream:
                     outage_since, backoff = None, retry_backoff_s_min
                     self.router.recent.touch(request.channel, loop.time())
+                    if response.HasField("gap") and response.gap.next_serial > after + 1:
+                        # Retention dropped what comes next: say so, never skip silently (G4).
+                        after = response.gap.next_serial - 1
+                        yield realtime_pb2.SubscribeResponse(gap=response.gap)
                     for message in response.messages:
                         if message.serial != after + 1:  # the owner broke G4: never pass that on
                             log.error("owner sent serial %d after %d on %s", message.serial, after, request.channel)
@@ -500,12 +504,12 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             limit = history_limit(request.limit, self.limits)
             deadline = _deadline(context)
             if not request.reverse:
-                messages = await self._history(request.channel, request.after_serial, limit, deadline)
-                return realtime_pb2.HistoryResponse(messages=messages)
+                messages, gap = await self._history(request.channel, request.after_serial, limit, deadline)
+                return realtime_pb2.HistoryResponse(messages=messages, gap=gap)
             below = request.after_serial or (await self._last_serial(request.channel, deadline)) + 1
             first_after = max(0, below - 1 - limit)
-            messages = await self._history(request.channel, first_after, below - 1 - first_after, deadline)
-            return realtime_pb2.HistoryResponse(messages=list(reversed(messages)))
+            messages, gap = await self._history(request.channel, first_after, below - 1 - first_after, deadline)
+            return realtime_pb2.HistoryResponse(messages=list(reversed(messages)), gap=gap)
         except ServiceError as error:
             await abort(context, error)
             raise
@@ -513,9 +517,14 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             await abort(context, _passthrough(error))
             raise
 
-    async def _history(self, channel: str, after: int, limit: int, deadline: float) -> list[message_pb2.Message]:
-        """`limit` committed messages after `after`, in pages as the owner serves them."""
+    async def _history(
+        self, channel: str, after: int, limit: int, deadline: float
+    ) -> tuple[list[message_pb2.Message], message_pb2.ContinuityLost | None]:
+        """Up to `limit` committed messages after `after`, in pages as the owner serves them, and the
+        gap at their start when retention dropped the first ones asked for. A gap met on a later
+        page ends the answer there: the next page asked for begins with it."""
         messages: list[message_pb2.Message] = []
+        gap: message_pb2.ContinuityLost | None = None
         while len(messages) < limit:
             request = channel_pb2.ChannelServiceHistoryRequest(
                 channel=channel, after_serial=after, limit=limit - len(messages)
@@ -525,15 +534,20 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
                 link: OwnerLink,
                 timeout: float,
                 request: channel_pb2.ChannelServiceHistoryRequest = request,
-            ) -> list[message_pb2.Message]:
-                return list((await link.stub.History(request, timeout=timeout)).messages)
+            ) -> channel_pb2.ChannelServiceHistoryResponse:
+                response: channel_pb2.ChannelServiceHistoryResponse = await link.stub.History(request, timeout=timeout)
+                return response
 
             page = await self.router.call(channel, deadline, attempt)
-            if not page:
+            if page.HasField("gap") and page.gap.next_serial > after + 1:
+                if messages:
+                    break
+                gap = page.gap
+            if not page.messages:
                 break
-            messages.extend(page)
-            after = page[-1].serial
-        return messages
+            messages.extend(page.messages)
+            after = page.messages[-1].serial
+        return messages, gap
 
     async def GetChannel(  # noqa: N802
         self, request: realtime_pb2.GetChannelRequest, context: grpc.aio.ServicerContext

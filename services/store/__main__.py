@@ -16,6 +16,7 @@ import grpc
 
 from ringcast.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common.server import env_default, run_service, serve
+from services.store.log import Retention
 from services.store.server import StoreService
 
 log = logging.getLogger("ringcast.store")
@@ -75,7 +76,17 @@ class Membership:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    service = StoreService(arguments.data_dir or f"data/{arguments.id}", redis_url=arguments.redis)
+    retention = Retention(
+        age_ms=int(arguments.retention_hours * 3_600_000),
+        entries_max=arguments.retention_entries,
+        keep_recent_ms=int(arguments.retention_keep_recent_s * 1000),
+    )
+    service = StoreService(
+        arguments.data_dir or f"data/{arguments.id}",
+        redis_url=arguments.redis,
+        retention=retention,
+        trim_every_s=arguments.trim_every_s,
+    )
     membership: Membership | None = None
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -84,6 +95,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
     async def ready() -> None:
         nonlocal membership
+        service.start_trimming()
         if arguments.etcd:
             address = arguments.advertise or arguments.listen
             membership = Membership(arguments.etcd, arguments.id, address, arguments.zone)
@@ -97,6 +109,20 @@ async def main(arguments: argparse.Namespace) -> None:
         await serve(arguments.listen, register, ready=ready, stopping=stopping)
     finally:
         await service.close()
+
+
+_RETENTION_FLAGS: tuple[tuple[str, Callable[[str], float], str, str], ...] = (
+    ("--retention-hours", float, "72", "entries older than this are dropped (default 72)"),
+    ("--retention-entries", int, "1000000", "beyond the newest this many, entries are dropped (default 1,000,000)"),
+    (
+        "--retention-keep-recent-s",
+        float,
+        "120",
+        "entries younger than this are never dropped: keep it at least the dedup window (default 120)",
+    ),
+    ("--trim-every-s", float, "10", "seconds between retention passes (default 10)"),
+)
+"""Flag, type, default and help of each retention setting (each also a RINGCAST_<FLAG> variable)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default("REDIS", ""),
         help="keep the log in this Redis (redis://HOST:PORT/DB; it must run appendfsync always); empty: SQLite",
     )
+    retention = parser.add_argument_group("retention (DESIGN §7): what each channel's log keeps")
+    for flag, kind, default, what in _RETENTION_FLAGS:
+        name = flag.removeprefix("--").replace("-", "_").upper()
+        retention.add_argument(flag, type=_positive(kind), default=env_default(name, default), help=what)
     return parser
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not above 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
 
 
 if __name__ == "__main__":

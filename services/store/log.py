@@ -86,6 +86,8 @@ class AppendReply:
     conflict_first_serial: int = 0
     """On MISMATCH: the first serial in the replica's log with `conflict_epoch`."""
     detail: str = ""
+    base: Position = ORIGIN
+    """On OK: the position the replica's retained log follows (what it trimmed, rule 5)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +169,8 @@ class ReplicaLog:
         self.storage = storage
         # `no-epoch-check` is a deliberate bug for the simulator's self-test: accept stale appends.
         self._check_epoch = "no-epoch-check" not in bugs
+        # `trim-uncommitted`, another: trim by count alone, without knowing the entries are committed.
+        self._trim_committed_only = "trim-uncommitted" not in bugs
 
     def fence(self, channel: str, epoch: int) -> FenceReply:
         fence = self.storage.fence_of(channel)
@@ -208,7 +212,7 @@ class ReplicaLog:
             fence = epoch
         if not entries and prev.serial < base.serial:
             self._learn_commit(channel, commit, end)
-            return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end)
+            return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=base)
         held_epoch = storage.epoch_at(channel, prev.serial)
         if from_base and held_epoch != prev.epoch:
             if prev.serial == base.serial:  # our base is committed: a committed position cannot differ
@@ -233,7 +237,7 @@ class ReplicaLog:
                 storage.truncate_after(channel, entries[first_new].serial - 1)
             storage.extend(channel, entries[first_new:])
         self._learn_commit(channel, commit, end)
-        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end)
+        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=storage.base(channel))
 
     def _learn_commit(self, channel: str, commit: int, match_serial: int) -> None:
         known = min(commit, match_serial)
@@ -245,14 +249,16 @@ class ReplicaLog:
         entries at most. Returns how many were dropped (`scan_max` means: call again)."""
         storage = self.storage
         base, last = storage.base(channel), storage.last(channel)
-        limit = min(storage.committed(channel), last.serial, base.serial + retention.scan_max)
+        committed = storage.committed(channel) if self._trim_committed_only else last.serial
+        limit = min(committed, last.serial, base.serial + retention.scan_max)
         if limit <= base.serial:
             return 0
         by_count = last.serial - retention.entries_max
         through = base.serial
         for offset, (_, timestamp_ms) in enumerate(storage.read_ids(channel, base.serial, limit - base.serial)):
             age_ms = wall_now_ms - timestamp_ms
-            if age_ms < retention.keep_recent_ms or (base.serial + 1 + offset > by_count and age_ms < retention.age_ms):
+            recent = age_ms < retention.keep_recent_ms and self._trim_committed_only
+            if recent or (base.serial + 1 + offset > by_count and age_ms < retention.age_ms):
                 break
             through = base.serial + 1 + offset
         if through == base.serial:

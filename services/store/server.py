@@ -17,6 +17,10 @@ Rules:
    fails with INVALID_ARGUMENT and a reason, and changes nothing.
 5. Every call carries many channels (an owner coalesces its requests per replica), within named
    bounds: fences, appends and reads per call, and the message data one Read answer may carry.
+6. Retention (DESIGN §7; the rules are log.py's rule 5): a background pass every `trim_every_s`
+   walks every channel, a page at a time, and trims what `Retention` no longer keeps. Each page is
+   one write request through the same writer (so trimming is group-committed and interleaves with
+   appends), and drops at most `trim_entries_per_request` entries, so it never holds the writer long.
 
 Each Append reply carries trailing metadata `ringcast-commit-id` (the number of the group commit
 that made it durable) and `ringcast-commit-requests` (how many requests that commit carried), so
@@ -30,6 +34,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import os
 import queue
@@ -55,6 +60,7 @@ from services.store.log import (
     FenceReply,
     ReadReply,
     ReplicaLog,
+    Retention,
     ids_read_max,
     read_entries_max,
 )
@@ -96,6 +102,12 @@ channel_chars_max = 256
 
 stored_value_max = (1 << 63) - 1
 """Largest serial or epoch an SQLite INTEGER holds; the proto's uint64 can say more."""
+
+trim_channels_per_request = 256
+"""Channels one trimming write request looks at."""
+
+trim_entries_per_request = 10_000
+"""Entries one trimming write request drops at most (it stops early, and the next pass goes on)."""
 
 database_file_name = "store.sqlite3"
 lock_file_name = "store.lock"
@@ -317,11 +329,23 @@ class StoreService:
     `StoreServiceServicer` (whose only use would be UNIMPLEMENTED defaults, and which mypy sees as Any).
     """
 
-    def __init__(self, data_dir: str, *, redis_url: str = "", redis_prefix: str = "rc:") -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        redis_url: str = "",
+        redis_prefix: str = "rc:",
+        retention: Retention | None = None,
+        trim_every_s: float = 10.0,
+    ) -> None:
         """Over SQLite in `data_dir`; or, with `redis_url`, over that Redis (`data_dir` then holds only
-        the lock that keeps a second store process off the same data)."""
+        the lock that keeps a second store process off the same data). `retention` None: keep all."""
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
+        self.retention = retention
+        self.trim_every_s = trim_every_s
+        self.trimmed_entries = 0
+        self._trimmer: asyncio.Task[None] | None = None
         self._lock = _lock_data_dir(data_dir)
         open_reader: Callable[[], Storage]
         if redis_url:
@@ -352,7 +376,39 @@ class StoreService:
     def stats(self) -> GroupCommitStats:
         return self.writer.stats
 
+    def start_trimming(self) -> None:
+        """Begin the background retention passes (rule 6); needs a running event loop."""
+        if self.retention is not None and self._trimmer is None:
+            self._trimmer = asyncio.create_task(self._trim_forever(), name="store-trim")
+
+    async def _trim_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.trim_every_s)
+            try:
+                await self.trim_pass()
+            except ServiceError as error:  # the writer is busy or failing: the next pass tries again
+                log.warning("retention pass stopped: %s", error)
+
+    async def trim_pass(self) -> int:
+        """Trim every channel as far as retention allows; returns how many entries were dropped."""
+        retention = self.retention
+        assert retention is not None
+        after: str | None = ""
+        dropped = 0
+        while after is not None:
+            committed = await self.writer.submit(functools.partial(_trim_page, retention=retention, after=after))
+            after, count = committed.value
+            dropped += count
+        self.trimmed_entries += dropped
+        if dropped:
+            log.info("retention dropped %d entries", dropped)
+        return dropped
+
     async def close(self) -> None:
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
         await self.writer.close()
         self.writer.storage.close()
         self.readers.close()
@@ -382,7 +438,10 @@ class StoreService:
         if not appends:
             return store_pb2.AppendResponse(), None
         committed = await self.writer.submit(
-            lambda replica: [replica.append(channel, epoch, prev, entries) for channel, epoch, prev, entries in appends]
+            lambda replica: [
+                replica.append(channel, epoch, prev, entries, commit=commit, from_base=from_base)
+                for channel, epoch, prev, entries, commit, from_base in appends
+            ]
         )
         response = store_pb2.AppendResponse(
             results=[_append_to_proto(reply) for reply in committed.value],
@@ -424,27 +483,44 @@ class StoreService:
             raise
         results = []
         for (channel, _, _, ids_only), reply in zip(reads, replies, strict=True):
+            last, base = convert.position_to_proto(reply.last), convert.position_to_proto(reply.base)
             if ids_only:
                 results.append(
                     store_pb2.ChannelReadResult(
-                        last=convert.position_to_proto(reply.last),
+                        last=last,
                         ids=[message_id for message_id, _ in reply.ids],
                         timestamps_ms=[timestamp_ms for _, timestamp_ms in reply.ids],
+                        base=base,
                     )
                 )
             elif reply.corrupt:
                 serial = next(entry.serial for entry in reply.entries if not entry.intact())
                 log.error("stored entry %d of channel %r is corrupt", serial, channel)
-                results.append(
-                    store_pb2.ChannelReadResult(last=convert.position_to_proto(reply.last), corrupt_serial=serial)
-                )
+                results.append(store_pb2.ChannelReadResult(last=last, corrupt_serial=serial, base=base))
             else:
                 results.append(
-                    store_pb2.ChannelReadResult(
-                        entries=convert.entries_to_proto(reply.entries), last=convert.position_to_proto(reply.last)
-                    )
+                    store_pb2.ChannelReadResult(entries=convert.entries_to_proto(reply.entries), last=last, base=base)
                 )
         return store_pb2.ReadResponse(results=results)
+
+
+def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str) -> tuple[str | None, int]:
+    """Trim the page of channels after `after`, within one request's budget. Returns the channel to
+    go on after (None when every channel was seen) and how many entries were dropped."""
+    channels = replica.storage.channels_after(after, trim_channels_per_request)
+    wall_now_ms, dropped, resume = int(time.time() * 1000), 0, after
+    for channel in channels:
+        while True:
+            budget = trim_entries_per_request - dropped
+            if budget <= 0:
+                return resume, dropped  # this channel again, in the next request
+            scan = dataclasses.replace(retention, scan_max=min(retention.scan_max, budget))
+            count = replica.trim(channel, wall_now_ms, scan)
+            dropped += count
+            if count < scan.scan_max:
+                break
+        resume = channel
+    return (resume if len(channels) == trim_channels_per_request else None), dropped
 
 
 # --------------------------------------------------------------------------------- input checks
@@ -505,7 +581,7 @@ def _at_most(count: int, limit: int, reason: str, what: str) -> None:
         raise invalid(reason, f"{count} {what} in one call; at most {limit}", limit=str(limit))
 
 
-_Append = tuple[str, int, Position, tuple[Entry, ...]]
+_Append = tuple[str, int, Position, tuple[Entry, ...], int, bool]  # ..., commit, from_base
 
 
 def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[_Append]:
@@ -522,7 +598,8 @@ def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[
             _stored_value(entry.serial, "entries.serial", value_max)
             _stored_value(entry.epoch, "entries.epoch", value_max)
         entries = tuple(convert.entry_from_proto(entry, keep_encoded=True) for entry in proto.entries)
-        appends.append((channel, epoch, prev, entries))
+        commit = _stored_value(proto.commit, "commit", value_max)
+        appends.append((channel, epoch, prev, entries, commit, proto.from_base))
     return appends
 
 
@@ -552,6 +629,7 @@ def _append_to_proto(reply: AppendReply) -> store_pb2.ChannelAppendResult:
         conflict_epoch=reply.conflict_epoch,
         conflict_first_serial=reply.conflict_first_serial,
         detail=reply.detail,
+        base=convert.position_to_proto(reply.base),
     )
 
 

@@ -20,7 +20,7 @@ from services.channel.role import (
 )
 from services.common.entries import Entry, Message
 from services.placement.ring import Ring
-from services.store.log import AppendReply, FenceReply, MemoryLogStorage, ReadReply, ReplicaLog
+from services.store.log import AppendReply, FenceReply, MemoryLogStorage, ReadReply, ReplicaLog, Retention
 
 STORES = ("store-a", "store-b", "store-c")
 
@@ -59,7 +59,7 @@ class Replicas:
             if isinstance(request, FenceRequest):
                 yield name, request, log.fence(request.channel, request.epoch)
             elif isinstance(request, AppendRequest):
-                yield name, request, log.append(request.channel, request.epoch, request.prev, request.entries)
+                yield name, request, request.apply_to(log)
             else:
                 assert isinstance(request, ReadRequest)
                 read = log.read_ids if request.ids_only else log.read
@@ -67,6 +67,11 @@ class Replicas:
 
     def ids(self, name: str, channel: str = "ch") -> list[tuple[int, int, str]]:
         return [(e.serial, e.epoch, e.message.id) for e in self.storages[name].read(channel, 0, 10_000)]
+
+    def trim(self, name: str, entries_max: int, channel: str = "ch") -> int:
+        """Let replica `name` drop what it knows is committed beyond the newest `entries_max`."""
+        retention = Retention(age_ms=10**15, entries_max=entries_max, keep_recent_ms=0, scan_max=10_000)
+        return self.logs[name].trim(channel, 0, retention)
 
     def write(self, name: str, entries: list[Entry], channel: str = "ch") -> None:
         storage = self.storages[name]
@@ -303,6 +308,118 @@ def test_history_below_the_tail_is_read_from_a_matching_replica() -> None:
     assert token == 99 and [e.serial for e in result.entries] == [1, 2, 3]  # one page: read_entries_max
 
 
+# --------------------------------------------------------------------------------- retention
+
+
+def _tell_commit(replicas: Replicas, role: ChannelRole, now_ms: int) -> None:
+    """Let time pass until the role's commit notices have gone out and been answered."""
+    fx = Effects()
+    role.tick(now_ms + role.config.commit_notice_ms, fx)
+    replicas.run(role, fx, now_ms + role.config.commit_notice_ms)
+
+
+def test_appends_carry_the_commit_point_and_an_idle_channel_sends_it_once_more() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    for index in range(3):
+        publish(replicas, role, index, f"m{index}", now_ms=index)
+    assert role.commit == 3
+    assert [replicas.storages[name].committed("ch") for name in STORES] == [2, 2, 2]  # told by the next append
+    assert not role.quiet
+    fx = Effects()
+    role.tick(role.config.commit_notice_ms - 10, fx)
+    assert fx.sends == []  # not yet: the last append went out less than commit_notice_ms ago
+    _tell_commit(replicas, role, 2)
+    assert [replicas.storages[name].committed("ch") for name in STORES] == [3, 3, 3]
+    assert role.quiet
+
+
+def test_a_reader_from_before_the_retained_range_gets_an_explicit_gap() -> None:
+    config = RoleConfig(tail_entries_max=4)
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=config)
+    for index in range(20):
+        publish(replicas, role, index, f"m{index}")
+    _tell_commit(replicas, role, 0)
+    assert [replicas.trim(name, 6) for name in STORES] == [14, 14, 14]
+    fx = Effects()
+    role.subscribe(5, 3, 0, fx)
+    role.read_history(6, 3, 4, 0, fx)
+    replicas.run(role, fx)
+    (delivery,) = [delivery for token, delivery in fx.deliveries if token == 5 and delivery.gap_next_serial]
+    assert delivery.gap_next_serial == 15 and delivery.entries[0].serial == 15
+    delivered = [e.serial for token, d in fx.deliveries if token == 5 for e in d.entries]
+    assert delivered == list(range(15, 21))  # after the gap, every retained entry once, in order
+    ((token, history),) = fx.histories
+    assert token == 6 and history.gap_next_serial == 15 and [e.serial for e in history.entries] == [15, 16, 17, 18]
+    fx = Effects()
+    role.subscribe(8, 16, 0, fx)  # from inside the retained range: no gap
+    replicas.run(role, fx)
+    assert [(d.gap_next_serial, [e.serial for e in d.entries]) for _, d in fx.deliveries] == [(0, [17, 18, 19, 20])]
+
+
+def test_what_a_replica_trimmed_is_not_served_from_memory_either() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)  # its in-memory tail keeps all 20 entries
+    for index in range(20):
+        publish(replicas, role, index, f"m{index}")
+    _tell_commit(replicas, role, 0)
+    replicas.trim("store-a", 6)
+    fx = Effects()
+    role.subscribe(5, 0, 0, fx)
+    assert fx.deliveries[0][1].entries[0].serial == 1  # nobody said anything was trimmed yet
+    publish(replicas, role, 99, "m20")  # store-a's reply shows its base
+    fx = Effects()
+    role.subscribe(6, 0, 0, fx)
+    role.read_history(7, 2, 3, 0, fx)
+    assert [(d.gap_next_serial, [e.serial for e in d.entries][:1]) for _, d in fx.deliveries] == [(15, []), (0, [15])]
+    ((_, history),) = fx.histories
+    assert history.gap_next_serial == 15 and [e.serial for e in history.entries] == [15, 16, 17]
+
+
+@pytest.mark.parametrize("kept", [3, 0])
+def test_a_takeover_of_a_trimmed_log_starts_at_its_base(kept: int) -> None:
+    replicas = Replicas()
+    first = take_over(replicas, epoch=7)
+    for index in range(10):
+        publish(replicas, first, index, f"m{index}")
+    _tell_commit(replicas, first, 0)
+    for name in STORES:
+        replicas.trim(name, kept)
+    config = RoleConfig(recovery_full_entries_max=5, recovery_read_entries_max=8)
+    second = take_over(replicas, epoch=9, config=config)
+    assert second.state is RoleState.SERVING
+    assert (second.tail_base, second.last, second.commit) == (10 - kept, 10, 10)
+    assert len(second.dedup) == kept  # what was trimmed is older than any dedup window
+    fx = publish(replicas, second, 1, "m9", "new")  # m9 is serial 10: retained only when kept
+    expected = ((10, 11), (True, False)) if kept else ((11, 12), (False, False))
+    assert [(r.serials, r.duplicates) for _, r in fx.results] == [expected]
+    assert [replicas.storages[name].last("ch").serial for name in STORES] == [expected[0][-1]] * 3
+
+
+def test_a_replica_behind_every_other_replicas_base_is_reset_and_caught_up() -> None:
+    config = RoleConfig(tail_entries_max=4, read_entries_max=3)
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=config)
+    replicas.down = {"store-c"}
+    for index in range(12):
+        publish(replicas, role, index, f"m{index}")
+    _tell_commit(replicas, role, 0)
+    replicas.trim("store-a", 2)
+    replicas.trim("store-b", 2)
+    replicas.down = set()
+    for now_ms in range(2_000, 20_000, 2_000):
+        fx = Effects()
+        role.tick(now_ms, fx)
+        replicas.run(role, fx, now_ms)
+    assert replicas.storages["store-c"].base("ch") == replicas.storages["store-a"].base("ch")
+    assert replicas.ids("store-c") == replicas.ids("store-a")
+    assert role.replicas["store-c"].match == 12
+    fx = publish(replicas, role, 99, "after", now_ms=20_000)
+    assert [r.serials for _, r in fx.results] == [(13,)]
+    assert replicas.ids("store-c")[-1] == (13, 7, "after")
+
+
 def test_subscribers_get_only_committed_entries_in_order() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7)
@@ -436,12 +553,20 @@ def test_node_ticks_only_roles_with_work_waiting_on_time() -> None:
         run_node(replicas, node, _published(node, channel, token))
     assert len(node.roles) == 500 and node.busy_channels == 500  # every one was touched
     node.tick(10, Effects())
-    assert node.busy_channels == 0  # all committed, nothing in flight: quiet, never ticked again
+    assert node.busy_channels == 500  # committed, but the replicas are yet to hear so
+    notice_ms = RoleConfig().commit_notice_ms
+    fx = Effects()
+    node.tick(notice_ms, fx)
+    assert sum(1 for _, request in fx.sends if isinstance(request, AppendRequest) and not request.entries) == 1_500
+    run_node(replicas, node, fx, now_ms=notice_ms)
+    node.tick(notice_ms + 10, Effects())
+    assert node.busy_channels == 0  # all committed and told, nothing in flight: quiet, never ticked again
     replicas.down = {"store-b", "store-c"}
-    fx = run_node(replicas, node, _published(node, "quiet-7", 1_000, now_ms=20), now_ms=20)
+    now_ms = notice_ms + 20
+    fx = run_node(replicas, node, _published(node, "quiet-7", 1_000, now_ms=now_ms), now_ms=now_ms)
     assert node.busy_channels == 1 and not fx.results  # waits for a quorum
     timeout_ms = RoleConfig().append_timeout_ms
-    node.tick(20 + timeout_ms + 1, fx)
+    node.tick(now_ms + timeout_ms + 1, fx)
     # The tick reached it: its replicas were found unreachable and the publish failed fast.
     assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("QUORUM_UNAVAILABLE", True)]
     assert node.busy_channels == 1  # it probes its replicas until they answer

@@ -636,7 +636,7 @@ def test_an_append_from_below_the_base_skips_the_trimmed_entries(engine: Engine)
     assert replica.append(channel, 1, owner_log[1].position, owner_log[2:8]).match_serial == 8
     assert _held(engine) == owner_log[4:8]
     assert replica.append(channel, 1, owner_log[0].position, owner_log[1:3]) == AppendReply(
-        AppendStatus.OK, 1, Position(8, 1), match_serial=3
+        AppendStatus.OK, 1, Position(8, 1), match_serial=3, base=Position(4, 1)
     )
     assert _held(engine) == owner_log[4:8]
     conflicting = [owner_log[2], *_entries(4, [2])]  # the entry at the base (4) with another epoch
