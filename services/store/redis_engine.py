@@ -3,21 +3,29 @@
 Rules:
 
 1. Keys: `<prefix>f:<channel>` holds the fence (a decimal string); `<prefix>e:<channel>` is a
-   sorted set of the channel's entries, scored by serial, each member the entry packed as serial,
-   epoch, checksum and the serialized ringcast.v1 Message (the serial first keeps members unique);
-   `<prefix>channels` is the set of channel names.
+   sorted set of the channel's retained entries, scored by serial, each member the entry packed as
+   serial, epoch, checksum and the serialized ringcast.v1 Message (the serial first keeps members
+   unique); `<prefix>b:<channel>` holds the base the retained log follows, as "serial epoch" (absent:
+   the origin, nothing dropped); `<prefix>c:<channel>` holds the serial known committed (absent: 0);
+   `<prefix>channels` is the set of channel names, and `<prefix>names` the same names in a sorted
+   set scored 0, so they can be paged in order (stores written before it existed get it on open).
+   The last position is the last entry's, or the base's when no entry is retained.
 2. Mutations happen only inside `begin()` ... `commit()`. Until the commit they live in this
    object (an overlay that the rules' own reads see), so a group of requests reads its own writes.
    `commit()` sends the whole group as one Lua script, which first checks that every channel it
-   touches still has the fence and last serial this writer saw, and only then writes: the fence
-   check and the write are one atomic step, and a second writer on the same Redis (a store process
-   that should not be running) makes the commit fail rather than interleave. With `appendfsync
-   always`, Redis answers the script only after the AOF write is synced: durable on return.
-3. Fence and last position are cached per channel (bounded), like the SQLite engine; a rollback or
-   a failed commit forgets the cache.
+   touches still has the fence, base, committed serial and last serial this writer saw, and only
+   then writes: the check and the write are one atomic step, and a second writer on the same Redis
+   (a store process that should not be running) makes the commit fail rather than interleave. With
+   `appendfsync always`, Redis answers the script only after the AOF write is synced: durable on
+   return.
+3. Fence, base, committed serial and last position are cached per channel (bounded), like the
+   SQLite engine; a rollback or a failed commit forgets the cache.
 4. Serials and epochs are Redis sorted-set scores (doubles), exact up to 2**53: `value_max`. A
-   read-only instance reads a channel's entries and its last position in one MULTI/EXEC, so a read
-   answer is one consistent view.
+   read-only instance reads a channel's base and last position together (one MULTI/EXEC), and
+   inside `begin()` ... `commit()` keeps that view for the snapshot; a read there takes its entries,
+   last position and base in one MULTI/EXEC too, so a read answer is one consistent view. Should the
+   log have been trimmed past the read's start since the snapshot answered its base, the read
+   answers no entries rather than entries after an unannounced gap (the next read sees the new base).
 5. A Redis that does not sync every write (`appendonly no`, or `appendfsync` other than `always`)
    is refused when the engine opens: acknowledged writes must survive a crash.
 """
@@ -44,34 +52,49 @@ socket_timeout_s = 10.0
 
 _HEADER = struct.Struct(">QQI")  # serial, epoch, checksum
 
-# ARGV: prefix, channel count, then per channel: name, expected fence, expected last serial,
-# new fence ('' = unchanged), truncate after ('' = none), entry count, then (serial, member) pairs.
+# ARGV: prefix, channel count, then per channel: name, expected fence, expected base ("serial
+# epoch"), expected committed serial, expected last serial (the base's when no entry is stored), new
+# fence, new base, new committed serial ('' = unchanged), truncate after ('' = none), entry count,
+# then (serial, member) pairs. A new base drops every entry up to its serial.
 _COMMIT_SCRIPT = """
 local prefix = ARGV[1]
 local count = tonumber(ARGV[2])
 local at = 3
 local plans = {}
-for c = 1, count do
-  local channel, fence, last = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local stored_fence = redis.call('GET', prefix .. 'f:' .. channel) or '0'
-  if stored_fence ~= fence then
-    return redis.error_reply('CONFLICT fence of ' .. channel .. ' is ' .. stored_fence .. ', expected ' .. fence)
+local function check(what, channel, stored, expected)
+  if stored ~= expected then
+    return redis.error_reply('CONFLICT ' .. what .. ' of ' .. channel .. ' is ' .. stored .. ', expected ' .. expected)
   end
-  local tail = redis.call('ZRANGE', prefix .. 'e:' .. channel, -1, -1, 'WITHSCORES')
-  local stored_last = tail[2] or '0'
-  if stored_last ~= last then
-    return redis.error_reply('CONFLICT last of ' .. channel .. ' is ' .. stored_last .. ', expected ' .. last)
-  end
-  local entries = tonumber(ARGV[at + 5])
-  plans[c] = {channel, ARGV[at + 3], ARGV[at + 4], at + 6, entries}
-  at = at + 6 + 2 * entries
 end
 for c = 1, count do
-  local channel, new_fence, truncate, first, entries = unpack(plans[c])
+  local channel = ARGV[at]
+  local stored_base = redis.call('GET', prefix .. 'b:' .. channel) or '0 0'
+  local tail = redis.call('ZRANGE', prefix .. 'e:' .. channel, -1, -1, 'WITHSCORES')
+  local conflict = check('fence', channel, redis.call('GET', prefix .. 'f:' .. channel) or '0', ARGV[at + 1])
+    or check('base', channel, stored_base, ARGV[at + 2])
+    or check('committed', channel, redis.call('GET', prefix .. 'c:' .. channel) or '0', ARGV[at + 3])
+    or check('last', channel, tail[2] or string.match(stored_base, '^%d+'), ARGV[at + 4])
+  if conflict then
+    return conflict
+  end
+  local entries = tonumber(ARGV[at + 9])
+  plans[c] = {channel, ARGV[at + 5], ARGV[at + 6], ARGV[at + 7], ARGV[at + 8], at + 10, entries}
+  at = at + 10 + 2 * entries
+end
+for c = 1, count do
+  local channel, new_fence, new_base, new_committed, truncate, first, entries = unpack(plans[c])
   local key = prefix .. 'e:' .. channel
   redis.call('SADD', prefix .. 'channels', channel)
+  redis.call('ZADD', prefix .. 'names', 0, channel)
   if new_fence ~= '' then
     redis.call('SET', prefix .. 'f:' .. channel, new_fence)
+  end
+  if new_base ~= '' then
+    redis.call('SET', prefix .. 'b:' .. channel, new_base)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.match(new_base, '^%d+'))
+  end
+  if new_committed ~= '' then
+    redis.call('SET', prefix .. 'c:' .. channel, new_committed)
   end
   if truncate ~= '' then
     redis.call('ZREMRANGEBYSCORE', key, '(' .. truncate, '+inf')
@@ -88,15 +111,65 @@ class RedisConflict(Exception):
     """The commit found a channel changed by someone else since this writer read it."""
 
 
+@dataclass(frozen=True, slots=True)
+class _ChannelState:
+    """A channel's fence, base and committed serial, as stored (its `f:`, `b:` and `c:` keys)."""
+
+    fence: int = 0
+    base: Position = ORIGIN
+    committed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What a read-only instance saw of a channel in one MULTI/EXEC: its base and last position."""
+
+    base: Position
+    last: Position
+
+
 @dataclass(slots=True)
 class _Pending:
-    """One channel's uncommitted changes, and what this writer saw of it before them."""
+    """One channel's uncommitted changes, and what this writer saw of it before them.
 
-    seen_fence: int
+    Whatever order the changes came in, they amount to: drop the stored entries up to `base`, drop
+    those after `truncate_after`, then add `entries` (which all lie after both).
+    """
+
+    seen: _ChannelState
     seen_last: int
     fence: int | None = None
+    base: Position | None = None
+    committed: int | None = None
     truncate_after: int | None = None
     entries: list[Entry] = field(default_factory=list)
+
+    def arguments(self) -> list[Any]:
+        """This channel's part of the commit script's ARGV (after its name)."""
+        seen = self.seen
+        arguments: list[Any] = [
+            str(seen.fence),
+            _position_text(seen.base),
+            str(seen.committed),
+            str(self.seen_last),
+            "" if self.fence is None else str(self.fence),
+            "" if self.base is None else _position_text(self.base),
+            "" if self.committed is None else str(self.committed),
+            "" if self.truncate_after is None else str(self.truncate_after),
+            len(self.entries),
+        ]
+        for entry in self.entries:
+            arguments += [entry.serial, _pack(entry)]
+        return arguments
+
+    def state(self) -> _ChannelState:
+        """The channel's fence, base and committed serial once this change is written."""
+        seen = self.seen
+        return _ChannelState(
+            seen.fence if self.fence is None else self.fence,
+            seen.base if self.base is None else self.base,
+            seen.committed if self.committed is None else self.committed,
+        )
 
 
 def _members(result: object) -> list[bytes]:
@@ -107,6 +180,18 @@ def _members(result: object) -> list[bytes]:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _position_text(position: Position) -> str:
+    return f"{position.serial} {position.epoch}"
+
+
+def _position_of(raw: object) -> Position:
+    """A stored base (`b:`); the origin when the key is absent."""
+    if raw is None:
+        return ORIGIN
+    serial, epoch = _text(raw).split()
+    return Position(int(serial), int(epoch))
 
 
 def _pack(entry: Entry) -> bytes:
@@ -152,11 +237,16 @@ class RedisLogStorage:
         self.prefix = prefix
         self.read_only = read_only
         cache_bound = 0 if read_only else channel_cache_entries_max
-        self._fences: _BoundedCache[int] = _BoundedCache(cache_bound)
+        self._states: _BoundedCache[_ChannelState] = _BoundedCache(cache_bound)
         self._lasts: _BoundedCache[Position] = _BoundedCache(cache_bound)
         self._pending: dict[str, _Pending] | None = None
-        self._snapshot: dict[str, Position] | None = None  # read-only: last positions read with entries
+        self._snapshot: dict[str, _View] | None = None  # read-only: what the snapshot saw of each channel
         self._commit = client.register_script(_COMMIT_SCRIPT)
+        if not read_only and not client.exists(prefix + "names"):
+            # Written before channel names were also kept in order (retention pages through them).
+            names = cast(set[bytes], client.smembers(prefix + "channels"))
+            if names:
+                client.zadd(prefix + "names", dict.fromkeys(names, 0))
 
     # ----------------------------------------------------------------------------- transactions
 
@@ -179,16 +269,7 @@ class RedisLogStorage:
             return
         arguments: list[Any] = [self.prefix, len(pending)]
         for channel, change in pending.items():
-            arguments += [
-                channel,
-                str(change.seen_fence),
-                str(change.seen_last),
-                "" if change.fence is None else str(change.fence),
-                "" if change.truncate_after is None else str(change.truncate_after),
-                len(change.entries),
-            ]
-            for entry in change.entries:
-                arguments += [entry.serial, _pack(entry)]
+            arguments += [channel, *change.arguments()]
         try:
             self._commit(args=arguments)
         except redis.ResponseError as error:  # the script refused: nothing was written
@@ -200,11 +281,10 @@ class RedisLogStorage:
             self._forget_cache()
             raise
         for channel, change in pending.items():
-            if change.fence is not None:
-                self._fences.put(channel, change.fence)
+            self._states.put(channel, change.state())
             if change.entries:
                 self._lasts.put(channel, change.entries[-1].position)
-            elif change.truncate_after is not None:
+            elif change.truncate_after is not None or change.base is not None:
                 self._lasts.forget(channel)
 
     def rollback(self) -> None:
@@ -217,8 +297,11 @@ class RedisLogStorage:
         self.client.close()
 
     def _forget_cache(self) -> None:
-        self._fences.clear()
+        self._states.clear()
         self._lasts.clear()
+
+    def _pending_of(self, channel: str) -> _Pending | None:
+        return self._pending.get(channel) if self._pending is not None else None
 
     def _change(self, channel: str) -> _Pending:
         invariant(not self.read_only, "a read-only store is never written")
@@ -226,28 +309,43 @@ class RedisLogStorage:
         assert self._pending is not None
         change = self._pending.get(channel)
         if change is None:
-            change = self._pending[channel] = _Pending(self._stored_fence(channel), self._stored_last(channel).serial)
+            change = self._pending[channel] = _Pending(self._stored_state(channel), self._stored_last(channel).serial)
         return change
 
     # ----------------------------------------------------------------------------- stored state
 
-    def _stored_fence(self, channel: str) -> int:
-        fence = self._fences.get(channel)
-        if fence is None:
-            raw = self.client.get(self.prefix + "f:" + channel)
-            fence = int(cast(bytes, raw)) if raw is not None else 0
-            self._fences.put(channel, fence)
-        return fence
+    def _stored_state(self, channel: str) -> _ChannelState:
+        state = self._states.get(channel)
+        if state is None:
+            keys = [self.prefix + kind + channel for kind in ("f:", "b:", "c:")]
+            fence, base, committed = cast(list[bytes | None], self.client.mget(keys))
+            state = _ChannelState(int(fence or 0), _position_of(base), int(committed or 0))
+            self._states.put(channel, state)
+        return state
 
     def _stored_last(self, channel: str) -> Position:
-        if self._snapshot is not None and channel in self._snapshot:
-            return self._snapshot[channel]
+        if self.read_only:
+            return self._view(channel).last
         last = self._lasts.get(channel)
         if last is None:
             members = _members(self.client.zrange(self.prefix + "e:" + channel, -1, -1))
-            last = _unpack(members[0]).position if members else ORIGIN
+            last = _unpack(members[0]).position if members else self._stored_state(channel).base
             self._lasts.put(channel, last)
         return last
+
+    def _view(self, channel: str) -> _View:
+        """Read-only: the channel's base and last position read together, kept for the snapshot."""
+        view = self._snapshot.get(channel) if self._snapshot is not None else None
+        if view is None:
+            with self.client.pipeline(transaction=True) as pipeline:
+                pipeline.get(self.prefix + "b:" + channel)
+                pipeline.zrange(self.prefix + "e:" + channel, -1, -1)
+                raw_base, tail = pipeline.execute()
+            base = _position_of(raw_base)
+            view = _View(base, _unpack(_members(tail)[0]).position if tail else base)
+            if self._snapshot is not None:
+                self._snapshot[channel] = view
+        return view
 
     def _stored_epoch_at(self, channel: str, serial: int) -> int | None:
         members = _members(self.client.zrangebyscore(self.prefix + "e:" + channel, serial, serial))
@@ -259,36 +357,78 @@ class RedisLogStorage:
         names = cast(set[bytes], self.client.smembers(self.prefix + "channels"))
         return sorted(name.decode() for name in names)
 
+    def channels_after(self, channel: str, count: int) -> list[str]:
+        """Channels written so far, in order (`<prefix>names`, all scored 0, paged by ZRANGEBYLEX),
+        and those this transaction touched."""
+        start = "(" + channel if channel else "-"
+        stored = _members(self.client.zrangebylex(self.prefix + "names", start, "+", 0, max(count, 0)))
+        names = {name.decode() for name in stored} | {name for name in self._pending or () if name > channel}
+        return sorted(names)[: max(count, 0)]
+
     def fence_of(self, channel: str) -> int:
-        change = self._pending.get(channel) if self._pending is not None else None
+        change = self._pending_of(channel)
         if change is not None and change.fence is not None:
             return change.fence
-        return self._stored_fence(channel)
+        return self._stored_state(channel).fence
 
     def set_fence(self, channel: str, epoch: int) -> None:
         invariant(epoch >= self.fence_of(channel), "fence never decreases")
         self._change(channel).fence = epoch
 
+    def base(self, channel: str) -> Position:
+        change = self._pending_of(channel)
+        if change is not None and change.base is not None:
+            return change.base
+        return self._view(channel).base if self.read_only else self._stored_state(channel).base
+
+    def drop_through(self, channel: str, base: Position) -> None:
+        invariant(base.serial > self.base(channel).serial, "the base only moves forward")
+        invariant(base.serial <= value_max and base.epoch <= value_max, "values within the engine's range")
+        change = self._change(channel)
+        change.base = base
+        if change.entries:
+            del change.entries[: max(base.serial - change.entries[0].serial + 1, 0)]
+
+    def committed(self, channel: str) -> int:
+        change = self._pending_of(channel)
+        if change is not None and change.committed is not None:
+            return change.committed
+        return self._stored_state(channel).committed
+
+    def set_committed(self, channel: str, serial: int) -> None:
+        invariant(serial >= self.committed(channel), "what is known committed stays known")
+        self._change(channel).committed = serial
+
     def last(self, channel: str) -> Position:
-        change = self._pending.get(channel) if self._pending is not None else None
-        if change is not None:
-            if change.entries:
-                return change.entries[-1].position
-            if change.truncate_after is not None:
-                serial = change.truncate_after
-                epoch = self._stored_epoch_at(channel, serial) if serial else 0
-                return Position(serial, epoch or 0)
-        return self._stored_last(channel)
+        change = self._pending_of(channel)
+        if change is None:
+            return self._stored_last(channel)
+        if change.entries:
+            return change.entries[-1].position
+        stored = self._stored_last(channel)
+        serial = stored.serial if change.truncate_after is None else min(stored.serial, change.truncate_after)
+        base = self.base(channel)
+        if serial <= base.serial:
+            return base
+        if serial == stored.serial:
+            return stored
+        epoch = self._stored_epoch_at(channel, serial)
+        invariant(epoch is not None, "the log is contiguous up to its last entry")
+        assert epoch is not None
+        return Position(serial, epoch)
 
     def epoch_at(self, channel: str, serial: int) -> int | None:
         if serial == 0:
             return 0
+        base = self.base(channel)
+        if serial == base.serial:
+            return base.epoch
         last = self.last(channel)
-        if serial < 0 or serial > last.serial:
+        if serial < base.serial or serial > last.serial:
             return None
         if serial == last.serial:
             return last.epoch
-        change = self._pending.get(channel) if self._pending is not None else None
+        change = self._pending_of(channel)
         if change is not None and change.entries and serial >= change.entries[0].serial:
             return change.entries[serial - change.entries[0].serial].epoch
         epoch = self._stored_epoch_at(channel, serial)
@@ -296,8 +436,12 @@ class RedisLogStorage:
         return epoch
 
     def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
-        """Epochs never decrease along a log: a binary search over serials finds the first."""
-        low, high = 1, self.last(channel).serial + 1
+        """The base's serial when the base has `epoch`; otherwise, as epochs never decrease along a
+        log, a binary search over the retained serials finds the first."""
+        base = self.base(channel)
+        if base.epoch == epoch and base.serial > 0:
+            return base.serial
+        low, high = base.serial + 1, self.last(channel).serial + 1
         while low < high:
             middle = (low + high) // 2
             at = self.epoch_at(channel, middle)
@@ -334,13 +478,12 @@ class RedisLogStorage:
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
         if limit <= 0:
             return []
-        change = self._pending.get(channel) if self._pending is not None else None
-        if change is None or (change.truncate_after is None and not change.entries):
+        change = self._pending_of(channel)
+        if change is None or (change.truncate_after is None and change.base is None and not change.entries):
             return self._stored_read(channel, after_serial, limit)
-        # Our own uncommitted writes: the stored log up to where they start, then them.
-        after_serial = max(after_serial, 0)
-        cut = change.entries[0].serial - 1 if change.entries else change.truncate_after
-        assert cut is not None
+        # Our own uncommitted writes: the stored log from the base up to where they start, then them.
+        after_serial = max(after_serial, self.base(channel).serial)
+        cut = change.entries[0].serial - 1 if change.entries else self.last(channel).serial
         found = self._stored_read(channel, after_serial, min(limit, cut - after_serial)) if after_serial < cut else []
         found += [entry for entry in change.entries if entry.serial > after_serial][: limit - len(found)]
         return found
@@ -353,10 +496,17 @@ class RedisLogStorage:
         if limit <= 0:
             return []
         key = self.prefix + "e:" + channel
+        start = f"({max(after_serial, 0)}"
+        if self._snapshot is None:
+            return [_unpack(member) for member in _members(self.client.zrangebyscore(key, start, "+inf", 0, limit))]
         with self.client.pipeline(transaction=True) as pipeline:
-            pipeline.zrangebyscore(key, f"({max(after_serial, 0)}", "+inf", start=0, num=limit)
+            pipeline.zrangebyscore(key, start, "+inf", start=0, num=limit)
             pipeline.zrange(key, -1, -1)
-            found, tail = (_members(result) for result in pipeline.execute())
-        if self._snapshot is not None:
-            self._snapshot[channel] = _unpack(tail[0]).position if tail else ORIGIN
-        return [_unpack(member) for member in found]
+            pipeline.get(self.prefix + "b:" + channel)
+            found, tail, raw_base = pipeline.execute()
+        base = _position_of(raw_base)
+        seen = self._snapshot.get(channel)
+        if seen is not None and base != seen.base and after_serial < base.serial:
+            return []  # trimmed past `after_serial` since the snapshot answered its base: see rule 4
+        self._snapshot[channel] = _View(base, _unpack(_members(tail)[0]).position if tail else base)
+        return [_unpack(member) for member in _members(found)]

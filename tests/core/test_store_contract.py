@@ -1135,6 +1135,19 @@ def test_redis_rollback_leaves_nothing_behind(tmp_path: Path) -> None:
     storage.close()
 
 
+def test_redis_written_before_ordered_names_pages_its_channels_once_reopened(tmp_path: Path) -> None:
+    prefix = f"{uuid.uuid4().hex}:"
+    storage = _redis(_redis_url(tmp_path), prefix)
+    replica = ReplicaLog(storage)
+    for name in ("b", "a", "c"):
+        _in_transaction(storage, lambda name=name: replica.fence(name, 1))
+    storage.client.delete(prefix + "names")  # as an older store left it: the set of names only
+    storage.close()
+    reopened = _redis(_redis_url(tmp_path), prefix)
+    assert reopened.channels_after("", 2) == ["a", "b"] and reopened.channels_after("b", 2) == ["c"]
+    reopened.close()
+
+
 def test_redis_that_does_not_sync_every_write_is_refused(tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis") as server:
         client = open_redis(server.url)

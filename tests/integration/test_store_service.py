@@ -533,3 +533,39 @@ def test_a_store_refuses_a_redis_that_does_not_sync_every_write(tmp_path: Path) 
         )
     assert result.returncode != 0
     assert "appendfsync always" in result.stderr
+
+
+# --------------------------------------------------------------------------------- retention
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+def test_the_store_trims_committed_entries_in_the_background(
+    processes: ServiceProcesses, tmp_path: Path, engine: str
+) -> None:
+    retention = ["--retention-entries", "3", "--retention-keep-recent-s", "0.001", "--trim-every-s", "0.1"]
+    with contextlib.ExitStack() as stack:
+        flags = ["--id", "store-k", "--zone", "k", "--data-dir", str(tmp_path / "data"), *retention]
+        if engine == "redis":
+            flags += ["--redis", stack.enter_context(RedisServer(tmp_path / "redis")).url]
+        channel, stub = _stub(processes.start("services.store", flags))
+        stack.enter_context(channel)
+        now_ms = int(time.time() * 1000)  # young entries: only the count (3) trims them
+        entries = [Entry.make(serial, 7, Message(f"k-{serial}", timestamp_ms=now_ms)) for serial in range(1, 11)]
+        _fence(stub, "kept", 7)
+        append = _append("kept", 7, ORIGIN, entries)
+        append.commit = 8  # the owner's commit point: 9 and 10 are not known committed yet
+        assert _append_one(stub, append).status == store_pb2.APPEND_STATUS_OK
+        deadline = time.monotonic() + 30
+        while (result := _read_result(stub, "kept")).base.serial < 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (result.base.serial, result.base.epoch) == (7, 7)  # the newest 3 stay
+        assert [entry_from_proto(entry) for entry in result.entries] == entries[7:]
+        # Appends from below the base skip what was trimmed; the reply tells the base.
+        again = _append_one(stub, _append("kept", 7, entries[1].position, entries[2:]))
+        assert again.status == store_pb2.APPEND_STATUS_OK and again.match_serial == 10 and again.base.serial == 7
+
+
+def test_a_store_refuses_a_retention_that_keeps_nothing(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "services.store", "--data-dir", str(tmp_path), "--retention-entries", "0"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode == 2 and "--retention-entries: 0 is not above 0" in finished.stderr
