@@ -83,6 +83,9 @@ class NodeConfig:
     """Takeovers (fencing or recovering) at once before prepared channels wait for a slot."""
     prepared_channels_max: int = 100_000
     """Prepared channels waiting for a takeover slot; beyond that they are left to their first request."""
+    commit_notices_per_sweep_max: int = 500
+    """Roles one sweep lets send commit notices (retention), so that thousands of channels gone quiet
+    at once (a relocation) spread them over several sweeps instead of flooding the stores."""
     role: RoleConfig = RoleConfig()
 
 
@@ -348,12 +351,17 @@ class ChannelNode:
             self._sweep(now_ms, fx)
 
     def _sweep(self, now_ms: int, fx: Effects) -> None:
-        """Step down from idle channels; forget expired message ids of quiet ones."""
+        """Step down from idle channels; forget expired message ids; tell replicas commit points
+        that no append has told them (retention)."""
+        notices = 0
         for channel, role in list(self.roles.items()):
             quiet_ms = now_ms - role.last_activity_ms
             idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
             if idle and role.commit >= role.last:
                 role.stop("IDLE", fx)
                 self._forget(channel)
-            else:
-                role.dedup.expire(now_ms + self.wall_offset_ms)
+                continue
+            role.dedup.expire(now_ms + self.wall_offset_ms)
+            if notices < self.config.commit_notices_per_sweep_max and role.notify_commit(now_ms, fx):
+                notices += 1
+                self._touch(role)

@@ -25,7 +25,7 @@ Rules, in the order they matter:
 6. Stop at once on FENCED, and when the node says the channel moved or the lease is gone: pending
    publishes fail with a retryable CHANNEL_MOVED, subscriptions end, and the role is dropped.
 7. Retention: every append tells a replica our commit point (and an idle channel's replicas are
-   told once more after `commit_notice_ms`), so replicas can drop old committed entries. A replica
+   told once more, `notify_commit`), so replicas can drop old committed entries. A replica
    that trimmed answers reads from after its base: a subscriber or history reader who asked for
    older entries gets an explicit gap (`gap_next_serial`), never a silent skip; a takeover adopts the
    base as its log's start; a replica that needs entries every other replica trimmed is reset to
@@ -89,8 +89,8 @@ class RoleConfig:
     subscribers_max: int = 10_000
     delivery_entries_max: int = 256
     commit_notice_ms: int = 1_000
-    """A replica not told our latest commit point by an append is told by an empty one this long
-    after the last append it got (so an idle channel's last entries can be trimmed too)."""
+    """A replica not told our latest commit point by an append is told by an empty one once this
+    long has passed since the last append it got (`notify_commit`, on the node's sweep)."""
     bugs: frozenset[str] = frozenset()
 
 
@@ -966,8 +966,19 @@ class ChannelRole:
             if subscriber is not None:
                 subscriber.read_sequence = 0
 
-    def _owes_commit_notice(self, replica: _Replica) -> bool:
-        return replica.told_commit < self.commit and not replica.inflight and replica.next > self.last
+    def notify_commit(self, now_ms: int, fx: Effects) -> bool:
+        """Tell each replica our commit point where the last append it got carried an older one and
+        went out `commit_notice_ms` ago or more (an empty append): so an idle channel's last
+        entries can be trimmed too. The node calls it on its sweep; True when something was sent."""
+        if self.state is not RoleState.SERVING:
+            return False
+        sent = False
+        for replica in self.replicas.values():
+            owed = replica.told_commit < self.commit and not replica.inflight and replica.next > self.last
+            if owed and not replica.unreachable and now_ms - replica.sent_ms >= self.config.commit_notice_ms:
+                self._send_empty_append(replica, now_ms, fx)
+                sent = True
+        return sent
 
     @property
     def quiet(self) -> bool:
@@ -982,7 +993,7 @@ class ChannelRole:
             return False
         last = self.last
         for replica in self.replicas.values():
-            if replica.inflight or replica.unreachable or replica.next <= last or self._owes_commit_notice(replica):
+            if replica.inflight or replica.unreachable or replica.next <= last:
                 return False
         visible = self._visible()
         return all(subscriber.next_serial > visible for subscriber in self.subscribers.values())
@@ -1008,8 +1019,6 @@ class ChannelRole:
                     self._mark_unreachable(replica, fx)
             elif replica.unreachable and replica.next > self.last:
                 self._probe(replica, now_ms, fx)
-            elif self._owes_commit_notice(replica) and now_ms - replica.sent_ms >= self.config.commit_notice_ms:
-                self._send_empty_append(replica, now_ms, fx)
         for sequence, read in list(self.reads.items()):
             if now_ms - read.sent_ms > self.config.read_timeout_ms:
                 self._fail_read(sequence, now_ms, fx)

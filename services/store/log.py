@@ -251,18 +251,22 @@ class ReplicaLog:
         base, last = storage.base(channel), storage.last(channel)
         committed = storage.committed(channel) if self._trim_committed_only else last.serial
         limit = min(committed, last.serial, base.serial + retention.scan_max)
-        if limit <= base.serial:
-            return 0
         by_count = last.serial - retention.entries_max
-        through = base.serial
-        for offset, (_, timestamp_ms) in enumerate(storage.read_ids(channel, base.serial, limit - base.serial)):
+
+        def droppable(serial: int, timestamp_ms: int) -> bool:
             age_ms = wall_now_ms - timestamp_ms
-            recent = age_ms < retention.keep_recent_ms and self._trim_committed_only
-            if recent or (base.serial + 1 + offset > by_count and age_ms < retention.age_ms):
-                break
-            through = base.serial + 1 + offset
-        if through == base.serial:
+            if age_ms < retention.keep_recent_ms and self._trim_committed_only:
+                return False
+            return serial <= by_count or age_ms >= retention.age_ms
+
+        # The oldest entry first: most passes over most channels stop there, having read one id.
+        if limit <= base.serial or not droppable(base.serial + 1, storage.read_ids(channel, base.serial, 1)[0][1]):
             return 0
+        through = base.serial + 1
+        for _, timestamp_ms in storage.read_ids(channel, through, limit - through):
+            if not droppable(through + 1, timestamp_ms):
+                break
+            through += 1
         epoch = storage.epoch_at(channel, through)
         invariant(epoch is not None, "a retained entry has an epoch")
         assert epoch is not None

@@ -144,6 +144,9 @@ class SqliteLogStorage:
         cache_bound = 0 if read_only else channel_cache_entries_max
         self._rows: _BoundedCache[_ChannelRow] = _BoundedCache(cache_bound)
         self._lasts: _BoundedCache[Position] = _BoundedCache(cache_bound)
+        # Committed serials learnt in this transaction, written once per channel when it commits
+        # (an append teaches one; a group commit carries hundreds of appends of a few channels).
+        self._committed_learnt: dict[str, int] = {}
 
     def _open_for_writing(self) -> None:
         connection = self._connection
@@ -183,12 +186,23 @@ class SqliteLogStorage:
     def commit(self) -> None:
         """End the transaction; with synchronous=FULL, durable once this returns (one fsync)."""
         invariant(self._connection.in_transaction, "a transaction is open")
+        learnt, self._committed_learnt = self._committed_learnt, {}
+        if learnt:
+            self._connection.executemany(
+                "UPDATE fences SET committed = ? WHERE channel = ? AND committed < ?",
+                [(serial, channel, serial) for channel, serial in learnt.items()],
+            )
+            for channel, serial in learnt.items():
+                row = self._rows.get(channel)
+                if row is not None and row.committed < serial:
+                    self._rows.put(channel, replace(row, committed=serial))
         self._connection.execute("COMMIT")
 
     def rollback(self) -> None:
         """Undo the transaction, and forget the cache, which may hold what was undone."""
         self._rows.clear()
         self._lasts.clear()
+        self._committed_learnt.clear()
         if self._connection.in_transaction:
             self._connection.execute("ROLLBACK")
 
@@ -229,6 +243,7 @@ class SqliteLogStorage:
 
     def _write_row(self, channel: str, row: _ChannelRow) -> None:
         self._mutating()
+        row = replace(row, committed=max(row.committed, self._committed_learnt.pop(channel, 0)))
         self._connection.execute(
             "INSERT INTO fences (channel, epoch, base_serial, base_epoch, committed) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch, base_serial = excluded.base_serial, "
@@ -249,12 +264,14 @@ class SqliteLogStorage:
         return self._row(channel).base
 
     def committed(self, channel: str) -> int:
-        return self._row(channel).committed
+        return max(self._row(channel).committed, self._committed_learnt.get(channel, 0))
 
     def set_committed(self, channel: str, serial: int) -> None:
-        row = self._row(channel)
-        invariant(serial >= row.committed, "what is known committed stays known")
-        self._write_row(channel, replace(row, committed=serial))
+        """Kept in memory until the transaction commits (see `commit`); the channel has a row, as an
+        append raises its fence first."""
+        self._mutating()
+        invariant(serial >= self.committed(channel), "what is known committed stays known")
+        self._committed_learnt[channel] = serial
 
     def drop_through(self, channel: str, base: Position) -> None:
         row = self._row(channel)

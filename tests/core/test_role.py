@@ -314,7 +314,7 @@ def test_history_below_the_tail_is_read_from_a_matching_replica() -> None:
 def _tell_commit(replicas: Replicas, role: ChannelRole, now_ms: int) -> None:
     """Let time pass until the role's commit notices have gone out and been answered."""
     fx = Effects()
-    role.tick(now_ms + role.config.commit_notice_ms, fx)
+    assert role.notify_commit(now_ms + role.config.commit_notice_ms, fx)
     replicas.run(role, fx, now_ms + role.config.commit_notice_ms)
 
 
@@ -325,13 +325,12 @@ def test_appends_carry_the_commit_point_and_an_idle_channel_sends_it_once_more()
         publish(replicas, role, index, f"m{index}", now_ms=index)
     assert role.commit == 3
     assert [replicas.storages[name].committed("ch") for name in STORES] == [2, 2, 2]  # told by the next append
-    assert not role.quiet
+    assert role.quiet  # nothing waits on time: the node's sweep sends the notice
     fx = Effects()
-    role.tick(role.config.commit_notice_ms - 10, fx)
-    assert fx.sends == []  # not yet: the last append went out less than commit_notice_ms ago
+    assert not role.notify_commit(role.config.commit_notice_ms - 10, fx)  # the last append is too recent
     _tell_commit(replicas, role, 2)
     assert [replicas.storages[name].committed("ch") for name in STORES] == [3, 3, 3]
-    assert role.quiet
+    assert not role.notify_commit(10 * role.config.commit_notice_ms, Effects())  # told: nothing owed
 
 
 def test_a_reader_from_before_the_retained_range_gets_an_explicit_gap() -> None:
@@ -553,16 +552,21 @@ def test_node_ticks_only_roles_with_work_waiting_on_time() -> None:
         run_node(replicas, node, _published(node, channel, token))
     assert len(node.roles) == 500 and node.busy_channels == 500  # every one was touched
     node.tick(10, Effects())
-    assert node.busy_channels == 500  # committed, but the replicas are yet to hear so
-    notice_ms = RoleConfig().commit_notice_ms
+    assert node.busy_channels == 0  # all committed, nothing in flight: quiet, never ticked again
+    # The sweep tells the replicas each commit point no append has told them yet, once.
+    notice_ms = max(RoleConfig().commit_notice_ms, NodeConfig().idle_sweep_ms)
     fx = Effects()
-    node.tick(notice_ms, fx)
+    node.tick(notice_ms + 10, fx)
     assert sum(1 for _, request in fx.sends if isinstance(request, AppendRequest) and not request.entries) == 1_500
-    run_node(replicas, node, fx, now_ms=notice_ms)
-    node.tick(notice_ms + 10, Effects())
-    assert node.busy_channels == 0  # all committed and told, nothing in flight: quiet, never ticked again
+    assert node.busy_channels == 500  # until the replies come
+    run_node(replicas, node, fx, now_ms=notice_ms + 10)
+    node.tick(notice_ms + 20, Effects())
+    assert node.busy_channels == 0
+    fx = Effects()
+    node.tick(2 * notice_ms + 30, fx)  # the next sweep: nothing is owed any more
+    assert fx.sends == []
     replicas.down = {"store-b", "store-c"}
-    now_ms = notice_ms + 20
+    now_ms = 2 * notice_ms + 40
     fx = run_node(replicas, node, _published(node, "quiet-7", 1_000, now_ms=now_ms), now_ms=now_ms)
     assert node.busy_channels == 1 and not fx.results  # waits for a quorum
     timeout_ms = RoleConfig().append_timeout_ms
@@ -570,6 +574,23 @@ def test_node_ticks_only_roles_with_work_waiting_on_time() -> None:
     # The tick reached it: its replicas were found unreachable and the publish failed fast.
     assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("QUORUM_UNAVAILABLE", True)]
     assert node.busy_channels == 1  # it probes its replicas until they answer
+
+
+def test_commit_notices_of_many_quiet_channels_are_spread_over_sweeps() -> None:
+    replicas = Replicas()
+    node = node_with(("n1",))
+    node.config = replace(node.config, commit_notices_per_sweep_max=200)
+    node.on_lease(1_000_000)
+    for token in range(500):
+        run_node(replicas, node, _published(node, f"many-{token}", token))
+    sweep_ms = max(RoleConfig().commit_notice_ms, NodeConfig().idle_sweep_ms)
+    notified = []
+    for sweep in range(1, 5):
+        fx = Effects()
+        node.tick(sweep * sweep_ms + 10, fx)
+        notified.append(len({request.channel for _, request in fx.sends}))
+        run_node(replicas, node, fx, now_ms=sweep * sweep_ms + 10)
+    assert notified == [200, 200, 100, 0]
 
 
 def test_node_sweeps_every_role_for_idleness_at_its_own_pace() -> None:
