@@ -388,6 +388,8 @@ class StoreService:
                 await self.trim_pass()
             except ServiceError as error:  # the writer is busy or failing: the next pass tries again
                 log.warning("retention pass stopped: %s", error)
+            except Exception:  # a bug; keep the store serving, and say so loudly
+                log.exception("retention pass failed")
 
     async def trim_pass(self) -> int:
         """Trim every channel as far as retention allows; returns how many entries were dropped."""
