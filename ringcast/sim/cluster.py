@@ -74,6 +74,9 @@ class SimConfig:
     first copy's id is still retained (the premise of exactly-once, as the SDK's retry deadline is
     shorter than the stores' keep_recent / dedup window)."""
     trim_every_ms: int = 50
+    steps_max: int = 1_000_000
+    """Events one run may take (a run takes tens of thousands): beyond, it is a livelock — some
+    exchange retrying without a pause — and the seed fails instead of running on for hours."""
 
     @classmethod
     def draw(cls, rng: random.Random) -> SimConfig:
@@ -865,6 +868,7 @@ class Simulation:
             for name in STORES:
                 self.at(config.trim_every_ms, self.endpoint_call, (name, "trim"))
         self.schedule_faults()
+        steps = 0
         try:
             while self._queue:
                 time_ms, _, callback, argument = heapq.heappop(self._queue)
@@ -872,6 +876,10 @@ class Simulation:
                     break
                 self.now = time_ms
                 callback(argument)
+                steps += 1
+                if steps > config.steps_max:
+                    detail = f"over {config.steps_max} events by {self.now} ms: something retries without a pause"
+                    return SimResult(self.seed, [Violation("LIVELOCK", "-", detail)], f"{self._digest:08x}", self.stats)
         except InvariantViolation as violation:
             return SimResult(
                 self.seed, [Violation("INVARIANT", "-", str(violation))], f"{self._digest:08x}", self.stats

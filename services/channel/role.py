@@ -227,6 +227,7 @@ class _Replica:
     fence_last: Position | None = None
     unreachable: bool = False  # its last append failed in transport or timed out; cleared by any reply
     probed_ms: int = -1_000_000_000  # when we last sent it an empty append to see if it is back
+    refused_ms: int = -1_000_000_000  # when it last refused an append as CORRUPT or INVALID
     told_commit: int = 0  # the commit point our last append to it carried
     sent_ms: int = 0  # when we last sent it an append
 
@@ -607,6 +608,8 @@ class ChannelRole:
         if self.state is not RoleState.SERVING:
             return
         for replica in self.replicas.values():
+            if now_ms - replica.refused_ms < self.config.append_timeout_ms:
+                continue
             while replica.next <= self.last and len(replica.inflight) < self.config.append_inflight_max:
                 if replica.next - 1 < self.tail_base:
                     self._backfill(replica, now_ms, fx)
@@ -697,6 +700,7 @@ class ChannelRole:
         else:
             fx.events.append(f"append refused {self.channel} {replica_name} {reply.status.value} {reply.detail}")
             self._reset(replica)
+            replica.refused_ms = now_ms  # sent again after append_timeout_ms, not at once in a loop
         self._pump(now_ms, fx)
 
     def _rewind(self, replica: _Replica, request: AppendRequest, reply: AppendReply, fx: Effects) -> None:

@@ -202,21 +202,31 @@ class ReplicaLog:
         base = storage.base(channel)
         end = prev.serial + len(entries)
         if prev.serial < base.serial:
-            # Entries up to the base were committed when they were dropped: the owner holds the same.
-            skipped = min(base.serial - prev.serial, len(entries))
-            if skipped == base.serial - prev.serial and entries[skipped - 1].epoch != base.epoch:
-                return AppendReply(AppendStatus.INVALID, fence, storage.last(channel), detail="trimmed")
-            prev, entries = (base, entries[skipped:]) if skipped == base.serial - prev.serial else (prev, ())
+            # Entries up to the base were committed when they were dropped: the owner holds the same
+            # messages (the one at the base perhaps restamped by a later takeover, see below).
+            skipped = base.serial - prev.serial
+            if skipped > len(entries):
+                entries = ()
+            else:
+                prev, entries = Position(base.serial, entries[skipped - 1].epoch), entries[skipped:]
+        if prev.serial == base.serial and prev.epoch < base.epoch:
+            # An older stamp of a committed entry we dropped: never in the log of a current owner.
+            return AppendReply(AppendStatus.INVALID, fence, storage.last(channel), detail="trimmed")
         if epoch > fence:
             storage.set_fence(channel, epoch)
             fence = epoch
         if not entries and prev.serial < base.serial:
             self._learn_commit(channel, commit, end)
             return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=base)
+        if prev.serial == base.serial and prev.epoch > base.epoch:
+            # A takeover rewrote its last adopted entry at its own epoch (role rule 2): when that entry
+            # was one we had trimmed as committed, it is the same message with a newer stamp. Take the
+            # stamp; what we hold after the base was written at older epochs and is not the owner's.
+            storage.truncate_after(channel, base.serial)
+            storage.drop_through(channel, prev)
+            base = prev
         held_epoch = storage.epoch_at(channel, prev.serial)
         if from_base and held_epoch != prev.epoch:
-            if prev.serial == base.serial:  # our base is committed: a committed position cannot differ
-                return AppendReply(AppendStatus.INVALID, fence, storage.last(channel), detail="trimmed")
             storage.truncate_after(channel, prev.serial)
             storage.drop_through(channel, prev)
             held_epoch = prev.epoch
@@ -313,6 +323,11 @@ class ReplicaLog:
         base = self.storage.base(channel)
         ids = self.storage.read_ids(channel, max(after_serial, base.serial), max(0, min(limit, ids_read_max)))
         return ReadReply((), self.storage.last(channel), False, base, tuple(ids))
+
+
+def base_advances(new: Position, old: Position) -> bool:
+    """A base only moves forward: to a later serial, or to a newer stamp of the same entry (rule 5)."""
+    return new.serial > old.serial or (new.serial == old.serial and new.epoch > old.epoch)
 
 
 def message_ids(entries: Sequence[Entry]) -> list[tuple[str, int]]:
@@ -436,7 +451,7 @@ class MemoryLogStorage:
 
     def drop_through(self, channel: str, base: Position) -> None:
         log = self._log(channel)
-        invariant(base.serial > log.base.serial, "the base only moves forward")
+        invariant(base_advances(base, log.base), "the base only moves forward")
         drop = base.serial - log.base.serial
         del log.entries[:drop]
         del log.epochs[:drop]

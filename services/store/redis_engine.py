@@ -41,7 +41,7 @@ import redis
 
 from services.common.entries import ORIGIN, Entry, Position
 from services.common.invariants import invariant
-from services.store.log import message_ids
+from services.store.log import base_advances, message_ids
 from services.store.sqlite_engine import _BoundedCache, _entry_from_row, _message_bytes, channel_cache_entries_max
 
 value_max = 2**53
@@ -382,7 +382,7 @@ class RedisLogStorage:
         return self._view(channel).base if self.read_only else self._stored_state(channel).base
 
     def drop_through(self, channel: str, base: Position) -> None:
-        invariant(base.serial > self.base(channel).serial, "the base only moves forward")
+        invariant(base_advances(base, self.base(channel)), "the base only moves forward")
         invariant(base.serial <= value_max and base.epoch <= value_max, "values within the engine's range")
         change = self._change(channel)
         change.base = base

@@ -29,6 +29,7 @@ from ringcast.v1 import message_pb2
 from services.common.convert import message_from_proto, message_to_proto
 from services.common.entries import ORIGIN, Entry, Message, Position, entry_checksum
 from services.common.invariants import invariant
+from services.store.log import base_advances
 
 channel_cache_entries_max = 100_000
 """Channels whose fence and last position the writer keeps in memory (least recently used dropped)."""
@@ -275,7 +276,7 @@ class SqliteLogStorage:
 
     def drop_through(self, channel: str, base: Position) -> None:
         row = self._row(channel)
-        invariant(base.serial > row.base.serial, "the base only moves forward")
+        invariant(base_advances(base, row.base), "the base only moves forward")
         self._write_row(channel, replace(row, base=base))
         self._connection.execute("DELETE FROM entries WHERE channel = ? AND serial <= ?", (channel, base.serial))
         self._lasts.forget(channel)

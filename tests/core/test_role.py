@@ -18,7 +18,7 @@ from services.channel.role import (
     RoleState,
     StoreRequest,
 )
-from services.common.entries import Entry, Message
+from services.common.entries import Entry, Message, Position
 from services.placement.ring import Ring
 from services.store.log import AppendReply, FenceReply, MemoryLogStorage, ReadReply, ReplicaLog, Retention
 
@@ -374,6 +374,24 @@ def test_what_a_replica_trimmed_is_not_served_from_memory_either() -> None:
     assert [(d.gap_next_serial, [e.serial for e in d.entries][:1]) for _, d in fx.deliveries] == [(15, []), (0, [15])]
     ((_, history),) = fx.histories
     assert history.gap_next_serial == 15 and [e.serial for e in history.entries] == [15, 16, 17]
+
+
+def test_a_replica_that_refuses_an_append_is_not_sent_it_again_in_a_loop() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    publish(replicas, role, 1, "m1", "m2")
+    storage = replicas.storages["store-c"]
+    storage.drop_through("ch", Position(2, 9))  # a stamp no owner at epoch 7 can hold: INVALID "trimmed"
+    role.replicas["store-c"].match, role.replicas["store-c"].next = 1, 2  # as if it had to catch up
+    fx = publish(replicas, role, 2, "m3", now_ms=10)
+    refused = [request for name, request in fx.sends if name == "store-c"]
+    assert len(refused) == 1 and any("trimmed" in event for event in fx.events)
+    fx = Effects()
+    role.tick(10 + role.config.append_timeout_ms - 1, fx)
+    assert not [request for name, request in fx.sends if name == "store-c"]  # still backing off
+    fx = Effects()
+    role.tick(10 + role.config.append_timeout_ms, fx)
+    assert [name for name, _ in fx.sends] == ["store-c"]  # and then tried again, once
 
 
 @pytest.mark.parametrize("kept", [3, 0])
