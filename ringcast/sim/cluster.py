@@ -70,9 +70,10 @@ class SimConfig:
     nodes_max: int = 6
     retention: Retention | None = None
     """None: stores keep everything. Otherwise they trim every `trim_every_ms`, and a publisher gives
-    an operation up `keep_recent_ms` - 100 after invoking it: a retry then always comes while its
-    first copy's id is still retained (the premise of exactly-once, as the SDK's retry deadline is
-    shorter than the stores' keep_recent / dedup window)."""
+    an operation up `keep_recent_ms - retry_slack_ms` after invoking it, so that its last attempt is
+    handled (network delay, a takeover queue) while its first copy's id is still retained: the premise
+    of exactly-once, as the SDK's retry deadline is far below the stores' keep_recent (120 s)."""
+    retry_slack_ms: int = 1_000
     trim_every_ms: int = 50
     steps_max: int = 1_000_000
     """Events one run may take (a run takes tens of thousands): beyond, it is a livelock — some
@@ -81,11 +82,11 @@ class SimConfig:
     @classmethod
     def draw(cls, rng: random.Random) -> SimConfig:
         quiet = rng.random() < 0.2
-        retention = rng.choice((None, None, (8, 600), (30, 900)))
+        retention = rng.choice((None, None, (8, 1_500), (30, 2_000)))
         return cls(
             retention=None
             if retention is None
-            else Retention(age_ms=3 * retention[1], entries_max=retention[0], keep_recent_ms=retention[1]),
+            else Retention(age_ms=2 * retention[1], entries_max=retention[0], keep_recent_ms=retention[1]),
             nodes=rng.randint(2, 4),
             channels=rng.randint(1, 3),
             publishers=rng.randint(3, 8),
@@ -446,7 +447,8 @@ class SimPublisher(SimClient):
         if op is None:
             return
         retention = sim.config.retention
-        too_late = retention is not None and sim.now - op["invoke"] >= retention.keep_recent_ms - 100
+        deadline_ms = retention.keep_recent_ms - sim.config.retry_slack_ms if retention is not None else None
+        too_late = deadline_ms is not None and sim.now - op["invoke"] >= deadline_ms
         if op["attempts"] >= self.attempts_max or sim.now >= sim.end_ms - 300 or too_late:
             self.finish(Outcome.UNKNOWN if op["maybe_stored"] else Outcome.FAIL, ())
             return
