@@ -723,9 +723,13 @@ class ChannelNodeAdapter:
         return role.epoch, role.commit
 
 
-def _gap(next_serial: int) -> message_pb2.ContinuityLost | None:
-    """The explicit gap a reader gets when what it asked for is no longer retained."""
-    return message_pb2.ContinuityLost(next_serial=next_serial, reason=RETENTION_EXPIRED) if next_serial else None
+def _gap(next_serial: int, reader: str) -> message_pb2.ContinuityLost | None:
+    """The explicit gap a reader (`subscription` or `history`) gets when what it asked for is no
+    longer retained."""
+    if not next_serial:
+        return None
+    metrics.continuity_lost.labels(reader=reader).inc()
+    return message_pb2.ContinuityLost(next_serial=next_serial, reason=RETENTION_EXPIRED)
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float:
@@ -806,7 +810,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
                 )
             yield channel_pb2.ChannelServiceSubscribeResponse(
                 messages=[convert.message_to_proto(e.message, e.serial) for e in delivery.entries],
-                gap=_gap(delivery.gap_next_serial),
+                gap=_gap(delivery.gap_next_serial, "subscription"),
             )
             if span is not None:
                 span.end()
@@ -825,7 +829,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         return channel_pb2.ChannelServiceHistoryResponse(
             messages=[convert.message_to_proto(e.message, e.serial) for e in result.entries],
             last_serial=last,
-            gap=_gap(result.gap_next_serial),
+            gap=_gap(result.gap_next_serial, "history"),
         )
 
     async def GetChannel(  # noqa: N802

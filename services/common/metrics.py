@@ -14,6 +14,9 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
   delivered to subscriptions; subscriptions cut off as too slow (they resume).
 - `ringcast_store_commit_requests`, `ringcast_store_commit_seconds` (histograms, store): requests one
   group commit made durable; one commit, its sync to disk included.
+- `ringcast_store_trimmed_entries_total` (counter, store): entries retention dropped.
+- `ringcast_continuity_lost_total{reader}` (counter, channel): readers told that what they asked for
+  is no longer retained; reader `subscription` or `history`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ store_commit_requests = Histogram(
 )
 store_commit_seconds = Histogram(
     "ringcast_store_commit_seconds", "One store commit, its sync to disk included", buckets=_LATENCY_BUCKETS
+)
+store_trimmed_entries = Counter("ringcast_store_trimmed_entries", "Entries retention dropped")
+continuity_lost = Counter(
+    "ringcast_continuity_lost", "Readers told that what they asked for is no longer retained", ["reader"]
 )
 
 

@@ -403,6 +403,7 @@ class StoreService:
             dropped += count
         self.trimmed_entries += dropped
         if dropped:
+            metrics.store_trimmed_entries.inc(dropped)
             log.info("retention dropped %d entries", dropped)
         return dropped
 

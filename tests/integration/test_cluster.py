@@ -9,12 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ringcast.cluster.launcher import Launcher
 from ringcast.v1 import channel_service_pb2 as channel_pb2
@@ -24,6 +22,7 @@ from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common.errors import error_info
 from services.placement.ring import Ring
+from tests.integration.procs import scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = 20
@@ -245,17 +244,6 @@ def test_prepare_refuses_bad_input_and_get_node_tells_the_state(cluster: Launche
     assert state.serving and state.ring_version > 0 and state.node_id.startswith("channel-")
 
 
-def _scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample at a Prometheus endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 def test_every_service_serves_prometheus_metrics(cluster: Launcher) -> None:
     """A publish to a new channel (a takeover) and a subscription to it: each process reports its part."""
     gateway = cluster.topology.gateways[0]
@@ -274,7 +262,7 @@ def test_every_service_serves_prometheus_metrics(cluster: Launcher) -> None:
     for spec in cluster.topology.processes:
         if not spec.metrics:
             continue
-        for (name, labels), value in _scrape(spec.metrics).items():
+        for (name, labels), value in scrape_metrics(spec.metrics).items():
             key = f"{spec.role}:{name}" + "".join(f"[{v}]" for k, v in labels if k in ("outcome", "state"))
             totals[key] = totals.get(key, 0.0) + value
     assert totals["gateway:ringcast_publish_seconds_count[ok]"] > 0

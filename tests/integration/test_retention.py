@@ -25,6 +25,7 @@ from ringcast.cluster.topology import local_topology
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.store.server import database_file_name
+from tests.integration.procs import scrape_metrics
 
 kept = 10
 channel = "retained"
@@ -126,6 +127,15 @@ def test_old_entries_are_trimmed_and_readers_from_before_are_told(trimming_clust
     held = stored_serials(trimming_cluster)
     assert all(0 < len(serials) <= kept + 5 for serials in held.values()), held
     assert all(serials == list(range(serials[0], serials[-1] + 1)) for serials in held.values()), held
+    # And ops can see it: entries trimmed per store, readers told per kind of reader.
+    totals: dict[str, float] = {}
+    for spec in trimming_cluster.topology.processes:
+        for (name, labels), value in (scrape_metrics(spec.metrics) if spec.metrics else {}).items():
+            key = f"{spec.role}:{name}" + "".join(f"[{v}]" for _, v in labels)
+            totals[key] = totals.get(key, 0.0) + value
+    assert totals["store:ringcast_store_trimmed_entries_total"] >= 3 * (40 - kept)
+    assert totals["channel:ringcast_continuity_lost_total[subscription]"] >= 2  # the SDK's, the raw stream's
+    assert totals["channel:ringcast_continuity_lost_total[history]"] >= 1
 
 
 def test_a_new_owner_takes_a_trimmed_channel_over_and_goes_on(trimming_cluster: Launcher) -> None:
