@@ -229,7 +229,7 @@ class ReplicaLog:
         if from_base and held_epoch != prev.epoch:
             storage.truncate_after(channel, prev.serial)
             storage.drop_through(channel, prev)
-            held_epoch = prev.epoch
+            base, held_epoch = prev, prev.epoch
         last = storage.last(channel)
         if held_epoch != prev.epoch:
             if held_epoch is None:
@@ -247,7 +247,7 @@ class ReplicaLog:
                 storage.truncate_after(channel, entries[first_new].serial - 1)
             storage.extend(channel, entries[first_new:])
         self._learn_commit(channel, commit, end)
-        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=storage.base(channel))
+        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=base)
 
     def _learn_commit(self, channel: str, commit: int, match_serial: int) -> None:
         known = min(commit, match_serial)

@@ -344,7 +344,6 @@ class StoreService:
         self.data_dir = data_dir
         self.retention = retention
         self.trim_every_s = trim_every_s
-        self.trimmed_entries = 0
         self._trimmer: asyncio.Task[None] | None = None
         self._lock = _lock_data_dir(data_dir)
         open_reader: Callable[[], Storage]
@@ -401,7 +400,6 @@ class StoreService:
             committed = await self.writer.submit(functools.partial(_trim_page, retention=retention, after=after))
             after, count = committed.value
             dropped += count
-        self.trimmed_entries += dropped
         if dropped:
             metrics.store_trimmed_entries.inc(dropped)
             log.info("retention dropped %d entries", dropped)
