@@ -6,8 +6,9 @@ with a model of fsync: a replica that crashes loses whatever it had not synced, 
 nothing before syncing; in some seeds they also trim by a retention drawn from the seed), an etcd
 stand-in (leases, membership, ring versions), publishers and subscribers. Messages between them
 cross a simulated network that drops, delays, duplicates, reorders and partitions. A fault schedule
-drawn from the seed crashes, pauses and restarts nodes and replicas, cuts links, and changes
-membership; then everything heals and settles, and the history is judged by `ringcast.checker`.
+drawn from the seed crashes, pauses and restarts nodes and replicas, cuts links, changes membership,
+and damages replicas at rest (an entry of one replica goes missing or corrupt, while the other two
+hold it intact); then everything heals and settles, and the history is judged by `ringcast.checker`.
 
 Same seed, same run, bit for bit: the run never iterates an unordered set, never reads a clock and
 never draws randomness from anywhere but its own generator. `SimResult.digest` fingerprints every
@@ -36,7 +37,7 @@ from services.channel.role import (
     RoleConfig,
     StoreRequest,
 )
-from services.common.entries import Message
+from services.common.entries import Entry, Message
 from services.common.invariants import InvariantViolation
 from services.placement.ring import Ring
 from services.store.log import MemoryLogStorage, ReplicaLog, Retention
@@ -75,6 +76,7 @@ class SimConfig:
     of exactly-once, as the SDK's retry deadline is far below the stores' keep_recent (120 s)."""
     retry_slack_ms: int = 1_000
     trim_every_ms: int = 50
+    scrub_every_ms: int = 200
     steps_max: int = 1_000_000
     """Events one run may take (a run takes tens of thousands): beyond, it is a livelock — some
     exchange retrying without a pause — and the seed fails instead of running on for hours."""
@@ -190,6 +192,8 @@ class SimStore:
             reply = self.rules.read_ids(request.channel, request.after_serial, request.limit)
         else:
             reply = self.rules.read(request.channel, request.after_serial, request.limit)
+        if not isinstance(request, (AppendRequest, FenceRequest)) and reply.damaged:
+            self.rules.mark_damaged(request.channel, reply.damaged)  # as the store process does
         self.unsynced_replies.append((source, ("store_reply", self.name, request, reply)))
         if not self.sync_scheduled:
             self.sync_scheduled = True
@@ -222,6 +226,31 @@ class SimStore:
                     sim.trim_violations.append(Violation("TRIMMED_UNCOMMITTED", channel, detail))
             sim.stats["trimmed"] += dropped
         sim.at(sim.now + sim.config.trim_every_ms, sim.endpoint_call, (self.name, "trim"))
+
+    def scrub(self) -> None:
+        """The store's background scrub: read every channel whole and record what is damaged."""
+        sim = self.sim
+        for channel in self.volatile.channels():
+            after = 0
+            while True:
+                reply = self.rules.read(channel, after, 1_000)
+                if reply.damaged:
+                    self.rules.mark_damaged(channel, reply.damaged)
+                    sim.stats["scrub_found"] += 1
+                if reply.damaged or not reply.entries:
+                    break
+                after = reply.entries[-1].serial
+        if self.journal and not self.sync_scheduled:
+            self.sync_scheduled = True
+            sim.at(sim.now + sim.config.fsync_ms, sim.endpoint_call, (self.name, "sync"))
+        sim.at(sim.now + sim.config.scrub_every_ms, sim.endpoint_call, (self.name, "scrub"))
+
+    def damage(self, channel: str, serial: int, how: str) -> None:
+        """Damage at rest: the entry is lost or corrupted on disk (and so in memory too)."""
+        for storage in (self.durable, self.volatile):
+            inside = storage.base(channel).serial < serial < storage.last(channel).serial
+            if inside and storage.epoch_at(channel, serial) is not None:
+                storage.damage(channel, serial, how)
 
     def crash(self) -> None:
         """Lose everything not yet synced."""
@@ -389,6 +418,8 @@ class SimNode:
                 if self.subscription_of.get((client, channel)) == token:
                     del self.subscription_of[(client, channel)]
         self.sim.stats["events"] += len(fx.events)
+        for _, _, kind, _ in fx.replica_faults:
+            self.sim.stats[f"replica_{kind}"] += 1
 
 
 class SimClient:
@@ -599,6 +630,7 @@ class Simulation:
         self.incarnations = 0
         self.slow_watch: dict[str, int] = {}  # node → until when it hears of ring changes late
         self.trimmed: dict[str, dict[int, str]] = {}  # channel → serial → id of each entry a store trimmed
+        self.destroyed: dict[tuple[str, str, int], Entry] = {}  # (store, channel, serial) → what damage hit
         self.trim_violations: list[Violation] = []
 
     # ----------------------------------------------------------------------------- scheduling
@@ -682,6 +714,10 @@ class Simulation:
             return
         if name in self.stores:
             del self.down[name]
+            # A crash ended its background timers (a down endpoint's timers vanish): start them again.
+            self.at(self.now + self.config.scrub_every_ms, self.endpoint_call, (name, "scrub"))
+            if self.config.retention is not None:
+                self.at(self.now + self.config.trim_every_ms, self.endpoint_call, (name, "trim"))
         elif name not in self.departed:
             self.start_node(name)
 
@@ -711,7 +747,18 @@ class Simulation:
         rng = self.rng
         nodes = [name for name in self.nodes if not self.down.get(name)]
         kind = rng.choice(
-            ("crash", "pause", "partition", "partition", "split-owner", "slow-watch", "store", "membership", "weather")
+            (
+                "crash",
+                "pause",
+                "partition",
+                "partition",
+                "split-owner",
+                "slow-watch",
+                "store",
+                "membership",
+                "weather",
+                "damage",
+            )
         )
         self.stats[f"fault_{kind}"] += 1
         if kind == "crash" and len(nodes) > 1:
@@ -751,6 +798,30 @@ class Simulation:
                 self.crash(victim)
         elif kind == "weather":
             self.network.drop_probability = rng.choice((0.0, 0.02, 0.1, 0.3))
+        elif kind == "damage":
+            self.damage_replica()
+
+    def damage_replica(self) -> None:
+        """One replica loses (or finds corrupt) an entry that both other replicas hold intact at the
+        same position, on disk: never more than one bad copy of an entry, as with any one fault."""
+        rng = self.rng
+        victim = rng.choice(STORES)
+        channel = rng.choice(self.channels)
+        store = self.stores[victim]
+        if store.journal:
+            return  # writes waiting for their sync were applied to what the disk held before: not then
+        durable = store.durable
+        others = [self.stores[name].durable for name in STORES if name != victim]
+        candidates = [  # (not its last entry: a row lost at the end of a log is a shorter log, not damage)
+            entry
+            for entry in durable.read(channel, durable.base(channel).serial, 100_000)[:-1]
+            if entry.intact() and all(_holds_intact(other, channel, entry) for other in others)
+        ]
+        if candidates:
+            entry = rng.choice(candidates)
+            store.damage(channel, entry.serial, rng.choice(("missing", "corrupt")))
+            self.destroyed[(victim, channel, entry.serial)] = entry
+            self.stats["damaged"] += 1
 
     def partition(self) -> None:
         """Cut links: one endpoint from a random part of the cluster, or the cluster in two.
@@ -869,6 +940,8 @@ class Simulation:
         if config.retention is not None:
             for name in STORES:
                 self.at(config.trim_every_ms, self.endpoint_call, (name, "trim"))
+        for name in STORES:
+            self.at(config.scrub_every_ms, self.endpoint_call, (name, "scrub"))
         self.schedule_faults()
         steps = 0
         try:
@@ -911,7 +984,9 @@ class Simulation:
         return SimResult(self.seed, violations, f"{self._digest:08x}", self.stats)
 
     def adopted_log(self, channel: str, replicas: tuple[str, ...]) -> list[tuple[int, str]]:
-        """The log a new owner would adopt from `replicas`: the most up-to-date one."""
+        """The log a new owner would adopt from `replicas`: the most up-to-date one, with an entry
+        that damage took from it found on another of `replicas` that still holds it intact (an owner
+        reads a missing entry from a replica that matches, and rewrites the damaged one from it)."""
         storages = {name: self.stores[name].volatile for name in replicas}
         chosen = most_up_to_date([(name, storage.last(channel)) for name, storage in storages.items()])
         storage = storages[chosen]
@@ -924,8 +999,20 @@ class Simulation:
             page = storage.read(channel, after, 10_000)
             if not page:
                 return entries
-            entries.extend((entry.serial, entry.message.id) for entry in page)
-            after = page[-1].serial
+            for entry in page:
+                for missing in range(after + 1, entry.serial):  # damage: a hole in the chosen log
+                    lost = self.destroyed.get((chosen, channel, missing))
+                    kept = [
+                        other for other in storages.values() if lost is not None and _holds_intact(other, channel, lost)
+                    ]
+                    entries.append((missing, lost.message.id if kept and lost else archive.get(missing, "?missing")))
+                entries.append((entry.serial, entry.message.id))
+                after = entry.serial
+
+
+def _holds_intact(storage: MemoryLogStorage, channel: str, entry: Entry) -> bool:
+    held = storage.read(channel, entry.serial - 1, 1)
+    return bool(held) and held[0].serial == entry.serial and held[0].epoch == entry.epoch and held[0].intact()
 
 
 class _Counter(dict[str, int]):

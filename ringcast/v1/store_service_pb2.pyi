@@ -64,14 +64,16 @@ class FenceResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ChannelFenceResult, _Mapping]]] = ...) -> None: ...
 
 class ChannelFenceResult(_message.Message):
-    __slots__ = ("fenced", "fence_epoch", "last")
+    __slots__ = ("fenced", "fence_epoch", "last", "damaged_serial")
     FENCED_FIELD_NUMBER: _ClassVar[int]
     FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_SERIAL_FIELD_NUMBER: _ClassVar[int]
     fenced: bool
     fence_epoch: int
     last: LogPosition
-    def __init__(self, fenced: _Optional[bool] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    damaged_serial: int
+    def __init__(self, fenced: _Optional[bool] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., damaged_serial: _Optional[int] = ...) -> None: ...
 
 class AppendRequest(_message.Message):
     __slots__ = ("appends",)
@@ -114,7 +116,7 @@ class StoreCommit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., requests: _Optional[int] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class ChannelAppendResult(_message.Message):
-    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail", "base")
+    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail", "base", "damaged_serial")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +125,7 @@ class ChannelAppendResult(_message.Message):
     CONFLICT_FIRST_SERIAL_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_SERIAL_FIELD_NUMBER: _ClassVar[int]
     status: AppendStatus
     fence_epoch: int
     last: LogPosition
@@ -131,7 +134,8 @@ class ChannelAppendResult(_message.Message):
     conflict_first_serial: int
     detail: str
     base: LogPosition
-    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    damaged_serial: int
+    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ..., damaged_serial: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("reads",)
@@ -158,17 +162,17 @@ class ReadResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ChannelReadResult, _Mapping]]] = ...) -> None: ...
 
 class ChannelReadResult(_message.Message):
-    __slots__ = ("entries", "last", "corrupt_serial", "ids", "timestamps_ms", "base")
+    __slots__ = ("entries", "last", "damaged_serial", "ids", "timestamps_ms", "base")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
-    CORRUPT_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    DAMAGED_SERIAL_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     last: LogPosition
-    corrupt_serial: int
+    damaged_serial: int
     ids: _containers.RepeatedScalarFieldContainer[str]
     timestamps_ms: _containers.RepeatedScalarFieldContainer[int]
     base: LogPosition
-    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., corrupt_serial: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., damaged_serial: _Optional[int] = ..., ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ...) -> None: ...

@@ -12,7 +12,7 @@ import grpc
 from ringcast.v1 import channel_service_pb2, channel_service_pb2_grpc
 from services.channel.server import ChannelNodeAdapter, ChannelServicer
 from services.common.etcd import Etcd, MemberRecord, Registration
-from services.common.server import env_default, run_service, serve
+from services.common.server import deliberate_bugs, env_default, run_service, serve
 from services.placement.client import RingWatcher
 
 log = logging.getLogger("ringcast.channel")
@@ -31,7 +31,7 @@ def parse_stores(text: str) -> dict[str, str]:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    node = ChannelNodeAdapter(arguments.id, parse_stores(arguments.stores))
+    node = ChannelNodeAdapter(arguments.id, parse_stores(arguments.stores), bugs=deliberate_bugs())
     watcher = RingWatcher([address for address in arguments.placement.split(",") if address])
     etcd: Etcd | None = None
     registration: Registration | None = None

@@ -17,6 +17,11 @@ Rules:
 5. Channels can be prepared: taken over ahead of their first request (gateways prepare the channels
    in use that a new ring moved here). Prepared takeovers wait in a bounded queue and run at most
    `takeovers_inflight_max` at a time; a channel dropped from the queue is taken over lazily.
+6. A takeover that failed (fenced, timed out, unreadable), or a role that stepped down because it was
+   fenced or stalled, makes the next attempt at that channel wait: `takeover_backoff_ms_min`, doubled
+   with each failure in a row up to `takeover_backoff_ms_max`. Requests meanwhile are answered
+   TAKEOVER_BACKOFF (retryable). So a channel that cannot be served costs a few attempts a second,
+   not a loop, and the attempts of one ring version last for days, not minutes.
 
 Like the role, the node is a pure core: adapters feed it requests, store replies, rings, lease
 renewals and ticks, and carry out the `Effects` it returns.
@@ -68,6 +73,21 @@ class NodeStatus:
     takeovers_done: int
 
 
+@dataclass(slots=True)
+class _Attempts:
+    """One channel's takeover attempts under one ring version, and its failures in a row."""
+
+    ring_version: int
+    made: int = 0
+    failures: int = 0
+    retry_ms: int = 0  # no new attempt before this
+    recorded: bool = True  # the last role's end was counted (failures only count once per role)
+
+
+TAKEOVER_FAILURES = frozenset({"FENCED", "TAKEOVER_TIMEOUT", "RECOVERY_READ_FAILED", "COMMIT_STALLED"})
+"""Why a role may stop that makes the next attempt at its channel wait (rule 6)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     roles_max: int = 100_000
@@ -83,6 +103,9 @@ class NodeConfig:
     """Takeovers (fencing or recovering) at once before prepared channels wait for a slot."""
     prepared_channels_max: int = 100_000
     """Prepared channels waiting for a takeover slot; beyond that they are left to their first request."""
+    takeover_backoff_ms_min: int = 50
+    takeover_backoff_ms_max: int = 2_000
+    """Wait before the next takeover attempt after failures in a row (doubling from the minimum)."""
     commit_notices_per_sweep_max: int = 500
     """Roles one sweep lets send commit notices (retention), so that thousands of channels gone quiet
     at once (a relocation) spread them over several sweeps instead of flooding the stores."""
@@ -99,7 +122,7 @@ class ChannelNode:
         self.wall_offset_ms = 0  # wall-clock time minus `now_ms`, for message timestamps
         self.roles: dict[str, ChannelRole] = {}
         self._stalls: deque[int] = deque(maxlen=config.stall_records_max)  # when roles stalled
-        self._attempts: dict[str, tuple[int, int]] = {}  # channel → (ring version, attempts made)
+        self._attempts: dict[str, _Attempts] = {}
         # Channels whose roles may have work that waits on time; a dict, for a deterministic order.
         self._busy: dict[str, None] = {}
         self._swept_ms: int | None = None
@@ -173,13 +196,18 @@ class ChannelNode:
             return role
         if len(self.roles) >= self.config.roles_max:
             return "OWNER_OVERLOADED"
-        version, attempts = self._attempts.get(channel, (self.ring.version, 0))
-        if version != self.ring.version:
-            version, attempts = self.ring.version, 0
-        if attempts >= EPOCH_ATTEMPTS_PER_VERSION:
+        attempts = self._attempts.get(channel)
+        if attempts is None:
+            attempts = self._attempts[channel] = _Attempts(self.ring.version)
+        if now_ms < attempts.retry_ms:
+            return "TAKEOVER_BACKOFF"
+        if attempts.ring_version != self.ring.version:
+            attempts.ring_version, attempts.made = self.ring.version, 0
+        if attempts.made >= EPOCH_ATTEMPTS_PER_VERSION:
             return "TAKEOVER_ATTEMPTS_EXHAUSTED"
-        self._attempts[channel] = (version, attempts + 1)
-        role = ChannelRole(channel, make_epoch(version, attempts), self.config.role, now_ms)
+        role = ChannelRole(channel, make_epoch(attempts.ring_version, attempts.made), self.config.role, now_ms)
+        attempts.made += 1
+        attempts.recorded = False
         self.roles[channel] = role
         self._taking_over[channel] = None
         self._touch(role)
@@ -254,7 +282,7 @@ class ChannelNode:
         if role is not None and request.epoch in (role.epoch, 0):
             self._touch(role)
             role.on_fence_reply(replica, reply, now_ms, fx)
-            self._drop_if_stopped(role)
+            self._drop_if_stopped(role, now_ms)
 
     def on_append_reply(
         self, replica: str, request: AppendRequest, reply: AppendReply, now_ms: int, fx: Effects
@@ -262,29 +290,44 @@ class ChannelNode:
         role = self._role_of(request)
         if role is not None:
             role.on_append_reply(replica, request, reply, now_ms, fx)
-            self._drop_if_stopped(role)
+            self._drop_if_stopped(role, now_ms)
 
     def on_read_reply(self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         role = self._role_of(request)
         if role is not None:
             role.on_read_reply(replica, request, reply, now_ms, fx)
-            self._drop_if_stopped(role)
+            self._drop_if_stopped(role, now_ms)
 
     def on_store_error(self, replica: str, request: StoreRequest, now_ms: int, fx: Effects) -> None:
         role = self._role_of(request)
         if role is not None:
             role.on_store_error(replica, request, now_ms, fx)
-            self._drop_if_stopped(role)
+            self._drop_if_stopped(role, now_ms)
 
-    def _drop_if_stopped(self, role: ChannelRole) -> None:
+    def _drop_if_stopped(self, role: ChannelRole, now_ms: int) -> None:
         """After an event reached `role`: drop it if it stopped; note a takeover that ended."""
         if self.roles.get(role.channel) is not role:
             return
         if role.state is RoleState.STOPPED:
+            self._record_end(role, now_ms)
             self._forget(role.channel)
         elif role.state is RoleState.SERVING and role.channel in self._taking_over:
             del self._taking_over[role.channel]
             self.takeovers_done += 1
+            attempts = self._attempts.get(role.channel)
+            if attempts is not None:
+                attempts.failures = 0
+
+    def _record_end(self, role: ChannelRole, now_ms: int) -> None:
+        """A role stopped by itself: if it failed, the next attempt at its channel waits (rule 6)."""
+        attempts = self._attempts.get(role.channel)
+        if attempts is None or attempts.recorded or role.stop_reason not in TAKEOVER_FAILURES:
+            return
+        attempts.recorded = True
+        attempts.failures += 1
+        shift = min(attempts.failures - 1, 16)
+        delay_ms = min(self.config.takeover_backoff_ms_max, self.config.takeover_backoff_ms_min << shift)
+        attempts.retry_ms = now_ms + delay_ms
 
     def _forget(self, channel: str) -> None:
         del self.roles[channel]
@@ -342,7 +385,7 @@ class ChannelNode:
             role.tick(now_ms, fx)
             if role.stop_reason == "COMMIT_STALLED":
                 self._stalls.append(now_ms)
-            self._drop_if_stopped(role)
+            self._drop_if_stopped(role, now_ms)
             if role.quiet:
                 self._busy.pop(channel, None)
         self._start_prepared(now_ms, fx)

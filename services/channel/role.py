@@ -9,7 +9,9 @@ A role is created when a node takes a channel over, and it lives through four st
 Rules, in the order they matter:
 
 1. Fence before anything: every replica is told the new epoch, and a quorum must answer. A replica
-   that has seen a higher epoch answers FENCED and the role stops: it is stale.
+   that has seen a higher epoch answers FENCED. Once a quorum has done so the role stops: it is
+   stale. A minority cannot veto it (a corrupted fence, a takeover that fenced one replica and
+   died): the role goes on with the others, sends the refusing replica nothing more, and reports it.
 2. Adopt the most up-to-date log of the fence quorum (highest last epoch, then longest), read a
    bounded suffix of it, and rewrite its last entry at the role's own epoch. The role serves at once,
    but commit only moves when a quorum holds an entry of the role's epoch, so nothing older is
@@ -30,6 +32,13 @@ Rules, in the order they matter:
    older entries gets an explicit gap (`gap_next_serial`), never a silent skip; a takeover adopts the
    base as its log's start; a replica that needs entries every other replica trimmed is reset to
    that base (an append `from_base`) and caught up from there.
+8. Trust no single replica (Raft's log matching, applied to reads). Every read reply is checked:
+   contiguous from where it starts, every checksum intact (it covers serial and epoch), epochs never
+   decreasing, and every entry we hold ourselves at the same epoch. Only the trusted run before the
+   first bad entry is used; the rest is read again from a replica that matches that far. The bad
+   replica (and one that reports damage itself) is reported once and rewritten from its first bad
+   serial like a lagging replica — it no longer counts as holding what follows — and a takeover
+   never adopts a log it cannot read whole: it chooses again among the other fence answers.
 
 The role does no I/O and reads no clock. Every method takes `now_ms` where time matters and adds
 what must happen to an `Effects` object: requests for store replicas, publish results, deliveries.
@@ -57,6 +66,7 @@ BUG_NAMES = (
     "deliver-uncommitted",
     "adopt-highest-epoch-per-serial",
     "trim-uncommitted",
+    "unchecked-reads",
 )
 """Deliberate bugs, switchable for tests only, that the simulator's checker must catch."""
 
@@ -182,6 +192,10 @@ class Effects:
     # Takeover steps, for traces: (channel, epoch, step, details); step is "fencing", "recovering",
     # "serving" or "failed".
     takeovers: list[tuple[str, int, str, dict[str, int | str]]] = field(default_factory=list)
+    # Replicas found at fault, each reported once per role: (channel, replica, kind, detail); kind is
+    # "fenced_out" (its fence is above our epoch while a quorum accepts us) or "damaged" (it answered a
+    # read with a hole, a bad checksum or a wrong entry, or said itself that its log is damaged).
+    replica_faults: list[tuple[str, str, str, str]] = field(default_factory=list)
 
 
 class DedupWindow:
@@ -230,6 +244,9 @@ class _Replica:
     refused_ms: int = -1_000_000_000  # when it last refused an append as CORRUPT or INVALID
     told_commit: int = 0  # the commit point our last append to it carried
     sent_ms: int = 0  # when we last sent it an append
+    fenced_out: int = 0  # its fence, when it refused our epoch (a minority may; we go on without it)
+    damaged: int = 0  # the first serial known missing or corrupt on it (0: none): rewritten from there
+    unreadable: bool = False  # a recovery read from it failed its checks: not adopted in this takeover
 
 
 @dataclass(slots=True)
@@ -347,21 +364,37 @@ class ChannelRole:
         )
 
     def on_fence_reply(self, replica: str, reply: FenceReply, now_ms: int, fx: Effects) -> None:
-        if self.state is not RoleState.FENCING or replica not in self.replicas:
+        if self.state not in (RoleState.FENCING, RoleState.RECOVERING) or replica not in self.replicas:
             return
         if reply.fenced and reply.fence_epoch > self.epoch:
-            self.stop("FENCED", fx)
+            self._fenced_out(self.replicas[replica], reply.fence_epoch, fx)
             return
         invariant(reply.last.epoch < self.epoch or "skip-fence" in self.bugs, "no entry at our epoch yet")
-        self.replicas[replica].fence_last = reply.last
+        answering = self.replicas[replica]
+        answering.fence_last = reply.last  # kept while recovering too: a re-adoption may need it
+        if reply.damaged:
+            self._note_damage(answering, reply.damaged, "reported by the replica", fx)
         self.progress_ms = now_ms
-        answered = [(r.name, r.fence_last) for r in self.replicas.values() if r.fence_last is not None]
+        if self.state is RoleState.FENCING:
+            self._adopt(now_ms, fx)
+
+    def _adopt(self, now_ms: int, fx: Effects) -> None:
+        """Once a quorum answered the fence: adopt the most up-to-date log among the answers (rule 2).
+
+        Any quorum of answers will do (all of them hold our fence), so replicas that reported damage
+        are left out when the others still make a quorum, and a replica whose recovery read failed
+        its checks is left out for the rest of this takeover; without a quorum of others we wait.
+        """
         needed = 1 if "recover-from-one" in self.bugs else self.quorum
+        answered = [r for r in self.replicas.values() if r.fence_last is not None and not r.unreadable]
         if len(answered) < needed:
             return
+        sound = [r for r in answered if not r.damaged]
+        if len(sound) >= needed:
+            answered = sound
         self.state = RoleState.RECOVERING
         fx.takeovers.append((self.channel, self.epoch, "recovering", {"fence_answers": len(answered)}))
-        lasts = [(name, last) for name, last in answered if last is not None]
+        lasts = [(r.name, r.fence_last) for r in answered if r.fence_last is not None]
         if "adopt-highest-epoch-per-serial" in self.bugs:
             sources = lasts
         else:
@@ -406,8 +439,11 @@ class ChannelRole:
             # Trimmed: those entries are older than any dedup window (stores keep that much).
             self.recovery_ids = []
             self.recovery_ids_from = after = min(reply.base.serial, self.recovery_start)
-        if target is None or (not reply.ids and after < self.recovery_start):
+        if target is None:
             self.stop("RECOVERY_READ_FAILED", fx)
+            return
+        if reply.damaged or (not reply.ids and after < self.recovery_start):
+            self._recovery_source_damaged(read.replica, reply.damaged or after + 1, now_ms, fx)
             return
         if reply.last.serial < target.serial:
             self.stop("FENCED", fx)  # the adopted log got shorter under us: a later epoch is writing
@@ -432,23 +468,41 @@ class ChannelRole:
             self.stop("RECOVERY_READ_FAILED", fx)  # trimmed between our reads: start the takeover again
             return
         start = base.serial if trimmed else read.after_serial
-        if reply.corrupt or (start < target.serial and (not reply.entries or reply.entries[0].serial != start + 1)):
-            self.stop("RECOVERY_READ_FAILED", fx)
+        entries, damaged = self._verified(read.after_serial, reply)
+        if (damaged and damaged <= target.serial) or (start < target.serial and not entries):
+            self._recovery_source_damaged(name, damaged or start + 1, now_ms, fx)
             return
+        entries = tuple(entry for entry in entries if entry.serial <= target.serial)
         if reply.last.serial < target.serial or any(
-            entry.serial == target.serial and entry.epoch != target.epoch for entry in reply.entries
+            entry.serial == target.serial and entry.epoch != target.epoch for entry in entries
         ):
             self.stop("FENCED", fx)  # the adopted log changed under us: a later epoch is writing
             return
         if trimmed:
             self.recovery_base[name] = base
-        got.extend(entry for entry in reply.entries if entry.serial <= target.serial)
+        got.extend(entries)
         self.progress_ms = now_ms
         have = got[-1].serial if got else base.serial
         if have < target.serial:
             self._send_read("recover", name, have, target.serial - have, 0, now_ms, fx)
             return
         self._install_if_recovered(now_ms, fx)
+
+    def _recovery_source_damaged(self, name: str, serial: int, now_ms: int, fx: Effects) -> None:
+        """A recovery read from `name` came back with a hole, a bad checksum or a wrong entry: never
+        adopt what cannot be read whole. Leave that replica out of this takeover, and choose again
+        among the other answers (or wait for one more)."""
+        replica = self.replicas[name]
+        replica.unreadable = True
+        self._note_damage(replica, serial, "read during takeover", fx)
+        for sequence in [s for s, r in self.reads.items() if r.purpose in ("recover", "recover-ids")]:
+            del self.reads[sequence]
+        self.recovery.clear()
+        self.recovery_target.clear()
+        self.recovery_base.clear()
+        self.recovery_ids, self.recovery_ids_source = [], ""
+        self.state = RoleState.FENCING
+        self._adopt(now_ms, fx)
 
     def _install_if_recovered(self, now_ms: int, fx: Effects) -> None:
         whole = all(self._recovered_enough(name) for name in self.recovery)
@@ -515,6 +569,9 @@ class ChannelRole:
             fence_last = replica.fence_last
             if fence_last is not None and (_holds(entries, fence_last) or fence_last == tail_base):
                 replica.match = min(fence_last.serial, matched_max)
+                replica.next = replica.match + 1
+            if replica.damaged and replica.match >= replica.damaged:
+                replica.match = replica.damaged - 1  # rewritten from its first bad serial (rule 8)
                 replica.next = replica.match + 1
         if "reset-dedup-on-takeover" not in self.bugs:
             for offset, (message_id, timestamp_ms) in enumerate(self.recovery_ids):
@@ -608,7 +665,7 @@ class ChannelRole:
         if self.state is not RoleState.SERVING:
             return
         for replica in self.replicas.values():
-            if now_ms - replica.refused_ms < self.config.append_timeout_ms:
+            if replica.fenced_out or now_ms - replica.refused_ms < self.config.append_timeout_ms:
                 continue
             while replica.next <= self.last and len(replica.inflight) < self.config.append_inflight_max:
                 if replica.next - 1 < self.tail_base:
@@ -657,9 +714,11 @@ class ChannelRole:
     def _on_backfill_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         replica = self.replicas[read.target]
         first = read.owner
-        entries = reply.entries
-        if reply.corrupt or replica.next != first:
-            return  # the replica's needs moved on, or the read was bad: the next pump asks again
+        entries, damaged = self._verified(read.after_serial, reply)
+        if damaged:
+            self._note_damage(self.replicas[read.replica], damaged, "read", fx)
+        if replica.next != first:
+            return  # the replica's needs moved on: the next pump asks again
         if reply.base.serial > read.after_serial:
             # The source dropped what the replica lacks: start the replica over from the source's base
             # (committed), then catch it up from there.
@@ -685,15 +744,20 @@ class ChannelRole:
             return
         replica.inflight.pop(request.sequence, None)
         replica.unreachable = False
+        if reply.damaged:
+            self._note_damage(replica, reply.damaged, "reported by the replica", fx)
         if reply.status is AppendStatus.OK:
             invariant(reply.match_serial <= self.last, "a replica cannot match beyond our log")
             self.trimmed_through = max(self.trimmed_through, reply.base.serial)
-            if reply.match_serial > replica.match:
-                replica.match = reply.match_serial
+            holds = min(reply.match_serial, reply.damaged - 1) if reply.damaged else reply.match_serial
+            if not reply.damaged and replica.damaged and holds >= replica.damaged:
+                replica.damaged = 0  # rewritten: the replica knows of no damage up to here
+            if holds > replica.match:
+                replica.match = holds
                 self._advance_commit(now_ms, fx)
         elif reply.status is AppendStatus.FENCED and reply.fence_epoch > self.epoch:
-            self.stop("FENCED", fx)
-            return
+            if self._fenced_out(replica, reply.fence_epoch, fx):
+                return
         elif reply.status is AppendStatus.MISMATCH:
             if request.sequence > replica.reset_sequence:
                 self._rewind(replica, request, reply, fx)
@@ -742,8 +806,26 @@ class ChannelRole:
         replica.inflight.clear()
         replica.reset_sequence = self._sequence
 
+    def _fenced_out(self, replica: _Replica, fence_epoch: int, fx: Effects) -> bool:
+        """`replica` holds a fence above our epoch. That proves a newer owner only once a quorum says
+        so: a newer owner must fence a quorum before it can do anything, and then no quorum is left
+        for us. One replica alone (a corrupted fence, a takeover that fenced it and died) cannot
+        veto us; we go on with the others, which is safe for the same reason as going on without a
+        replica that does not answer: every commit still needs a quorum at our epoch."""
+        if not replica.fenced_out:
+            replica.fenced_out = fence_epoch
+            detail = f"its fence {fence_epoch} is above our epoch {self.epoch}"
+            fx.replica_faults.append((self.channel, replica.name, "fenced_out", detail))
+        fenced = sum(1 for other in self.replicas.values() if other.fenced_out)
+        if fenced > len(self.replicas) - self.quorum:
+            self.stop("FENCED", fx)
+            return True
+        self._reset(replica)  # nothing more is sent to it: it would refuse everything at our epoch
+        self._fail_without_quorum(fx)
+        return False
+
     def _quorum_unreachable(self) -> bool:
-        unreachable = sum(1 for replica in self.replicas.values() if replica.unreachable)
+        unreachable = sum(1 for replica in self.replicas.values() if replica.unreachable or replica.fenced_out)
         return unreachable > len(self.replicas) - self.quorum
 
     def _mark_unreachable(self, replica: _Replica, fx: Effects) -> None:
@@ -753,6 +835,9 @@ class ChannelRole:
         stay in our log and may still commit, which a retry with the same ids then finds).
         """
         replica.unreachable = True
+        self._fail_without_quorum(fx)
+
+    def _fail_without_quorum(self, fx: Effects) -> None:
         if not self._quorum_unreachable():
             return
         for pending in self.pending:
@@ -912,22 +997,61 @@ class ChannelRole:
         else:
             self._on_history_read(read, reply, now_ms, fx)
 
-    def _checked_committed(self, read: _Read, reply: ReadReply) -> tuple[tuple[Entry, ...], int] | None:
-        """The reply's committed entries if they are what we asked for, with the serial they resume
-        at when the replica no longer holds the first ones asked for (else 0); None for a bad read."""
-        entries = reply.entries
+    def _verified(self, after: int, reply: ReadReply) -> tuple[tuple[Entry, ...], int]:
+        """The entries of a read reply that can be trusted, and the serial where it went bad (0: it
+        did not). Trusted: contiguous from where the read starts (after `after`, or after the
+        replica's base when that is later), each checksum intact (it covers serial and epoch), epochs
+        never decreasing, and each entry we hold ourselves at the same epoch (rule 8). Whatever the
+        replica says is damaged is cut off too."""
+        if "unchecked-reads" in self.bugs:
+            return reply.entries, 0  # a deliberate bug: whatever one replica said
+        start = max(after, reply.base.serial)
+        trusted: list[Entry] = []
+        floor = 0
+        for entry in reply.entries:
+            ours = self.epoch_at(entry.serial)
+            expected = start + 1 + len(trusted)
+            if entry.serial != expected or not entry.intact() or entry.epoch < floor or ours not in (None, entry.epoch):
+                return tuple(trusted), expected
+            trusted.append(entry)
+            floor = entry.epoch
+        if reply.damaged:
+            return tuple(entry for entry in trusted if entry.serial < reply.damaged), reply.damaged
+        return tuple(trusted), 0
+
+    def _note_damage(self, replica: _Replica, serial: int, where: str, fx: Effects) -> None:
+        """`replica` is missing (or holds corrupt) the entry at `serial`: say so once, and, while we
+        serve, rewrite it from there (rule 8) — it no longer counts as holding what follows."""
+        if replica.damaged and replica.damaged <= serial:
+            return
+        replica.damaged = serial
+        detail = f"entry {serial} is missing or corrupt ({where})"
+        fx.replica_faults.append((self.channel, replica.name, "damaged", detail))
+        if self.state is RoleState.SERVING and replica.match >= serial:
+            replica.match = serial - 1
+            self._reset(replica)
+
+    def _checked_committed(self, read: _Read, reply: ReadReply, fx: Effects) -> tuple[tuple[Entry, ...], int] | None:
+        """The reply's committed entries that can be trusted, with the serial they resume at when the
+        replica no longer holds the first ones asked for (else 0); None when nothing in it can be
+        used (the read is then made again, from a replica that matches: this one no longer does)."""
         gap = reply.base.serial + 1 if reply.base.serial > read.after_serial else 0
-        start = max(read.after_serial, reply.base.serial)
-        if reply.corrupt or (entries and entries[0].serial != start + 1) or (not entries and not gap):
+        entries, damaged = self._verified(read.after_serial, reply)
+        if not entries and not gap and not damaged:
+            damaged = max(read.after_serial, reply.base.serial) + 1  # nothing, where it should hold entries
+        if damaged:
+            self._note_damage(self.replicas[read.replica], damaged, "read", fx)
+        entries = tuple(entry for entry in entries if entry.serial <= self.commit)
+        if not entries and not gap:
             return None
-        return tuple(entry for entry in entries if entry.serial <= self.commit), gap
+        return entries, gap
 
     def _on_subscriber_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         subscriber = self.subscribers.get(read.owner)
         if subscriber is None or subscriber.read_sequence == 0:
             return
         subscriber.read_sequence = 0
-        checked = self._checked_committed(read, reply)
+        checked = self._checked_committed(read, reply, fx)
         if checked and subscriber.next_serial == read.after_serial + 1:
             entries, gap = checked
             if entries or gap:
@@ -938,7 +1062,7 @@ class ChannelRole:
     def _on_history_read(self, read: _Read, reply: ReadReply, now_ms: int, fx: Effects) -> None:
         if read.owner not in self.histories:
             return
-        checked = self._checked_committed(read, reply)
+        checked = self._checked_committed(read, reply, fx)
         if checked is None:
             return  # retried by the next call to _answer_histories
         entries, gap = checked
@@ -979,7 +1103,12 @@ class ChannelRole:
         sent = False
         for replica in self.replicas.values():
             owed = replica.told_commit < self.commit and not replica.inflight and replica.next > self.last
-            if owed and not replica.unreachable and now_ms - replica.sent_ms >= self.config.commit_notice_ms:
+            if (
+                owed
+                and not replica.unreachable
+                and not replica.fenced_out
+                and now_ms - replica.sent_ms >= self.config.commit_notice_ms
+            ):
                 self._send_empty_append(replica, now_ms, fx)
                 sent = True
         return sent
@@ -997,6 +1126,8 @@ class ChannelRole:
             return False
         last = self.last
         for replica in self.replicas.values():
+            if replica.fenced_out:
+                continue
             if replica.inflight or replica.unreachable or replica.next <= last:
                 return False
         visible = self._visible()
@@ -1016,6 +1147,8 @@ class ChannelRole:
             self.stop("COMMIT_STALLED", fx)
             return
         for replica in self.replicas.values():
+            if replica.fenced_out:
+                continue
             if replica.inflight:
                 oldest = min(sent for sent, _ in replica.inflight.values())
                 if now_ms - oldest > self.config.append_timeout_ms:
@@ -1061,4 +1194,6 @@ def _holds(entries: Sequence[Entry], position: Position) -> bool:
         return True
     if not entries or not entries[0].serial <= position.serial <= entries[-1].serial:
         return False
-    return entries[position.serial - entries[0].serial].epoch == position.epoch
+    index = position.serial - entries[0].serial
+    invariant(index < len(entries) and entries[index].serial == position.serial, "a run of a log is contiguous")
+    return entries[index].epoch == position.epoch

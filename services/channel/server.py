@@ -386,7 +386,9 @@ class StoreLink:
             batch,
             lambda: self.stub.Fence(proto, timeout=store_rpc_timeout_s),
             lambda response: [
-                FenceReply(result.fenced, result.fence_epoch, convert.position_from_proto(result.last))
+                FenceReply(
+                    result.fenced, result.fence_epoch, convert.position_from_proto(result.last), result.damaged_serial
+                )
                 for result in response.results
             ],
             self.node.core.on_fence_reply,
@@ -479,13 +481,13 @@ class _AppendStream:
 
 
 def _read_reply(result: store_pb2.ChannelReadResult) -> ReadReply:
+    """A store's read answer as the core takes it (which checks the entries again itself)."""
     last, base = convert.position_from_proto(result.last), convert.position_from_proto(result.base)
     if result.ids:
-        return ReadReply((), last, False, base, tuple(zip(result.ids, result.timestamps_ms, strict=True)))
-    if result.corrupt_serial:
-        return ReadReply((), last, True, base)
+        ids = tuple(zip(result.ids, result.timestamps_ms, strict=True))
+        return ReadReply((), last, result.damaged_serial, base, ids)
     entries = tuple(convert.entry_from_proto(entry) for entry in result.entries)
-    return ReadReply(entries, last, not all(entry.intact() for entry in entries), base)
+    return ReadReply(entries, last, result.damaged_serial, base)
 
 
 def _append_reply(result: store_pb2.ChannelAppendResult) -> AppendReply:
@@ -498,15 +500,22 @@ def _append_reply(result: store_pb2.ChannelAppendResult) -> AppendReply:
         result.conflict_first_serial,
         result.detail,
         convert.position_from_proto(result.base),
+        result.damaged_serial,
     )
 
 
 class ChannelNodeAdapter:
     """Runs a `ChannelNode` core on the event loop."""
 
-    def __init__(self, node_id: str, stores: dict[str, str], config: NodeConfig | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        stores: dict[str, str],
+        config: NodeConfig | None = None,
+        bugs: frozenset[str] = frozenset(),
+    ) -> None:
         zones = tuple(sorted(stores))
-        self.config = config or NodeConfig(role=RoleConfig(replicas=zones))
+        self.config = config or NodeConfig(role=RoleConfig(replicas=zones, bugs=bugs))
         self.core = ChannelNode(node_id, self.config)
         self.node_id = node_id
         self.links = {zone: StoreLink(zone, address, self) for zone, address in stores.items()}
@@ -578,6 +587,9 @@ class ChannelNodeAdapter:
                 self.subscriptions.pop(token, None)
         for event in fx.events:
             log.info("%s", event)
+        for channel, zone, kind, detail in fx.replica_faults:
+            metrics.replica_faults.labels(zone, kind).inc()
+            log.warning("replica %s of %s: %s (%s)", zone, channel, kind, detail)
         for channel, epoch, step, details in fx.takeovers:
             self._count_takeover(step, details)
             if tracing.enabled():

@@ -15,8 +15,15 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
 - `ringcast_store_commit_requests`, `ringcast_store_commit_seconds` (histograms, store): requests one
   group commit made durable; one commit, its sync to disk included.
 - `ringcast_store_trimmed_entries_total` (counter, store): entries retention dropped.
+- `ringcast_store_damaged_entries_total{what}` (counter, store): entries found damaged at rest, what
+  `missing` or `corrupt` (a corrupt one is dropped, then missing); found by reads, the scrub or
+  fences. `ringcast_store_scrubbed_entries_total` (counter, store): entries the scrub has checked.
 - `ringcast_continuity_lost_total{reader}` (counter, channel): readers told that what they asked for
   is no longer retained; reader `subscription` or `history`.
+- `ringcast_replica_faults_total{zone,kind}` (counter, channel): replicas an owner found at fault, once
+  per channel and owner: kind `fenced_out` (a fence above the owner's epoch while a quorum accepts
+  it) or `damaged` (a read answered with a hole, a bad checksum or a wrong entry, or the replica
+  reported damage itself); the owner reads elsewhere and repairs the replica.
 """
 
 from __future__ import annotations
@@ -53,6 +60,11 @@ store_commit_seconds = Histogram(
     "ringcast_store_commit_seconds", "One store commit, its sync to disk included", buckets=_LATENCY_BUCKETS
 )
 store_trimmed_entries = Counter("ringcast_store_trimmed_entries", "Entries retention dropped")
+replica_faults = Counter(
+    "ringcast_replica_faults", "Replicas an owner found at fault (once per channel and owner)", ["zone", "kind"]
+)
+store_damaged_entries = Counter("ringcast_store_damaged_entries", "Entries found damaged at rest", ["what"])
+store_scrubbed_entries = Counter("ringcast_store_scrubbed_entries", "Entries the scrub has checked")
 continuity_lost = Counter(
     "ringcast_continuity_lost", "Readers told that what they asked for is no longer retained", ["reader"]
 )

@@ -80,6 +80,15 @@ def env_default(name: str, default: str) -> str:
     return os.environ.get(f"RINGCAST_{name}", default)
 
 
+def deliberate_bugs() -> frozenset[str]:
+    """RINGCAST_BUGS: deliberate bugs to switch on (comma-separated), for the tests that show a fault
+    row can fail; never set in a real deployment, and said loudly when it is."""
+    bugs = frozenset(name.strip() for name in os.environ.get("RINGCAST_BUGS", "").split(",") if name.strip())
+    if bugs:
+        log.warning("DELIBERATE BUGS SWITCHED ON (tests only): %s", ", ".join(sorted(bugs)))
+    return bugs
+
+
 async def serve(
     listen: str,
     register: Callable[[grpc.aio.Server], Sequence[str]],

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from ringcast.v1 import store_service_pb2, store_service_pb2_grpc
-from services.common.server import env_default, run_service, serve
+from services.common.server import deliberate_bugs, env_default, run_service, serve
 from services.store.log import Retention
 from services.store.server import StoreService
 
@@ -86,6 +86,8 @@ async def main(arguments: argparse.Namespace) -> None:
         redis_url=arguments.redis,
         retention=retention,
         trim_every_s=arguments.trim_every_s,
+        scrub_entries_per_s=arguments.scrub_entries_per_s,
+        bugs=deliberate_bugs(),
     )
     membership: Membership | None = None
 
@@ -96,6 +98,7 @@ async def main(arguments: argparse.Namespace) -> None:
     async def ready() -> None:
         nonlocal membership
         service.start_trimming()
+        service.start_scrubbing()
         if arguments.etcd:
             address = arguments.advertise or arguments.listen
             membership = Membership(arguments.etcd, arguments.id, address, arguments.zone)
@@ -139,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         default=env_default("REDIS", ""),
         help="keep the log in this Redis (redis://HOST:PORT/DB; it must run appendfsync always); empty: SQLite",
+    )
+    parser.add_argument(
+        "--scrub-entries-per-s",
+        type=float,
+        default=float(env_default("SCRUB_ENTRIES_PER_S", "2000")),
+        help="entries per second the background scrub reads and checks for damage at rest (0: no scrub)",
     )
     retention = parser.add_argument_group("retention (DESIGN §7): what each channel's log keeps")
     for flag, kind, default, what in _RETENTION_FLAGS:

@@ -27,6 +27,16 @@ Rules (DESIGN §3), for one channel X on one replica:
 6. An append marked `from_base` carries a `prev` the owner read as another replica's base, i.e. a
    committed position. A replica that does not hold `prev` drops its whole log and starts after
    `prev`: it was too far behind to be caught up entry by entry from replicas that trimmed.
+7. Damage (a row lost or changed at rest, which no engine notices by itself) is never served and
+   never hidden. A read checks what it returns: serials contiguous from where it starts, every
+   checksum (which covers serial and epoch) intact; at the first entry that is missing or fails, it
+   stops and says `damaged` = that serial, returning only the intact run before it. A replica that
+   learns of damage (`mark_damaged`: from its reads, its scrub, or an append that finds a hole)
+   drops the entries that fail their checksum (they can never be served) and remembers the first
+   missing serial; fences and appends report it, so the owner rewrites the replica from there. An
+   append over a damaged range fills the missing entries in place and keeps every intact one it
+   holds at the same (serial, epoch), so a repair never removes a good copy. A fence first checks
+   the log's last entry, so the position it answers is one the replica can vouch for.
 
 The rules are plain code over a `LogStorage` (what an engine provides: SQLite, Redis, or the
 in-memory engine below). They do no I/O of their own; making writes durable before the reply leaves
@@ -50,6 +60,9 @@ read_entries_max = 1_000
 ids_read_max = 10_000
 """Message ids one ids-only read returns at most."""
 
+tail_checks_max = 16
+"""Corrupt entries a fence drops from the end of a log before it answers with what is left."""
+
 
 COMMIT_ID_KEY = "ringcast-commit-id"
 """Trailing metadata of a store's write replies: the number of the group commit that made it durable."""
@@ -72,6 +85,8 @@ class FenceReply:
     fenced: bool
     fence_epoch: int
     last: Position
+    damaged: int = 0
+    """The first serial the replica knows to be missing from its log (rule 7); 0 when none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +103,8 @@ class AppendReply:
     detail: str = ""
     base: Position = ORIGIN
     """On OK: the position the replica's retained log follows (what it trimmed, rule 5)."""
+    damaged: int = 0
+    """The first serial the replica knows to be missing from its log after this append (rule 7)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +123,16 @@ class Retention:
 class ReadReply:
     entries: tuple[Entry, ...]
     last: Position
-    corrupt: bool = False
+    damaged: int = 0
+    """Non-zero: the entry at this serial is missing or fails its checksum (rule 7); `entries` (or
+    `ids`) are the intact run before it."""
     base: Position = ORIGIN
     """The position the replica's retained log follows: a read from below it starts after it."""
     ids: tuple[tuple[str, int], ...] = ()
     """For an ids-only read: (message id, timestamp ms) of each entry after the read's serial, in
-    order, and no `entries`. Checksums are not checked on this path (they cover the whole message):
-    a corrupt id can at worst let one retried message be stored twice, never lose or reorder one."""
+    order, and no `entries`. Serials are checked for contiguity on this path, checksums are not
+    (they cover the whole message): a corrupt id can at worst let one retried message be stored
+    twice, never lose or reorder one."""
 
 
 class LogStorage(Protocol):
@@ -138,8 +158,24 @@ class LogStorage(Protocol):
 
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]: ...
 
-    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
-        """(message id, timestamp ms) of the entries `read` would return."""
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[int, str, int]]:
+        """(serial, message id, timestamp ms) of the entries `read` would return."""
+        ...
+
+    def damaged(self, channel: str) -> int:
+        """The first serial known to be missing from the log (rule 7); 0 when none is known."""
+        ...
+
+    def set_damaged(self, channel: str, serial: int) -> None:
+        """Remember (or, with 0, forget) the first serial known to be missing."""
+        ...
+
+    def remove(self, channel: str, serial: int) -> None:
+        """Drop the stored entry at `serial` (one that fails its checksum); the serial is then missing."""
+        ...
+
+    def fill(self, channel: str, entries: Sequence[Entry]) -> None:
+        """Write entries at serials missing inside the log (after the base, before the last entry)."""
         ...
 
     def base(self, channel: str) -> Position:
@@ -167,18 +203,64 @@ class ReplicaLog:
 
     def __init__(self, storage: LogStorage, *, bugs: frozenset[str] = frozenset()) -> None:
         self.storage = storage
+        self.found: list[tuple[str, int, str]] = []
+        """Damage found while applying the rules, for the adapter to log and count (and clear):
+        (channel, serial, "missing" or "corrupt")."""
         # `no-epoch-check` is a deliberate bug for the simulator's self-test: accept stale appends.
         self._check_epoch = "no-epoch-check" not in bugs
         # `trim-uncommitted`, another: trim by count alone, without knowing the entries are committed.
         self._trim_committed_only = "trim-uncommitted" not in bugs
+        # `unchecked-reads`, another: serve what is stored as it is, holes and bad checksums included.
+        self._check_reads = "unchecked-reads" not in bugs
 
     def fence(self, channel: str, epoch: int) -> FenceReply:
         fence = self.storage.fence_of(channel)
+        last = self._checked_last(channel)
         if fence > epoch:
-            return FenceReply(True, fence, self.storage.last(channel))
+            return FenceReply(True, fence, last, self.storage.damaged(channel))
         if epoch > fence:
             self.storage.set_fence(channel, epoch)
-        return FenceReply(False, epoch, self.storage.last(channel))
+        return FenceReply(False, epoch, last, self.storage.damaged(channel))
+
+    def _checked_last(self, channel: str) -> Position:
+        """The last position, once the entry there passes its checksum: a corrupt last entry (a
+        flipped bit in its serial can even make it look far beyond the real end) is dropped (rule 7)."""
+        storage = self.storage
+        for _ in range(tail_checks_max):
+            last = storage.last(channel)
+            if last.serial <= storage.base(channel).serial:
+                return last
+            found = storage.read(channel, last.serial - 1, 1)
+            if found and found[0].serial == last.serial and found[0].intact():
+                return last
+            storage.remove(channel, last.serial)
+            self.found.append((channel, last.serial, "corrupt"))
+        return storage.last(channel)
+
+    def mark_damaged(self, channel: str, serial: int) -> str:
+        """Rule 7: a reader found the entry at `serial` missing or failing its checksum. Drop it if it
+        is there and corrupt (and a corrupt entry that stands in its place, at another serial), and
+        remember the first missing serial inside the log. Returns what was found there ("missing",
+        "corrupt"), or "" when the entry is (now) intact or outside the log."""
+        storage = self.storage
+        if serial <= storage.base(channel).serial or serial > storage.last(channel).serial:
+            return ""
+        found = storage.read(channel, serial - 1, 1)
+        if found and found[0].serial == serial and found[0].intact():
+            return ""  # repaired meanwhile
+        what = "missing"
+        if found and not found[0].intact():
+            storage.remove(channel, found[0].serial)
+            what = "corrupt" if found[0].serial == serial else "missing"
+            self.found.append((channel, found[0].serial, "corrupt"))
+        self._note_missing(channel, serial)
+        return what
+
+    def _note_missing(self, channel: str, serial: int) -> None:
+        known = self.storage.damaged(channel)
+        if serial < self.storage.last(channel).serial and (not known or serial < known):
+            self.storage.set_damaged(channel, serial)
+            self.found.append((channel, serial, "missing"))
 
     def append(
         self,
@@ -233,21 +315,29 @@ class ReplicaLog:
         last = storage.last(channel)
         if held_epoch != prev.epoch:
             if held_epoch is None:
-                return AppendReply(AppendStatus.MISMATCH, fence, last)
+                if base.serial < prev.serial < last.serial:
+                    self._note_missing(channel, prev.serial)  # a hole inside the log: damage
+                return AppendReply(AppendStatus.MISMATCH, fence, last, damaged=storage.damaged(channel))
             return AppendReply(
                 AppendStatus.MISMATCH,
                 fence,
                 last,
                 conflict_epoch=held_epoch,
                 conflict_first_serial=storage.first_serial_of_epoch(channel, held_epoch),
+                damaged=storage.damaged(channel),
             )
-        first_new = self._first_not_held(channel, entries, last)
+        damaged = storage.damaged(channel)
+        first_new = self._first_not_held(channel, entries, last, damaged)
         if first_new < len(entries):
             if entries[first_new].serial <= last.serial:
                 storage.truncate_after(channel, entries[first_new].serial - 1)
             storage.extend(channel, entries[first_new:])
+        if damaged and (prev.serial < damaged <= end or damaged > storage.last(channel).serial):
+            storage.set_damaged(channel, 0)  # filled (or cut off); the scrub looks for more
         self._learn_commit(channel, commit, end)
-        return AppendReply(AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=base)
+        return AppendReply(
+            AppendStatus.OK, fence, storage.last(channel), match_serial=end, base=base, damaged=storage.damaged(channel)
+        )
 
     def _learn_commit(self, channel: str, commit: int, match_serial: int) -> None:
         known = min(commit, match_serial)
@@ -270,11 +360,14 @@ class ReplicaLog:
             return serial <= by_count or age_ms >= retention.age_ms
 
         # The oldest entry first: most passes over most channels stop there, having read one id.
-        if limit <= base.serial or not droppable(base.serial + 1, storage.read_ids(channel, base.serial, 1)[0][1]):
+        if limit <= base.serial:
             return 0
+        first = storage.read_ids(channel, base.serial, 1)
+        if not first or first[0][0] != base.serial + 1 or not droppable(base.serial + 1, first[0][2]):
+            return 0  # (a missing first entry is left to the repair: nothing is dropped past a hole)
         through = base.serial + 1
-        for _, timestamp_ms in storage.read_ids(channel, through, limit - through):
-            if not droppable(through + 1, timestamp_ms):
+        for serial, _, timestamp_ms in storage.read_ids(channel, through, limit - through):
+            if serial != through + 1 or not droppable(through + 1, timestamp_ms):
                 break
             through += 1
         epoch = storage.epoch_at(channel, through)
@@ -283,15 +376,30 @@ class ReplicaLog:
         storage.drop_through(channel, Position(through, epoch))
         return through - base.serial
 
-    def _first_not_held(self, channel: str, entries: Sequence[Entry], last: Position) -> int:
+    def _first_not_held(self, channel: str, entries: Sequence[Entry], last: Position, damaged: int) -> int:
         """Index of the first entry the log does not already hold at the same (serial, epoch).
 
         Holding an entry at the same position implies holding every entry before it (log
-        matching), so "held" is a prefix of `entries` and a binary search finds its end.
+        matching), so "held" is a prefix of `entries` and a binary search finds its end. Damage
+        breaks that premise (rule 7): where the log is known to be damaged, or the first entry to
+        compare is missing, each entry is compared in turn and the missing ones are filled in place.
         """
         overlap = 0
         while overlap < len(entries) and entries[overlap].serial <= last.serial:
             overlap += 1
+        storage = self.storage
+        if overlap and (damaged or storage.epoch_at(channel, entries[0].serial) is None):
+            holes: list[Entry] = []
+            for index in range(overlap):
+                held = storage.epoch_at(channel, entries[index].serial)
+                if held is None:
+                    holes.append(entries[index])
+                elif held != entries[index].epoch:
+                    overlap = index  # a conflict: truncated there, and the rest written after it
+                    break
+            if holes:
+                storage.fill(channel, holes)
+            return overlap
         low, high = 0, overlap
         while low < high:
             middle = (low + high) // 2
@@ -303,10 +411,12 @@ class ReplicaLog:
 
     def read(self, channel: str, after_serial: int, limit: int, *, bytes_max: int | None = None) -> ReadReply:
         """At most `limit` entries after `after_serial`; with `bytes_max`, only as many as fit in that
-        much message data, but never fewer than one (so a reader always makes progress)."""
+        much message data, but never fewer than one (so a reader always makes progress). Only an
+        intact, contiguous run is returned; where it breaks, `damaged` says so (rule 7)."""
         limit = max(0, min(limit, read_entries_max))
         base = self.storage.base(channel)
-        entries = self.storage.read(channel, max(after_serial, base.serial), limit)
+        start = max(after_serial, base.serial)
+        entries = self.storage.read(channel, start, limit)
         if bytes_max is not None:
             size = 0
             for index, entry in enumerate(entries):
@@ -314,15 +424,33 @@ class ReplicaLog:
                 if index and size > bytes_max:
                     del entries[index:]
                     break
-        corrupt = not all(entry.intact() for entry in entries)
-        return ReadReply(tuple(entries), self.storage.last(channel), corrupt, base)
+        damaged = 0
+        for index, entry in enumerate(entries):
+            if self._check_reads and (entry.serial != start + 1 + index or not entry.intact()):
+                damaged = start + 1 + index
+                del entries[index:]
+                break
+        last = self.storage.last(channel)
+        if not entries and not damaged and limit and start < last.serial and self._check_reads:
+            damaged = start + 1  # the log goes on, but nothing follows `start`
+        return ReadReply(tuple(entries), last, damaged, base)
 
     def read_ids(self, channel: str, after_serial: int, limit: int) -> ReadReply:
         """At most `limit` (message id, timestamp) pairs of the entries after `after_serial` (or
-        after the base, when that is later)."""
+        after the base, when that is later), as long as their serials are contiguous (rule 7)."""
         base = self.storage.base(channel)
-        ids = self.storage.read_ids(channel, max(after_serial, base.serial), max(0, min(limit, ids_read_max)))
-        return ReadReply((), self.storage.last(channel), False, base, tuple(ids))
+        start = max(after_serial, base.serial)
+        rows = self.storage.read_ids(channel, start, max(0, min(limit, ids_read_max)))
+        ids, damaged = [], 0
+        for index, (serial, message_id, timestamp_ms) in enumerate(rows):
+            if serial != start + 1 + index and self._check_reads:
+                damaged = start + 1 + index
+                break
+            ids.append((message_id, timestamp_ms))
+        last = self.storage.last(channel)
+        if not ids and not damaged and limit and start < last.serial and self._check_reads:
+            damaged = start + 1
+        return ReadReply((), last, damaged, base, tuple(ids))
 
 
 def base_advances(new: Position, old: Position) -> bool:
@@ -330,9 +458,10 @@ def base_advances(new: Position, old: Position) -> bool:
     return new.serial > old.serial or (new.serial == old.serial and new.epoch > old.epoch)
 
 
-def message_ids(entries: Sequence[Entry]) -> list[tuple[str, int]]:
-    """(message id, timestamp ms) of each entry: `read_ids` for engines with nothing cheaper to fetch."""
-    return [(entry.message.id, entry.message.timestamp_ms) for entry in entries]
+def message_ids(entries: Sequence[Entry]) -> list[tuple[int, str, int]]:
+    """(serial, message id, timestamp ms) of each entry: `read_ids` for engines with nothing cheaper
+    to fetch."""
+    return [(entry.serial, entry.message.id, entry.message.timestamp_ms) for entry in entries]
 
 
 def _malformed(epoch: int, prev: Position, entries: Sequence[Entry]) -> str:
@@ -352,7 +481,7 @@ def _malformed(epoch: int, prev: Position, entries: Sequence[Entry]) -> str:
 
 
 class _ChannelLog:
-    __slots__ = ("fence", "entries", "epochs", "base", "committed")
+    __slots__ = ("fence", "entries", "epochs", "base", "committed", "missing", "damaged")
 
     def __init__(self) -> None:
         self.fence = 0
@@ -360,6 +489,14 @@ class _ChannelLog:
         self.epochs: list[int] = []  # entries[i].epoch, kept for bisect
         self.base = ORIGIN
         self.committed = 0
+        self.missing: set[int] = set()  # serials lost at rest (`damage`): their slots hold nothing
+        self.damaged = 0
+
+    def drop_missing_tail(self) -> None:
+        """A log ends with its last entry that is there (as a database's last row does)."""
+        while self.entries and self.entries[-1].serial in self.missing:
+            self.missing.discard(self.entries.pop().serial)
+            self.epochs.pop()
 
 
 class MemoryLogStorage:
@@ -430,7 +567,7 @@ class MemoryLogStorage:
         if serial == log.base.serial:
             return log.base.epoch
         index = serial - log.base.serial - 1
-        if index < 0 or index >= len(log.entries):
+        if index < 0 or index >= len(log.entries) or serial in log.missing:
             return None
         return log.epochs[index]
 
@@ -447,6 +584,8 @@ class MemoryLogStorage:
         keep = max(serial - log.base.serial, 0)
         del log.entries[keep:]
         del log.epochs[keep:]
+        log.missing = {missing for missing in log.missing if missing <= serial}
+        log.drop_missing_tail()
         self._record("truncate", channel, serial)
 
     def drop_through(self, channel: str, base: Position) -> None:
@@ -456,7 +595,47 @@ class MemoryLogStorage:
         del log.entries[:drop]
         del log.epochs[:drop]
         log.base = base
+        log.missing = {missing for missing in log.missing if missing > base.serial}
         self._record("drop", channel, base)
+
+    def damaged(self, channel: str) -> int:
+        log = self._logs.get(channel)
+        return log.damaged if log else 0
+
+    def set_damaged(self, channel: str, serial: int) -> None:
+        self._log(channel).damaged = serial
+        self._record("damaged", channel, serial)
+
+    def remove(self, channel: str, serial: int) -> None:
+        log = self._log(channel)
+        index = serial - log.base.serial - 1
+        invariant(0 <= index < len(log.entries), "a removed entry is in the log")
+        log.missing.add(serial)
+        log.drop_missing_tail()
+        self._record("remove", channel, serial)
+
+    def fill(self, channel: str, entries: Sequence[Entry]) -> None:
+        log = self._log(channel)
+        for entry in entries:
+            invariant(entry.serial in log.missing, "only missing entries are filled")
+            index = entry.serial - log.base.serial - 1
+            log.entries[index] = entry
+            log.epochs[index] = entry.epoch
+            log.missing.discard(entry.serial)
+        self._record("fill", channel, tuple(entries))
+
+    def damage(self, channel: str, serial: int, how: str) -> None:
+        """Damage at rest, for tests and the simulator (no rule calls it): the entry at `serial`
+        goes "missing" (as a deleted row) or turns "corrupt" (its checksum no longer matches)."""
+        log = self._log(channel)
+        index = serial - log.base.serial - 1
+        invariant(0 <= index < len(log.entries) and serial not in log.missing, "damage hits a held entry")
+        if how == "missing":
+            log.missing.add(serial)
+            log.drop_missing_tail()
+        else:
+            entry = log.entries[index]
+            log.entries[index] = Entry(entry.serial, entry.epoch, entry.message, entry.checksum ^ 1)
 
     def extend(self, channel: str, entries: Sequence[Entry]) -> None:
         log = self._log(channel)
@@ -472,9 +651,17 @@ class MemoryLogStorage:
         if not log:
             return []
         start = max(after_serial - log.base.serial, 0)
-        return log.entries[start : start + max(limit, 0)]
+        if not log.missing:
+            return log.entries[start : start + max(limit, 0)]
+        found: list[Entry] = []
+        for entry in log.entries[start:]:
+            if len(found) >= limit:
+                break
+            if entry.serial not in log.missing:
+                found.append(entry)
+        return found
 
-    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[int, str, int]]:
         return message_ids(self.read(channel, after_serial, limit))
 
     def replay(self, journal: Sequence[tuple[str, str, object]]) -> None:
@@ -485,6 +672,9 @@ class MemoryLogStorage:
             "truncate": self.truncate_after,
             "drop": self.drop_through,
             "extend": self.extend,
+            "damaged": self.set_damaged,
+            "remove": self.remove,
+            "fill": self.fill,
         }
         for kind, channel, argument in journal:
             apply[kind](channel, argument)  # type: ignore[operator]
@@ -496,4 +686,5 @@ class MemoryLogStorage:
             copied = copy._log(channel)
             copied.fence, copied.entries, copied.epochs = log.fence, list(log.entries), list(log.epochs)
             copied.base, copied.committed = log.base, log.committed
+            copied.missing, copied.damaged = set(log.missing), log.damaged
         return copy

@@ -8,7 +8,8 @@ Rules:
    unique); `<prefix>b:<channel>` holds the base the retained log follows, as "serial epoch" (absent:
    the origin, nothing dropped); `<prefix>c:<channel>` holds the serial known committed (absent: 0);
    `<prefix>channels` is the set of channel names, and `<prefix>names` the same names in a sorted
-   set scored 0, so they can be paged in order (stores written before it existed get it on open).
+   set scored 0, so they can be paged in order (stores written before it existed get it on open);
+   `<prefix>d:<channel>` holds the first serial known to be missing (log.py rule 7; absent: none).
    The last position is the last entry's, or the base's when no entry is retained.
 2. Mutations happen only inside `begin()` ... `commit()`. Until the commit they live in this
    object (an overlay that the rules' own reads see), so a group of requests reads its own writes.
@@ -54,8 +55,10 @@ _HEADER = struct.Struct(">QQI")  # serial, epoch, checksum
 
 # ARGV: prefix, channel count, then per channel: name, expected fence, expected base ("serial
 # epoch"), expected committed serial, expected last serial (the base's when no entry is stored), new
-# fence, new base, new committed serial ('' = unchanged), truncate after ('' = none), entry count,
-# then (serial, member) pairs. A new base drops every entry up to its serial.
+# fence, new base, new committed serial, new damaged serial ('' = unchanged), truncate after ('' =
+# none), count of serials to remove and those serials, count of entries to fill in and (serial,
+# member) pairs, entry count, then (serial, member) pairs. In that order: removals, a new base (which
+# drops every entry up to its serial), the truncation, the filled entries, the new entries.
 _COMMIT_SCRIPT = """
 local prefix = ARGV[1]
 local count = tonumber(ARGV[2])
@@ -77,17 +80,29 @@ for c = 1, count do
   if conflict then
     return conflict
   end
-  local entries = tonumber(ARGV[at + 9])
-  plans[c] = {channel, ARGV[at + 5], ARGV[at + 6], ARGV[at + 7], ARGV[at + 8], at + 10, entries}
-  at = at + 10 + 2 * entries
+  local removes = tonumber(ARGV[at + 10])
+  local fills_at = at + 11 + removes
+  local fills = tonumber(ARGV[fills_at])
+  local entries_at = fills_at + 1 + 2 * fills
+  local entries = tonumber(ARGV[entries_at])
+  plans[c] = {channel, ARGV[at + 5], ARGV[at + 6], ARGV[at + 7], ARGV[at + 8], ARGV[at + 9],
+    at + 11, removes, fills_at + 1, fills, entries_at + 1, entries}
+  at = entries_at + 1 + 2 * entries
 end
 for c = 1, count do
-  local channel, new_fence, new_base, new_committed, truncate, first, entries = unpack(plans[c])
+  local channel, new_fence, new_base, new_committed, new_damaged, truncate,
+    removes_first, removes, fills_first, fills, first, entries = unpack(plans[c])
   local key = prefix .. 'e:' .. channel
   redis.call('SADD', prefix .. 'channels', channel)
   redis.call('ZADD', prefix .. 'names', 0, channel)
   if new_fence ~= '' then
     redis.call('SET', prefix .. 'f:' .. channel, new_fence)
+  end
+  if new_damaged ~= '' then
+    redis.call('SET', prefix .. 'd:' .. channel, new_damaged)
+  end
+  for r = 0, removes - 1 do
+    redis.call('ZREMRANGEBYSCORE', key, ARGV[removes_first + r], ARGV[removes_first + r])
   end
   if new_base ~= '' then
     redis.call('SET', prefix .. 'b:' .. channel, new_base)
@@ -98,6 +113,9 @@ for c = 1, count do
   end
   if truncate ~= '' then
     redis.call('ZREMRANGEBYSCORE', key, '(' .. truncate, '+inf')
+  end
+  for f = 0, fills - 1 do
+    redis.call('ZADD', key, ARGV[fills_first + 2 * f], ARGV[fills_first + 2 * f + 1])
   end
   for e = 0, entries - 1 do
     redis.call('ZADD', key, ARGV[first + 2 * e], ARGV[first + 2 * e + 1])
@@ -118,6 +136,7 @@ class _ChannelState:
     fence: int = 0
     base: Position = ORIGIN
     committed: int = 0
+    damaged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +151,9 @@ class _View:
 class _Pending:
     """One channel's uncommitted changes, and what this writer saw of it before them.
 
-    Whatever order the changes came in, they amount to: drop the stored entries up to `base`, drop
-    those after `truncate_after`, then add `entries` (which all lie after both).
+    Whatever order the changes came in, they amount to: remove the stored entries at `removes`, drop
+    those up to `base`, drop those after `truncate_after`, write `fills` where entries are missing,
+    then add `entries` (which all lie after the rest).
     """
 
     seen: _ChannelState
@@ -141,7 +161,10 @@ class _Pending:
     fence: int | None = None
     base: Position | None = None
     committed: int | None = None
+    damaged: int | None = None
     truncate_after: int | None = None
+    removes: set[int] = field(default_factory=set)
+    fills: dict[int, Entry] = field(default_factory=dict)
     entries: list[Entry] = field(default_factory=list)
 
     def arguments(self) -> list[Any]:
@@ -155,9 +178,15 @@ class _Pending:
             "" if self.fence is None else str(self.fence),
             "" if self.base is None else _position_text(self.base),
             "" if self.committed is None else str(self.committed),
+            "" if self.damaged is None else str(self.damaged),
             "" if self.truncate_after is None else str(self.truncate_after),
-            len(self.entries),
+            len(self.removes),
+            *sorted(self.removes),
+            len(self.fills),
         ]
+        for serial, entry in sorted(self.fills.items()):
+            arguments += [serial, _pack(entry)]
+        arguments.append(len(self.entries))
         for entry in self.entries:
             arguments += [entry.serial, _pack(entry)]
         return arguments
@@ -169,7 +198,12 @@ class _Pending:
             seen.fence if self.fence is None else self.fence,
             seen.base if self.base is None else self.base,
             seen.committed if self.committed is None else self.committed,
+            seen.damaged if self.damaged is None else self.damaged,
         )
+
+    def missing(self, serial: int) -> bool:
+        """True when this change removed the stored entry at `serial` and filled nothing there."""
+        return serial in self.removes and serial not in self.fills
 
 
 def _members(result: object) -> list[bytes]:
@@ -192,6 +226,10 @@ def _position_of(raw: object) -> Position:
         return ORIGIN
     serial, epoch = _text(raw).split()
     return Position(int(serial), int(epoch))
+
+
+def _serial(position: Position) -> int:
+    return position.serial
 
 
 def _pack(entry: Entry) -> bytes:
@@ -284,7 +322,7 @@ class RedisLogStorage:
             self._states.put(channel, change.state())
             if change.entries:
                 self._lasts.put(channel, change.entries[-1].position)
-            elif change.truncate_after is not None or change.base is not None:
+            elif change.truncate_after is not None or change.base is not None or change.removes:
                 self._lasts.forget(channel)
 
     def rollback(self) -> None:
@@ -317,9 +355,9 @@ class RedisLogStorage:
     def _stored_state(self, channel: str) -> _ChannelState:
         state = self._states.get(channel)
         if state is None:
-            keys = [self.prefix + kind + channel for kind in ("f:", "b:", "c:")]
-            fence, base, committed = cast(list[bytes | None], self.client.mget(keys))
-            state = _ChannelState(int(fence or 0), _position_of(base), int(committed or 0))
+            keys = [self.prefix + kind + channel for kind in ("f:", "b:", "c:", "d:")]
+            fence, base, committed, damaged = cast(list[bytes | None], self.client.mget(keys))
+            state = _ChannelState(int(fence or 0), _position_of(base), int(committed or 0), int(damaged or 0))
             self._states.put(channel, state)
         return state
 
@@ -386,6 +424,7 @@ class RedisLogStorage:
         invariant(base.serial <= value_max and base.epoch <= value_max, "values within the engine's range")
         change = self._change(channel)
         change.base = base
+        change.fills = {filled: entry for filled, entry in change.fills.items() if filled > base.serial}
         if change.entries:
             del change.entries[: max(base.serial - change.entries[0].serial + 1, 0)]
 
@@ -410,12 +449,17 @@ class RedisLogStorage:
         base = self.base(channel)
         if serial <= base.serial:
             return base
-        if serial == stored.serial:
+        if serial == stored.serial and not change.missing(serial):
             return stored
-        epoch = self._stored_epoch_at(channel, serial)
-        invariant(epoch is not None, "the log is contiguous up to its last entry")
-        assert epoch is not None
-        return Position(serial, epoch)
+        # The last entry that is there, at or below `serial` (entries may be missing: rule 7).
+        found = max((entry.position for s, entry in change.fills.items() if s <= serial), default=base, key=_serial)
+        key = self.prefix + "e:" + channel
+        ranged = self.client.zrevrangebyscore(key, serial, f"({found.serial}", 0, len(change.removes) + 1)
+        for member in _members(ranged):
+            position = _unpack(member).position
+            if not change.missing(position.serial):
+                return position
+        return found
 
     def epoch_at(self, channel: str, serial: int) -> int | None:
         if serial == 0:
@@ -429,11 +473,34 @@ class RedisLogStorage:
         if serial == last.serial:
             return last.epoch
         change = self._pending_of(channel)
-        if change is not None and change.entries and serial >= change.entries[0].serial:
-            return change.entries[serial - change.entries[0].serial].epoch
-        epoch = self._stored_epoch_at(channel, serial)
-        invariant(epoch is not None, "the log is contiguous up to its last entry")
-        return epoch
+        if change is not None:
+            if change.entries and serial >= change.entries[0].serial:
+                return change.entries[serial - change.entries[0].serial].epoch
+            if serial in change.fills:
+                return change.fills[serial].epoch
+            if change.missing(serial):
+                return None
+        return self._stored_epoch_at(channel, serial)  # None: a missing entry (damage)
+
+    def damaged(self, channel: str) -> int:
+        change = self._pending_of(channel)
+        if change is not None and change.damaged is not None:
+            return change.damaged
+        return self._stored_state(channel).damaged
+
+    def set_damaged(self, channel: str, serial: int) -> None:
+        self._change(channel).damaged = serial
+
+    def remove(self, channel: str, serial: int) -> None:
+        change = self._change(channel)
+        change.fills.pop(serial, None)
+        change.removes.add(serial)
+
+    def fill(self, channel: str, entries: Sequence[Entry]) -> None:
+        change = self._change(channel)
+        for entry in entries:
+            invariant(entry.serial <= value_max and entry.epoch <= value_max, "values within the engine's range")
+            change.fills[entry.serial] = entry
 
     def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
         """The base's serial when the base has `epoch`; otherwise, as epochs never decrease along a
@@ -460,6 +527,7 @@ class RedisLogStorage:
             del change.entries[serial - change.entries[0].serial + 1 :]
             return
         change.entries.clear()
+        change.fills = {filled: entry for filled, entry in change.fills.items() if filled <= serial}
         change.truncate_after = serial if change.truncate_after is None else min(change.truncate_after, serial)
 
     def extend(self, channel: str, entries: Sequence[Entry]) -> None:
@@ -479,16 +547,25 @@ class RedisLogStorage:
         if limit <= 0:
             return []
         change = self._pending_of(channel)
-        if change is None or (change.truncate_after is None and change.base is None and not change.entries):
+        plain = change is None or not (change.truncate_after is not None or change.base is not None or change.entries)
+        if change is None or (plain and not change.removes and not change.fills):
             return self._stored_read(channel, after_serial, limit)
-        # Our own uncommitted writes: the stored log from the base up to where they start, then them.
+        # Our own uncommitted writes: the stored log from the base up to where they start (without
+        # what was removed, with what was filled in), then them.
         after_serial = max(after_serial, self.base(channel).serial)
         cut = change.entries[0].serial - 1 if change.entries else self.last(channel).serial
-        found = self._stored_read(channel, after_serial, min(limit, cut - after_serial)) if after_serial < cut else []
+        found: list[Entry] = []
+        if after_serial < cut:
+            stored = self._stored_read(channel, after_serial, min(limit + len(change.removes), cut - after_serial))
+            merged = {
+                entry.serial: entry for entry in stored if entry.serial <= cut and not change.missing(entry.serial)
+            }
+            merged.update((s, e) for s, e in change.fills.items() if after_serial < s <= cut)
+            found = [merged[serial] for serial in sorted(merged)][:limit]
         found += [entry for entry in change.entries if entry.serial > after_serial][: limit - len(found)]
         return found
 
-    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[int, str, int]]:
         # Entries are stored whole in one sorted-set member each: nothing cheaper to fetch.
         return message_ids(self.read(channel, after_serial, limit))
 

@@ -21,6 +21,10 @@ Rules:
    walks every channel, a page at a time, and trims what `Retention` no longer keeps. Each page is
    one write request through the same writer (so trimming is group-committed and interleaves with
    appends), and drops at most `trim_entries_per_request` entries, so it never holds the writer long.
+7. Damage at rest (log.py rule 7) is looked for by every read, and by a background scrub that reads
+   every channel's whole log at no more than `scrub_entries_per_s`, over and over. Whatever either
+   finds goes through the writer (`mark_damaged`): a corrupt entry is dropped, the first missing
+   serial recorded, logged and counted, and the owner learns it from the next fence or append reply.
 
 Each Append reply carries trailing metadata `ringcast-commit-id` (the number of the group commit
 that made it durable) and `ringcast-commit-requests` (how many requests that commit carried), so
@@ -109,6 +113,12 @@ trim_channels_per_request = 256
 trim_entries_per_request = 10_000
 """Entries one trimming write request drops at most (it stops early, and the next pass goes on)."""
 
+scrub_page_entries = 256
+"""Entries the scrub reads and checks at a time."""
+
+scrub_pass_pause_s = 10.0
+"""Pause between two whole passes of the scrub."""
+
 database_file_name = "store.sqlite3"
 lock_file_name = "store.lock"
 
@@ -168,10 +178,10 @@ _STOP = object()
 class GroupCommitWriter:
     """The one writer thread of a replica: applies queued writes in groups, one commit per group."""
 
-    def __init__(self, storage: SqliteLogStorage | RedisLogStorage) -> None:
+    def __init__(self, storage: SqliteLogStorage | RedisLogStorage, bugs: frozenset[str] = frozenset()) -> None:
         invariant(not storage.read_only, "the writer writes")
         self.storage = storage
-        self.replica = ReplicaLog(storage)
+        self.replica = ReplicaLog(storage, bugs=bugs)
         self.stats = GroupCommitStats()
         self._queue: queue.Queue[_Write | object] = queue.Queue(maxsize=write_queue_requests_max)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -181,14 +191,19 @@ class GroupCommitWriter:
 
     async def submit(self, apply: Callable[[ReplicaLog], Result]) -> Committed[Result]:
         """Run `apply` on the writer thread; return once its effects are committed (durable)."""
+        committed: Committed[Result] = await self.enqueue(apply)
+        return committed
+
+    def enqueue(self, apply: Callable[[ReplicaLog], Any]) -> asyncio.Future[Committed[Any]]:
+        """Queue `apply` now (so it runs before anything queued later); its future settles once
+        it is committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Committed[Any]] = loop.create_future()
         try:
             self._queue.put_nowait(_Write(apply, future, loop))
         except queue.Full:
             raise unavailable("STORE_OVERLOADED", "too many writes are waiting; retry later") from None
-        committed: Committed[Result] = await future
-        return committed
+        return future
 
     async def close(self) -> None:
         """Finish every queued write, then stop the thread."""
@@ -231,6 +246,7 @@ class GroupCommitWriter:
             commit_ms = (time.perf_counter() - committing) * 1000
         except Exception as error:
             storage.rollback()
+            self.replica.found.clear()  # rolled back with the rest: found again when applied alone
             log.warning("group commit of %d requests failed (%s); applying them one by one", len(group), error)
             for write in group:
                 self._commit_alone(write)
@@ -238,15 +254,27 @@ class GroupCommitWriter:
         commit_id = self.stats.record(len(group))
         metrics.store_commit_requests.observe(len(group))
         metrics.store_commit_seconds.observe(commit_ms / 1000)
+        self._report_found()
         for write, value in zip(group, values, strict=True):
             _settle(write, Committed(value, commit_id, len(group), commit_ms), None)
+
+    def _report_found(self) -> None:
+        """Damage the rules found (and dealt with) in what was just committed: logged, counted."""
+        found, self.replica.found = self.replica.found, []
+        for channel, serial, what in found:
+            metrics.store_damaged_entries.labels(what).inc()
+            log.error(
+                "channel %r: entry %d %s at rest; the owner rewrites it from a good replica", channel, serial, what
+            )
 
     def _commit_alone(self, write: _Write) -> None:
         storage = self.storage
         storage.begin()
+        self.replica.found.clear()
         try:
             value = write.apply(self.replica)
             storage.commit()
+            self._report_found()
         except Exception as error:
             storage.rollback()
             self.stats.failed_requests += 1
@@ -283,7 +311,10 @@ Storage = SqliteLogStorage | RedisLogStorage
 class LogReaders:
     """Read-only connections, one per read thread; a read sees one committed snapshot."""
 
-    def __init__(self, open_reader: Callable[[], Storage], threads: int = read_threads_max) -> None:
+    def __init__(
+        self, open_reader: Callable[[], Storage], threads: int = read_threads_max, bugs: frozenset[str] = frozenset()
+    ) -> None:
+        self.bugs = bugs
         self._storages: queue.SimpleQueue[Storage] = queue.SimpleQueue()
         self._all = [open_reader() for _ in range(threads)]
         for storage in self._all:
@@ -301,7 +332,7 @@ class LogReaders:
         try:
             storage.begin()  # one snapshot for all the entries and last positions
             try:
-                replica, replies, budget = ReplicaLog(storage), [], bytes_max
+                replica, replies, budget = ReplicaLog(storage, bugs=self.bugs), [], bytes_max
                 for channel, after_serial, limit, ids_only in reads:
                     if ids_only:
                         reply = _within(replica.read_ids(channel, after_serial, limit), budget)
@@ -313,6 +344,17 @@ class LogReaders:
                 return replies
             finally:
                 storage.commit()
+        finally:
+            self._storages.put(storage)
+
+    async def channels_after(self, channel: str, count: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._channels_after, channel, count)
+
+    def _channels_after(self, channel: str, count: int) -> list[str]:
+        storage = self._storages.get_nowait()
+        try:
+            return storage.channels_after(channel, count)
         finally:
             self._storages.put(storage)
 
@@ -337,14 +379,19 @@ class StoreService:
         redis_prefix: str = "rc:",
         retention: Retention | None = None,
         trim_every_s: float = 10.0,
+        scrub_entries_per_s: float = 2_000.0,
+        bugs: frozenset[str] = frozenset(),
     ) -> None:
         """Over SQLite in `data_dir`; or, with `redis_url`, over that Redis (`data_dir` then holds only
-        the lock that keeps a second store process off the same data). `retention` None: keep all."""
+        the lock that keeps a second store process off the same data). `retention` None: keep all.
+        `scrub_entries_per_s` 0: no background scrub (reads still check what they return)."""
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
         self.retention = retention
         self.trim_every_s = trim_every_s
+        self.scrub_entries_per_s = scrub_entries_per_s
         self._trimmer: asyncio.Task[None] | None = None
+        self._scrubber: asyncio.Task[None] | None = None
         self._lock = _lock_data_dir(data_dir)
         open_reader: Callable[[], Storage]
         if redis_url:
@@ -366,8 +413,8 @@ class StoreService:
                 return SqliteLogStorage(path, read_only=True)
 
             where = path
-        self.writer = GroupCommitWriter(writer)
-        self.readers = LogReaders(open_reader)
+        self.writer = GroupCommitWriter(writer, bugs)
+        self.readers = LogReaders(open_reader, bugs=bugs)
         self.writer.start()
         log.info("store data in %s", where)
 
@@ -405,11 +452,54 @@ class StoreService:
             log.info("retention dropped %d entries", dropped)
         return dropped
 
+    def start_scrubbing(self) -> None:
+        """Begin the background scrub (rule 7); needs a running event loop."""
+        if self.scrub_entries_per_s > 0 and self._scrubber is None:
+            self._scrubber = asyncio.create_task(self._scrub_forever(), name="store-scrub")
+
+    async def _scrub_forever(self) -> None:
+        while True:
+            try:
+                await self.scrub_pass()
+            except ServiceError as error:
+                log.warning("scrub pass stopped: %s", error)
+            except Exception:  # a bug; keep the store serving, and say so loudly
+                log.exception("scrub pass failed")
+            await asyncio.sleep(scrub_pass_pause_s)
+
+    async def scrub_pass(self, entries_per_s: float | None = None) -> int:
+        """Read every entry of every channel once and check it (rule 7), at no more than
+        `entries_per_s` (default: the store's setting); returns how many channels were found damaged."""
+        rate = entries_per_s or self.scrub_entries_per_s or float("inf")
+        after, damaged = "", 0
+        while True:
+            channels = await self.readers.channels_after(after, trim_channels_per_request)
+            for channel in channels:
+                serial = 0
+                while True:
+                    (reply,) = await self.readers.read_many(
+                        [(channel, serial, scrub_page_entries, False)], read_response_bytes_max
+                    )
+                    metrics.store_scrubbed_entries.inc(len(reply.entries))
+                    if reply.damaged:
+                        log.error("scrub: channel %r is damaged at serial %d", channel, reply.damaged)
+                        self.mark_damaged(channel, reply.damaged)
+                        damaged += 1
+                        break
+                    if not reply.entries or reply.entries[-1].serial >= reply.last.serial:
+                        break
+                    serial = reply.entries[-1].serial
+                    await asyncio.sleep(len(reply.entries) / rate)
+            if len(channels) < trim_channels_per_request:
+                return damaged
+            after = channels[-1]
+
     async def close(self) -> None:
-        if self._trimmer is not None:
-            self._trimmer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._trimmer
+        for task in (self._trimmer, self._scrubber):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.writer.close()
         self.writer.storage.close()
         self.readers.close()
@@ -485,6 +575,8 @@ class StoreService:
         results = []
         for (channel, _, _, ids_only), reply in zip(reads, replies, strict=True):
             last, base = convert.position_to_proto(reply.last), convert.position_to_proto(reply.base)
+            if reply.damaged:
+                self.mark_damaged(channel, reply.damaged)
             if ids_only:
                 results.append(
                     store_pb2.ChannelReadResult(
@@ -492,17 +584,29 @@ class StoreService:
                         ids=[message_id for message_id, _ in reply.ids],
                         timestamps_ms=[timestamp_ms for _, timestamp_ms in reply.ids],
                         base=base,
+                        damaged_serial=reply.damaged,
                     )
                 )
-            elif reply.corrupt:
-                serial = next(entry.serial for entry in reply.entries if not entry.intact())
-                log.error("stored entry %d of channel %r is corrupt", serial, channel)
-                results.append(store_pb2.ChannelReadResult(last=last, corrupt_serial=serial, base=base))
             else:
                 results.append(
-                    store_pb2.ChannelReadResult(entries=convert.entries_to_proto(reply.entries), last=last, base=base)
+                    store_pb2.ChannelReadResult(
+                        entries=convert.entries_to_proto(reply.entries),
+                        last=last,
+                        base=base,
+                        damaged_serial=reply.damaged,
+                    )
                 )
         return store_pb2.ReadResponse(results=results)
+
+    def mark_damaged(self, channel: str, serial: int) -> None:
+        """A read found `channel` damaged at `serial`: record it through the writer (log.py rule 7).
+        Queued before the read is answered, so it is in place before any append the answer leads to."""
+        with contextlib.suppress(ServiceError):  # the writer is full: the next read or scrub finds it again
+            self.writer.enqueue(functools.partial(_mark_damaged, channel=channel, serial=serial))
+
+
+def _mark_damaged(replica: ReplicaLog, *, channel: str, serial: int) -> str:
+    return replica.mark_damaged(channel, serial)
 
 
 def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str) -> tuple[str | None, int]:
@@ -617,7 +721,10 @@ def _commit_metadata(committed: Committed[Any]) -> tuple[tuple[str, str], ...]:
 
 def _fence_to_proto(reply: FenceReply) -> store_pb2.ChannelFenceResult:
     return store_pb2.ChannelFenceResult(
-        fenced=reply.fenced, fence_epoch=reply.fence_epoch, last=convert.position_to_proto(reply.last)
+        fenced=reply.fenced,
+        fence_epoch=reply.fence_epoch,
+        last=convert.position_to_proto(reply.last),
+        damaged_serial=reply.damaged,
     )
 
 
@@ -631,6 +738,7 @@ def _append_to_proto(reply: AppendReply) -> store_pb2.ChannelAppendResult:
         conflict_first_serial=reply.conflict_first_serial,
         detail=reply.detail,
         base=convert.position_to_proto(reply.base),
+        damaged_serial=reply.damaged,
     )
 
 

@@ -37,10 +37,11 @@ channel_cache_entries_max = 100_000
 busy_timeout_ms = 5_000
 """How long a connection waits for a lock held by another connection before it fails."""
 
-schema_version = 3
+schema_version = 4
 """1: entries and fences. 2: entries also hold their message id and timestamp in columns of their own
 (what ids-only reads select); rows written at version 1 have them NULL and are decoded instead.
 3: the channel row (`fences`) also holds the log's base and the serial known committed (retention).
+4: ... and the first serial known to be missing (`damaged`, log.py rule 7).
 Older files are migrated in place when a writer opens them."""
 
 _SCHEMA = (
@@ -63,12 +64,14 @@ _SCHEMA = (
         epoch INTEGER NOT NULL,
         base_serial INTEGER NOT NULL DEFAULT 0,
         base_epoch INTEGER NOT NULL DEFAULT 0,
-        committed INTEGER NOT NULL DEFAULT 0
+        committed INTEGER NOT NULL DEFAULT 0,
+        damaged INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
 )
 
 _CHANNEL_COLUMNS_OF_SCHEMA_3 = ("base_serial", "base_epoch", "committed")
+_CHANNEL_COLUMNS_OF_SCHEMA_4 = ("damaged",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class _ChannelRow:
     fence: int = 0
     base: Position = ORIGIN
     committed: int = 0
+    damaged: int = 0
 
 
 _NO_ROW = _ChannelRow()
@@ -160,13 +164,15 @@ class SqliteLogStorage:
             for statement in _SCHEMA:
                 connection.execute(statement)
             version = connection.execute("PRAGMA user_version").fetchone()[0]
-            invariant(version in (0, 1, 2, schema_version), f"store database schema {version} is {schema_version}")
+            invariant(version in (0, 1, 2, 3, schema_version), f"store database schema {version} is {schema_version}")
             if version == 1:
                 connection.execute("ALTER TABLE entries ADD COLUMN message_id TEXT")
                 connection.execute("ALTER TABLE entries ADD COLUMN timestamp_ms INTEGER")
-            if version in (1, 2):
-                for column in _CHANNEL_COLUMNS_OF_SCHEMA_3:
-                    connection.execute(f"ALTER TABLE fences ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+            added = (_CHANNEL_COLUMNS_OF_SCHEMA_3 if version in (1, 2) else ()) + (
+                _CHANNEL_COLUMNS_OF_SCHEMA_4 if version in (1, 2, 3) else ()
+            )
+            for column in added:
+                connection.execute(f"ALTER TABLE fences ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
             connection.execute(f"PRAGMA user_version = {schema_version}")
             connection.execute("COMMIT")
         except BaseException:
@@ -236,9 +242,13 @@ class SqliteLogStorage:
         cached = self._rows.get(channel)
         if cached is None:
             row = self._connection.execute(
-                "SELECT epoch, base_serial, base_epoch, committed FROM fences WHERE channel = ?", (channel,)
+                "SELECT epoch, base_serial, base_epoch, committed, damaged FROM fences WHERE channel = ?", (channel,)
             ).fetchone()
-            cached = _ChannelRow(int(row[0]), Position(int(row[1]), int(row[2])), int(row[3])) if row else _NO_ROW
+            cached = (
+                _ChannelRow(int(row[0]), Position(int(row[1]), int(row[2])), int(row[3]), int(row[4]))
+                if row
+                else _NO_ROW
+            )
             self._rows.put(channel, cached)
         return cached
 
@@ -246,10 +256,11 @@ class SqliteLogStorage:
         self._mutating()
         row = replace(row, committed=max(row.committed, self._committed_learnt.pop(channel, 0)))
         self._connection.execute(
-            "INSERT INTO fences (channel, epoch, base_serial, base_epoch, committed) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO fences (channel, epoch, base_serial, base_epoch, committed, damaged) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch, base_serial = excluded.base_serial, "
-            "base_epoch = excluded.base_epoch, committed = excluded.committed",
-            (channel, row.fence, row.base.serial, row.base.epoch, row.committed),
+            "base_epoch = excluded.base_epoch, committed = excluded.committed, damaged = excluded.damaged",
+            (channel, row.fence, row.base.serial, row.base.epoch, row.committed, row.damaged),
         )
         self._rows.put(channel, row)
 
@@ -273,6 +284,26 @@ class SqliteLogStorage:
         self._mutating()
         invariant(serial >= self.committed(channel), "what is known committed stays known")
         self._committed_learnt[channel] = serial
+
+    def damaged(self, channel: str) -> int:
+        return self._row(channel).damaged
+
+    def set_damaged(self, channel: str, serial: int) -> None:
+        self._write_row(channel, replace(self._row(channel), damaged=serial))
+
+    def remove(self, channel: str, serial: int) -> None:
+        self._mutating()
+        self._connection.execute("DELETE FROM entries WHERE channel = ? AND serial = ?", (channel, serial))
+        self._lasts.forget(channel)
+
+    def fill(self, channel: str, entries: Sequence[Entry]) -> None:
+        """Missing rows written in place (log.py rule 7); the primary key refuses one that is there."""
+        self._mutating()
+        self._connection.executemany(
+            "INSERT INTO entries (channel, serial, epoch, message, checksum, message_id, timestamp_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [_row_of(channel, entry) for entry in entries],
+        )
 
     def drop_through(self, channel: str, base: Position) -> None:
         row = self._row(channel)
@@ -308,8 +339,7 @@ class SqliteLogStorage:
         row = self._connection.execute(
             "SELECT epoch FROM entries WHERE channel = ? AND serial = ?", (channel, serial)
         ).fetchone()
-        invariant(row is not None, "the log is contiguous up to its last entry")
-        return int(row[0])
+        return int(row[0]) if row is not None else None  # None inside the log: a missing row (damage)
 
     def first_serial_of_epoch(self, channel: str, epoch: int) -> int:
         base = self.base(channel)
@@ -338,18 +368,7 @@ class SqliteLogStorage:
         for entry in entries:
             invariant(entry.serial == previous_serial + 1, "log stays contiguous")
             invariant(entry.epoch >= previous_epoch, "epochs never decrease")
-            message = entry.message
-            rows.append(
-                (
-                    channel,
-                    entry.serial,
-                    entry.epoch,
-                    _message_bytes(message),
-                    entry.checksum,
-                    message.id,
-                    message.timestamp_ms,
-                )
-            )
+            rows.append(_row_of(channel, entry))
             previous_serial, previous_epoch = entry.serial, entry.epoch
         self._connection.executemany(
             "INSERT INTO entries (channel, serial, epoch, message, checksum, message_id, timestamp_ms) "
@@ -358,17 +377,19 @@ class SqliteLogStorage:
         )
         self._lasts.put(channel, entries[-1].position)
 
-    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[str, int]]:
+    def read_ids(self, channel: str, after_serial: int, limit: int) -> list[tuple[int, str, int]]:
         if limit <= 0:
             return []
         rows = self._connection.execute(
-            "SELECT message_id, timestamp_ms, CASE WHEN message_id IS NULL THEN message END FROM entries "
+            "SELECT serial, message_id, timestamp_ms, CASE WHEN message_id IS NULL THEN message END FROM entries "
             "WHERE channel = ? AND serial > ? ORDER BY serial LIMIT ?",
             (channel, max(after_serial, 0), limit),
         ).fetchall()
         return [
-            (message_id, timestamp_ms) if message_id is not None else _id_and_timestamp(bytes(data))
-            for message_id, timestamp_ms, data in rows
+            (int(serial), message_id, timestamp_ms)
+            if message_id is not None
+            else (int(serial), *_id_and_timestamp(bytes(data)))
+            for serial, message_id, timestamp_ms, data in rows
         ]
 
     def read(self, channel: str, after_serial: int, limit: int) -> list[Entry]:
@@ -383,6 +404,19 @@ class SqliteLogStorage:
             _entry_from_row(int(serial), int(epoch), bytes(data), int(checksum))
             for serial, epoch, data, checksum in rows
         ]
+
+
+def _row_of(channel: str, entry: Entry) -> tuple[str, int, int, bytes, int, str, int]:
+    message = entry.message
+    return (
+        channel,
+        entry.serial,
+        entry.epoch,
+        _message_bytes(message),
+        entry.checksum,
+        message.id,
+        message.timestamp_ms,
+    )
 
 
 def _id_and_timestamp(data: bytes) -> tuple[str, int]:

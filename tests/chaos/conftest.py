@@ -9,6 +9,7 @@ then `finish()`es the workload and judges the history with `ringcast.checker.che
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import threading
@@ -39,9 +40,10 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """`make_cluster(**local_topology_options)`: start a fresh cluster in tmp_path; stopped afterwards."""
     started: list[Launcher] = []
 
-    def make(**options: object) -> Launcher:
+    def make(env: dict[str, str] | None = None, **options: object) -> Launcher:
+        """`env`: variables added to every process's environment (say, RINGCAST_BUGS)."""
         topology: Topology = local_topology(tmp_path / "data", **options)  # type: ignore[arg-type]
-        launcher = Launcher(topology, tmp_path / "state")
+        launcher = Launcher(topology, tmp_path / "state", env={**os.environ, **(env or {})})
         started.append(launcher)
         launcher.start_all()
         return launcher

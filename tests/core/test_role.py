@@ -63,7 +63,10 @@ class Replicas:
             else:
                 assert isinstance(request, ReadRequest)
                 read = log.read_ids if request.ids_only else log.read
-                yield name, request, read(request.channel, request.after_serial, request.limit)
+                reply = read(request.channel, request.after_serial, request.limit)
+                if reply.damaged:  # what the store process does with damage a read found
+                    log.mark_damaged(request.channel, reply.damaged)
+                yield name, request, reply
 
     def ids(self, name: str, channel: str = "ch") -> list[tuple[int, int, str]]:
         return [(e.serial, e.epoch, e.message.id) for e in self.storages[name].read(channel, 0, 10_000)]
@@ -267,6 +270,74 @@ def test_a_stale_owner_cannot_take_over() -> None:
     assert role.state is RoleState.STOPPED and role.stop_reason == "FENCED"
 
 
+def test_one_replica_with_an_absurd_fence_cannot_veto_a_takeover_a_quorum_accepts() -> None:
+    replicas = Replicas()
+    for name in STORES:
+        replicas.write(name, entries(5, 1, "x", "y"))
+    replicas.logs["store-a"].fence("ch", 1 << 40)  # a corrupted fence, or a takeover that died
+    role = ChannelRole("ch", 9, RoleConfig(), 0)
+    fx = Effects()
+    role.start(fx)
+    replicas.run(role, fx)
+    assert role.state is RoleState.SERVING
+    assert fx.replica_faults == [("ch", "store-a", "fenced_out", f"its fence {1 << 40} is above our epoch 9")]
+    fx = publish(replicas, role, 1, "z", "x")
+    assert [(r.ok, r.serials, r.duplicates) for _, r in fx.results] == [(True, (3, 1), (False, True))]
+    assert [message_id for _, _, message_id in replicas.ids("store-b")] == ["x", "y", "z"]
+    assert [message_id for _, _, message_id in replicas.ids("store-a")] == ["x", "y"]  # nothing sent to it
+    assert not any(name == "store-a" for name, request in fx.sends if isinstance(request, AppendRequest))
+    replicas.down = {"store-c"}  # now a quorum needs store-a, which refuses us: fail fast, retryable
+    fx = publish(replicas, role, 2, "w")
+    fx2 = Effects()
+    role.tick(RoleConfig().append_timeout_ms + 1, fx2)
+    assert [(r.ok, r.reason) for _, r in fx.results + fx2.results] == [(False, "QUORUM_UNAVAILABLE")]
+
+
+def test_a_serving_owner_steps_down_only_when_a_quorum_fenced_it() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    replicas.logs["store-a"].fence("ch", 9)
+    fx = publish(replicas, role, 1, "m1")
+    assert role.state is RoleState.SERVING and [r.ok for _, r in fx.results] == [True]
+    assert [(replica, kind) for _, replica, kind, _ in fx.replica_faults] == [("store-a", "fenced_out")]
+    replicas.logs["store-b"].fence("ch", 9)  # a newer owner fenced a quorum: we are stale
+    fx = publish(replicas, role, 2, "m2")
+    assert role.state is RoleState.STOPPED and role.stop_reason == "FENCED"
+    assert [(r.ok, r.reason) for _, r in fx.results] == [(False, "CHANNEL_MOVED")]
+
+
+def test_failed_takeovers_back_off_and_a_served_one_resets_the_backoff() -> None:
+    config = NodeConfig(takeover_backoff_ms_min=100, takeover_backoff_ms_max=400)
+    node = ChannelNode("n1", config)
+    node.on_registered(3)
+    node.on_lease(1_000_000)
+    node.on_ring(Ring(3, ("n1",)), Effects())
+    replicas = Replicas()
+    for name in ("store-a", "store-b"):
+        replicas.logs[name].fence("ch", make_epoch(50, 0))  # a quorum is fenced above ring 3: stale
+    attempts, now_ms = 0, 0
+    while now_ms < 3_000:
+        fx = Effects()
+        node.publish("ch", now_ms, (Message("m"),), now_ms, fx)
+        if fx.sends:  # a takeover began
+            attempts += 1
+            run_node(replicas, node, fx, now_ms)
+            assert "ch" not in node.roles  # fenced by a quorum: dropped at once
+        else:
+            assert [(r.reason, r.retryable) for _, r in fx.results] == [("TAKEOVER_BACKOFF", True)]
+        now_ms += 10
+    # 100, 200, 400, 400, ... ms between attempts: 3 s holds about 9 attempts, not 300.
+    assert 7 <= attempts <= 10, attempts
+    assert node._attempts["ch"].made == attempts
+    for name in ("store-a", "store-b"):
+        replicas.storages[name] = MemoryLogStorage()
+        replicas.logs[name] = ReplicaLog(replicas.storages[name])
+    now_ms += 400
+    fx = run_node(replicas, node, _published(node, "ch", 99, now_ms=now_ms), now_ms)
+    assert node.roles["ch"].state is RoleState.SERVING and [r.ok for _, r in fx.results] == [True]
+    assert node._attempts["ch"].failures == 0
+
+
 def test_skip_fence_bug_leaves_replicas_unfenced() -> None:
     replicas = Replicas()
     take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"skip-fence"})))
@@ -306,6 +377,142 @@ def test_history_below_the_tail_is_read_from_a_matching_replica() -> None:
     replicas.run(role, fx)
     ((token, result),) = fx.histories
     assert token == 99 and [e.serial for e in result.entries] == [1, 2, 3]  # one page: read_entries_max
+
+
+# --------------------------------------------------------------------------------- damage (rule 8)
+
+
+def _settle(replicas: Replicas, role: ChannelRole, now_ms: int = 0, rounds: int = 5) -> None:
+    """Let a few ticks pass (backfills, repairs), each 1 s apart."""
+    for step in range(rounds):
+        fx = Effects()
+        role.tick(now_ms + step * 1_000, fx)
+        replicas.run(role, fx, now_ms + step * 1_000)
+
+
+def _published_role(count: int, config: RoleConfig | None = None) -> tuple[Replicas, ChannelRole]:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7, config=config or RoleConfig(tail_entries_max=4, read_entries_max=50))
+    for index in range(count):
+        publish(replicas, role, index, f"m{index + 1}")
+    return replicas, role
+
+
+def test_history_never_skips_a_hole_in_one_replica_and_the_replica_is_rewritten() -> None:
+    replicas, role = _published_role(20)
+    assert role.tail_base > 3
+    replicas.storages["store-a"].damage("ch", 3, "missing")  # store-a: the replica reads go to first
+    served: list[int] = []
+    while len(served) < 20:
+        fx = Effects()
+        role.read_history(99, len(served), 100, 0, fx)
+        replicas.run(role, fx)
+        ((_, result),) = fx.histories
+        served += [entry.serial for entry in result.entries]
+    assert served == list(range(1, 21))
+    faults = [(replica, kind) for _, replica, kind, _ in fx.replica_faults]
+    assert faults in ([("store-a", "damaged")], [])  # reported once, on the read that found it
+    assert role.replicas["store-a"].damaged == 3
+    _settle(replicas, role)
+    assert replicas.ids("store-a") == replicas.ids("store-b")  # filled in place from a good replica
+    assert role.replicas["store-a"].damaged == 0 and role.replicas["store-a"].match == 20
+
+
+def test_a_subscriber_from_the_start_gets_every_serial_across_a_hole() -> None:
+    replicas, role = _published_role(20)
+    replicas.storages["store-a"].damage("ch", 5, "corrupt")
+    received: list[int] = []
+    faults: list[tuple[str, str]] = []
+    fx = Effects()
+    role.subscribe(7, 0, 0, fx)
+    for step in range(10):
+        replicas.run(role, fx, step * 1_000)
+        received += [entry.serial for _, delivery in fx.deliveries for entry in delivery.entries]
+        faults += [(replica, kind) for _, replica, kind, _ in fx.replica_faults]
+        fx = Effects()
+        role.tick(step * 1_000, fx)
+    assert received == list(range(1, 21))
+    assert faults == [("store-a", "damaged")]
+    assert replicas.ids("store-a") == replicas.ids("store-b") and role.replicas["store-a"].damaged == 0
+    assert replicas.storages["store-a"].read("ch", 4, 1)[0].intact()
+
+
+def test_the_owner_checks_every_read_itself_even_when_the_replica_does_not() -> None:
+    replicas, role = _published_role(20)
+    fx = Effects()
+    role.read_history(99, 0, 10, 0, fx)
+    ((replica, request),) = [(name, r) for name, r in fx.sends if isinstance(r, ReadRequest)]
+    held = replicas.storages[replica].read("ch", 0, 10)
+    lying = ReadReply((held[0], held[1], held[3], held[4]), Position(20, 7))  # 3 is missing, and not said
+    role.on_read_reply(replica, request, lying, 0, fx)
+    ((_, result),) = fx.histories
+    assert [entry.serial for entry in result.entries] == [1, 2]
+    assert [(name, kind) for _, name, kind, _ in fx.replica_faults] == [(replica, "damaged")]
+    # An intact entry, but not the one we hold at that serial (the tail's base, whose epoch we know).
+    base = role.tail_base
+    fx = Effects()
+    role.read_history(98, base - 2, 2, 0, fx)
+    ((other, request),) = [(name, r) for name, r in fx.sends if isinstance(r, ReadRequest)]
+    assert other != replica
+    before, at_base = replicas.storages[other].read("ch", base - 2, 2)
+    stale = Entry.make(base, role.epoch - 1, at_base.message)
+    role.on_read_reply(other, request, ReadReply((before, stale), Position(20, 7)), 0, fx)
+    ((_, result),) = fx.histories
+    assert [entry.serial for entry in result.entries] == [base - 1]
+    assert [(name, kind) for _, name, kind, _ in fx.replica_faults] == [(other, "damaged")]
+
+
+def _adopted_first(log: list[Entry], config: RoleConfig) -> str:
+    """The replica a takeover reads from when every replica holds `log` (found by trying it)."""
+    replicas = Replicas()
+    for name in STORES:
+        replicas.write(name, log)
+    role = ChannelRole("ch", 9, config, 0)
+    fx = Effects()
+    role.start(fx)
+    replicas.run(role, fx)
+    (adopted,) = {name for name, request in fx.sends if isinstance(request, ReadRequest) and not request.ids_only}
+    return adopted
+
+
+@pytest.mark.parametrize("serial", [10, 30])  # in the whole-entry read; in the ids-only read
+def test_a_takeover_never_adopts_a_log_it_cannot_read_whole(serial: int) -> None:
+    replicas = Replicas()
+    old = entries(3, 1, *(f"m{n}" for n in range(1, 51)))
+    for name in STORES:
+        replicas.write(name, old)
+    config = RoleConfig(recovery_full_entries_max=15, recovery_ids_per_read=7)
+    damaged = _adopted_first(old, config)
+    replicas.storages[damaged].damage("ch", 50 - serial, "missing")
+    role = ChannelRole("ch", 9, config, 0)
+    fx = Effects()
+    role.start(fx)
+    replicas.run(role, fx)
+    assert role.state is RoleState.SERVING and role.last == 50
+    assert [(name, kind) for _, name, kind, _ in fx.replica_faults] == [(damaged, "damaged")]
+    fx = publish(replicas, role, 1, f"m{50 - serial}", "new")  # the dedup window is whole
+    assert [(r.serials, r.duplicates) for _, r in fx.results] == [((50 - serial, 51), (True, False))]
+    _settle(replicas, role)
+    assert replicas.ids(damaged) == replicas.ids(next(name for name in STORES if name != damaged))
+
+
+def test_damage_a_replica_reports_itself_is_avoided_in_a_takeover_and_repaired() -> None:
+    replicas = Replicas()
+    for name in STORES:
+        replicas.write(name, entries(3, 1, "a", "b", "c", "d"))
+    replicas.storages["store-b"].damage("ch", 2, "corrupt")
+    assert replicas.logs["store-b"].mark_damaged("ch", 2) == "corrupt"  # its scrub found it
+    role = ChannelRole("ch", 9, RoleConfig(), 0)
+    fx = Effects()
+    role.start(fx)
+    replicas.run(role, fx)
+    assert role.state is RoleState.SERVING and role.last == 4
+    assert ("store-b", "damaged") in [(name, kind) for _, name, kind, _ in fx.replica_faults]
+    recovered_from = {name for name, r in fx.sends if isinstance(r, ReadRequest) and r.channel == "ch"}
+    assert "store-b" not in recovered_from or role.replicas["store-b"].unreadable
+    # Rewritten from its first bad serial by the takeover's own appends: filled, and whole again.
+    assert replicas.ids("store-b") == replicas.ids("store-a") == [(1, 3, "a"), (2, 3, "b"), (3, 3, "c"), (4, 9, "d")]
+    assert replicas.storages["store-b"].damaged("ch") == 0 and role.replicas["store-b"].damaged == 0
 
 
 # --------------------------------------------------------------------------------- retention

@@ -488,7 +488,7 @@ def test_read_returns_the_requested_range_in_order_with_epochs(engine: Engine) -
     reply = replica.read(channel, 3, 4)
     assert reply.entries == tuple(held[3:7])
     assert [(entry.serial, entry.epoch) for entry in reply.entries] == [(4, 1), (5, 1), (6, 1), (7, 2)]
-    assert (reply.last, reply.corrupt) == (Position(10, 2), False)
+    assert (reply.last, reply.damaged) == (Position(10, 2), 0)
     assert replica.read(channel, 0, 100).entries == tuple(held)
     assert replica.read(channel, 8, 100).entries == tuple(held[8:])
     assert replica.read(channel, -5, 2).entries == tuple(held[:2])
@@ -497,7 +497,7 @@ def test_read_returns_the_requested_range_in_order_with_epochs(engine: Engine) -
 @pytest.mark.parametrize("after_serial", [10, 11, 1_000])
 def test_read_after_the_end_is_empty(engine: Engine, after_serial: int) -> None:
     replica = _replica_with(engine, [1] * 10)
-    assert replica.read(channel, after_serial, 5) == ReadReply((), Position(10, 1), False)
+    assert replica.read(channel, after_serial, 5) == ReadReply((), Position(10, 1), 0)
 
 
 @pytest.mark.parametrize("limit", [0, -1])
@@ -507,7 +507,7 @@ def test_read_with_no_room_is_empty(engine: Engine, limit: int) -> None:
 
 
 def test_read_of_an_unknown_channel_is_empty(engine: Engine) -> None:
-    assert Replica(engine).read("nowhere", 0, 10) == ReadReply((), ORIGIN, False)
+    assert Replica(engine).read("nowhere", 0, 10) == ReadReply((), ORIGIN, 0)
 
 
 def test_read_limit_is_capped_by_read_entries_max(engine: Engine) -> None:
@@ -525,11 +525,11 @@ def test_ids_only_reads_give_each_entrys_message_id_and_timestamp(engine: Engine
     held = _held(engine)
     reply = replica.read_ids(channel, 3, 4)
     assert reply.ids == tuple((entry.message.id, entry.message.timestamp_ms) for entry in held[3:7])
-    assert (reply.entries, reply.last, reply.corrupt) == ((), Position(10, 2), False)
+    assert (reply.entries, reply.last, reply.damaged) == ((), Position(10, 2), 0)
     assert [message_id for message_id, _ in replica.read_ids(channel, 0, 100).ids] == [e.message.id for e in held]
     assert replica.read_ids(channel, 10, 5).ids == ()
     assert replica.read_ids(channel, 0, 0).ids == ()
-    assert Replica(engine).read_ids("nowhere", 0, 10) == ReadReply((), ORIGIN, False)
+    assert Replica(engine).read_ids("nowhere", 0, 10) == ReadReply((), ORIGIN, 0)
 
 
 def test_ids_only_reads_are_capped_by_ids_read_max(engine: Engine) -> None:
@@ -609,7 +609,7 @@ def test_a_log_trimmed_to_its_end_keeps_its_position_and_goes_on(engine: Engine)
     replica.append(channel, 2, Position(3, 2), (), commit=3)
     assert replica.trim(channel, 0, Retention(age_ms=0, entries_max=0, keep_recent_ms=0)) == 3
     assert engine.storage.last(channel) == Position(3, 2) == engine.storage.base(channel)
-    assert replica.read(channel, 0, 10) == ReadReply((), Position(3, 2), False, Position(3, 2))
+    assert replica.read(channel, 0, 10) == ReadReply((), Position(3, 2), 0, Position(3, 2))
     assert replica.fence(channel, 3) == FenceReply(False, 3, Position(3, 2))
     assert replica.append(channel, 3, Position(3, 2), _entries(4, [3])).status is AppendStatus.OK
     assert [entry.serial for entry in _held(engine)] == [4]
@@ -684,6 +684,87 @@ def test_channels_are_listed_in_pages(engine: Engine) -> None:
     assert engine.storage.channels_after(names[2], 3) == names[3:6]
     assert engine.storage.channels_after(names[5], 3) == names[6:]
     assert engine.storage.channels_after(names[6], 3) == []
+
+
+# --------------------------------------------------------------------------------- rule 7: damage at rest
+
+
+def _damage(engine: Engine, serial: int, how: str, name: str = channel) -> None:
+    """Damage the stored entry at `serial` behind the rules' back, as a disk or an operator would:
+    "missing" (the row is gone) or "corrupt" (a bit of its checksum flipped)."""
+    storage = engine.storage
+    if isinstance(storage, MemoryLogStorage):
+        storage.damage(name, serial, how)
+    elif isinstance(storage, SqliteLogStorage):
+        statement = (
+            "DELETE FROM entries"
+            if how == "missing"
+            else "UPDATE entries SET checksum = (checksum | 1) - (checksum & 1)"
+        )
+        engine.run(lambda: storage._connection.execute(f"{statement} WHERE channel = ? AND serial = ?", (name, serial)))
+        storage.rollback()  # forget the engine's cache of positions, as a restart would
+    else:
+        assert isinstance(storage, RedisLogStorage)
+        key = storage.prefix + "e:" + name
+        (member,) = storage.client.zrangebyscore(key, serial, serial)
+        storage.client.zremrangebyscore(key, serial, serial)
+        if how == "corrupt":
+            storage.client.zadd(key, {member[:16] + bytes([member[16] ^ 1]) + member[17:]: serial})
+        storage.rollback()
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt"])
+def test_a_read_stops_at_damage_and_returns_only_the_intact_run_before_it(engine: Engine, how: str) -> None:
+    replica = _replica_with(engine, [1] * 10)
+    held = _held(engine)
+    _damage(engine, 5, how)
+    reply = replica.read(channel, 2, 100)
+    assert (reply.entries, reply.damaged, reply.last) == (tuple(held[2:4]), 5, Position(10, 1))
+    assert replica.read(channel, 4, 100).entries == ()
+    assert replica.read(channel, 4, 100).damaged == 5
+    assert replica.read(channel, 5, 100).entries == tuple(held[5:])  # after it, intact again
+    if how == "missing":  # ids carry no checksum: a hole shows, a corrupt entry does not
+        ids = replica.read_ids(channel, 0, 100)
+        assert (len(ids.ids), ids.damaged) == (4, 5)
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt"])
+def test_damage_is_recorded_reported_and_repaired_in_place_by_the_owners_append(engine: Engine, how: str) -> None:
+    replica = _replica_with(engine, [1] * 10)
+    held = _held(engine)
+    _damage(engine, 5, how)
+    assert replica.engine.run(lambda: replica.rules.mark_damaged(channel, 5)) == how
+    assert ("orders", 5, "missing") in replica.rules.found
+    assert replica.fence(channel, 1) == FenceReply(False, 1, Position(10, 1), damaged=5)
+    assert replica.engine.run(lambda: replica.rules.mark_damaged(channel, 5)) == "missing"  # still
+    # The owner rewrites from the first bad serial: the missing entry is filled in place, and every
+    # intact entry after it is kept (never a good copy removed by a repair).
+    reply = replica.append(channel, 1, held[3].position, held[4:7])
+    assert (reply.status, reply.match_serial, reply.damaged, reply.last) == (AppendStatus.OK, 7, 0, Position(10, 1))
+    assert _held(engine) == held
+    assert replica.read(channel, 0, 100) == ReadReply(tuple(held), Position(10, 1), 0)
+    assert replica.engine.run(lambda: replica.rules.mark_damaged(channel, 5)) == ""  # intact now
+
+
+def test_an_append_whose_prev_is_missing_is_refused_and_names_the_damage(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 10)
+    held = _held(engine)
+    _damage(engine, 6, "missing")
+    reply = replica.append(channel, 1, held[5].position, held[6:8])
+    assert (reply.status, reply.damaged) == (AppendStatus.MISMATCH, 6)
+    # Unknown damage is found by the first entry compared, too: the owner's resend from before it.
+    _damage(engine, 3, "missing")
+    reply = replica.append(channel, 1, held[1].position, held[2:8])
+    assert (reply.status, reply.match_serial, reply.damaged) == (AppendStatus.OK, 8, 0)
+    assert _held(engine) == held
+
+
+def test_a_fence_drops_a_corrupt_last_entry_and_answers_what_the_replica_can_vouch_for(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 6)
+    _damage(engine, 6, "corrupt")
+    assert replica.fence(channel, 2) == FenceReply(False, 2, Position(5, 1))
+    assert [entry.serial for entry in _held(engine)] == [1, 2, 3, 4, 5]
+    assert replica.rules.found == [(channel, 6, "corrupt")]
 
 
 # --------------------------------------------------------------------------------- randomized comparison
@@ -1071,10 +1152,48 @@ def test_sqlite_corrupted_stored_row_reads_as_corrupt(tmp_path: Path, damage: st
         damaged = _flip_message_byte(data) if damage == "message byte" else b"\xff\xff\xff"
         _corrupt(path, f"UPDATE entries SET message = ? {where}", (damaged, channel))
 
-    assert replica.read(channel, 0, 10).corrupt
-    assert replica.read(channel, 2, 1).corrupt
-    assert not replica.read(channel, 0, 2).corrupt
-    assert not replica.read(channel, 3, 10).corrupt
+    reply = replica.read(channel, 0, 10)
+    assert reply.damaged == 3 and [entry.serial for entry in reply.entries] == [1, 2]  # the intact run only
+    assert replica.read(channel, 2, 1).damaged == 3
+    assert replica.read(channel, 0, 2).damaged == 0
+    assert replica.read(channel, 3, 10).damaged == 0
+    storage.close()
+
+
+def test_sqlite_a_serial_flipped_far_beyond_the_log_is_dropped_by_the_fence_and_the_hole_repaired(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    storage = _sqlite(path)
+    replica = ReplicaLog(storage)
+    held = _entries(1, [1] * 30)
+    _in_transaction(storage, lambda: replica.append(channel, 1, ORIGIN, held))
+    _corrupt(path, "UPDATE entries SET serial = serial + (1 << 40) WHERE channel = ? AND serial = 20", (channel,))
+    storage = _sqlite(path)
+    replica = ReplicaLog(storage)
+    assert storage.last(channel) == Position(20 + (1 << 40), 1)  # what the engine alone believes
+    assert _in_transaction(storage, lambda: replica.fence(channel, 2)) == FenceReply(False, 2, Position(30, 1))
+    reply = _in_transaction(storage, lambda: replica.read(channel, 15, 100))
+    assert (reply.damaged, [e.serial for e in reply.entries]) == (20, [16, 17, 18, 19])
+    assert _in_transaction(storage, lambda: replica.mark_damaged(channel, 20)) == "missing"
+    repaired = _in_transaction(storage, lambda: replica.append(channel, 2, held[18].position, held[19:25]))
+    assert (repaired.status, repaired.damaged) == (AppendStatus.OK, 0)
+    assert storage.read(channel, 0, 100) == held
+    storage.close()
+
+
+def test_sqlite_schema_3_files_gain_the_damaged_column(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    storage = _sqlite(path)
+    _in_transaction(storage, lambda: ReplicaLog(storage).append(channel, 1, ORIGIN, _entries(1, [1, 1])))
+    storage.close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE fences DROP COLUMN damaged")
+        connection.execute("PRAGMA user_version = 3")
+    storage = _sqlite(path)
+    assert storage.damaged(channel) == 0 and storage.fence_of(channel) == 1
+    _in_transaction(storage, lambda: storage.set_damaged(channel, 2))
+    assert _sqlite(path).damaged(channel) == 2
     storage.close()
 
 

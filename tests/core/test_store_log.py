@@ -339,7 +339,7 @@ def test_read_returns_the_requested_range_and_the_last_position() -> None:
     assert reply.entries == tuple(held[3:7])
     assert [entry.serial for entry in reply.entries] == [4, 5, 6, 7]
     assert reply.last == Position(10, 2)
-    assert not reply.corrupt
+    assert not reply.damaged
     assert replica.read(channel, 0, 100).entries == tuple(held)
     assert replica.read(channel, 8, 100).entries == tuple(held[8:])
     assert replica.read(channel, -5, 2).entries == tuple(held[:2])
@@ -351,7 +351,7 @@ def test_read_after_the_end_is_empty(after_serial: int) -> None:
     reply = replica.read(channel, after_serial, 5)
     assert reply.entries == ()
     assert reply.last == Position(10, 1)
-    assert not reply.corrupt
+    assert not reply.damaged
 
 
 @pytest.mark.parametrize("limit", [0, -1])
@@ -362,7 +362,7 @@ def test_read_with_no_room_is_empty(limit: int) -> None:
 
 def test_read_of_an_unknown_channel_is_empty() -> None:
     reply = ReplicaLog(MemoryLogStorage()).read("nowhere", 0, 10)
-    assert (reply.entries, reply.last, reply.corrupt) == ((), ORIGIN, False)
+    assert (reply.entries, reply.last, reply.damaged) == ((), ORIGIN, 0)
 
 
 def test_read_limit_is_capped_by_read_entries_max() -> None:
@@ -384,10 +384,11 @@ def test_read_flags_a_corrupted_stored_entry() -> None:
     # Corruption at rest: the engine hands back an entry whose checksum no longer matches.
     storage.extend(channel, [good[0], good[1], damaged, good[3]])
     replica = ReplicaLog(storage)
-    assert replica.read(channel, 0, 10).corrupt
-    assert replica.read(channel, 2, 1).corrupt
-    assert not replica.read(channel, 0, 2).corrupt
-    assert not replica.read(channel, 3, 10).corrupt
+    assert replica.read(channel, 0, 10).damaged == 3
+    assert replica.read(channel, 0, 10).entries == tuple(good[:2])  # only the intact run before it
+    assert replica.read(channel, 2, 1).damaged == 3
+    assert not replica.read(channel, 0, 2).damaged
+    assert not replica.read(channel, 3, 10).damaged
 
 
 # The deliberate bug the simulator's self-test relies on.
