@@ -18,6 +18,7 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
 - `ringcast_store_damaged_entries_total{what}` (counter, store): entries found damaged at rest, what
   `missing` or `corrupt` (a corrupt one is dropped, then missing); found by reads, the scrub or
   fences. `ringcast_store_scrubbed_entries_total` (counter, store): entries the scrub has checked.
+  `ringcast_store_repaired_entries_total` (counter, store): missing entries written again in place.
 - `ringcast_continuity_lost_total{reader}` (counter, channel): readers told that what they asked for
   is no longer retained; reader `subscription` or `history`.
 - `ringcast_replica_faults_total{zone,kind}` (counter, channel): replicas an owner found at fault, once
@@ -65,6 +66,7 @@ replica_faults = Counter(
 )
 store_damaged_entries = Counter("ringcast_store_damaged_entries", "Entries found damaged at rest", ["what"])
 store_scrubbed_entries = Counter("ringcast_store_scrubbed_entries", "Entries the scrub has checked")
+store_repaired_entries = Counter("ringcast_store_repaired_entries", "Missing entries written again in place")
 continuity_lost = Counter(
     "ringcast_continuity_lost", "Readers told that what they asked for is no longer retained", ["reader"]
 )

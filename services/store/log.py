@@ -309,7 +309,10 @@ class ReplicaLog:
             base = prev
         held_epoch = storage.epoch_at(channel, prev.serial)
         if from_base and held_epoch != prev.epoch:
-            storage.truncate_after(channel, prev.serial)
+            if held_epoch is not None or not base.serial < prev.serial < storage.last(channel).serial:
+                storage.truncate_after(channel, prev.serial)
+            # (else `prev` is missing inside the log, damage: the base moves past it, and what follows
+            # stays, to be compared with the owner's entries like any other: never cut at a hole)
             storage.drop_through(channel, prev)
             base, held_epoch = prev, prev.epoch
         last = storage.last(channel)
@@ -381,33 +384,37 @@ class ReplicaLog:
 
         Holding an entry at the same position implies holding every entry before it (log
         matching), so "held" is a prefix of `entries` and a binary search finds its end. Damage
-        breaks that premise (rule 7): where the log is known to be damaged, or the first entry to
-        compare is missing, each entry is compared in turn and the missing ones are filled in place.
+        breaks that premise (rule 7), and a log must never be cut at a missing entry: that would
+        drop the intact, maybe committed, entries after it. So where the log is known to be damaged,
+        or the search ends on a missing entry, each entry is compared in turn: the missing ones are
+        filled in place, and only a real conflict (another epoch at that serial) is cut at.
         """
         overlap = 0
         while overlap < len(entries) and entries[overlap].serial <= last.serial:
             overlap += 1
         storage = self.storage
-        if overlap and (damaged or storage.epoch_at(channel, entries[0].serial) is None):
-            holes: list[Entry] = []
-            for index in range(overlap):
-                held = storage.epoch_at(channel, entries[index].serial)
-                if held is None:
-                    holes.append(entries[index])
-                elif held != entries[index].epoch:
-                    overlap = index  # a conflict: truncated there, and the rest written after it
-                    break
-            if holes:
-                storage.fill(channel, holes)
-            return overlap
-        low, high = 0, overlap
-        while low < high:
-            middle = (low + high) // 2
-            if self.storage.epoch_at(channel, entries[middle].serial) == entries[middle].epoch:
-                low = middle + 1
-            else:
-                high = middle
-        return low
+        if not damaged:
+            low, high = 0, overlap
+            while low < high:
+                middle = (low + high) // 2
+                if storage.epoch_at(channel, entries[middle].serial) == entries[middle].epoch:
+                    low = middle + 1
+                else:
+                    high = middle
+            if low == overlap or storage.epoch_at(channel, entries[low].serial) is not None:
+                return low  # held up to `low`, then a real conflict (or nothing more to compare)
+        holes: list[Entry] = []
+        for index in range(overlap):
+            held = storage.epoch_at(channel, entries[index].serial)
+            if held is None:
+                holes.append(entries[index])
+            elif held != entries[index].epoch:
+                overlap = index  # a conflict: truncated there, and the rest written after it
+                break
+        if holes:
+            storage.fill(channel, holes)
+            self.found.extend((channel, entry.serial, "filled") for entry in holes)
+        return overlap
 
     def read(self, channel: str, after_serial: int, limit: int, *, bytes_max: int | None = None) -> ReadReply:
         """At most `limit` entries after `after_serial`; with `bytes_max`, only as many as fit in that

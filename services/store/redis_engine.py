@@ -48,6 +48,9 @@ from services.store.sqlite_engine import _BoundedCache, _entry_from_row, _messag
 value_max = 2**53
 """Largest serial or epoch this engine stores exactly (sorted-set scores are doubles)."""
 
+max_fence_page_channels = 1_000
+"""Channels whose fences one read of `max_fence` asks for."""
+
 socket_timeout_s = 10.0
 """How long one Redis command may take before the engine gives up (the store answers UNAVAILABLE)."""
 
@@ -394,6 +397,17 @@ class RedisLogStorage:
     def channels(self) -> list[str]:
         names = cast(set[bytes], self.client.smembers(self.prefix + "channels"))
         return sorted(name.decode() for name in names)
+
+    def max_fence(self) -> int:
+        """The highest fence of any channel (0 when none), read a page of channels at a time."""
+        highest, after = 0, ""
+        while True:
+            names = self.channels_after(after, max_fence_page_channels)
+            if not names:
+                return highest
+            fences = cast(list[bytes | None], self.client.mget([self.prefix + "f:" + name for name in names]))
+            highest = max(highest, *(int(fence or 0) for fence in fences))
+            after = names[-1]
 
     def channels_after(self, channel: str, count: int) -> list[str]:
         """Channels written so far, in order (`<prefix>names`, all scored 0, paged by ZRANGEBYLEX),

@@ -347,6 +347,14 @@ class LogReaders:
         finally:
             self._storages.put(storage)
 
+    def max_fence(self) -> int:
+        """The highest fence of any channel, read on the caller's thread (it is one quick query)."""
+        storage = self._storages.get_nowait()
+        try:
+            return storage.max_fence()
+        finally:
+            self._storages.put(storage)
+
     async def channels_after(self, channel: str, count: int) -> list[str]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._channels_after, channel, count)
@@ -421,6 +429,10 @@ class StoreService:
     @property
     def stats(self) -> GroupCommitStats:
         return self.writer.stats
+
+    def max_fence(self) -> int:
+        """The highest fence this replica holds for any channel (what placement must stay above)."""
+        return self.readers.max_fence()
 
     def start_trimming(self) -> None:
         """Begin the background retention passes (rule 6); needs a running event loop."""

@@ -231,6 +231,11 @@ class SqliteLogStorage:
         ).fetchall()
         return [str(row[0]) for row in rows]
 
+    def max_fence(self) -> int:
+        """The highest fence of any channel (0 when none)."""
+        row = self._connection.execute("SELECT MAX(epoch) FROM fences").fetchone()
+        return int(row[0] or 0)
+
     def channels_after(self, channel: str, count: int) -> list[str]:
         """Channels with a row (every channel ever fenced or written: an append raises the fence first)."""
         rows = self._connection.execute(

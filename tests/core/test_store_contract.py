@@ -759,6 +759,26 @@ def test_an_append_whose_prev_is_missing_is_refused_and_names_the_damage(engine:
     assert _held(engine) == held
 
 
+def test_a_late_duplicate_append_over_an_unknown_hole_never_cuts_the_log_there(engine: Engine) -> None:
+    """Found by the simulator (seed 6315 of 20,000): a binary search for the first entry not held
+    took a hole for a conflict and cut the log there, dropping committed entries after it."""
+    replica = _replica_with(engine, [1] * 12)
+    held = _held(engine)
+    _damage(engine, 9, "missing")  # the replica does not know yet
+    reply = replica.append(channel, 1, held[4].position, held[5:9])  # an old append, 6..9, once more
+    assert (reply.status, reply.match_serial) == (AppendStatus.OK, 9)
+    assert _held(engine) == held  # the hole filled, 10..12 kept
+
+
+def test_a_reset_from_a_base_the_replica_lost_to_damage_keeps_what_follows(engine: Engine) -> None:
+    replica = _replica_with(engine, [1] * 12)
+    held = _held(engine)
+    _damage(engine, 6, "missing")
+    reply = replica.append(channel, 1, held[5].position, held[6:8], from_base=True)
+    assert (reply.status, reply.base) == (AppendStatus.OK, held[5].position)
+    assert _held(engine) == held[6:]
+
+
 def test_a_fence_drops_a_corrupt_last_entry_and_answers_what_the_replica_can_vouch_for(engine: Engine) -> None:
     replica = _replica_with(engine, [1] * 6)
     _damage(engine, 6, "corrupt")
