@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ringcast/v1/placement_service.proto\x12\x0bringcast.v1\"3\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\"b\n\x04Ring\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x07members\x18\x02 \x03(\x0b\x32\x13.ringcast.v1.Member\x12#\n\x06stores\x18\x03 \x03(\x0b\x32\x13.ringcast.v1.Member\" \n\rLookupRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"J\n\x0eLookupResponse\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.ringcast.v1.Member\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\"\x10\n\x0eGetRingRequest\")\n\x10WatchRingRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\">\n\x18ReportUnreachableRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"M\n\x19ReportUnreachableResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0e\x32\x1f.ringcast.v1.UnreachableOutcome*\xa7\x01\n\x12UnreachableOutcome\x12#\n\x1fUNREACHABLE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUNREACHABLE_OUTCOME_REMOVED\x10\x01\x12%\n!UNREACHABLE_OUTCOME_NOT_CONFIRMED\x10\x02\x12$\n UNREACHABLE_OUTCOME_NOT_A_MEMBER\x10\x03\x32\xb5\x02\n\x10PlacementService\x12\x41\n\x06Lookup\x12\x1a.ringcast.v1.LookupRequest\x1a\x1b.ringcast.v1.LookupResponse\x12\x39\n\x07GetRing\x12\x1b.ringcast.v1.GetRingRequest\x1a\x11.ringcast.v1.Ring\x12?\n\tWatchRing\x12\x1d.ringcast.v1.WatchRingRequest\x1a\x11.ringcast.v1.Ring0\x01\x12\x62\n\x11ReportUnreachable\x12%.ringcast.v1.ReportUnreachableRequest\x1a&.ringcast.v1.ReportUnreachableResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#ringcast/v1/placement_service.proto\x12\x0bringcast.v1\"3\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\"t\n\x04Ring\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x07members\x18\x02 \x03(\x0b\x32\x13.ringcast.v1.Member\x12#\n\x06stores\x18\x03 \x03(\x0b\x32\x13.ringcast.v1.Member\x12\x10\n\x08revision\x18\x04 \x01(\x04\" \n\rLookupRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"J\n\x0eLookupResponse\x12\"\n\x05owner\x18\x01 \x01(\x0b\x32\x13.ringcast.v1.Member\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\"\x10\n\x0eGetRingRequest\")\n\x10WatchRingRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\">\n\x18ReportUnreachableRequest\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"M\n\x19ReportUnreachableResponse\x12\x30\n\x07outcome\x18\x01 \x01(\x0e\x32\x1f.ringcast.v1.UnreachableOutcome*\xa7\x01\n\x12UnreachableOutcome\x12#\n\x1fUNREACHABLE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUNREACHABLE_OUTCOME_REMOVED\x10\x01\x12%\n!UNREACHABLE_OUTCOME_NOT_CONFIRMED\x10\x02\x12$\n UNREACHABLE_OUTCOME_NOT_A_MEMBER\x10\x03\x32\xb5\x02\n\x10PlacementService\x12\x41\n\x06Lookup\x12\x1a.ringcast.v1.LookupRequest\x1a\x1b.ringcast.v1.LookupResponse\x12\x39\n\x07GetRing\x12\x1b.ringcast.v1.GetRingRequest\x1a\x11.ringcast.v1.Ring\x12?\n\tWatchRing\x12\x1d.ringcast.v1.WatchRingRequest\x1a\x11.ringcast.v1.Ring0\x01\x12\x62\n\x11ReportUnreachable\x12%.ringcast.v1.ReportUnreachableRequest\x1a&.ringcast.v1.ReportUnreachableResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringcast.v1.placement_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UNREACHABLEOUTCOME']._serialized_start=520
-  _globals['_UNREACHABLEOUTCOME']._serialized_end=687
+  _globals['_UNREACHABLEOUTCOME']._serialized_start=538
+  _globals['_UNREACHABLEOUTCOME']._serialized_end=705
   _globals['_MEMBER']._serialized_start=52
   _globals['_MEMBER']._serialized_end=103
   _globals['_RING']._serialized_start=105
-  _globals['_RING']._serialized_end=203
-  _globals['_LOOKUPREQUEST']._serialized_start=205
-  _globals['_LOOKUPREQUEST']._serialized_end=237
-  _globals['_LOOKUPRESPONSE']._serialized_start=239
-  _globals['_LOOKUPRESPONSE']._serialized_end=313
-  _globals['_GETRINGREQUEST']._serialized_start=315
-  _globals['_GETRINGREQUEST']._serialized_end=331
-  _globals['_WATCHRINGREQUEST']._serialized_start=333
-  _globals['_WATCHRINGREQUEST']._serialized_end=374
-  _globals['_REPORTUNREACHABLEREQUEST']._serialized_start=376
-  _globals['_REPORTUNREACHABLEREQUEST']._serialized_end=438
-  _globals['_REPORTUNREACHABLERESPONSE']._serialized_start=440
-  _globals['_REPORTUNREACHABLERESPONSE']._serialized_end=517
-  _globals['_PLACEMENTSERVICE']._serialized_start=690
-  _globals['_PLACEMENTSERVICE']._serialized_end=999
+  _globals['_RING']._serialized_end=221
+  _globals['_LOOKUPREQUEST']._serialized_start=223
+  _globals['_LOOKUPREQUEST']._serialized_end=255
+  _globals['_LOOKUPRESPONSE']._serialized_start=257
+  _globals['_LOOKUPRESPONSE']._serialized_end=331
+  _globals['_GETRINGREQUEST']._serialized_start=333
+  _globals['_GETRINGREQUEST']._serialized_end=349
+  _globals['_WATCHRINGREQUEST']._serialized_start=351
+  _globals['_WATCHRINGREQUEST']._serialized_end=392
+  _globals['_REPORTUNREACHABLEREQUEST']._serialized_start=394
+  _globals['_REPORTUNREACHABLEREQUEST']._serialized_end=456
+  _globals['_REPORTUNREACHABLERESPONSE']._serialized_start=458
+  _globals['_REPORTUNREACHABLERESPONSE']._serialized_end=535
+  _globals['_PLACEMENTSERVICE']._serialized_start=708
+  _globals['_PLACEMENTSERVICE']._serialized_end=1017
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ import grpc
 from ringcast.v1 import channel_service_pb2, channel_service_pb2_grpc
 from services.channel.server import ChannelNodeAdapter, ChannelServicer
 from services.common.etcd import Etcd, MemberRecord, Registration
-from services.common.server import deliberate_bugs, env_default, run_service, serve
+from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve, supervise
 from services.placement.client import RingWatcher
 
 log = logging.getLogger("ringcast.channel")
@@ -49,13 +49,15 @@ async def main(arguments: argparse.Namespace) -> None:
             on_registered=node.on_registered,
             on_lease=node.on_lease,
             on_lost=node.on_lost,
+            floor=lambda: node.core.newest_version,
+            on_failed=lambda error: not_serving(f"keeping the etcd registration failed: {error!r}"),
         )
 
     async def ready() -> None:
         nonlocal etcd, registration
-        await node.start()
+        supervise(await node.start(), "the channel node's ticker")
         watcher.subscribe(node.on_ring)
-        watcher.start()
+        supervise(watcher.start(), "the ring watcher")
         etcd = await Etcd.connect(arguments.etcd)
         registration = await join()
 

@@ -5,7 +5,10 @@ Rules:
 1. A node serves a channel only while (a) its etcd lease is valid by its own clock — the deadline is
    the send time of the last acknowledged keep-alive plus the TTL, which is never later than the
    moment etcd expires the lease — and (b) the newest ring it has seen names it as the owner and is
-   no older than the node's own registration (so it never acts on a ring from a previous life).
+   no older than the node's own registration: computed at the registration's etcd revision or
+   later, and newer than every ring the node had seen when it registered. So it never acts on a
+   ring from a previous life, nor on one from before etcd lost its data (revisions start again
+   then, ring versions do not).
 2. A role is created lazily on the first request for a channel the node owns, at epoch
    `ring version × EPOCH_ATTEMPTS_PER_VERSION + attempt`. Each takeover attempt gets a fresh epoch,
    so two attempts never write different entries under the same (serial, epoch), even when one of
@@ -46,22 +49,9 @@ from services.channel.role import (
     RoleState,
     StoreRequest,
 )
-from services.common.entries import Message
-from services.common.invariants import invariant
+from services.common.entries import EPOCH_ATTEMPTS_PER_VERSION, Message, make_epoch
 from services.placement.ring import Ring
 from services.store.log import AppendReply, FenceReply, ReadReply
-
-EPOCH_ATTEMPTS_PER_VERSION = 1 << 16
-"""Takeover attempts one node may make for one channel under one ring version."""
-
-
-def make_epoch(ring_version: int, attempt: int) -> int:
-    invariant(0 <= attempt < EPOCH_ATTEMPTS_PER_VERSION, "attempt within its bound")
-    return ring_version * EPOCH_ATTEMPTS_PER_VERSION + attempt
-
-
-def epoch_ring_version(epoch: int) -> int:
-    return epoch // EPOCH_ATTEMPTS_PER_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +108,9 @@ class ChannelNode:
         self.config = config
         self.ring: Ring | None = None
         self.lease_deadline_ms = 0
-        self.registered_version = 0
+        self.registered_revision = 0
+        self.registered_after_version = -1  # the newest ring version seen when we registered
+        self.newest_version = 0  # the newest ring version ever seen (what we tell etcd: our floor)
         self.wall_offset_ms = 0  # wall-clock time minus `now_ms`, for message timestamps
         self.roles: dict[str, ChannelRole] = {}
         self._stalls: deque[int] = deque(maxlen=config.stall_records_max)  # when roles stalled
@@ -137,18 +129,21 @@ class ChannelNode:
         return (
             now_ms < self.lease_deadline_ms
             and ring is not None
-            and ring.version >= self.registered_version
+            and ring.revision >= self.registered_revision
+            and ring.version > self.registered_after_version
             and self.node_id in ring
         )
 
     def on_registered(self, revision: int) -> None:
-        """Our membership key was written at `revision`: serve only under rings at least that new.
+        """Our membership key was written at etcd `revision`: serve only under rings at least that new.
 
         A restarted node may still hear rings from before its restart, in which its previous
         incarnation owned the same channels; taking over under such a ring could reuse an epoch
-        that incarnation already wrote with.
+        that incarnation already wrote with. Revisions go back when etcd loses its data; ring
+        versions never do, so a ring must also be newer than every ring seen before registering.
         """
-        self.registered_version = max(self.registered_version, revision)
+        self.registered_revision = revision
+        self.registered_after_version = self.newest_version
 
     def on_lease(self, deadline_ms: int) -> None:
         """A keep-alive was acknowledged: the lease holds until `deadline_ms` by our clock."""
@@ -164,6 +159,7 @@ class ChannelNode:
         if self.ring is not None and ring.version <= self.ring.version:
             return
         self.ring = ring
+        self.newest_version = max(self.newest_version, ring.version)
         for channel, role in list(self.roles.items()):
             if ring.owner(channel) != self.node_id:
                 role.stop("CHANNEL_MOVED", fx)

@@ -32,7 +32,7 @@ from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import store_service_pb2 as store_pb2
 from ringcast.v1 import store_service_pb2_grpc as store_grpc
-from services.channel.node import ChannelNode, NodeConfig, epoch_ring_version
+from services.channel.node import ChannelNode, NodeConfig
 from services.channel.role import (
     AppendRequest,
     Delivery,
@@ -47,7 +47,7 @@ from services.channel.role import (
 )
 from services.common import convert, metrics, tracing
 from services.common.batcher import Batcher
-from services.common.entries import Entry, Message
+from services.common.entries import Entry, Message, epoch_ring_version
 from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
 from services.common.pipe import serve_pipe
@@ -595,9 +595,11 @@ class ChannelNodeAdapter:
             if tracing.enabled():
                 self.takeover_traces.on_step(channel, epoch, step, details)
 
-    async def start(self) -> None:
+    async def start(self) -> asyncio.Task[None]:
+        """Start ticking the core; the task that does it, which runs until shutdown."""
         self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
-        self._ticker = asyncio.create_task(self._tick_forever())
+        self._ticker = asyncio.create_task(self._tick_forever(), name="channel-ticker")
+        return self._ticker
 
     def begin_shutdown(self) -> None:
         """Step down from every channel and take no new work; links stay open for the grace period."""

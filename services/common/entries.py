@@ -14,7 +14,24 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
+from services.common.invariants import invariant
+
 _HEADER = struct.Struct(">QQ")
+
+EPOCH_ATTEMPTS_PER_VERSION = 1 << 16
+"""Takeover attempts one node may make for one channel under one ring version."""
+
+
+def make_epoch(ring_version: int, attempt: int) -> int:
+    """The epoch of takeover attempt `attempt` under ring `ring_version`: every attempt of a later ring
+    version orders after every attempt of an earlier one."""
+    invariant(0 <= attempt < EPOCH_ATTEMPTS_PER_VERSION, "attempt within its bound")
+    return ring_version * EPOCH_ATTEMPTS_PER_VERSION + attempt
+
+
+def epoch_ring_version(epoch: int) -> int:
+    """The ring version an epoch was made under."""
+    return epoch // EPOCH_ATTEMPTS_PER_VERSION
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,14 +6,22 @@ swapped without touching the services. Callers see `Etcd`, `MemberRecord`, `Regi
 
 Rules:
 
-1. A member is one key, `{MEMBERS_PREFIX}{kind}/{id}`, whose value is JSON `{"address", "zone"}`,
-   attached to a lease owned by the member's own process. When the process stops renewing, etcd
-   deletes the key and every watcher sees the member leave.
+1. A member is one key, `{MEMBERS_PREFIX}{kind}/{id}`, whose value is JSON `{"address", "zone",
+   "floor"}`, attached to a lease owned by the member's own process. When the process stops
+   renewing, etcd deletes the key and every watcher sees the member leave. `floor` is the newest
+   ring version the member knows of (a store: the one its highest fence was made under), written
+   with each registration: what lets placement keep versions growing when etcd loses its data.
 2. Every membership change has an etcd revision. `members()` returns the revision it read at and
    `watch_members()` yields the revision of every change, so the member set at revision R is the same
-   for everyone who asks; placement uses R as the ring version. Every write to a member key is a
-   change, even one that leaves the member set as it was: a member that re-registers gets a new
-   revision, and a channel node serves only under rings at least that new (services/channel/node.py).
+   for everyone who asks. Every write to a member key is a change, even one that leaves the member
+   set as it was: a member that re-registers gets a new revision, and a channel node serves only
+   under rings at least that new (services/channel/node.py). Beside the members, under the same
+   prefix, `VERSION_OFFSET_KEY` holds the offset placement adds to revisions to make ring versions;
+   it is read and watched with them, so its value at revision R is known to all who read R.
+5. etcd can lose its data (a wiped data directory, a replacement cluster): its revisions then start
+   again below what was seen. A watch or read that finds etcd behind the revision it had reached says
+   so in the log and starts again from a fresh read, marked `reset`; a registration that gets a
+   revision below its last one registers on and says so. Nothing waits for etcd to "catch up".
 3. Lease deadlines are measured by the member's own monotonic clock from the moment a grant or
    keep-alive was *sent*, plus the TTL. etcd starts the TTL when it receives the request, which is
    later, so our deadline is never later than etcd's expiry (clock rate drift aside).
@@ -39,13 +47,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import socket
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import etcd3aio
@@ -55,7 +64,10 @@ from services.common.invariants import invariant
 
 log = logging.getLogger("ringcast.etcd")
 
+RINGCAST_PREFIX = "/ringcast/"
 MEMBERS_PREFIX = "/ringcast/members/"
+VERSION_OFFSET_KEY = "/ringcast/version-offset"
+"""Decimal: what placement adds to an etcd revision to make the ring version (services/placement)."""
 
 etcd_call_timeout_s = 2.0
 """Deadline of one unary call to etcd (read, put, grant, revoke)."""
@@ -88,6 +100,10 @@ class _RevisionUnavailable(EtcdUnavailable):
     """A read or watch at a revision etcd no longer has (compacted) or does not have yet."""
 
 
+class _EtcdWentBack(EtcdUnavailable):
+    """etcd is at a revision below one already seen from it: it lost its data or was replaced."""
+
+
 @dataclass(frozen=True)
 class MemberRecord:
     """A registered process: what kind it is, its unique id, where to reach it, its zone."""
@@ -96,13 +112,18 @@ class MemberRecord:
     id: str
     address: str
     zone: str = ""
+    floor: int = field(default=0, compare=False)
+    """The newest ring version this member knows of when it registered (rule 1)."""
 
     @property
     def key(self) -> str:
         return f"{MEMBERS_PREFIX}{self.kind}/{self.id}"
 
     def value(self) -> bytes:
-        return json.dumps({"address": self.address, "zone": self.zone}, sort_keys=True).encode()
+        fields: dict[str, str | int] = {"address": self.address, "zone": self.zone}
+        if self.floor:
+            fields["floor"] = self.floor
+        return json.dumps(fields, sort_keys=True).encode()
 
     def validate(self) -> None:
         for name, text in (("kind", self.kind), ("id", self.id)):
@@ -119,7 +140,8 @@ def _record_from_entry(key: bytes, value: bytes) -> MemberRecord | None:
         invariant(text.startswith(MEMBERS_PREFIX), f"key outside the members prefix: {text!r}")
         kind, _, member_id = text[len(MEMBERS_PREFIX) :].partition("/")
         fields = json.loads(value)
-        record = MemberRecord(kind, member_id, str(fields["address"]), str(fields.get("zone", "")))
+        floor = int(fields.get("floor", 0))
+        record = MemberRecord(kind, member_id, str(fields["address"]), str(fields.get("zone", "")), max(floor, 0))
         record.validate()
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         log.warning("ignoring malformed member key %r: %s", key, error)
@@ -129,6 +151,51 @@ def _record_from_entry(key: bytes, value: bytes) -> MemberRecord | None:
 
 def _sorted_members(records: Iterable[MemberRecord]) -> list[MemberRecord]:
     return sorted(records, key=lambda record: (record.kind, record.id))
+
+
+def _offset_from(value: bytes) -> int | None:
+    """The version offset a key holds; None (with a warning) when it is not a number."""
+    try:
+        offset = int(value.decode())
+    except (UnicodeDecodeError, ValueError):
+        log.warning("ignoring a malformed version offset %r", value)
+        return None
+    return offset if offset >= 0 else None
+
+
+@dataclass(frozen=True)
+class Membership:
+    """What placement follows: the members and the version offset, as of one etcd revision."""
+
+    revision: int
+    members: list[MemberRecord]
+    version_offset: int | None
+    """None when etcd holds no offset (a new etcd, or one that lost its data)."""
+    reset: bool = False
+    """etcd went back to a revision below one seen before: this is a fresh read of a new history."""
+
+
+@dataclass(slots=True)
+class _State:
+    """Member keys and the offset, kept while following etcd's events."""
+
+    records: dict[bytes, MemberRecord]
+    offset: int | None
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        if key == VERSION_OFFSET_KEY.encode():
+            self.offset = None if value is None else _offset_from(value)
+            return
+        if not key.startswith(MEMBERS_PREFIX.encode()):
+            return
+        record = _record_from_entry(key, value) if value is not None else None
+        if record is None:
+            self.records.pop(key, None)
+        else:
+            self.records[key] = record
+
+    def at(self, revision: int, reset: bool = False) -> Membership:
+        return Membership(revision, _sorted_members(self.records.values()), self.offset, reset)
 
 
 def _parse_endpoints(endpoints: str) -> list[tuple[str, int]]:
@@ -219,32 +286,65 @@ class Etcd:
         except (etcd3aio.EtcdError, TimeoutError, OSError) as error:
             raise EtcdUnavailable(f"{operation}: {type(error).__name__} {error}") from error
 
-    async def _read_members(self, revision: int = 0) -> tuple[int, dict[bytes, MemberRecord]]:
+    async def _read_state(self, revision: int = 0) -> tuple[int, _State]:
+        """The member keys and the version offset at `revision` (0: now), and the revision read at."""
         kv, _, _ = self._services()
         response = await self._call(
             "read members",
             kv.get(
-                MEMBERS_PREFIX,
-                etcd3aio.prefix_range_end(MEMBERS_PREFIX),
+                RINGCAST_PREFIX,
+                etcd3aio.prefix_range_end(RINGCAST_PREFIX),
                 revision=revision,
-                limit=members_count_max,
+                limit=members_count_max + 1,
                 timeout=etcd_call_timeout_s,
             ),
         )
         if response.more:
             raise EtcdUnavailable(f"more than {members_count_max} member keys: refusing a truncated member set")
-        state = {}
+        state = _State({}, None)
         for entry in response.kvs:
-            record = _record_from_entry(entry.key, entry.value)
-            if record is not None:
-                state[bytes(entry.key)] = record
+            state.apply(bytes(entry.key), bytes(entry.value))
         # A read at an old revision still answers with the current revision in its header.
         return (revision or int(response.header.revision)), state
 
-    async def members(self) -> tuple[int, list[MemberRecord]]:
-        """The revision of the read and every member at it, sorted by (kind, id)."""
-        revision, state = await self._read_members()
-        return revision, _sorted_members(state.values())
+    async def members(self) -> Membership:
+        """Every member (sorted by kind, id) and the version offset, at the revision read at."""
+        revision, state = await self._read_state()
+        return state.at(revision)
+
+    async def create_version_offset(self, offset: int) -> int:
+        """Write the version offset if etcd holds none; the offset etcd holds afterwards."""
+        kv, _, _ = self._services()
+        key = VERSION_OFFSET_KEY
+        response = await self._call(
+            "create version offset",
+            kv.txn(
+                [kv.txn_compare_create_revision(key, 0)],
+                [kv.txn_op_put(key, str(offset))],
+                [kv.txn_op_get(key)],
+                timeout=etcd_call_timeout_s,
+            ),
+        )
+        if response.succeeded:
+            return offset
+        held = _offset_from(bytes(response.responses[0].response_range.kvs[0].value))
+        return offset if held is None else held
+
+    async def raise_version_offset(self, expected: int, offset: int) -> bool:
+        """Replace the version offset `expected` with the larger `offset`; False if it was no longer
+        `expected` (someone else raised it first)."""
+        invariant(offset > expected, "the version offset only grows")
+        kv, _, _ = self._services()
+        key = VERSION_OFFSET_KEY
+        response = await self._call(
+            "raise version offset",
+            kv.txn(
+                [kv.txn_compare_value(key, str(expected))],
+                [kv.txn_op_put(key, str(offset))],
+                timeout=etcd_call_timeout_s,
+            ),
+        )
+        return bool(response.succeeded)
 
     async def grant(self, ttl_s: int) -> tuple[int, int]:
         """A new lease: (lease id, TTL etcd granted in seconds, which may be longer than asked)."""
@@ -301,30 +401,39 @@ class Etcd:
 
     # ----------------------------------------------------------------------------- watching
 
-    async def watch_members(self, after_revision: int) -> AsyncGenerator[tuple[int, list[MemberRecord]], None]:
-        """(revision, every member at it) for each revision after `after_revision` that wrote a member key.
+    async def watch_members(self, after_revision: int) -> AsyncGenerator[Membership, None]:
+        """The members and the version offset at each revision after `after_revision` that wrote
+        either.
 
         Runs until the consumer stops iterating or the client is closed. Survives etcd restarts and
         disconnects by watching again from the last revision yielded. When etcd has compacted that
-        history, it reads the member set afresh and yields it (once, at the read's revision, even if
-        the set looks unchanged), then watches on from there.
+        history, it reads afresh and yields what it read (once, at the read's revision, even if it
+        looks unchanged), then watches on from there. When etcd is found behind the last revision
+        yielded (it lost its data, rule 5), it reads afresh and yields that with `reset` set, at the
+        lower revision, then watches on from there.
         """
         revision = after_revision
-        state: dict[bytes, MemberRecord] | None = None
+        state: _State | None = None
+        went_back = False
         delay_s = etcd_retry_delay_s_min
         while not self._closed:
             try:
                 if state is None:
                     read_revision, state = await self._state_at(revision)
-                    if read_revision > revision:
+                    went_back = went_back or read_revision < revision
+                    if read_revision > revision or went_back:
                         revision = read_revision
-                        yield revision, _sorted_members(state.values())
+                        yield state.at(revision, reset=went_back)
+                        went_back = False
                 async with contextlib.aclosing(self._watch_from(revision, state)) as changes:
-                    async for change_revision, records in changes:
-                        invariant(change_revision > revision, "watched revisions only grow")
-                        revision = change_revision
+                    async for change in changes:
+                        invariant(change.revision > revision, "watched revisions only grow")
+                        revision = change.revision
                         delay_s = etcd_retry_delay_s_min
-                        yield revision, records
+                        yield change
+            except _EtcdWentBack as error:
+                log.warning("member watch at revision %d: %s; reading everything again", revision, error)
+                state, went_back = None, True
             except _RevisionUnavailable as error:
                 log.warning("member watch at revision %d: %s; reading the member set again", revision, error)
                 state = None
@@ -337,29 +446,31 @@ class Etcd:
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, etcd_retry_delay_s_max)
 
-    async def _state_at(self, revision: int) -> tuple[int, dict[bytes, MemberRecord]]:
-        """The member keys at `revision` (so events after it can be applied); if etcd no longer has
-        that revision, or never had it, the member keys now and the current revision."""
+    async def _state_at(self, revision: int) -> tuple[int, _State]:
+        """The keys at `revision` (so events after it can be applied); if etcd no longer has that
+        revision, or never had it, the keys now and the current revision — which is below `revision`
+        when etcd lost its data (rule 5)."""
         if revision > 0:
             with contextlib.suppress(_RevisionUnavailable):
-                return await self._read_members(revision)
-        current_revision, state = await self._read_members()
+                return await self._read_state(revision)
+        current_revision, state = await self._read_state()
         if current_revision < revision:
-            # etcd lost its data (a wiped data dir): revisions restarted below what we have seen.
-            # Versions must never go back, so keep failing loudly until etcd catches up.
-            raise EtcdUnavailable(f"etcd is at revision {current_revision}, behind {revision}: was it wiped?")
+            log.warning(
+                "etcd is at revision %d, behind the %d seen before: it lost its data or was replaced",
+                current_revision,
+                revision,
+            )
         return current_revision, state
 
-    async def _watch_from(
-        self, revision: int, state: dict[bytes, MemberRecord]
-    ) -> AsyncGenerator[tuple[int, list[MemberRecord]], None]:
-        """Apply the member events after `revision` to `state`, yielding the set after each revision.
+    async def _watch_from(self, revision: int, state: _State) -> AsyncGenerator[Membership, None]:
+        """Apply the events after `revision` to `state`, yielding it after each revision.
 
         Returns when the watch has to start over from the last revision yielded (the library
-        reconnected by itself, or etcd cancelled the watch); raises EtcdUnavailable on errors.
+        reconnected by itself, or etcd cancelled the watch); raises EtcdUnavailable on errors, and
+        _EtcdWentBack when etcd answers from a revision below `revision`.
         """
         _, _, watch = self._services()
-        stream = watch.watch(MEMBERS_PREFIX, etcd3aio.prefix_range_end(MEMBERS_PREFIX), start_revision=revision + 1)
+        stream = watch.watch(RINGCAST_PREFIX, etcd3aio.prefix_range_end(RINGCAST_PREFIX), start_revision=revision + 1)
         created_count = 0
         try:
             while True:
@@ -370,6 +481,9 @@ class Etcd:
                     log.warning("etcd cancelled the member watch: %s", response.cancel_reason)
                     return
                 if response.created:
+                    if int(response.header.revision) < revision:
+                        # A watch from a future revision would wait, silently, for etcd to get there.
+                        raise _EtcdWentBack(f"etcd is at revision {response.header.revision}, behind {revision}")
                     created_count += 1
                     if created_count > 1:
                         log.info("etcd watch reconnected; watching again from revision %d", revision)
@@ -377,16 +491,10 @@ class Etcd:
                     continue
                 for change_revision, events in _group_by_revision(response.events):
                     for event in events:
-                        key = bytes(event.kv.key)
-                        record = None
-                        if event.type == 0:  # mvccpb.Event.PUT; DELETE is 1
-                            record = _record_from_entry(event.kv.key, event.kv.value)
-                        if record is None:
-                            state.pop(key, None)
-                        else:
-                            state[key] = record
+                        # mvccpb.Event.PUT is 0; DELETE is 1
+                        state.apply(bytes(event.kv.key), bytes(event.kv.value) if event.type == 0 else None)
                     revision = change_revision
-                    yield change_revision, _sorted_members(state.values())
+                    yield state.at(change_revision)
         except StopAsyncIteration:
             return
         finally:
@@ -431,6 +539,8 @@ class Registration:
         on_registered: Callable[[int], None] | None,
         on_lease: Callable[[float], None] | None,
         on_lost: Callable[[], None] | None,
+        floor: Callable[[], int] | None = None,
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> None:
         record.validate()
         if not ttl_s > 0:
@@ -448,6 +558,8 @@ class Registration:
         self._on_registered = on_registered
         self._on_lease = on_lease
         self._on_lost = on_lost
+        self._floor = floor
+        self._on_failed = on_failed
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -461,14 +573,29 @@ class Registration:
         on_registered: Callable[[int], None] | None = None,
         on_lease: Callable[[float], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        floor: Callable[[], int] | None = None,
+        on_failed: Callable[[BaseException], None] | None = None,
     ) -> Registration:
-        """Register (retrying until etcd answers; wrap in asyncio.wait_for to bound that), then keep alive."""
-        registration = cls(etcd, record, ttl_s, on_registered, on_lease, on_lost)
+        """Register (retrying until etcd answers; wrap in asyncio.wait_for to bound that), then keep alive.
+
+        `floor` gives the newest ring version the process knows of, written with every registration
+        (rule 1). `on_failed` is called if renewing ever stops for any reason but `stop()` (a bug):
+        the process can no longer keep its membership and must say so, not serve on silently."""
+        registration = cls(etcd, record, ttl_s, on_registered, on_lease, on_lost, floor, on_failed)
         await registration._register()
         registration._task = asyncio.create_task(
             registration._keep_alive_forever(), name=f"etcd-registration-{record.kind}/{record.id}"
         )
+        registration._task.add_done_callback(registration._ended)
         return registration
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopped or task.cancelled():
+            return
+        error = task.exception() or EtcdUnavailable("the registration loop ended")
+        log.critical("keeping %s registered failed: %r", self.record.key, error, exc_info=error)
+        if self._on_failed is not None:
+            self._on_failed(error)
 
     async def stop(self) -> None:
         """Leave: stop renewing and revoke the lease, so the member key is deleted now."""
@@ -506,13 +633,21 @@ class Registration:
         lease_id, granted_ttl_s = await self.etcd.grant(math.ceil(self.ttl_s))
         if granted_ttl_s <= 0:
             raise EtcdUnavailable(f"etcd granted a lease with TTL {granted_ttl_s}")
+        record = dataclasses.replace(self.record, floor=self._floor() if self._floor is not None else 0)
         try:
-            revision = await self.etcd.put(self.record.key, self.record.value(), lease_id)
+            revision = await self.etcd.put(record.key, record.value(), lease_id)
         except EtcdUnavailable:
             with contextlib.suppress(EtcdUnavailable):
                 await self.etcd.revoke(lease_id)
             raise
-        invariant(revision > self.revision, "a registration put has a newer revision than the last")
+        if revision <= self.revision:
+            log.warning(
+                "registered %s at revision %d, behind the %d of its last registration: etcd lost its data "
+                "or was replaced",
+                record.key,
+                revision,
+                self.revision,
+            )
         self.lease_id = lease_id
         self.revision = revision
         self.deadline = sent + min(self.ttl_s, granted_ttl_s)
@@ -571,4 +706,12 @@ class Registration:
             log.exception("%s callback of %s failed", name, self.record.key)
 
 
-__all__ = ["MEMBERS_PREFIX", "Etcd", "EtcdUnavailable", "MemberRecord", "Registration"]
+__all__ = [
+    "MEMBERS_PREFIX",
+    "VERSION_OFFSET_KEY",
+    "Etcd",
+    "EtcdUnavailable",
+    "MemberRecord",
+    "Membership",
+    "Registration",
+]

@@ -89,6 +89,42 @@ def deliberate_bugs() -> frozenset[str]:
     return bugs
 
 
+_health: tuple[health.aio.HealthServicer, list[str]] | None = None
+"""The serving process's health servicer and service names, once `serve` has made them."""
+
+_failed = ""
+"""Why this process can no longer do its job ("" while it can): health says NOT_SERVING for good."""
+
+
+def not_serving(reason: str) -> None:
+    """This process can no longer do its job (a background task it needs has died): health answers
+    NOT_SERVING from now on, so its checks and its operators see it, and the log says why. A process
+    must never report SERVING when it cannot serve."""
+    global _failed
+    log.critical("not serving any more: %s", reason)
+    _failed = _failed or reason
+    if _health is not None:
+        servicer, names = _health
+        loop = asyncio.get_running_loop()
+        for name in ["", *names]:
+            loop.create_task(servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING))
+
+
+def supervise(task: asyncio.Task[Any], what: str) -> asyncio.Task[Any]:
+    """`task` runs for the life of the process: if it ever ends but by cancellation, the process is
+    not serving any more (`not_serving`), with the task's error in the log."""
+
+    def ended(done: asyncio.Task[Any]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        log.critical("%s ended: %r", what, error, exc_info=error)
+        not_serving(f"{what} ended: {error!r}")
+
+    task.add_done_callback(ended)
+    return task
+
+
 async def serve(
     listen: str,
     register: Callable[[grpc.aio.Server], Sequence[str]],
@@ -103,9 +139,11 @@ async def serve(
     in-flight calls get `shutdown_grace_s` to finish, and only then `closed` releases what they
     used (outgoing channels), so no call in its grace period finds its links closed.
     """
+    global _health
     server = grpc.aio.server(options=SERVER_OPTIONS)
     names = list(register(server))
     health_servicer = health.aio.HealthServicer()
+    _health = (health_servicer, names)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     port = server.add_insecure_port(listen)
@@ -118,8 +156,9 @@ async def serve(
         loop.add_signal_handler(signal_number, stop.set)
     if ready is not None:
         await ready()
+    status = health_pb2.HealthCheckResponse.NOT_SERVING if _failed else health_pb2.HealthCheckResponse.SERVING
     for name in ["", *names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, status)
     log.info("serving on %s", listen)
     await stop.wait()
     log.info("stopping")

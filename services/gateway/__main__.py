@@ -7,7 +7,7 @@ import argparse
 import grpc
 
 from ringcast.v1 import realtime_service_pb2, realtime_service_pb2_grpc
-from services.common.server import env_default, run_service, serve
+from services.common.server import env_default, run_service, serve, supervise
 from services.gateway.server import OwnerRouter, RealtimeServicer
 from services.placement.client import RingWatcher
 
@@ -21,7 +21,7 @@ async def main(arguments: argparse.Namespace) -> None:
         return [realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name]
 
     async def ready() -> None:
-        watcher.start()
+        supervise(watcher.start(), "the ring watcher")
         await watcher.wait_ready(arguments.ring_wait)
 
     async def closed() -> None:

@@ -59,7 +59,8 @@ class RingView:
         stores: dict[str, str] = {}
         for store in sorted(message.stores, key=lambda store: (store.zone, store.id)):
             stores.setdefault(store.zone, store.address)
-        return cls(int(message.version), Ring(int(message.version), list(members)), members, stores)
+        revision = int(message.revision) or None  # 0: from a placement that did not say (the version)
+        return cls(int(message.version), Ring(int(message.version), list(members), revision=revision), members, stores)
 
     def owner(self, channel: str) -> tuple[str, str] | None:
         """(owner id, owner address) of `channel`, or None when the ring has no channel nodes."""
@@ -98,9 +99,11 @@ class RingWatcher:
         """The placement address the watcher is (or will next be) watching."""
         return self._addresses[self._address_index]
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
+        """Begin watching (once); the task that does it, which runs until `stop()`."""
         if self._task is None:
             self._task = asyncio.create_task(self._watch_forever(), name="ring-watcher")
+        return self._task
 
     async def stop(self) -> None:
         for task in (self._task, self._refreshing):

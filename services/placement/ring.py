@@ -68,17 +68,21 @@ class Ring:
     A ring is immutable apart from its memo of recent lookups, which never changes an answer.
     """
 
-    __slots__ = ("_members", "_member_hashes", "_owner_cache", "_owner_cache_entries_max", "_version")
+    __slots__ = ("_members", "_member_hashes", "_owner_cache", "_owner_cache_entries_max", "_revision", "_version")
 
     def __init__(
         self,
         version: int,
         members: Iterable[str],
         *,
+        revision: int | None = None,
         owner_cache_entries_max: int = owner_cache_entries_max,
     ) -> None:
         if version < 0:
             raise ValueError(f"ring version must be >= 0, got {version}")
+        revision = version if revision is None else revision
+        if not 0 <= revision <= version:
+            raise ValueError(f"ring revision must be in 0..version, got {revision} for version {version}")
         if isinstance(members, str):
             # A bare string is an iterable of one-character ids, which is never what the caller meant.
             raise TypeError("members must be an iterable of member ids, not a single string")
@@ -96,6 +100,7 @@ class Ring:
             f"two ring members have the same 64-bit hash: {unique_members}",
         )
         self._version = version
+        self._revision = revision
         self._members = unique_members
         # The pairs stay in member id order: a strict comparison during the lookup then breaks a tie in
         # favour of the smaller id, so the result never depends on the order the members were given.
@@ -107,6 +112,13 @@ class Ring:
     def version(self) -> int:
         """The ring version: parties holding the same version hold the same members and owners."""
         return self._version
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision the member set was read at. The version is this plus an offset kept in
+        etcd that only grows, so versions keep growing even when etcd loses its data and revisions
+        start again (services/placement/server.py); equal to the version unless that happened."""
+        return self._revision
 
     @property
     def members(self) -> tuple[str, ...]:

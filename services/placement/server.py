@@ -2,12 +2,21 @@
 
 Rules:
 
-1. The ring at version R is computed from the member set at etcd revision R and from nothing else,
-   so every placement process that has reached R serves the same ring, and placement keeps no state
-   of its own: run several side by side.
+1. The ring at etcd revision R is computed from the member set at R and from nothing else, and its
+   version is R plus the version offset etcd holds at R (`VERSION_OFFSET_KEY`, read and watched with
+   the members), so every placement process that has reached R serves the same ring under the same
+   version, and placement keeps no state of its own: run several side by side.
 2. Versions only grow. A placement process reads the member set once, then follows the member watch;
    every member write or delete is a new version, even one that leaves the set as it was (a member
    that re-registers needs a ring at least as new as its registration, services/channel/node.py).
+   When etcd loses its data its revisions start again; the offset does not let versions follow
+   them. An etcd without an offset (new, or wiped) gets one before any ring is published, large
+   enough that the next version is above every version anyone knows of: the newest this process
+   served, every channel node's `floor` (the newest ring it has seen) and the stores' (the ring
+   version of their highest fence; the second highest of them, so one store's corrupted fence
+   cannot push versions to the end of the epoch space, while any fence a quorum holds is counted).
+   A member registering with a floor at or above the version about to be served raises the offset
+   first. So epochs, made from versions, stay above every fence the stores hold.
 3. Until the first read from etcd succeeds there is no ring, and every call is answered UNAVAILABLE
    with reason RING_UNKNOWN, so callers go to another placement process.
 4. A WatchRing stream holds one number of state, the version it last sent: a slow watcher is sent
@@ -27,7 +36,7 @@ import grpc
 from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from services.common.errors import ServiceError, abort, invalid, unavailable
-from services.common.etcd import Etcd, EtcdUnavailable, MemberRecord
+from services.common.etcd import Etcd, EtcdUnavailable, MemberRecord, Membership
 from services.common.invariants import invariant
 from services.placement.ring import Ring
 
@@ -51,8 +60,10 @@ class PlacementRing:
     members: dict[str, placement_pb2.Member]
 
 
-def ring_from_members(version: int, records: Sequence[MemberRecord]) -> PlacementRing:
-    """The ring at `version` for `records`: channel nodes sorted by id, stores sorted by (zone, id)."""
+def ring_from_members(version: int, records: Sequence[MemberRecord], revision: int | None = None) -> PlacementRing:
+    """The ring at `version` (read at etcd `revision`, by default the version) for `records`: channel
+    nodes sorted by id, stores sorted by (zone, id)."""
+    revision = version if revision is None else revision
     channels = sorted((record for record in records if record.kind == CHANNEL_KIND), key=lambda record: record.id)
     stores = sorted(
         (record for record in records if record.kind == STORE_KIND), key=lambda record: (record.zone, record.id)
@@ -62,15 +73,24 @@ def ring_from_members(version: int, records: Sequence[MemberRecord]) -> Placemen
         version=version,
         members=members,
         stores=[placement_pb2.Member(id=record.id, address=record.address, zone=record.zone) for record in stores],
+        revision=revision,
     )
     members_by_id = {member.id: member for member in members}
-    return PlacementRing(version, Ring(version, members_by_id), message, members_by_id)
+    return PlacementRing(version, Ring(version, members_by_id, revision=revision), message, members_by_id)
+
+
+def version_floor(records: Sequence[MemberRecord], served: int) -> int:
+    """The newest ring version anyone is known to have seen (rule 2): `served` by this process, any
+    channel node's floor, and the second highest of the stores' floors."""
+    channel_floors = [record.floor for record in records if record.kind == CHANNEL_KIND]
+    store_floors = sorted((record.floor for record in records if record.kind == STORE_KIND), reverse=True)
+    return max([served, *channel_floors, *store_floors[1:2]])
 
 
 def describe(ring: PlacementRing) -> str:
     members = ",".join(f"{member.id}={member.address}" for member in ring.message.members)
     stores = ",".join(f"{store.zone}:{store.id}={store.address}" for store in ring.message.stores)
-    return f"version={ring.version} members=[{members}] stores=[{stores}]"
+    return f"version={ring.version} revision={ring.message.revision} members=[{members}] stores=[{stores}]"
 
 
 class RingBroadcast:
@@ -231,22 +251,43 @@ async def follow_membership(etcd: Etcd, broadcast: RingBroadcast) -> None:
     delay_s = membership_retry_delay_s_min
     while True:
         try:
-            read_revision, records = await etcd.members()
-            _publish(broadcast, read_revision, records)
+            membership = await etcd.members()
+            await _follow(etcd, broadcast, membership)
             delay_s = membership_retry_delay_s_min
-            async with contextlib.aclosing(etcd.watch_members(read_revision)) as changes:
-                async for revision, changed_records in changes:
-                    _publish(broadcast, revision, changed_records)
+            async with contextlib.aclosing(etcd.watch_members(membership.revision)) as changes:
+                async for membership in changes:
+                    await _follow(etcd, broadcast, membership)
         except EtcdUnavailable as error:
             log.warning("reading membership failed: %s; retrying in %.2f s", error, delay_s)
         await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, membership_retry_delay_s_max)
 
 
-def _publish(broadcast: RingBroadcast, revision: int, records: Sequence[MemberRecord]) -> None:
+async def _follow(etcd: Etcd, broadcast: RingBroadcast, membership: Membership) -> None:
+    """Publish the ring for `membership`, or first put an offset in place that keeps versions growing
+    (rule 2): its write is a new revision, which the watch then brings."""
     current = broadcast.current
-    if current is not None and revision <= current.version:
-        return  # A fresh read after a watch failure can land on a revision already served.
-    ring = ring_from_members(revision, records)
+    revision, offset = membership.revision, membership.version_offset
+    floor = version_floor(membership.members, current.version if current is not None else 0)
+    if membership.reset:
+        log.warning("etcd lost its data or was replaced (now at revision %d): following it afresh", revision)
+    if offset is None:
+        wanted = max(0, floor + 1 - revision)
+        held = await etcd.create_version_offset(wanted)
+        log.warning("etcd holds no version offset: set %d, so versions go on above %d", held, floor)
+        return
+    version = revision + offset
+    if version <= floor:
+        wanted = floor + 1 - revision  # the write comes at a later revision: its version is above floor
+        raised = await etcd.raise_version_offset(offset, wanted)
+        log.warning(
+            "ring version %d would not be above %d, the newest known: %s the version offset to %d",
+            version,
+            floor,
+            "raised" if raised else "someone else raised",
+            wanted,
+        )
+        return
+    ring = ring_from_members(version, membership.members, revision)
     if broadcast.publish(ring):
         log.info("ring %s", describe(ring))

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from ringcast.v1 import store_service_pb2, store_service_pb2_grpc
-from services.common.server import deliberate_bugs, env_default, run_service, serve
+from services.common.entries import epoch_ring_version
+from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve
 from services.store.log import Retention
 from services.store.server import StoreService
 
@@ -30,9 +31,10 @@ class Membership:
     The etcd adapter is imported only here, so a store run without --etcd never loads an etcd client.
     """
 
-    def __init__(self, endpoints: str, store_id: str, address: str, zone: str) -> None:
+    def __init__(self, endpoints: str, store_id: str, address: str, zone: str, floor: Callable[[], int]) -> None:
         self.endpoints = endpoints
         self.store_id, self.address, self.zone = store_id, address, zone
+        self.floor = floor
         self._task: asyncio.Task[None] | None = None
         self._leave: Callable[[], Awaitable[None]] | None = None
 
@@ -51,7 +53,12 @@ class Membership:
         etcd = await Etcd.connect(self.endpoints)
         try:
             record = MemberRecord(kind="store", id=self.store_id, address=self.address, zone=self.zone)
-            registration = await Registration.start(etcd, record)
+            registration = await Registration.start(
+                etcd,
+                record,
+                floor=self.floor,
+                on_failed=lambda error: not_serving(f"keeping the etcd registration failed: {error!r}"),
+            )
         except BaseException:
             await etcd.close()
             raise
@@ -101,7 +108,10 @@ async def main(arguments: argparse.Namespace) -> None:
         service.start_scrubbing()
         if arguments.etcd:
             address = arguments.advertise or arguments.listen
-            membership = Membership(arguments.etcd, arguments.id, address, arguments.zone)
+            # The ring version of our highest fence: placement keeps ring versions above it even when
+            # etcd loses its data, so new owners' epochs pass the fences we hold.
+            floor = lambda: epoch_ring_version(service.max_fence())  # noqa: E731 - read at each registration
+            membership = Membership(arguments.etcd, arguments.id, address, arguments.zone, floor)
             membership.start()
 
     async def stopping() -> None:

@@ -8,6 +8,7 @@ shows that the same row fails a build without the defence it tests.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from ringcast.chaos.workload import clock_ms
 from ringcast.checker import History, check
-from ringcast.cluster.launcher import Launcher
+from ringcast.cluster.launcher import Launcher, healthy
 from services.store.server import database_file_name
 from tests.chaos.conftest import (
     BUSY,
@@ -115,3 +116,32 @@ def test_the_damage_row_fails_a_build_that_trusts_one_replicas_read(
     violations = check(history)
     report("replica_damaged[unchecked-reads]", violations=[str(v) for v in violations[:5]])
     assert violations, "a build that trusts one replica's read served the damaged log without a gap"
+
+
+WIPES = 3
+"""etcd loses its data this many times in a row: which process registers again first is a race."""
+
+
+def test_etcd_loses_its_data_again_and_again_under_load(cluster: Launcher, start_load: LoadStarter) -> None:
+    """etcd is SIGKILLed, its data directory deleted, and started again, three times under load: every
+    lease, member key and revision is gone each time, and revisions start again from 1. Without anyone
+    restarting a process, every channel is served again (owners take it over at epochs above the
+    fences the stores kept, from ring versions placement keeps growing), nothing is lost, and every
+    process says SERVING at the end because it is."""
+    background = start_load(cluster, LOAD)
+    background.wait_for_acks(HEALED_ACKS, channel=BUSY)
+    spec = cluster.topology.named("etcd")
+    gaps_ms = []
+    for _ in range(WIPES):
+        wiped_ms = clock_ms()
+        cluster.kill("etcd", signal.SIGKILL)
+        shutil.rmtree(spec.data_dir)
+        cluster.restart("etcd")
+        for channel in CHANNELS:
+            background.wait_for_acks(HEALED_ACKS, since_ms=clock_ms(), channel=channel, timeout_s=30)
+        gaps_ms.append(background.workload.longest_ack_gap_ms(wiped_ms, clock_ms(), BUSY))
+    history = background.finish()
+    assert_history_clean(background, history)
+    unhealthy = [p.name for p in cluster.topology.processes if p.role not in ("proxy", "redis") and not healthy(p)]
+    assert unhealthy == []
+    report("etcd_wiped", wipes=WIPES, longest_ack_gap_ms=gaps_ms, summary=background.workload.summary())

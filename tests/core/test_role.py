@@ -923,6 +923,23 @@ def test_node_never_serves_under_a_ring_older_than_its_registration() -> None:
     assert node.serving(0)
 
 
+def test_after_etcd_lost_its_data_a_node_serves_under_the_new_rings_only() -> None:
+    node = ChannelNode("n1", NodeConfig())
+    node.on_lease(1_000)
+    node.on_registered(40)
+    node.on_ring(Ring(41, ("n1",)), Effects())
+    assert node.serving(0) and node.newest_version == 41
+    # etcd is wiped: revisions start again, and the node registers anew at revision 3. Placement
+    # keeps versions growing (version = revision + offset): the old ring, whose revision 41 is above
+    # 3, must not count as new enough; the next ring of the new etcd does.
+    node.on_registered(3)
+    assert not node.serving(0)
+    node.on_ring(Ring(45, ("n1",), revision=4), Effects())
+    assert node.serving(0)
+    node.on_ring(Ring(46, ("n1",), revision=2), Effects())  # from before our registration there
+    assert node.ring is not None and node.ring.version == 46 and not node.serving(0)
+
+
 @pytest.mark.parametrize("attempt", [-1, EPOCH_ATTEMPTS_PER_VERSION])
 def test_make_epoch_refuses_attempts_out_of_bounds(attempt: int) -> None:
     with pytest.raises(AssertionError):

@@ -159,6 +159,13 @@ class EtcdServer:
             time.sleep(down_s)
         self.start()
 
+    def wipe(self) -> None:
+        """Kill etcd, delete its data directory, start it again on the same ports: etcd has lost
+        everything, and its revisions start again from 1 (an operator's worst day)."""
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.start()
+
     def call(self, path: str, body: Mapping[str, object]) -> dict[str, object]:
         """One call to etcd's JSON gateway (`/v3/...`), so tests can reach past the adapter under test."""
         request = urllib.request.Request(

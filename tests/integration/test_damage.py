@@ -32,7 +32,7 @@ entry that claims to be far beyond the end of the log."""
 FENCED = "fenced"
 """Store a's fence for this channel has bit 40 set: far above any epoch an owner will use."""
 
-PUBLISHED = 300
+PUBLISHED = 1_500
 DAMAGED_SERIAL = 20
 REPAIR_S = 30.0
 

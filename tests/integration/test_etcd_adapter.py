@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from services.common.etcd import MEMBERS_PREFIX, Etcd, EtcdUnavailable, MemberRecord, Registration
+from services.common.etcd import MEMBERS_PREFIX, Etcd, EtcdUnavailable, MemberRecord, Membership, Registration
 from tests.integration.etcd import EtcdServer
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ async def connected(endpoint: str, kind: type[Etcd] = Etcd) -> AsyncIterator[Etc
 
 
 async def member_ids(etcd: Etcd) -> set[str]:
-    _, members = await etcd.members()
+    members = (await etcd.members()).members
     return {member.id for member in members}
 
 
@@ -89,7 +89,8 @@ def channel(member_id: str) -> MemberRecord:
 def test_a_registration_is_a_member_at_the_revision_it_reports(etcd_endpoint: str) -> None:
     async def scenario() -> None:
         async with connected(etcd_endpoint) as etcd:
-            revision_before, members_before = await etcd.members()
+            membership = await etcd.members()
+            revision_before, members_before = membership.revision, membership.members
             assert members_before == []
             registered: list[int] = []
             deadlines: list[float] = []
@@ -99,7 +100,8 @@ def test_a_registration_is_a_member_at_the_revision_it_reports(etcd_endpoint: st
                 etcd, store, ttl_s=1, on_registered=registered.append, on_lease=deadlines.append
             )
             node = await Registration.start(etcd, channel("channel-1"), ttl_s=1)
-            revision, members = await etcd.members()
+            membership = await etcd.members()
+            revision, members = membership.revision, membership.members
             assert registered == [registration.revision]
             assert revision_before < registration.revision < node.revision == revision
             assert members == [channel("channel-1"), store]  # sorted by (kind, id)
@@ -225,7 +227,8 @@ async def collect(
 ) -> list[tuple[int, list[str]]]:
     changes: list[tuple[int, list[str]]] = []
     async with contextlib.aclosing(etcd.watch_members(after_revision)) as watch:
-        async for revision, members in watch:
+        async for change in watch:
+            revision, members = change.revision, change.members
             if arrivals is not None:
                 arrivals.append(time.monotonic())
             changes.append((revision, [f"{member.kind}/{member.id}" for member in members]))
@@ -237,7 +240,7 @@ async def collect(
 def test_watch_members_yields_every_change_in_order(etcd_endpoint: str, etcd_server: EtcdServer) -> None:
     async def scenario() -> None:
         async with connected(etcd_endpoint) as etcd, connected(etcd_endpoint) as watcher:
-            start_revision, _ = await etcd.members()
+            start_revision = (await etcd.members()).revision
             arrivals: list[float] = []
             watching = asyncio.create_task(collect(watcher, start_revision, 6, arrivals))
             await asyncio.sleep(0.1)  # The watch is open before the first change.
@@ -280,7 +283,7 @@ def test_watch_members_yields_every_change_in_order(etcd_endpoint: str, etcd_ser
 def test_watch_members_from_an_old_revision_replays_the_history(etcd_endpoint: str) -> None:
     async def scenario() -> None:
         async with connected(etcd_endpoint) as etcd:
-            start_revision, _ = await etcd.members()
+            start_revision = (await etcd.members()).revision
             a = await Registration.start(etcd, channel("a"), ttl_s=1)
             b = await Registration.start(etcd, channel("b"), ttl_s=1)
             await a.stop()
@@ -297,7 +300,7 @@ def test_watch_members_from_an_old_revision_replays_the_history(etcd_endpoint: s
 def test_watch_members_after_compaction_yields_the_current_set(etcd_endpoint: str, etcd_server: EtcdServer) -> None:
     async def scenario() -> None:
         async with connected(etcd_endpoint) as etcd:
-            start_revision, _ = await etcd.members()
+            start_revision = (await etcd.members()).revision
             a = await Registration.start(etcd, channel("a"), ttl_s=1)
             b = await Registration.start(etcd, channel("b"), ttl_s=1)
             etcd_server.compact(b.revision)
@@ -317,12 +320,13 @@ def test_watch_members_after_compaction_yields_the_current_set(etcd_endpoint: st
 def test_watch_members_survives_an_etcd_restart(etcd_endpoint: str, etcd_server: EtcdServer) -> None:
     async def scenario() -> None:
         async with connected(etcd_endpoint) as etcd, connected(etcd_endpoint) as watcher:
-            start_revision, _ = await etcd.members()
+            start_revision = (await etcd.members()).revision
             seen: list[tuple[int, list[str]]] = []
 
             async def follow() -> None:
                 async with contextlib.aclosing(watcher.watch_members(start_revision)) as watch:
-                    async for revision, members in watch:
+                    async for change in watch:
+                        revision, members = change.revision, change.members
                         seen.append((revision, [member.id for member in members]))
 
             following = asyncio.create_task(follow())
@@ -349,13 +353,83 @@ def test_watch_members_survives_an_etcd_restart(etcd_endpoint: str, etcd_server:
             assert revisions == sorted(set(revisions))
             assert seen[0] == (before.revision, ["before"])
             assert seen[-1][0] >= after.revision
-            read_revision, members = await etcd.members()
+            members = (await etcd.members()).members
             assert {member.id for member in members} == set(seen[-1][1]) | {"after"}
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await following
             await before.stop()
             await after.stop()
+
+    run(scenario)
+
+
+def test_after_etcd_loses_its_data_watches_start_afresh_and_registrations_go_on(
+    etcd_endpoint: str, etcd_server: EtcdServer
+) -> None:
+    async def scenario() -> None:
+        async with connected(etcd_endpoint) as etcd, connected(etcd_endpoint) as watcher:
+            registered: list[int] = []
+            failed: list[BaseException] = []
+            node = await Registration.start(
+                etcd,
+                channel("node"),
+                ttl_s=1,
+                on_registered=registered.append,
+                floor=lambda: 77,
+                on_failed=failed.append,
+            )
+            seen: list[Membership] = []
+
+            async def follow() -> None:
+                async with contextlib.aclosing(watcher.watch_members(node.revision - 1)) as watch:
+                    async for change in watch:
+                        seen.append(change)
+
+            following = asyncio.create_task(follow())
+            for index in range(30):
+                etcd_server.put(f"/ringcast/noise/{index}", b"x")
+            while not seen or seen[-1].revision < node.revision + 30:
+                await asyncio.sleep(poll_interval_s)
+            high = seen[-1].revision
+            await asyncio.to_thread(etcd_server.wipe)
+            deadline = time.monotonic() + 10
+            # The registration re-registers on the new etcd, at a revision below its last, and goes on.
+            while not registered or registered[-1] >= high:
+                assert time.monotonic() < deadline, f"no registration on the new etcd: {registered}"
+                await asyncio.sleep(poll_interval_s)
+            # The watch says etcd was reset, and follows the new history from its revision.
+            while not any(change.reset for change in seen) or "node" not in {m.id for m in seen[-1].members}:
+                assert time.monotonic() < deadline, f"the watch did not follow the new etcd: {seen[-3:]}"
+                await asyncio.sleep(poll_interval_s)
+            reset = next(change for change in seen if change.reset)
+            assert reset.revision < high and reset.version_offset is None
+            assert [m.floor for m in seen[-1].members if m.id == "node"] == [77]
+            later = await Registration.start(etcd, channel("later"), ttl_s=1)
+            while "later" not in {m.id for m in seen[-1].members}:
+                assert time.monotonic() < deadline, "the watch missed a member registered after the reset"
+                await asyncio.sleep(poll_interval_s)
+            assert failed == []
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+            await node.stop()
+            await later.stop()
+
+    run(scenario)
+
+
+def test_the_version_offset_is_created_once_and_only_ever_raised(etcd_endpoint: str) -> None:
+    async def scenario() -> None:
+        async with connected(etcd_endpoint) as etcd:
+            assert (await etcd.members()).version_offset is None
+            assert await etcd.create_version_offset(5) == 5
+            assert await etcd.create_version_offset(9) == 5  # already there: the one held
+            assert not await etcd.raise_version_offset(4, 10)  # not what is held: refused
+            assert await etcd.raise_version_offset(5, 10)
+            assert (await etcd.members()).version_offset == 10
+            with pytest.raises(AssertionError):
+                await etcd.raise_version_offset(10, 10)
 
     run(scenario)
 

@@ -27,7 +27,7 @@ from tests.integration.procs import ServiceProcess, ServiceProcesses, free_port
 
 T = TypeVar("T")
 
-test_timeout_s = 14.0
+test_timeout_s = 20.0
 poll_interval_s = 0.01
 CHANNELS = [f"channel-name-{index}" for index in range(50)]
 
@@ -158,6 +158,46 @@ def test_watch_ring_follows_joins_and_leaves_with_growing_versions(tmp_path: Pat
             await etcd.close()
 
         run(scenario)
+
+
+def test_ring_versions_keep_growing_when_etcd_loses_its_data(tmp_path: Path, etcd_server: EtcdServer) -> None:
+    """etcd is killed, its data directory deleted, and it starts again: its revisions start again
+    from 1. Placement must not wait for them to catch up, nor keep the old member set: it follows the
+    new etcd at once, with versions above every one it served (and above the floors the members
+    registered with), and a member that leaves afterwards leaves the ring."""
+    with ServiceProcesses(tmp_path / "logs") as processes:
+        placement = start_placement(processes, "placement-1", etcd_server.endpoint)
+
+        async def scenario() -> None:
+            etcd = await Etcd.connect(etcd_server.endpoint)
+            one = await Registration.start(etcd, channel_node(1), ttl_s=1, floor=lambda: 0)
+            for index in range(40):  # history to lose: the wiped etcd restarts far below this
+                etcd_server.put(f"/ringcast/noise/{index}", b"x")
+            before = await ring_at_least(placement.address, one.revision + 40)
+            await asyncio.to_thread(etcd_server.wipe)
+            # The registration finds its lease gone and registers on the new etcd, at a low revision.
+            two = await Registration.start(etcd, channel_node(2), ttl_s=1, floor=lambda: before.version + 5)
+            assert two.revision < before.version
+            deadline = time.monotonic() + 10
+            async with placement_stub(placement.address) as stub:
+                while True:
+                    ring = await stub.GetRing(placement_pb2.GetRingRequest(), timeout=1.0)
+                    if {m.id for m in ring.members} == {"channel-1", "channel-2"} and ring.revision >= two.revision:
+                        break
+                    assert time.monotonic() < deadline, f"no ring of the new etcd with both members: {ring}"
+                    await asyncio.sleep(poll_interval_s)
+                # Above what was served, and above the floor channel-2 registered with.
+                assert ring.version > before.version + 5 and ring.revision < before.revision
+                await two.stop()  # and a member leaving now leaves the ring
+                while [m.id for m in ring.members] != ["channel-1"]:
+                    assert time.monotonic() < deadline, f"channel-2 never left the ring: {ring}"
+                    await asyncio.sleep(poll_interval_s)
+                    ring = await stub.GetRing(placement_pb2.GetRingRequest(), timeout=1.0)
+            await one.stop()
+            await etcd.close()
+
+        run(scenario)
+        assert "lost its data or was replaced" in placement.output()
 
 
 def test_placement_answers_ring_unknown_until_it_has_read_etcd(tmp_path: Path) -> None:

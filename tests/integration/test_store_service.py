@@ -462,7 +462,7 @@ async def _store_members(endpoint: str) -> list[tuple[str, str, str]]:
 
     etcd = await Etcd.connect(endpoint)
     try:
-        _, members = await etcd.members()
+        members = (await etcd.members()).members
     finally:
         await etcd.close()
     return [(member.id, member.address, member.zone) for member in members if member.kind == "store"]
