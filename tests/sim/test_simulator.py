@@ -84,12 +84,15 @@ def test_same_seed_same_run_across_processes_and_hash_seeds() -> None:
 def test_a_run_exercises_the_faults_it_claims() -> None:
     """Guard against a simulator that quietly stops injecting faults or carrying load."""
     totals: dict[str, int] = {}
-    for seed in range(20):
+    seeds = 30  # (20 were too few once damage joined the faults: seeds 0..19 happen to publish little)
+    for seed in range(seeds):
         for key, value in run_seed(seed).stats.items():
             if key != "digest":
                 totals[key] = totals.get(key, 0) + value
-    for fault in ("crash", "pause", "partition", "split-owner", "slow-watch", "store", "membership"):
+    for fault in ("crash", "pause", "partition", "split-owner", "slow-watch", "store", "membership", "damage"):
         assert totals.get(f"fault_{fault}", 0) > 0, fault
-    assert totals["publish_ok"] > 20 * 50
-    assert totals["delivered"] > 20 * 50
+    # Damage is done, found by the stores' scrubs, and reported to (so repaired by) owners.
+    assert totals["damaged"] > 0 and totals["scrub_found"] > 0 and totals["replica_damaged"] > 0
+    assert totals["publish_ok"] > seeds * 50
+    assert totals["delivered"] > seeds * 50
     assert totals["dropped_partition"] > 0 and totals["dropped_random"] > 0
