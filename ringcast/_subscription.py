@@ -1,11 +1,12 @@
 """A subscription that survives the failure of anything between it and the channel.
 
 It always knows the serial of the last message it handed to the application, and after any
-failure (its gateway killed, paused or partitioned; the stream cut for a slow reader; the channel's
-owner failing over behind the gateway) it subscribes again, on the healthiest gateway, from just
-after that serial. It hands on each serial exactly once and in order: a serial at or below the last
-one is dropped (counted in `ClientStats.duplicates_dropped`), and a serial past the next one, or the
-platform's explicit ContinuityLost, raises `ContinuityLost` rather than skipping silently.
+failure (its gateway killed, paused or partitioned; the stream cut for a slow reader or cancelled by
+a gateway; the channel's owner failing over behind the gateway) it subscribes again, on the
+healthiest gateway, from just after that serial. It hands on each serial exactly once and in
+order: a serial at or below the last one is dropped (counted in `ClientStats.duplicates_dropped`),
+and a serial past the next one, or the platform's explicit ContinuityLost, raises `ContinuityLost`
+rather than skipping silently.
 
 The start is pinned before the first stream: `latest` and `rewind` become an `after` serial through
 GetChannel, so a resume before the first message neither loses nor repeats anything. A `rewind`
@@ -149,7 +150,10 @@ class Subscription:
                         return
                     if error.code() == grpc.StatusCode.CANCELLED and self.transport.closed:
                         raise ClientClosed() from None
-                    raise from_rpc_error(error) from None
+                    if error.code() != grpc.StatusCode.CANCELLED:
+                        raise from_rpc_error(error) from None
+                    # Not by us: the gateway (its server stopping, say) ended the stream. Resume.
+                    verdict = Outcome.SOFT_FAILURE, "CANCELLED"
                 outcome, reason = verdict
             except asyncio.CancelledError:
                 if self._closed:  # close() cancelled the call under us: the iteration ends

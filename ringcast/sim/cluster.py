@@ -334,6 +334,7 @@ class SimNode:
         self.incarnation = sim.incarnations  # a stream belongs to one process incarnation
 
     def start(self) -> None:
+        self.core.begin_registration()
         self.sim.network.send(self.name, ETCD, ("register", self.sim.now))
 
     def receive(self, source: str, payload: tuple[Any, ...]) -> None:

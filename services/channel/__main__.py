@@ -49,7 +49,7 @@ async def main(arguments: argparse.Namespace) -> None:
             on_registered=node.on_registered,
             on_lease=node.on_lease,
             on_lost=node.on_lost,
-            floor=lambda: node.core.newest_version,
+            floor=node.core.begin_registration,
             on_failed=lambda error: not_serving(f"keeping the etcd registration failed: {error!r}"),
         )
 

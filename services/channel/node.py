@@ -24,7 +24,8 @@ Rules:
    fenced or stalled, makes the next attempt at that channel wait: `takeover_backoff_ms_min`, doubled
    with each failure in a row up to `takeover_backoff_ms_max`. Requests meanwhile are answered
    TAKEOVER_BACKOFF (retryable). So a channel that cannot be served costs a few attempts a second,
-   not a loop, and the attempts of one ring version last for days, not minutes.
+   not a loop, and the attempts of one ring version last for days, not minutes. A prepared takeover
+   that failed is prepared again once its wait is over (nobody else would ask for it).
 
 Like the role, the node is a pure core: adapters feed it requests, store replies, rings, lease
 renewals and ticks, and carry out the `Effects` it returns.
@@ -32,6 +33,7 @@ renewals and ticks, and carry out the `Effects` it returns.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,7 +111,8 @@ class ChannelNode:
         self.ring: Ring | None = None
         self.lease_deadline_ms = 0
         self.registered_revision = 0
-        self.registered_after_version = -1  # the newest ring version seen when we registered
+        self.registered_after_version = -1  # the newest ring version seen when we last registered
+        self._registering_after = -1  # ... when the registration being written began
         self.newest_version = 0  # the newest ring version ever seen (what we tell etcd: our floor)
         self.wall_offset_ms = 0  # wall-clock time minus `now_ms`, for message timestamps
         self.roles: dict[str, ChannelRole] = {}
@@ -120,6 +123,7 @@ class ChannelNode:
         self._swept_ms: int | None = None
         self._taking_over: dict[str, None] = {}  # channels whose roles are fencing or recovering
         self._prepared: dict[str, None] = {}  # channels to take over when a slot frees, in order
+        self._retry_prepared: list[tuple[int, str]] = []  # heap: (when, channel) of failed prepared takeovers
         self.takeovers_done = 0
 
     # ----------------------------------------------------------------------------- membership
@@ -134,16 +138,23 @@ class ChannelNode:
             and self.node_id in ring
         )
 
+    def begin_registration(self) -> int:
+        """A registration is about to be written: the newest ring version seen so far, which the
+        registration carries as its floor (placement makes the rings after it newer)."""
+        self._registering_after = self.newest_version
+        return self.newest_version
+
     def on_registered(self, revision: int) -> None:
         """Our membership key was written at etcd `revision`: serve only under rings at least that new.
 
         A restarted node may still hear rings from before its restart, in which its previous
         incarnation owned the same channels; taking over under such a ring could reuse an epoch
         that incarnation already wrote with. Revisions go back when etcd loses its data; ring
-        versions never do, so a ring must also be newer than every ring seen before registering.
+        versions never do, so a ring must also be newer than every ring seen before the registration
+        began (not before its answer came: the ring of its own revision may come first).
         """
         self.registered_revision = revision
-        self.registered_after_version = self.newest_version
+        self.registered_after_version = self._registering_after
 
     def on_lease(self, deadline_ms: int) -> None:
         """A keep-alive was acknowledged: the lease holds until `deadline_ms` by our clock."""
@@ -174,6 +185,7 @@ class ChannelNode:
         self._busy.clear()
         self._taking_over.clear()
         self._prepared.clear()
+        self._retry_prepared.clear()
 
     # ----------------------------------------------------------------------------- requests
 
@@ -227,6 +239,10 @@ class ChannelNode:
         return queued
 
     def _start_prepared(self, now_ms: int, fx: Effects) -> None:
+        while self._retry_prepared and self._retry_prepared[0][0] <= now_ms:
+            _, channel = heapq.heappop(self._retry_prepared)
+            if channel not in self.roles and len(self._prepared) < self.config.prepared_channels_max:
+                self._prepared[channel] = None
         while self._prepared and len(self._taking_over) < self.config.takeovers_inflight_max:
             channel = next(iter(self._prepared))
             del self._prepared[channel]
@@ -324,6 +340,8 @@ class ChannelNode:
         shift = min(attempts.failures - 1, 16)
         delay_ms = min(self.config.takeover_backoff_ms_max, self.config.takeover_backoff_ms_min << shift)
         attempts.retry_ms = now_ms + delay_ms
+        if role.trigger == "prepare" and len(self._retry_prepared) < self.config.prepared_channels_max:
+            heapq.heappush(self._retry_prepared, (attempts.retry_ms, role.channel))
 
     def _forget(self, channel: str) -> None:
         del self.roles[channel]

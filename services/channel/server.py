@@ -82,6 +82,10 @@ store_rpcs_inflight_max = 1
 """RPCs of each kind (Fence, Append, Read) in flight to one replica at a time; requests made meanwhile
 wait and go together in the next one, so a burst of takeovers costs a few RPCs, not one per channel."""
 
+subscription_heartbeat_s = 1.0
+"""A subscription stream with nothing to deliver gets an empty response this often: the gateway
+leaves an owner that sends nothing for longer (services/gateway/feed.py)."""
+
 subscriber_queue_deliveries_max = 1_024
 """Deliveries queued for one subscription; a subscriber further behind is cut off (it resumes)."""
 
@@ -709,7 +713,11 @@ class ChannelNodeAdapter:
         self.call(lambda fx: self.core.subscribe(channel, token, after_serial, now_ms(), fx))
         try:
             while True:
-                delivery = await queue.get()
+                try:
+                    delivery = await asyncio.wait_for(queue.get(), subscription_heartbeat_s)
+                except TimeoutError:
+                    yield Delivery()  # a heartbeat: nothing new, and this owner is alive and serving
+                    continue
                 yield delivery
                 if delivery.end_reason:
                     return
@@ -814,6 +822,9 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             if delivery.end_reason:
                 await abort(context, error_for(delivery.end_reason, self.node.ring_version))
                 return
+            if not delivery.entries and not delivery.gap_next_serial:
+                yield channel_pb2.ChannelServiceSubscribeResponse()  # a heartbeat
+                continue
             span = None
             if tracing.enabled():
                 serials = [entry.serial for entry in delivery.entries]

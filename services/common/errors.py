@@ -65,3 +65,13 @@ def reason_of(error: grpc.RpcError) -> str:
 
 
 __all__ = ["ServiceError", "abort", "error_info", "invalid", "reason_of", "status_of", "unavailable", "code_pb2"]
+
+
+def refused(error: grpc.RpcError) -> bool:
+    """The call failed because nothing listens at the address (gRPC's own wording): the process is gone."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and "Connection refused" in (error.details() or "")
+
+
+def passthrough(error: grpc.RpcError) -> ServiceError:
+    """Another service's answer, handed on with its code and reason."""
+    return ServiceError(error.code(), reason_of(error), error.details() or "refused")

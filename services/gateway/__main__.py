@@ -16,8 +16,10 @@ async def main(arguments: argparse.Namespace) -> None:
     watcher = RingWatcher([address for address in arguments.placement.split(",") if address])
     router = OwnerRouter(watcher)
 
+    servicer = RealtimeServicer(router)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(RealtimeServicer(router), server)
+        realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(servicer, server)
         return [realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name]
 
     async def ready() -> None:
@@ -25,6 +27,7 @@ async def main(arguments: argparse.Namespace) -> None:
         await watcher.wait_ready(arguments.ring_wait)
 
     async def closed() -> None:
+        await servicer.feeds.close()
         await watcher.stop()
         await router.close()
 

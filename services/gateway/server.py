@@ -4,9 +4,10 @@ A gateway holds no durable state. It keeps the newest ring (WatchRing from place
 channel's owner locally, and calls it. When the owner answers NOT_OWNER, or the channel moved, or the
 owner cannot be reached, the gateway refreshes its ring and tries again — within the caller's
 deadline, with jittered, bounded backoff. Retrying a publish is safe because message ids make it
-idempotent. A subscription is a loop: follow the owner's stream, and on any interruption resume
-after the last serial delivered, at whoever owns the channel then; so the client sees no gap and no
-duplicate across owner changes.
+idempotent. Subscriptions share one stream from the owner per channel (services/gateway/feed.py):
+it resumes after the last serial it got, at whoever owns the channel then, as soon as the owner
+fails, goes silent or is no longer named by the ring; so clients see no gap and no duplicate across
+owner changes, and an owner sends each message once per gateway, not once per subscriber.
 
 A gateway also remembers the channels it routed lately (bounded, least recently used forgotten
 first). When a new ring moves some of them to another node, it asks that node to take them over at
@@ -17,6 +18,7 @@ proportional to the channels in use that moved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -36,9 +38,10 @@ from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common import metrics, tracing
-from services.common.errors import ServiceError, abort, reason_of, status_of, unavailable
+from services.common.errors import ServiceError, abort, passthrough, reason_of, refused, status_of, unavailable
 from services.common.pipe import serve_pipe
 from services.common.server import CHANNEL_OPTIONS
+from services.gateway.feed import FeedRegistry, covered_through, follow_owner
 from services.gateway.validation import Limits, check_batch, check_channel, history_limit
 from services.placement.client import RingView, RingWatcher
 
@@ -56,9 +59,6 @@ retry_backoff_s_min = 0.02
 retry_backoff_s_max = 0.5
 publish_stream_inflight_max = 64
 """Requests of one PublishStream being worked on at once (responses still go out in order)."""
-
-subscribe_outage_s_max = 60.0
-"""A subscription whose channel has had no reachable owner this long ends (UNAVAILABLE; resumable)."""
 
 recent_channels_max = 100_000
 """Channels a gateway remembers as in use, for Prepare after a ring change."""
@@ -78,11 +78,6 @@ reported_addresses_max = 1_024
 """Owner addresses whose last report a gateway remembers."""
 
 
-def refused(error: grpc.RpcError) -> bool:
-    """The call failed because nothing listens at the owner's address (gRPC's own wording)."""
-    return error.code() == grpc.StatusCode.UNAVAILABLE and "Connection refused" in (error.details() or "")
-
-
 def outcome_name(outcome: int) -> str:
     return str(placement_pb2.UnreachableOutcome.Name(outcome)).removeprefix("UNREACHABLE_OUTCOME_")
 
@@ -93,7 +88,7 @@ FAIL_FAST_REASONS = {"QUORUM_UNAVAILABLE"}
 """Retryable for the client, but not worth retrying here: the owner knows no quorum is reachable."""
 
 
-class NoOwner(Exception):
+class NoOwner(LookupError):
     pass
 
 
@@ -249,6 +244,17 @@ class OwnerRouter:
         for link in self._links.values():
             await link.close()
 
+    def watch_move(self, channel: str, owner: str) -> tuple[asyncio.Event, Callable[[], None]]:
+        """An event set once a ring names another owner than `owner` for `channel`, and the function
+        that stops watching."""
+        moved = asyncio.Event()
+
+        def on_ring(view: RingView) -> None:
+            if view.ring.owner(channel) != owner:
+                moved.set()
+
+        return moved, self.watcher.subscribe(on_ring)
+
     async def _unless_moved(self, channel: str, owner: str, call: Awaitable[T]) -> T:
         """Await `call`, but give up on it as soon as the ring names another owner for `channel`.
 
@@ -256,13 +262,7 @@ class OwnerRouter:
         the call's own timeout, long after its channels were re-placed. Abandoning the call is safe:
         the retry carries the same message ids.
         """
-        moved = asyncio.Event()
-
-        def on_ring(view: RingView) -> None:
-            if view.ring.owner(channel) != owner:
-                moved.set()
-
-        unsubscribe = self.watcher.subscribe(on_ring)
+        moved, unsubscribe = self.watch_move(channel, owner)
         work = asyncio.ensure_future(call)
         watch = asyncio.ensure_future(moved.wait())
         try:
@@ -321,15 +321,11 @@ def _deadline(context: grpc.aio.ServicerContext) -> float:
     return asyncio.get_running_loop().time() + budget
 
 
-def _passthrough(error: grpc.RpcError) -> ServiceError:
-    """An owner's non-retryable answer, handed on to the client with its reason."""
-    return ServiceError(error.code(), reason_of(error), error.details() or "owner refused")
-
-
 class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[misc]
     def __init__(self, router: OwnerRouter, limits: Limits | None = None) -> None:
         self.router = router
         self.limits = limits or Limits()
+        self.feeds = FeedRegistry(router)
 
     async def _publish(
         self, request: realtime_pb2.PublishRequest, deadline: float, parent: otel_context.Context | None = None
@@ -371,7 +367,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         try:
             return await self.router.call(request.channel, deadline, attempt)
         except grpc.RpcError as error:
-            raise _passthrough(error) from error
+            raise passthrough(error) from error
 
     async def Publish(  # noqa: N802 - gRPC method names
         self, request: realtime_pb2.PublishRequest, context: grpc.aio.ServicerContext
@@ -434,49 +430,48 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         # Headers now, before any message: they tell the client the subscription is in place (and
         # that this gateway answers) even on a quiet channel.
         await context.send_initial_metadata(())
-        loop = asyncio.get_running_loop()
-        backoff = retry_backoff_s_min
-        outage_since: float | None = None
-        while True:
-            try:
-                self.router.recent.touch(request.channel, loop.time())
-                owner, address = self.router.owner(request.channel)
-                upstream = self.router.stub(address).Subscribe(
-                    channel_pb2.ChannelServiceSubscribeRequest(channel=request.channel, after_serial=after)
-                )
-                async for response in upstream:
-                    outage_since, backoff = None, retry_backoff_s_min
-                    self.router.recent.touch(request.channel, loop.time())
-                    if response.HasField("gap") and response.gap.next_serial > after + 1:
-                        # Retention dropped what comes next: say so, never skip silently (G4).
-                        after = response.gap.next_serial - 1
-                        yield realtime_pb2.SubscribeResponse(gap=response.gap)
-                    for message in response.messages:
-                        if message.serial != after + 1:  # the owner broke G4: never pass that on
-                            log.error("owner sent serial %d after %d on %s", message.serial, after, request.channel)
-                            await abort(
-                                context, ServiceError(grpc.StatusCode.INTERNAL, "OUT_OF_ORDER", "stream broken")
-                            )
-                            return
-                        after = message.serial
-                        yield realtime_pb2.SubscribeResponse(message=message)
-            except NoOwner:
-                pass
-            except grpc.RpcError as error:
-                if error.code() not in RETRYABLE:
-                    await abort(context, _passthrough(error))
-                    return
-                if refused(error):
-                    self.router.report_refused(owner, address)
-            outage_since = outage_since or loop.time()
-            if loop.time() - outage_since > subscribe_outage_s_max:
-                await abort(
-                    context, unavailable("OWNER_UNREACHABLE", f"no owner for {request.channel!r}; resume later")
-                )
-                return
-            await self.router.watcher.refresh()
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, retry_backoff_s_max)
+        try:
+            async for response in self._follow(request.channel, after):
+                yield response
+        except ServiceError as error:
+            await abort(context, error)
+
+    async def _follow(self, channel: str, after: int) -> AsyncIterator[realtime_pb2.SubscribeResponse]:
+        """Every response a subscriber after serial `after` is owed, in order: from the channel's
+        shared feed while it covers the next serial, else from the owner on a stream of its own
+        until it does (feed.py, rule 3). Raises ServiceError when the subscription cannot go on."""
+        next_serial = after + 1
+        feed = self.feeds.join(channel, after)
+        try:
+            while True:
+                if feed is not None and feed.covers(next_serial):
+                    index = feed.index_of(next_serial)
+                    while True:
+                        if index >= feed.end:
+                            await feed.wait_beyond(index)
+                        if feed.error is not None and index >= feed.end:
+                            raise feed.error
+                        response = feed.response(index)
+                        if response is None:
+                            break  # too slow: the buffer moved past us; catch up on our own
+                        index += 1
+                        through = covered_through(response)
+                        if through >= next_serial:
+                            next_serial = through + 1
+                            yield response
+                    continue
+                async with contextlib.aclosing(follow_owner(self.router, channel, next_serial - 1)) as alone:
+                    async for batch in alone:
+                        for response in batch:
+                            next_serial = covered_through(response) + 1
+                            yield response
+                        if feed is None or feed.error is not None:  # at capacity, or it failed: again
+                            self.feeds.leave(feed)
+                            feed = self.feeds.join(channel, next_serial - 1)
+                        if feed is not None and feed.covers(next_serial):
+                            break
+        finally:
+            self.feeds.leave(feed)
 
     async def _last_serial(self, channel: str, deadline: float) -> int:
         async def attempt(link: OwnerLink, timeout: float) -> int:
@@ -514,7 +509,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             await abort(context, error)
             raise
         except grpc.RpcError as error:
-            await abort(context, _passthrough(error))
+            await abort(context, passthrough(error))
             raise
 
     async def _history(
@@ -565,5 +560,5 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             await abort(context, error)
             raise
         except grpc.RpcError as error:
-            await abort(context, _passthrough(error))
+            await abort(context, passthrough(error))
             raise

@@ -338,6 +338,28 @@ def test_failed_takeovers_back_off_and_a_served_one_resets_the_backoff() -> None
     assert node._attempts["ch"].failures == 0
 
 
+def test_a_prepared_takeover_that_failed_is_prepared_again_after_its_wait() -> None:
+    node = ChannelNode("n1", NodeConfig(takeover_backoff_ms_min=100))
+    node.on_registered(3)
+    node.on_lease(1_000_000)
+    node.on_ring(Ring(3, ("n1",)), Effects())
+    replicas = Replicas()
+    replicas.down = set(STORES)  # no fence is answered: the takeover times out
+    fx = Effects()
+    assert node.prepare(["ch"], 0, fx) == 1
+    run_node(replicas, node, fx)
+    timeout_ms = RoleConfig().takeover_timeout_ms + 1
+    node.tick(timeout_ms, Effects())
+    assert "ch" not in node.roles  # failed, and nobody asks for the channel
+    replicas.down = set()
+    fx = Effects()
+    node.tick(timeout_ms + 50, fx)
+    assert "ch" not in node.roles  # still waiting
+    node.tick(timeout_ms + 101, fx)
+    run_node(replicas, node, fx, timeout_ms + 101)
+    assert node.roles["ch"].state is RoleState.SERVING
+
+
 def test_skip_fence_bug_leaves_replicas_unfenced() -> None:
     replicas = Replicas()
     take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"skip-fence"})))
@@ -926,12 +948,16 @@ def test_node_never_serves_under_a_ring_older_than_its_registration() -> None:
 def test_after_etcd_lost_its_data_a_node_serves_under_the_new_rings_only() -> None:
     node = ChannelNode("n1", NodeConfig())
     node.on_lease(1_000)
+    assert node.begin_registration() == 0
+    node.on_ring(Ring(40, ("n1",)), Effects())  # the ring of our own registration can come first
     node.on_registered(40)
+    assert node.serving(0)
     node.on_ring(Ring(41, ("n1",)), Effects())
     assert node.serving(0) and node.newest_version == 41
     # etcd is wiped: revisions start again, and the node registers anew at revision 3. Placement
     # keeps versions growing (version = revision + offset): the old ring, whose revision 41 is above
     # 3, must not count as new enough; the next ring of the new etcd does.
+    assert node.begin_registration() == 41  # the floor the registration carries
     node.on_registered(3)
     assert not node.serving(0)
     node.on_ring(Ring(45, ("n1",), revision=4), Effects())
