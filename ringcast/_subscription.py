@@ -28,6 +28,9 @@ from ringcast._types import ClientStats, Message
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
+subscribe_batch_messages_max = 256
+"""Messages the gateway may put in one response of a subscription (what it caps batches at too)."""
+
 
 class Subscription:
     """`async for message in subscription` yields the channel's messages in serial order, once each.
@@ -114,7 +117,9 @@ class Subscription:
         previous: str | None = None
         while not self._closed:
             address = self.transport.pool.pick(loop.time(), avoid=previous)
-            request = realtime_pb2.SubscribeRequest(channel=self.channel, after_serial=last)
+            request = realtime_pb2.SubscribeRequest(
+                channel=self.channel, after_serial=last, batch_max=subscribe_batch_messages_max
+            )
             started = loop.time()
             call = self._call = self.transport.stub(address).Subscribe(request, metadata=trace_metadata())
             try:
@@ -133,15 +138,17 @@ class Subscription:
                             raise ContinuityLost(self.channel, last, response.gap.next_serial, response.gap.reason)
                         last = self.last_serial = response.gap.next_serial - 1
                         continue
-                    serial = response.message.serial
-                    if serial <= last:
-                        self.stats.duplicates_dropped += 1
-                        continue
-                    if serial != last + 1:
-                        raise ContinuityLost(self.channel, last, serial, "SERIAL_GAP")
-                    last = self.last_serial = serial
-                    gap_accepted = False
-                    yield Message.from_proto(self.channel, response.message)
+                    batch = response.messages if response.messages else (response.message,)
+                    for message in batch:
+                        serial = message.serial
+                        if serial <= last:
+                            self.stats.duplicates_dropped += 1
+                            continue
+                        if serial != last + 1:
+                            raise ContinuityLost(self.channel, last, serial, "SERIAL_GAP")
+                        last = self.last_serial = serial
+                        gap_accepted = False
+                        yield Message.from_proto(self.channel, message)
                 outcome, reason = Outcome.SOFT_FAILURE, "STREAM_ENDED"
             except grpc.aio.AioRpcError as error:
                 verdict = self.transport.classify(error)

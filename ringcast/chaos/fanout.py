@@ -130,9 +130,11 @@ def _worker(
             # last receipt, so it may include up to one publishing interval before the next batch).
             while True:
                 await asyncio.sleep(0.25)
-                now, newest = time.time(), acked.value
+                now, newest, last = time.time(), acked.value, final.value
                 for index, result in enumerate(own):
-                    if result.last < newest and result.caught_up_s is None and not result.error:
+                    if last and result.last >= last and result.caught_up_s is None:
+                        result.caught_up_s = max(0.0, seen_at[index] - acked_at.value)  # before the end was known
+                    elif result.last < newest and result.caught_up_s is None and not result.error:
                         result.stalled_s = max(result.stalled_s, now - seen_at[index])
 
         tasks = [asyncio.create_task(follow(index)) for index in range(count)]

@@ -29,24 +29,28 @@ class PublishResponse(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., serials: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[bool]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("channel", "after_serial", "rewind", "latest")
+    __slots__ = ("channel", "after_serial", "rewind", "latest", "batch_max")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
     REWIND_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MAX_FIELD_NUMBER: _ClassVar[int]
     channel: str
     after_serial: int
     rewind: int
     latest: bool
-    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., rewind: _Optional[int] = ..., latest: _Optional[bool] = ...) -> None: ...
+    batch_max: int
+    def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., rewind: _Optional[int] = ..., latest: _Optional[bool] = ..., batch_max: _Optional[int] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("message", "gap")
+    __slots__ = ("message", "gap", "messages")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     message: _message_pb2.Message
     gap: _message_pb2.ContinuityLost
-    def __init__(self, message: _Optional[_Union[_message_pb2.Message, _Mapping]] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    def __init__(self, message: _Optional[_Union[_message_pb2.Message, _Mapping]] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
 
 class HistoryRequest(_message.Message):
     __slots__ = ("channel", "after_serial", "limit", "reverse")

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fringcast/v1/store_service.proto\x12\x0bringcast.v1\x1a\x19ringcast/v1/message.proto\",\n\x0bLogPosition\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"b\n\x08LogEntry\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12%\n\x07message\x18\x03 \x01(\x0b\x32\x14.ringcast.v1.Message\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"9\n\x0c\x46\x65nceRequest\x12)\n\x06\x66\x65nces\x18\x01 \x03(\x0b\x32\x19.ringcast.v1.ChannelFence\".\n\x0c\x43hannelFence\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"A\n\rFenceResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.ringcast.v1.ChannelFenceResult\"y\n\x12\x43hannelFenceResult\x12\x0e\n\x06\x66\x65nced\x18\x01 \x01(\x08\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12&\n\x04last\x18\x03 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x04 \x01(\x04\"<\n\rAppendRequest\x12+\n\x07\x61ppends\x18\x01 \x03(\x0b\x32\x1a.ringcast.v1.ChannelAppend\"\xa2\x01\n\rChannelAppend\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x04prev\x18\x03 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12&\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x15.ringcast.v1.LogEntry\x12\x0e\n\x06\x63ommit\x18\x05 \x01(\x04\x12\x11\n\tfrom_base\x18\x06 \x01(\x08\"m\n\x0e\x41ppendResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .ringcast.v1.ChannelAppendResult\x12(\n\x06\x63ommit\x18\x02 \x01(\x0b\x32\x18.ringcast.v1.StoreCommit\"7\n\x0bStoreCommit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\n\n\x02ms\x18\x03 \x01(\x01\"\x9a\x02\n\x13\x43hannelAppendResult\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.ringcast.v1.AppendStatus\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12&\n\x04last\x18\x03 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x14\n\x0cmatch_serial\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onflict_epoch\x18\x05 \x01(\x04\x12\x1d\n\x15\x63onflict_first_serial\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12&\n\x04\x62\x61se\x18\x08 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\t \x01(\x04\"6\n\x0bReadRequest\x12\'\n\x05reads\x18\x01 \x03(\x0b\x32\x18.ringcast.v1.ChannelRead\"U\n\x0b\x43hannelRead\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x10\n\x08ids_only\x18\x04 \x01(\x08\"?\n\x0cReadResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.ringcast.v1.ChannelReadResult\"\xc7\x01\n\x11\x43hannelReadResult\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.ringcast.v1.LogEntry\x12&\n\x04last\x18\x02 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x03 \x01(\x04\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x15\n\rtimestamps_ms\x18\x05 \x03(\x03\x12&\n\x04\x62\x61se\x18\x06 \x01(\x0b\x32\x18.ringcast.v1.LogPosition*\xaf\x01\n\x0c\x41ppendStatus\x12\x1d\n\x19\x41PPEND_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41PPEND_STATUS_OK\x10\x01\x12\x18\n\x14\x41PPEND_STATUS_FENCED\x10\x02\x12\x1a\n\x16\x41PPEND_STATUS_MISMATCH\x10\x03\x12\x19\n\x15\x41PPEND_STATUS_CORRUPT\x10\x04\x12\x19\n\x15\x41PPEND_STATUS_INVALID\x10\x05\x32\x9b\x02\n\x0cStoreService\x12>\n\x05\x46\x65nce\x12\x19.ringcast.v1.FenceRequest\x1a\x1a.ringcast.v1.FenceResponse\x12\x41\n\x06\x41ppend\x12\x1a.ringcast.v1.AppendRequest\x1a\x1b.ringcast.v1.AppendResponse\x12K\n\x0c\x41ppendStream\x12\x1a.ringcast.v1.AppendRequest\x1a\x1b.ringcast.v1.AppendResponse(\x01\x30\x01\x12;\n\x04Read\x12\x18.ringcast.v1.ReadRequest\x1a\x19.ringcast.v1.ReadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fringcast/v1/store_service.proto\x12\x0bringcast.v1\x1a\x19ringcast/v1/message.proto\",\n\x0bLogPosition\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"b\n\x08LogEntry\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12%\n\x07message\x18\x03 \x01(\x0b\x32\x14.ringcast.v1.Message\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"9\n\x0c\x46\x65nceRequest\x12)\n\x06\x66\x65nces\x18\x01 \x03(\x0b\x32\x19.ringcast.v1.ChannelFence\".\n\x0c\x43hannelFence\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"A\n\rFenceResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.ringcast.v1.ChannelFenceResult\"y\n\x12\x43hannelFenceResult\x12\x0e\n\x06\x66\x65nced\x18\x01 \x01(\x08\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12&\n\x04last\x18\x03 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x04 \x01(\x04\"<\n\rAppendRequest\x12+\n\x07\x61ppends\x18\x01 \x03(\x0b\x32\x1a.ringcast.v1.ChannelAppend\"\xb8\x01\n\rChannelAppend\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12&\n\x04prev\x18\x03 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12&\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x15.ringcast.v1.LogEntry\x12\x0e\n\x06\x63ommit\x18\x05 \x01(\x04\x12\x11\n\tfrom_base\x18\x06 \x01(\x08\x12\x14\n\x0cowner_now_ms\x18\x07 \x01(\x03\"m\n\x0e\x41ppendResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .ringcast.v1.ChannelAppendResult\x12(\n\x06\x63ommit\x18\x02 \x01(\x0b\x32\x18.ringcast.v1.StoreCommit\"7\n\x0bStoreCommit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\n\n\x02ms\x18\x03 \x01(\x01\"\xb0\x02\n\x13\x43hannelAppendResult\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.ringcast.v1.AppendStatus\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12&\n\x04last\x18\x03 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x14\n\x0cmatch_serial\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onflict_epoch\x18\x05 \x01(\x04\x12\x1d\n\x15\x63onflict_first_serial\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12&\n\x04\x62\x61se\x18\x08 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\t \x01(\x04\x12\x14\n\x0cstore_now_ms\x18\n \x01(\x03\"6\n\x0bReadRequest\x12\'\n\x05reads\x18\x01 \x03(\x0b\x32\x18.ringcast.v1.ChannelRead\"U\n\x0b\x43hannelRead\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x10\n\x08ids_only\x18\x04 \x01(\x08\"?\n\x0cReadResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.ringcast.v1.ChannelReadResult\"\xc7\x01\n\x11\x43hannelReadResult\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.ringcast.v1.LogEntry\x12&\n\x04last\x18\x02 \x01(\x0b\x32\x18.ringcast.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x03 \x01(\x04\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x15\n\rtimestamps_ms\x18\x05 \x03(\x03\x12&\n\x04\x62\x61se\x18\x06 \x01(\x0b\x32\x18.ringcast.v1.LogPosition*\xaf\x01\n\x0c\x41ppendStatus\x12\x1d\n\x19\x41PPEND_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41PPEND_STATUS_OK\x10\x01\x12\x18\n\x14\x41PPEND_STATUS_FENCED\x10\x02\x12\x1a\n\x16\x41PPEND_STATUS_MISMATCH\x10\x03\x12\x19\n\x15\x41PPEND_STATUS_CORRUPT\x10\x04\x12\x19\n\x15\x41PPEND_STATUS_INVALID\x10\x05\x32\x9b\x02\n\x0cStoreService\x12>\n\x05\x46\x65nce\x12\x19.ringcast.v1.FenceRequest\x1a\x1a.ringcast.v1.FenceResponse\x12\x41\n\x06\x41ppend\x12\x1a.ringcast.v1.AppendRequest\x1a\x1b.ringcast.v1.AppendResponse\x12K\n\x0c\x41ppendStream\x12\x1a.ringcast.v1.AppendRequest\x1a\x1b.ringcast.v1.AppendResponse(\x01\x30\x01\x12;\n\x04Read\x12\x18.ringcast.v1.ReadRequest\x1a\x19.ringcast.v1.ReadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringcast.v1.store_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPENDSTATUS']._serialized_start=1609
-  _globals['_APPENDSTATUS']._serialized_end=1784
+  _globals['_APPENDSTATUS']._serialized_start=1653
+  _globals['_APPENDSTATUS']._serialized_end=1828
   _globals['_LOGPOSITION']._serialized_start=75
   _globals['_LOGPOSITION']._serialized_end=119
   _globals['_LOGENTRY']._serialized_start=121
@@ -49,21 +49,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDREQUEST']._serialized_start=518
   _globals['_APPENDREQUEST']._serialized_end=578
   _globals['_CHANNELAPPEND']._serialized_start=581
-  _globals['_CHANNELAPPEND']._serialized_end=743
-  _globals['_APPENDRESPONSE']._serialized_start=745
-  _globals['_APPENDRESPONSE']._serialized_end=854
-  _globals['_STORECOMMIT']._serialized_start=856
-  _globals['_STORECOMMIT']._serialized_end=911
-  _globals['_CHANNELAPPENDRESULT']._serialized_start=914
-  _globals['_CHANNELAPPENDRESULT']._serialized_end=1196
-  _globals['_READREQUEST']._serialized_start=1198
-  _globals['_READREQUEST']._serialized_end=1252
-  _globals['_CHANNELREAD']._serialized_start=1254
-  _globals['_CHANNELREAD']._serialized_end=1339
-  _globals['_READRESPONSE']._serialized_start=1341
-  _globals['_READRESPONSE']._serialized_end=1404
-  _globals['_CHANNELREADRESULT']._serialized_start=1407
-  _globals['_CHANNELREADRESULT']._serialized_end=1606
-  _globals['_STORESERVICE']._serialized_start=1787
-  _globals['_STORESERVICE']._serialized_end=2070
+  _globals['_CHANNELAPPEND']._serialized_end=765
+  _globals['_APPENDRESPONSE']._serialized_start=767
+  _globals['_APPENDRESPONSE']._serialized_end=876
+  _globals['_STORECOMMIT']._serialized_start=878
+  _globals['_STORECOMMIT']._serialized_end=933
+  _globals['_CHANNELAPPENDRESULT']._serialized_start=936
+  _globals['_CHANNELAPPENDRESULT']._serialized_end=1240
+  _globals['_READREQUEST']._serialized_start=1242
+  _globals['_READREQUEST']._serialized_end=1296
+  _globals['_CHANNELREAD']._serialized_start=1298
+  _globals['_CHANNELREAD']._serialized_end=1383
+  _globals['_READRESPONSE']._serialized_start=1385
+  _globals['_READRESPONSE']._serialized_end=1448
+  _globals['_CHANNELREADRESULT']._serialized_start=1451
+  _globals['_CHANNELREADRESULT']._serialized_end=1650
+  _globals['_STORESERVICE']._serialized_start=1831
+  _globals['_STORESERVICE']._serialized_end=2114
 # @@protoc_insertion_point(module_scope)

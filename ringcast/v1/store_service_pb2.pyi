@@ -82,20 +82,22 @@ class AppendRequest(_message.Message):
     def __init__(self, appends: _Optional[_Iterable[_Union[ChannelAppend, _Mapping]]] = ...) -> None: ...
 
 class ChannelAppend(_message.Message):
-    __slots__ = ("channel", "epoch", "prev", "entries", "commit", "from_base")
+    __slots__ = ("channel", "epoch", "prev", "entries", "commit", "from_base", "owner_now_ms")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PREV_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     FROM_BASE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_NOW_MS_FIELD_NUMBER: _ClassVar[int]
     channel: str
     epoch: int
     prev: LogPosition
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
     commit: int
     from_base: bool
-    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., from_base: _Optional[bool] = ...) -> None: ...
+    owner_now_ms: int
+    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., from_base: _Optional[bool] = ..., owner_now_ms: _Optional[int] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
     __slots__ = ("results", "commit")
@@ -116,7 +118,7 @@ class StoreCommit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., requests: _Optional[int] = ..., ms: _Optional[float] = ...) -> None: ...
 
 class ChannelAppendResult(_message.Message):
-    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail", "base", "damaged_serial")
+    __slots__ = ("status", "fence_epoch", "last", "match_serial", "conflict_epoch", "conflict_first_serial", "detail", "base", "damaged_serial", "store_now_ms")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     FENCE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +128,7 @@ class ChannelAppendResult(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     BASE_FIELD_NUMBER: _ClassVar[int]
     DAMAGED_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    STORE_NOW_MS_FIELD_NUMBER: _ClassVar[int]
     status: AppendStatus
     fence_epoch: int
     last: LogPosition
@@ -135,7 +138,8 @@ class ChannelAppendResult(_message.Message):
     detail: str
     base: LogPosition
     damaged_serial: int
-    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ..., damaged_serial: _Optional[int] = ...) -> None: ...
+    store_now_ms: int
+    def __init__(self, status: _Optional[_Union[AppendStatus, str]] = ..., fence_epoch: _Optional[int] = ..., last: _Optional[_Union[LogPosition, _Mapping]] = ..., match_serial: _Optional[int] = ..., conflict_epoch: _Optional[int] = ..., conflict_first_serial: _Optional[int] = ..., detail: _Optional[str] = ..., base: _Optional[_Union[LogPosition, _Mapping]] = ..., damaged_serial: _Optional[int] = ..., store_now_ms: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("reads",)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections import deque
 
 import grpc
 
@@ -16,6 +17,12 @@ from services.common.server import deliberate_bugs, env_default, not_serving, ru
 from services.placement.client import RingWatcher
 
 log = logging.getLogger("ringcast.channel")
+
+quarantine_memory_s = 600.0
+"""Quarantines this recent make the next one longer."""
+
+quarantine_doublings_max = 5
+"""A quarantine lasts at most 2 ** this times --quarantine."""
 
 
 def parse_stores(text: str) -> dict[str, str]:
@@ -62,16 +69,25 @@ async def main(arguments: argparse.Namespace) -> None:
         registration = await join()
 
     quarantined = False
+    quarantines: deque[float] = deque(maxlen=quarantine_doublings_max)
 
     async def quarantine(reason: str) -> None:
-        """Alive but failing: leave the ring so the channels move elsewhere, then come back later."""
+        """Alive but failing: leave the ring so the channels move elsewhere, then come back later.
+        Each quarantine within `quarantine_memory_s` of the last ones lasts twice as long (up to
+        2 ** quarantine_doublings_max times the base), so a fault that outlasts it costs the channels
+        a shorter and shorter share of their time, instead of a flap every quarantine."""
         nonlocal registration, quarantined
         if registration is None:
             return
-        log.warning("unhealthy (%s): leaving the ring for %.0f s", reason, arguments.quarantine)
+        loop = asyncio.get_running_loop()
+        while quarantines and loop.time() - quarantines[0] > quarantine_memory_s:
+            quarantines.popleft()
+        duration_s = arguments.quarantine * 2 ** len(quarantines)
+        quarantines.append(loop.time())
+        log.warning("unhealthy (%s): leaving the ring for %.0f s", reason, duration_s)
         await registration.stop()
         node.on_lost()
-        await asyncio.sleep(arguments.quarantine)
+        await asyncio.sleep(duration_s)
         registration = await join()
         quarantined = False
         log.info("rejoined the ring after quarantine")

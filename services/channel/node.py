@@ -95,6 +95,8 @@ class NodeConfig:
     """Takeovers (fencing or recovering) at once before prepared channels wait for a slot."""
     prepared_channels_max: int = 100_000
     """Prepared channels waiting for a takeover slot; beyond that they are left to their first request."""
+    stores_unreachable_ms: int = 4_000
+    """How long serving channels may have no quorum of replicas within reach before the node says so."""
     takeover_backoff_ms_min: int = 50
     takeover_backoff_ms_max: int = 2_000
     """Wait before the next takeover attempt after failures in a row (doubling from the minimum)."""
@@ -121,6 +123,7 @@ class ChannelNode:
         # Channels whose roles may have work that waits on time; a dict, for a deterministic order.
         self._busy: dict[str, None] = {}
         self._swept_ms: int | None = None
+        self._quorum_lost_ms: int | None = None  # since when a serving role has had no quorum in reach
         self._taking_over: dict[str, None] = {}  # channels whose roles are fencing or recovering
         self._prepared: dict[str, None] = {}  # channels to take over when a slot frees, in order
         self._retry_prepared: list[tuple[int, str]] = []  # heap: (when, channel) of failed prepared takeovers
@@ -352,18 +355,24 @@ class ChannelNode:
         """ "" when healthy; otherwise why this node should give its channels to others.
 
         Health is not binary: a node can be alive, hold its lease and still fail its channels
-        (its links to the stores are slow or lossy). When more than `stalled_roles_max` of its
-        roles gave up with COMMIT_STALLED within `health_window_ms`, it answers COMMIT_STALLED;
-        the adapter then leaves the ring for a while, so the ring moves its channels elsewhere.
-        A node never does that when it is the ring's only member: there would be no one to move to.
+        (its links to the stores are slow, lossy or cut). When more than `stalled_roles_max` of its
+        roles gave up with COMMIT_STALLED within `health_window_ms`, it answers COMMIT_STALLED; when
+        its serving channels have had no quorum of replicas within reach for `stores_unreachable_ms`
+        (their publishes fail fast, so nothing stalls), STORES_UNREACHABLE. The adapter then leaves
+        the ring for a while, so the ring moves its channels to nodes that can serve them — unless
+        the stores are down for everyone (then moving helps no one; the adapter knows from the
+        ring). A node never leaves when it is the ring's only member: there would be no one to move to.
         """
         while self._stalls and now_ms - self._stalls[0] > self.config.health_window_ms:
             self._stalls.popleft()
-        if len(self._stalls) <= self.config.stalled_roles_max:
-            return ""
         if self.ring is None or len(self.ring) < 2:
             return ""
-        return "COMMIT_STALLED"
+        if len(self._stalls) > self.config.stalled_roles_max:
+            return "COMMIT_STALLED"
+        cut_off_since = self._quorum_lost_ms
+        if cut_off_since is not None and now_ms - cut_off_since >= self.config.stores_unreachable_ms:
+            return "STORES_UNREACHABLE"
+        return ""
 
     # ----------------------------------------------------------------------------- time
 
@@ -390,6 +399,7 @@ class ChannelNode:
         if self.roles and not self.serving(now_ms):
             self.stop_all("LEASE_LOST", fx)
             return
+        quorum_lost = False
         for channel in list(self._busy):
             role = self.roles.get(channel)
             if role is None:
@@ -397,11 +407,16 @@ class ChannelNode:
                 continue
             role.wall_offset_ms = self.wall_offset_ms
             role.tick(now_ms, fx)
+            quorum_lost = quorum_lost or role.quorum_lost
             if role.stop_reason == "COMMIT_STALLED":
                 self._stalls.append(now_ms)
             self._drop_if_stopped(role, now_ms)
             if role.quiet:
                 self._busy.pop(channel, None)
+        if not quorum_lost:
+            self._quorum_lost_ms = None
+        elif self._quorum_lost_ms is None:
+            self._quorum_lost_ms = now_ms
         self._start_prepared(now_ms, fx)
         if self._swept_ms is None or now_ms - self._swept_ms >= self.config.idle_sweep_ms:
             self._swept_ms = now_ms
@@ -418,7 +433,7 @@ class ChannelNode:
                 role.stop("IDLE", fx)
                 self._forget(channel)
                 continue
-            role.dedup.expire(now_ms + self.wall_offset_ms)
+            role.dedup.expire(now_ms)
             if notices < self.config.commit_notices_per_sweep_max and role.notify_commit(now_ms, fx):
                 notices += 1
                 self._touch(role)

@@ -127,6 +127,7 @@ class AppendRequest:
     sequence: int
     commit: int = 0  # our commit point when sent: the replica learns what of its log is committed
     from_base: bool = False  # `prev` is another replica's base: reset a replica that lacks it
+    owner_now_ms: int = 0  # our wall clock when sent: stores trim only what both clocks call old
 
     def apply_to(self, replica: ReplicaLog) -> AppendReply:
         """This append, applied by a replica's rules (what a store does with it)."""
@@ -199,7 +200,14 @@ class Effects:
 
 
 class DedupWindow:
-    """Message id → serial for the recent part of the log, bounded by age and by count."""
+    """Message id → serial for the recent part of the log, bounded by age and by count.
+
+    Ages are kept on the role's monotonic clock (`now_ms`), never read off a wall clock: an id is
+    added with the monotonic time it was "born" at, and forgotten `window_ms` after it. An id a
+    takeover rebuilds is born as much before the takeover as its message is older than the newest
+    message adopted, so the window holds whatever this node's wall clock says (a node ahead by
+    80 days must not forget every id it adopts: a retry would then be stored twice).
+    """
 
     def __init__(self, window_ms: int, entries_max: int) -> None:
         self.window_ms = window_ms
@@ -213,13 +221,15 @@ class DedupWindow:
     def get(self, message_id: str) -> int | None:
         return self._serial_by_id.get(message_id)
 
-    def add(self, message_id: str, serial: int, timestamp_ms: int) -> None:
+    def add(self, message_id: str, serial: int, born_ms: int) -> None:
+        """Remember `message_id` at `serial`, as of monotonic time `born_ms`."""
         self._serial_by_id[message_id] = serial
-        self._order.append((timestamp_ms, message_id))
+        self._order.append((born_ms, message_id))
         while len(self._order) > self.entries_max:
             self._forget_oldest()
 
     def expire(self, now_ms: int) -> None:
+        """Forget the ids born more than the window before monotonic time `now_ms`."""
         horizon = now_ms - self.window_ms
         while self._order and self._order[0][0] < horizon:
             self._forget_oldest()
@@ -574,11 +584,18 @@ class ChannelRole:
                 replica.match = replica.damaged - 1  # rewritten from its first bad serial (rule 8)
                 replica.next = replica.match + 1
         if "reset-dedup-on-takeover" not in self.bugs:
+            # Ages relative to the newest message adopted, whatever our own wall clock says.
+            newest_ms = max(
+                [timestamp_ms for _, timestamp_ms in self.recovery_ids[-1:]]
+                + [entry.message.timestamp_ms for entry in self.tail],
+                default=0,
+            )
             for offset, (message_id, timestamp_ms) in enumerate(self.recovery_ids):
-                self.dedup.add(message_id, self.recovery_ids_from + 1 + offset, timestamp_ms)
+                born_ms = now_ms - max(0, newest_ms - timestamp_ms)
+                self.dedup.add(message_id, self.recovery_ids_from + 1 + offset, born_ms)
             for entry in self.tail:
-                self.dedup.add(entry.message.id, entry.serial, entry.message.timestamp_ms)
-            self.dedup.expire(now_ms + self.wall_offset_ms)
+                self.dedup.add(entry.message.id, entry.serial, now_ms - max(0, newest_ms - entry.message.timestamp_ms))
+            self.dedup.expire(now_ms)
         self.recovery_ids = []
         self.state = RoleState.SERVING
         details: dict[str, int | str] = {
@@ -637,7 +654,7 @@ class ChannelRole:
             entry = Entry.make(serial, self.epoch, message.stamped(now_ms + self.wall_offset_ms))
             self.tail.append(entry)
             self.tail_batch_last.append(0)  # filled in below, once the batch's end is known
-            self.dedup.add(message.id, serial, now_ms + self.wall_offset_ms)
+            self.dedup.add(message.id, serial, now_ms)
             seen_in_batch[message.id] = serial
             serials.append(serial)
             duplicates.append(False)
@@ -694,7 +711,9 @@ class ChannelRole:
         replica.inflight[sequence] = (now_ms, end)
         replica.next = end + 1
         replica.told_commit, replica.sent_ms = self.commit, now_ms
-        request = AppendRequest(self.channel, self.epoch, prev, entries, sequence, self.commit, from_base)
+        request = AppendRequest(
+            self.channel, self.epoch, prev, entries, sequence, self.commit, from_base, now_ms + self.wall_offset_ms
+        )
         fx.sends.append((replica.name, request))
 
     def _backfill(self, replica: _Replica, now_ms: int, fx: Effects) -> None:
@@ -1114,6 +1133,11 @@ class ChannelRole:
         return sent
 
     @property
+    def quorum_lost(self) -> bool:
+        """Serving, with no quorum of replicas within reach (its publishes fail fast)."""
+        return self.state is RoleState.SERVING and self._quorum_unreachable()
+
+    @property
     def quiet(self) -> bool:
         """True when nothing here waits on time: a tick would do nothing until an event arrives.
 
@@ -1159,7 +1183,7 @@ class ChannelRole:
         for sequence, read in list(self.reads.items()):
             if now_ms - read.sent_ms > self.config.read_timeout_ms:
                 self._fail_read(sequence, now_ms, fx)
-        self.dedup.expire(now_ms + self.wall_offset_ms)
+        self.dedup.expire(now_ms)
         self._pump(now_ms, fx)
         self._feed_subscribers(now_ms, fx)
         self._answer_histories(now_ms, fx)

@@ -33,6 +33,7 @@ from ringcast.v1 import message_pb2
 from ringcast.v1 import store_service_pb2 as store_pb2
 from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.channel.node import ChannelNode, NodeConfig
+from services.channel.quorum import quorum_size
 from services.channel.role import (
     AppendRequest,
     Delivery,
@@ -47,6 +48,7 @@ from services.channel.role import (
 )
 from services.common import convert, metrics, tracing
 from services.common.batcher import Batcher
+from services.common.clock import PeerClock, clock_skew_ms_max
 from services.common.entries import Entry, Message, epoch_ring_version
 from services.common.errors import ServiceError, abort, invalid
 from services.common.invariants import InvariantViolation
@@ -88,6 +90,9 @@ leaves an owner that sends nothing for longer (services/gateway/feed.py)."""
 
 subscriber_queue_deliveries_max = 1_024
 """Deliveries queued for one subscription; a subscriber further behind is cut off (it resumes)."""
+
+clock_check_interval_s = 5.0
+"""How often the node compares its wall clock with the stores' (services/common/clock.py)."""
 
 tick_interval_s = 0.05
 """How often the core is told that time passed (retransmissions, timeouts, lease checks)."""
@@ -369,6 +374,7 @@ class StoreLink:
                     entries=[self.node.entry_proto(request.channel, entry) for entry in request.entries],
                     commit=request.commit,
                     from_base=request.from_base,
+                    owner_now_ms=request.owner_now_ms,
                 )
                 for request in batch
             ]
@@ -376,11 +382,16 @@ class StoreLink:
         await self._exchange(
             batch,
             lambda: self.append_stream.exchange(proto, store_rpc_timeout_s),
-            lambda response: [_append_reply(result) for result in response.results],
+            lambda response: self._append_replies(response),
             self.node.core.on_append_reply,
             self._observe_append,
             _commit_of,
         )
+
+    def _append_replies(self, response: store_pb2.AppendResponse) -> list[AppendReply]:
+        if response.results:
+            self.node.store_clock.observe(response.results[0].store_now_ms)
+        return [_append_reply(result) for result in response.results]
 
     async def _fence(self, batch: list[FenceRequest]) -> None:
         proto = store_pb2.FenceRequest(
@@ -529,6 +540,8 @@ class ChannelNodeAdapter:
         self.subscriptions: dict[int, _Subscription] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._lagging_ticks = 0
+        self.stores_registered = 0
+        self.store_clock = PeerClock("stores")  # the stores' wall clocks, from their append replies
         self.closing = False
         self.traces = PublishTraces()
         self.takeover_traces = TakeoverTraces()
@@ -599,9 +612,17 @@ class ChannelNodeAdapter:
             if tracing.enabled():
                 self.takeover_traces.on_step(channel, epoch, step, details)
 
+    def wall_now_ms(self) -> int:
+        """Wall-clock time, for message timestamps: ours, unless it is further from the stores'
+        (their median, from append replies) than the skew allowed — then theirs, so that one node's
+        bad clock does not stamp messages that retention would misjudge (services/common/clock.py)."""
+        ours = int(time.time() * 1000)
+        theirs = self.store_clock.now_ms()
+        return theirs if theirs is not None and abs(ours - theirs) > clock_skew_ms_max else ours
+
     async def start(self) -> asyncio.Task[None]:
         """Start ticking the core; the task that does it, which runs until shutdown."""
-        self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
+        self.core.set_wall_offset(self.wall_now_ms() - now_ms())
         self._ticker = asyncio.create_task(self._tick_forever(), name="channel-ticker")
         return self._ticker
 
@@ -617,14 +638,20 @@ class ChannelNodeAdapter:
             await link.close()
 
     async def _tick_forever(self) -> None:
+        clock_checked = time.monotonic()
         while True:
-            self.core.set_wall_offset(int(time.time() * 1000) - now_ms())
+            if time.monotonic() - clock_checked >= clock_check_interval_s:
+                clock_checked = time.monotonic()
+                self.store_clock.check()
+            self.core.set_wall_offset(self.wall_now_ms() - now_ms())
             before = time.monotonic()
             await asyncio.sleep(tick_interval_s)
             late_s = time.monotonic() - before - tick_interval_s
             self._lagging_ticks = self._lagging_ticks + 1 if late_s > event_loop_lag_s_max else 0
             self.call(lambda fx: self.core.tick(now_ms(), fx))
             reason = self.core.health(now_ms())
+            if reason == "STORES_UNREACHABLE" and self.stores_registered < quorum_size(len(self.links)):
+                reason = ""  # the stores are down for everyone, not only for us: moving helps no one
             if not reason and self._lagging_ticks >= lagging_ticks_max:
                 reason = "EVENT_LOOP_LAG"
             if reason:
@@ -645,6 +672,7 @@ class ChannelNodeAdapter:
         self.call(self.core.on_lease_lost)
 
     def on_ring(self, view: RingView) -> None:
+        self.stores_registered = len(view.stores)  # store replicas alive (their etcd leases) as the ring says
         self.call(lambda fx: self.core.on_ring(view.ring, fx))
         metrics.ring_version.set(self.ring_version)
 

@@ -21,6 +21,8 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
   `ringcast_store_repaired_entries_total` (counter, store): missing entries written again in place.
 - `ringcast_continuity_lost_total{reader}` (counter, channel): readers told that what they asked for
   is no longer retained; reader `subscription` or `history`.
+- `ringcast_clock_skew_seconds{peers}` (gauge, store and channel): this process's wall clock minus
+  its peers' (`owners` for a store, `stores` for a channel node), the median of their readings.
 - `ringcast_replica_faults_total{zone,kind}` (counter, channel): replicas an owner found at fault, once
   per channel and owner: kind `fenced_out` (a fence above the owner's epoch while a quorum accepts
   it) or `damaged` (a read answered with a hole, a bad checksum or a wrong entry, or the replica
@@ -67,6 +69,7 @@ replica_faults = Counter(
 store_damaged_entries = Counter("ringcast_store_damaged_entries", "Entries found damaged at rest", ["what"])
 store_scrubbed_entries = Counter("ringcast_store_scrubbed_entries", "Entries the scrub has checked")
 store_repaired_entries = Counter("ringcast_store_repaired_entries", "Missing entries written again in place")
+clock_skew_seconds = Gauge("ringcast_clock_skew_seconds", "This process's wall clock minus its peers'", ["peers"])
 continuity_lost = Counter(
     "ringcast_continuity_lost", "Readers told that what they asked for is no longer retained", ["reader"]
 )

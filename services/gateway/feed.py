@@ -113,7 +113,8 @@ async def follow_owner(
                             log.error("owner %s sent serial %d after %d on %s", owner, message.serial, after, channel)
                             raise ServiceError(grpc.StatusCode.INTERNAL, "OUT_OF_ORDER", "stream broken")
                         after = message.serial
-                        batch.append(realtime_pb2.SubscribeResponse(message=message))
+                    if response.messages:
+                        batch.append(realtime_pb2.SubscribeResponse(messages=response.messages))
                     if batch:
                         router.recent.touch(channel, loop.time())
                         yield batch
@@ -159,10 +160,34 @@ async def _next(
 
 
 def covered_through(response: realtime_pb2.SubscribeResponse) -> int:
-    """The last serial a response accounts for: its message's, or the one before its gap's next."""
+    """The last serial a response accounts for: its last message's, or the one before its gap's next."""
     if response.HasField("gap"):
         return int(response.gap.next_serial) - 1
+    if response.messages:
+        return int(response.messages[-1].serial)
     return int(response.message.serial)
+
+
+def shaped(
+    response: realtime_pb2.SubscribeResponse, next_serial: int, batch_max: int
+) -> list[realtime_pb2.SubscribeResponse]:
+    """What a subscriber that needs `next_serial` next is sent of `response` (a gap, or consecutive
+    messages): the gap as it is; the messages from `next_serial` on, one per response when it asked
+    for no batches (`batch_max` 0), else in responses of at most `batch_max` (the same object when
+    it can be sent whole, so a feed builds nothing per subscriber)."""
+    if response.HasField("gap"):
+        return [response]
+    messages = response.messages
+    skip = next_serial - messages[0].serial
+    if batch_max <= 0:
+        return [realtime_pb2.SubscribeResponse(message=message) for message in messages[skip:]]
+    if skip <= 0 and len(messages) <= batch_max:
+        return [response]
+    rest = messages[max(skip, 0) :]
+    return [
+        realtime_pb2.SubscribeResponse(messages=rest[start : start + batch_max])
+        for start in range(0, len(rest), batch_max)
+    ]
 
 
 class ChannelFeed:
@@ -217,7 +242,7 @@ class ChannelFeed:
                 for response in batch:
                     self._starts.append(self.next_serial)
                     self._responses.append(response)
-                    size = len(response.message.data)
+                    size = sum(len(message.data) for message in response.messages)
                     self._sizes.append(size)
                     self.bytes += size
                     self.registry.bytes += size

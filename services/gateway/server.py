@@ -41,7 +41,7 @@ from services.common import metrics, tracing
 from services.common.errors import ServiceError, abort, passthrough, reason_of, refused, status_of, unavailable
 from services.common.pipe import serve_pipe
 from services.common.server import CHANNEL_OPTIONS
-from services.gateway.feed import FeedRegistry, covered_through, follow_owner
+from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
 from services.gateway.validation import Limits, check_batch, check_channel, history_limit
 from services.placement.client import RingView, RingWatcher
 
@@ -54,6 +54,9 @@ request_deadline_s = 10.0
 
 owner_call_timeout_s = 5.0
 """Deadline of one call to an owner (a retry gets a fresh one, within the request's)."""
+
+subscribe_batch_messages_max = 256
+"""Messages one subscription response carries at most, whatever batch the subscriber asked for."""
 
 retry_backoff_s_min = 0.02
 retry_backoff_s_max = 0.5
@@ -430,13 +433,14 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         # Headers now, before any message: they tell the client the subscription is in place (and
         # that this gateway answers) even on a quiet channel.
         await context.send_initial_metadata(())
+        batch_max = min(request.batch_max, subscribe_batch_messages_max)
         try:
-            async for response in self._follow(request.channel, after):
+            async for response in self._follow(request.channel, after, batch_max):
                 yield response
         except ServiceError as error:
             await abort(context, error)
 
-    async def _follow(self, channel: str, after: int) -> AsyncIterator[realtime_pb2.SubscribeResponse]:
+    async def _follow(self, channel: str, after: int, batch_max: int) -> AsyncIterator[realtime_pb2.SubscribeResponse]:
         """Every response a subscriber after serial `after` is owed, in order: from the channel's
         shared feed while it covers the next serial, else from the owner on a stream of its own
         until it does (feed.py, rule 3). Raises ServiceError when the subscription cannot go on."""
@@ -457,14 +461,16 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
                         index += 1
                         through = covered_through(response)
                         if through >= next_serial:
+                            for part in shaped(response, next_serial, batch_max):
+                                yield part
                             next_serial = through + 1
-                            yield response
                     continue
                 async with contextlib.aclosing(follow_owner(self.router, channel, next_serial - 1)) as alone:
                     async for batch in alone:
                         for response in batch:
+                            for part in shaped(response, next_serial, batch_max):
+                                yield part
                             next_serial = covered_through(response) + 1
-                            yield response
                         if feed is None or feed.error is not None:  # at capacity, or it failed: again
                             self.feeds.leave(feed)
                             feed = self.feeds.join(channel, next_serial - 1)

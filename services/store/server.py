@@ -18,7 +18,9 @@ Rules:
 5. Every call carries many channels (an owner coalesces its requests per replica), within named
    bounds: fences, appends and reads per call, and the message data one Read answer may carry.
 6. Retention (DESIGN §7; the rules are log.py's rule 5): a background pass every `trim_every_s`
-   walks every channel, a page at a time, and trims what `Retention` no longer keeps. Each page is
+   walks every channel, a page at a time, and trims what `Retention` no longer keeps, judging ages
+   by the earlier of this store's wall clock and its owners' (sent with their appends): one bad
+   clock never makes entries look old, and before any owner has said the time nothing is trimmed. Each page is
    one write request through the same writer (so trimming is group-committed and interleaves with
    appends), and drops at most `trim_entries_per_request` entries, so it never holds the writer long.
 7. Damage at rest (log.py rule 7) is looked for by every read, and by a background scrub that reads
@@ -52,6 +54,7 @@ import grpc
 
 from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert, metrics
+from services.common.clock import PeerClock
 from services.common.entries import Entry, Position
 from services.common.errors import ServiceError, abort, invalid, unavailable
 from services.common.invariants import InvariantViolation, invariant
@@ -400,6 +403,7 @@ class StoreService:
         self.scrub_entries_per_s = scrub_entries_per_s
         self._trimmer: asyncio.Task[None] | None = None
         self._scrubber: asyncio.Task[None] | None = None
+        self.owner_clock = PeerClock("owners")  # the owners' wall clocks, from their appends
         self._lock = _lock_data_dir(data_dir)
         open_reader: Callable[[], Storage]
         if redis_url:
@@ -449,14 +453,26 @@ class StoreService:
             except Exception:  # a bug; keep the store serving, and say so loudly
                 log.exception("retention pass failed")
 
+    def trim_now_ms(self) -> int | None:
+        """The wall-clock time retention judges ages by: the earlier of ours and our owners' (the
+        median of the clocks they send with appends), so that one bad clock — ours, or an owner's —
+        never makes entries look old. None until an owner has said: then nothing is trimmed."""
+        owners = self.owner_clock.now_ms()
+        return None if owners is None else min(int(time.time() * 1000), owners)
+
     async def trim_pass(self) -> int:
         """Trim every channel as far as retention allows; returns how many entries were dropped."""
         retention = self.retention
         assert retention is not None
+        self.owner_clock.check()
+        now_ms = self.trim_now_ms()
+        if now_ms is None:
+            return 0  # no owner has told us the time yet: a bad clock of ours must not decide alone
         after: str | None = ""
         dropped = 0
         while after is not None:
-            committed = await self.writer.submit(functools.partial(_trim_page, retention=retention, after=after))
+            trim_page = functools.partial(_trim_page, retention=retention, after=after, now_ms=now_ms)
+            committed = await self.writer.submit(trim_page)
             after, count = committed.value
             dropped += count
         if dropped:
@@ -540,14 +556,16 @@ class StoreService:
         appends = _appends(request.appends, self.value_max)
         if not appends:
             return store_pb2.AppendResponse(), None
+        self.owner_clock.observe(max(append.owner_now_ms for append in request.appends))
         committed = await self.writer.submit(
             lambda replica: [
                 replica.append(channel, epoch, prev, entries, commit=commit, from_base=from_base)
                 for channel, epoch, prev, entries, commit, from_base in appends
             ]
         )
+        now_ms = int(time.time() * 1000)
         response = store_pb2.AppendResponse(
-            results=[_append_to_proto(reply) for reply in committed.value],
+            results=[_append_to_proto(reply, now_ms) for reply in committed.value],
             commit=store_pb2.StoreCommit(
                 id=committed.commit_id, requests=committed.commit_requests, ms=committed.commit_ms
             ),
@@ -621,11 +639,12 @@ def _mark_damaged(replica: ReplicaLog, *, channel: str, serial: int) -> str:
     return replica.mark_damaged(channel, serial)
 
 
-def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str) -> tuple[str | None, int]:
-    """Trim the page of channels after `after`, within one request's budget. Returns the channel to
-    go on after (None when every channel was seen) and how many entries were dropped."""
+def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str, now_ms: int) -> tuple[str | None, int]:
+    """Trim the page of channels after `after`, within one request's budget, judging ages as of
+    wall-clock `now_ms`. Returns the channel to go on after (None when every channel was seen) and
+    how many entries were dropped."""
     channels = replica.storage.channels_after(after, trim_channels_per_request)
-    wall_now_ms, dropped, resume = int(time.time() * 1000), 0, after
+    wall_now_ms, dropped, resume = now_ms, 0, after
     for channel in channels:
         while True:
             budget = trim_entries_per_request - dropped
@@ -740,7 +759,7 @@ def _fence_to_proto(reply: FenceReply) -> store_pb2.ChannelFenceResult:
     )
 
 
-def _append_to_proto(reply: AppendReply) -> store_pb2.ChannelAppendResult:
+def _append_to_proto(reply: AppendReply, now_ms: int) -> store_pb2.ChannelAppendResult:
     return store_pb2.ChannelAppendResult(
         status=store_pb2.AppendStatus.Value(f"APPEND_STATUS_{reply.status.name}"),
         fence_epoch=reply.fence_epoch,
@@ -751,6 +770,7 @@ def _append_to_proto(reply: AppendReply) -> store_pb2.ChannelAppendResult:
         detail=reply.detail,
         base=convert.position_to_proto(reply.base),
         damaged_serial=reply.damaged,
+        store_now_ms=now_ms,
     )
 
 

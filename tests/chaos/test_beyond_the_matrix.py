@@ -8,6 +8,7 @@ shows that the same row fails a build without the defence it tests.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import sqlite3
@@ -18,6 +19,8 @@ import pytest
 from ringcast.chaos.workload import clock_ms
 from ringcast.checker import History, check
 from ringcast.cluster.launcher import Launcher, healthy
+from ringcast.cluster.topology import proxy_name
+from services.placement.ring import Ring
 from services.store.server import database_file_name
 from tests.chaos.conftest import (
     BUSY,
@@ -25,11 +28,13 @@ from tests.chaos.conftest import (
     Background,
     ClusterFactory,
     LoadStarter,
+    LogWatch,
     assert_history_clean,
     owner_of,
     wait_until,
 )
-from tests.chaos.test_fault_matrix import HEALED_ACKS, LOAD, report
+from tests.chaos.test_fault_matrix import HEALED_ACKS, LOAD, failover_ms, report
+from tests.integration.procs import scrape_metrics
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -145,3 +150,102 @@ def test_etcd_loses_its_data_again_and_again_under_load(cluster: Launcher, start
     unhealthy = [p.name for p in cluster.topology.processes if p.role not in ("proxy", "redis") and not healthy(p)]
     assert unhealthy == []
     report("etcd_wiped", wipes=WIPES, longest_ack_gap_ms=gaps_ms, summary=background.workload.summary())
+
+
+def test_an_owner_cut_off_from_every_store_lets_its_channels_go(
+    make_cluster: ClusterFactory, start_load: LoadStarter
+) -> None:
+    """The busy channel's owner keeps its etcd lease and its gateways, but its links to all three
+    stores go silent (fault proxies in blackhole mode). It cannot commit anything, and says so fast
+    (QUORUM_UNAVAILABLE); after a few seconds of that, while the stores are alive for everyone else,
+    it leaves the ring for a while, so the channel moves to a node that can serve it. Healed, it
+    comes back; nothing is lost."""
+    names = [f"channel-{index}" for index in (1, 2, 3)]
+    owner = Ring(1, names).owner(BUSY)
+    assert owner is not None
+    links = [f"{owner}->store-{zone}" for zone in "abc"]
+    cluster = make_cluster(proxies=links)
+    assert owner_of(cluster, BUSY) == owner
+    background = start_load(cluster, LOAD)
+    background.wait_for_acks(HEALED_ACKS, channel=BUSY)
+    log = LogWatch(cluster, owner)
+    cut_ms = clock_ms()
+    for link in links:
+        cluster.proxy(proxy_name(link)).set("blackhole")
+    try:
+        log.wait_for(r"unhealthy \(STORES_UNREACHABLE\): leaving the ring", timeout_s=20)
+        left_ms = clock_ms()
+        wait_until(lambda: owner_of(cluster, BUSY) != owner, "the ring to move the channel off the cut-off owner")
+        background.wait_for_acks(HEALED_ACKS, since_ms=left_ms, channel=BUSY, timeout_s=20)
+        served_again = failover_ms(background, cut_ms)
+    finally:
+        for link in links:
+            cluster.proxy(proxy_name(link)).set("pass")
+    healed_ms = clock_ms()
+    wait_until(lambda: owner_of(cluster, BUSY) == owner, "the owner to come back after its quarantine", 40)
+    background.wait_for_acks(HEALED_ACKS, since_ms=healed_ms, channel=BUSY)
+    history = background.finish()
+    assert_history_clean(background, history)
+    report(
+        "cut_off_from_stores",
+        owner=owner,
+        left_ring_after_ms=left_ms - cut_ms,
+        first_ack_after_cut_ms=served_again,
+        summary=background.workload.summary(),
+    )
+
+
+FAKETIME_LIBRARY = next(
+    (str(path) for path in Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1")), "libfaketimeMT.so.1"
+)
+"""libfaketime (Debian's faketime package, installed by ./dev setup), for threaded processes."""
+
+
+def restart_with_clock(cluster: Launcher, name: str, offset: str) -> None:
+    """SIGKILL `name` and start it again with its wall clock `offset` off (libfaketime: "+80d")."""
+    spec = cluster.running[name].spec
+    skewed = dataclasses.replace(
+        spec,
+        env={
+            **spec.env,
+            "LD_PRELOAD": FAKETIME_LIBRARY,
+            "FAKETIME": offset,
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # only the wall clock is off, as an unsynced host's is
+        },
+    )
+    cluster.kill(name)
+    cluster.start(skewed)
+    cluster.wait_healthy(skewed)
+
+
+def test_a_store_and_a_channel_node_with_clocks_80_days_off(
+    make_cluster: ClusterFactory, start_load: LoadStarter
+) -> None:
+    """Under load, store-a restarts with its wall clock 80 days ahead, and the busy channel's owner
+    with its clock 80 days behind. Retention keeps its default 72 hours and stores trim every
+    0.2 s: if either clock decided alone, store-a would drop everything it holds, or messages
+    stamped by the slow node would look 80 days old to the other stores. Neither happens: a store
+    judges ages by the earlier of its clock and its owners', an owner far from its stores stamps
+    by theirs. Both processes report the skew; nothing acknowledged is trimmed or lost."""
+    cluster = make_cluster(env={"RINGCAST_TRIM_EVERY_S": "0.2"})
+    background = start_load(cluster, LOAD)
+    background.wait_for_acks(HEALED_ACKS, channel=BUSY)
+    owner = owner_of(cluster, BUSY)
+    store_log, owner_log = LogWatch(cluster, "store-a"), LogWatch(cluster, owner)
+    restart_with_clock(cluster, "store-a", "+80d")
+    restart_with_clock(cluster, owner, "-80d")
+    skewed_ms = clock_ms()
+    store_log.wait_for(r"wall clock is \+69\d{5}\.\d s off its owners'", timeout_s=30)
+    owner_log.wait_for(r"wall clock is -69\d{5}\.\d s off its stores'", timeout_s=30)
+    for channel in CHANNELS:
+        background.wait_for_acks(HEALED_ACKS, since_ms=skewed_ms, channel=channel, timeout_s=30)
+    history = background.finish()
+    assert_history_clean(background, history)
+    trimmed = {
+        spec.name: value
+        for spec in cluster.topology.by_role("store")
+        for (name, _), value in scrape_metrics(spec.metrics).items()
+        if name == "ringcast_store_trimmed_entries_total"
+    }
+    assert not any(trimmed.values()), trimmed
+    report("clocks_80_days_off", owner=owner, trimmed=trimmed, summary=background.workload.summary())

@@ -191,6 +191,28 @@ def test_duplicate_id_returns_the_original_serial_also_after_takeover() -> None:
     assert [message_id for _, _, message_id in replicas.ids("store-a")] == ["a", "b", "c"]
 
 
+def test_a_new_owner_whose_clock_is_far_off_still_finds_retries_of_adopted_messages() -> None:
+    day_ms = 86_400_000
+    for skew_ms in (80 * day_ms, -80 * day_ms):
+        replicas = Replicas()
+        first = take_over(replicas, epoch=7)
+        first.wall_offset_ms = 1_000_000_000_000  # wall-clock time, about 2001
+        publish(replicas, first, 1, "a", "b", now_ms=10)
+        second = ChannelRole("ch", 9, RoleConfig(dedup_window_ms=120_000), 20)
+        second.wall_offset_ms = 1_000_000_000_000 + skew_ms
+        fx = Effects()
+        second.start(fx)
+        replicas.run(second, fx, 20)
+        for now_ms in (1_000, 60_000):  # well inside the window, as the clients' retries come
+            fx = Effects()
+            second.tick(now_ms, fx)
+            fx = publish(replicas, second, 2, "b", now_ms=now_ms)
+            assert [(r.serials, r.duplicates) for _, r in fx.results] == [((2,), (True,))], skew_ms
+        fx = Effects()
+        second.tick(200_000, fx)  # past the window: forgotten, by the owner's own elapsed time
+        assert second.dedup.get("b") is None
+
+
 def test_reset_dedup_bug_stores_a_retry_twice() -> None:
     replicas = Replicas()
     first = take_over(replicas, epoch=7)
@@ -988,6 +1010,36 @@ def test_a_role_whose_replicas_stop_answering_gives_up_with_commit_stalled() -> 
     role.tick(1_001, fx)
     assert role.state is RoleState.STOPPED and role.stop_reason == "COMMIT_STALLED"
     assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("CHANNEL_MOVED", True)]
+
+
+def test_a_node_cut_off_from_its_stores_says_so_after_a_bound_unless_it_is_alone() -> None:
+    for members, expected in ((("n1", "n2"), "STORES_UNREACHABLE"), (("n1",), "")):
+        node = ChannelNode("n1", NodeConfig(stores_unreachable_ms=4_000))
+        node.on_registered(3)
+        node.on_lease(1_000_000)
+        node.on_ring(Ring(3, members), Effects())
+        channel = next(f"c{i}" for i in range(100) if Ring(3, members).owner(f"c{i}") == "n1")
+        replicas = Replicas()
+        run_node(replicas, node, _published(node, channel, 1))
+        assert node.roles[channel].state is RoleState.SERVING
+        replicas.down = set(STORES)  # every link to the stores is cut (a blackhole: no answer at all)
+        now_ms = 100
+        run_node(replicas, node, _published(node, channel, 2, now_ms=now_ms), now_ms)
+        while now_ms < 3_000:
+            now_ms += 50
+            node.tick(now_ms, Effects())
+        assert node.health(now_ms) == ""  # publishes fail fast meanwhile; not long enough yet
+        while now_ms < 7_000:
+            now_ms += 50
+            node.tick(now_ms, Effects())
+        assert node.health(now_ms) == expected
+        replicas.down = set()  # the links heal: the probes find the replicas, and all is well again
+        for _ in range(60):
+            now_ms += 50
+            fx = Effects()
+            node.tick(now_ms, fx)
+            run_node(replicas, node, fx, now_ms)
+        assert node.health(now_ms) == ""
 
 
 def test_a_node_with_stalling_roles_calls_itself_unhealthy_unless_it_is_alone() -> None:

@@ -570,6 +570,7 @@ def test_the_store_trims_committed_entries_in_the_background(
         _fence(stub, "kept", 7)
         append = _append("kept", 7, ORIGIN, entries)
         append.commit = 8  # the owner's commit point: 9 and 10 are not known committed yet
+        append.owner_now_ms = now_ms  # the owner's clock: the store trims nothing before it knows one
         assert _append_one(stub, append).status == store_pb2.APPEND_STATUS_OK
         deadline = time.monotonic() + 30
         while (result := _read_result(stub, "kept")).base.serial < 7 and time.monotonic() < deadline:
@@ -579,6 +580,36 @@ def test_the_store_trims_committed_entries_in_the_background(
         # Appends from below the base skip what was trimmed; the reply tells the base.
         again = _append_one(stub, _append("kept", 7, entries[1].position, entries[2:]))
         assert again.status == store_pb2.APPEND_STATUS_OK and again.match_serial == 10 and again.base.serial == 7
+
+
+def test_one_bad_clock_cannot_make_a_store_drop_young_entries(processes: ServiceProcesses, tmp_path: Path) -> None:
+    """Retention by age (1 hour here) judges by the earlier of the store's clock and its owners':
+    an owner whose clock is 80 days ahead does not make its young entries look old, and before any
+    owner has said the time the store trims nothing at all."""
+    retention = ["--retention-hours", "1", "--retention-keep-recent-s", "0.001", "--trim-every-s", "0.1"]
+    flags = ["--id", "store-t", "--zone", "t", "--data-dir", str(tmp_path / "data"), *retention]
+    channel, stub = _stub(processes.start("services.store", flags))
+    with channel:
+        now_ms = int(time.time() * 1000)
+        day_ms = 86_400_000
+        entries = [Entry.make(serial, 7, Message(f"t-{serial}", timestamp_ms=now_ms)) for serial in range(1, 6)]
+        old = [Entry.make(serial, 7, Message(f"o-{serial}", timestamp_ms=now_ms - 2 * day_ms)) for serial in (1, 2)]
+        _fence(stub, "young", 7)
+        _fence(stub, "old", 7)
+        for name, held in (("young", entries), ("old", old)):
+            append = _append(name, 7, ORIGIN, held)
+            append.commit = len(held)  # all committed
+            assert _append_one(stub, append).status == store_pb2.APPEND_STATUS_OK
+        time.sleep(0.6)  # several passes: no owner clock yet, so nothing is trimmed, even the old ones
+        assert len(_read(stub, "old")) == 2
+        ahead = _append("young", 7, entries[-1].position, [])
+        ahead.commit, ahead.owner_now_ms = 5, now_ms + 80 * day_ms  # an owner 80 days ahead
+        assert _append_one(stub, ahead).status == store_pb2.APPEND_STATUS_OK
+        deadline = time.monotonic() + 20
+        while _read(stub, "old") and time.monotonic() < deadline:  # two days old by both clocks: it goes
+            time.sleep(0.05)
+        assert _read(stub, "old") == []
+        assert [entry.serial for entry in _read(stub, "young")] == [1, 2, 3, 4, 5]  # young by ours
 
 
 def test_a_store_refuses_a_retention_that_keeps_nothing(tmp_path: Path) -> None:
