@@ -8,14 +8,17 @@ shows that the same row fails a build without the defence it tests.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from ringcast.chaos.fanout import FanoutConfig, run_fanout
 from ringcast.chaos.workload import clock_ms
 from ringcast.checker import History, check
 from ringcast.cluster.launcher import Launcher, healthy
@@ -249,3 +252,67 @@ def test_a_store_and_a_channel_node_with_clocks_80_days_off(
     }
     assert not any(trimmed.values()), trimmed
     report("clocks_80_days_off", owner=owner, trimmed=trimmed, summary=background.workload.summary())
+
+
+FANOUT = FanoutConfig(
+    subscribers=1_000, processes=4, message_bytes=2_048, batch=100, interval_s=(0.3, 0.4), messages=3_000
+)
+"""Issue #13's fan-out: 1,000 SDK subscribers on one channel over both gateways, 3,000 messages of
+2 KB published 100 at a time every 0.3-0.4 s."""
+
+STALL_S_MAX = 20.0
+"""No subscriber may wait this long behind with neither data nor an error (2 x lease + 1 s is 5 s:
+what a subscription is promised; 20 s is the line the issue drew for the test)."""
+
+
+class MemorySampler:
+    """The largest resident memory (MiB) each named process reached while it ran."""
+
+    def __init__(self, cluster: Launcher, names: list[str]) -> None:
+        self.cluster, self.names = cluster, names
+        self.peak_mib: dict[str, float] = dict.fromkeys(names, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for name in self.names:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    status = Path(f"/proc/{self.cluster.running[name].process.pid}/status").read_text()
+                    kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+                    self.peak_mib[name] = max(self.peak_mib[name], kib / 1024)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join(5)
+        return {name: round(mib, 1) for name, mib in self.peak_mib.items()}
+
+
+@pytest.mark.parametrize("fault", ["none", "owner-sigkill", "owner-paused-past-its-lease"])
+def test_a_thousand_subscribers_on_one_channel_each_get_every_message(cluster: Launcher, fault: str) -> None:
+    """Every subscriber ends with every acknowledged serial, in order, once; none ever waits behind
+    for `STALL_S_MAX` with neither data nor a status — with no fault, with the owner SIGKILLed, and
+    with it paused (SIGSTOP) for 2.5 times its lease. Reported: how long after the last ack the last
+    subscriber had it, and the gateways' and the owner's peak memory."""
+    owner = owner_of(cluster, FANOUT.channel)
+    sampler = MemorySampler(cluster, [*(g.name for g in cluster.topology.by_role("gateway")), owner])
+
+    def inject() -> str:
+        if fault == "owner-sigkill":
+            cluster.kill(owner, signal.SIGKILL)
+        elif fault == "owner-paused-past-its-lease":
+            cluster.kill(owner, signal.SIGSTOP)
+            threading.Timer(2.5 * 2.0, lambda: cluster.kill(owner, signal.SIGCONT)).start()
+        return f"{fault} {owner}"
+
+    outcome = run_fanout(cluster.topology.gateways, FANOUT, inject if fault != "none" else None)
+    memory = sampler.stop()
+    if fault == "owner-sigkill":
+        cluster.restart(owner)  # from this thread: a child dies with the thread that started it
+    print(outcome.summary())
+    assert outcome.incomplete == [], f"subscribers short of serial {outcome.acked_last}: {outcome.incomplete[:10]}"
+    assert outcome.broken == [], [outcome.results[index] for index in outcome.broken[:5]]
+    assert outcome.stalled_s_max < STALL_S_MAX, outcome.summary()
+    numbers = {"caught_up_s": outcome.caught_up_s, "longest_stall_s": round(outcome.stalled_s_max, 1)}
+    report(f"fanout[{fault}]", **numbers, peak_rss_mib=memory)
