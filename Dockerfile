@@ -5,6 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY ringcast ./ringcast
 COPY services ./services
+COPY ringcast_tools ./ringcast_tools
 RUN pip install --no-cache-dir .
 ENV PYTHONUNBUFFERED=1
 CMD ["ringcast", "--help"]

@@ -1,4 +1,5 @@
-"""ringcast: fault-tolerant realtime pub/sub. The Python SDK and the `ringcast` command.
+"""ringcast: fault-tolerant realtime pub/sub. The Python SDK (the `ringcast` command and the rest of
+the platform's tools live in `ringcast_tools`; this package imports nothing of them or of services).
 
     import ringcast
 
@@ -12,7 +13,7 @@ See docs/quickstart.md.
 
 from ringcast._client import Client, HistoryPage
 from ringcast._endpoints import EndpointState, EndpointStatus, HealthPolicy
-from ringcast._errors import ClientClosed, ContinuityLost, InvalidArgument, RingcastError, Unavailable
+from ringcast._errors import ClientClosed, ContinuityLost, InvalidArgument, RingcastError, Unavailable, error_info
 from ringcast._subscription import Subscription
 from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage, StateChange
 
@@ -34,5 +35,6 @@ __all__ = [
     "StateChange",
     "Subscription",
     "Unavailable",
+    "error_info",
 ]
 __version__ = "0.1.0"

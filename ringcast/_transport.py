@@ -20,8 +20,8 @@ from opentelemetry import propagate
 
 from ringcast._endpoints import EndpointPool, HealthPolicy, Outcome
 from ringcast._errors import ClientClosed, Unavailable, error_info, from_rpc_error
-from ringcast._pipe import PipeClient
 from ringcast._types import ClientStats, ConnectionState, StateChange
+from ringcast.pipe import PipeClient
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 

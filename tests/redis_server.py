@@ -3,7 +3,7 @@
     with RedisServer(tmp_path / "redis") as server:
         client = open_redis(server.url)
 
-It runs the same flags as `ringcast up --engine redis` (`ringcast.cluster.topology.redis_argv`), dies
+It runs the same flags as `ringcast up --engine redis` (`ringcast_tools.cluster.topology.redis_argv`), dies
 with the test process (PR_SET_PDEATHSIG), and is killed when the block ends.
 """
 
@@ -16,8 +16,8 @@ from types import TracebackType
 
 import redis
 
-from ringcast.cluster.launcher import pdeathsig_prefix
-from ringcast.cluster.topology import free_ports, redis_argv
+from ringcast_tools.cluster.launcher import pdeathsig_prefix
+from ringcast_tools.cluster.topology import free_ports, redis_argv
 
 ready_timeout_s = 20.0
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ringcast(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ringcast", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "ringcast_tools", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
 
 
@@ -38,10 +38,10 @@ def test_sim_with_a_bug_prints_the_seed_and_a_replay_command_and_exits_zero() ->
 def test_sim_exits_one_on_violations_without_a_bug(tmp_path: Path) -> None:
     """Exit status 1 when a clean run finds violations: shown by corrupting the checker's input."""
     script = (
-        "import sys; import ringcast.sim.cluster as c\n"
+        "import sys; import ringcast_tools.sim.cluster as c\n"
         "original = c.Simulation.adopted_log\n"
         "c.Simulation.adopted_log = lambda self, ch, rs: original(self, ch, rs)[:-1]\n"
-        "from ringcast.cli import main; sys.exit(main(['sim', '--seeds', '2', '--workers', '1']))\n"
+        "from ringcast_tools.cli import main; sys.exit(main(['sim', '--seeds', '2', '--workers', '1']))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from ringcast.cluster import compose
-from ringcast.cluster.topology import local_topology, sequential_ports
+from ringcast_tools.cluster import compose
+from ringcast_tools.cluster.topology import local_topology, sequential_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def load() -> dict[str, object]:
 
 def test_the_compose_file_is_what_the_generator_writes_now() -> None:
     assert (ROOT / "docker-compose.yml").read_text() == compose.dump(), (
-        "docker-compose.yml is stale: run `python -m ringcast.cluster.compose`"
+        "docker-compose.yml is stale: run `python -m ringcast_tools.cluster.compose`"
     )
 
 

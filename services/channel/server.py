@@ -26,15 +26,34 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from ringcast._pipe import call_error
+from ringcast.pipe import call_error
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import store_service_pb2 as store_pb2
 from ringcast.v1 import store_service_pb2_grpc as store_grpc
-from services.channel.node import ChannelNode, NodeConfig
-from services.channel.quorum import quorum_size
-from services.channel.role import (
+from services.common import convert, metrics, tracing
+from services.common.batcher import Batcher
+from services.common.clock import PeerClock, clock_skew_ms_max
+from services.common.errors import ServiceError, abort, invalid
+from services.common.pipe import serve_pipe
+from services.common.ring_watch import RingView
+from services.common.server import CHANNEL_OPTIONS
+from services.common.validation import Limits, check_channel
+from services.core.entries import Entry, Message, epoch_ring_version
+from services.core.invariants import InvariantViolation
+from services.core.node import ChannelNode, NodeConfig
+from services.core.quorum import quorum_size
+from services.core.replica_log import (
+    COMMIT_ID_KEY,
+    COMMIT_MS_KEY,
+    COMMIT_REQUESTS_KEY,
+    AppendReply,
+    AppendStatus,
+    FenceReply,
+    ReadReply,
+)
+from services.core.role import (
     AppendRequest,
     Delivery,
     Effects,
@@ -45,25 +64,6 @@ from services.channel.role import (
     RoleConfig,
     RoleState,
     StoreRequest,
-)
-from services.common import convert, metrics, tracing
-from services.common.batcher import Batcher
-from services.common.clock import PeerClock, clock_skew_ms_max
-from services.common.entries import Entry, Message, epoch_ring_version
-from services.common.errors import ServiceError, abort, invalid
-from services.common.invariants import InvariantViolation
-from services.common.pipe import serve_pipe
-from services.common.server import CHANNEL_OPTIONS
-from services.gateway.validation import Limits, check_channel
-from services.placement.client import RingView
-from services.store.log import (
-    COMMIT_ID_KEY,
-    COMMIT_MS_KEY,
-    COMMIT_REQUESTS_KEY,
-    AppendReply,
-    AppendStatus,
-    FenceReply,
-    ReadReply,
 )
 
 log = logging.getLogger("ringcast.channel")

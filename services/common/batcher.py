@@ -5,7 +5,7 @@ arrives meanwhile waits and goes together in the next RPC (up to `per_call_max` 
 light load every request is its own RPC (no linger, no added latency); under heavy load the batches
 grow with the round trip, so the RPC rate to a peer stays bounded while the request rate climbs.
 Channel nodes talk to store replicas this way: in Python gRPC a call costs far more than a request
-in it. (Publishes, which must not wait for each other, use a stream instead: `ringcast._pipe`.)
+in it. (Publishes, which must not wait for each other, use a stream instead: `ringcast.pipe`.)
 """
 
 from __future__ import annotations

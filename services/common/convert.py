@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ringcast.v1 import message_pb2, store_service_pb2
-from services.common.entries import Entry, Message, Position
+from services.core.entries import Entry, Message, Position
 
 
 def message_from_proto(proto: message_pb2.Message, keep_encoded: bool = False) -> Message:

@@ -13,7 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ringcast._errors import error_info
+from ringcast import error_info
 
 DOMAIN = "ringcast"
 

@@ -15,7 +15,7 @@ Rules:
    `watch_members()` yields the revision of every change, so the member set at revision R is the same
    for everyone who asks. Every write to a member key is a change, even one that leaves the member
    set as it was: a member that re-registers gets a new revision, and a channel node serves only
-   under rings at least that new (services/channel/node.py). Beside the members, under the same
+   under rings at least that new (services/core/node.py). Beside the members, under the same
    prefix, `VERSION_OFFSET_KEY` holds the offset placement adds to revisions to make ring versions;
    it is read and watched with them, so its value at revision R is known to all who read R.
 5. etcd can lose its data (a wiped data directory, a replacement cluster): its revisions then start
@@ -60,7 +60,7 @@ from typing import Any, TypeVar
 import etcd3aio
 import grpc
 
-from services.common.invariants import invariant
+from services.core.invariants import invariant
 
 log = logging.getLogger("ringcast.etcd")
 

@@ -1,4 +1,4 @@
-"""The serving side of a PublishPipe stream (see `ringcast._pipe` for the calling side).
+"""The serving side of a PublishPipe stream (see `ringcast.pipe` for the calling side).
 
 `serve_pipe` reads the caller's requests, starts each publish as soon as it arrives, and answers
 each as it finishes: results that finish while a response is being written go together in the next

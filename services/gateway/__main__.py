@@ -7,9 +7,9 @@ import argparse
 import grpc
 
 from ringcast.v1 import realtime_service_pb2, realtime_service_pb2_grpc
+from services.common.ring_watch import RingWatcher
 from services.common.server import env_default, run_service, serve, supervise
 from services.gateway.server import OwnerRouter, RealtimeServicer
-from services.placement.client import RingWatcher
 
 
 async def main(arguments: argparse.Namespace) -> None:

@@ -30,7 +30,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from ringcast._pipe import PipeClient
+from ringcast.pipe import PipeClient
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
@@ -40,10 +40,10 @@ from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common import metrics, tracing
 from services.common.errors import ServiceError, abort, passthrough, reason_of, refused, status_of, unavailable
 from services.common.pipe import serve_pipe
+from services.common.ring_watch import RingView, RingWatcher
 from services.common.server import CHANNEL_OPTIONS
+from services.common.validation import Limits, check_batch, check_channel, history_limit
 from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
-from services.gateway.validation import Limits, check_batch, check_channel, history_limit
-from services.placement.client import RingView, RingWatcher
 
 log = logging.getLogger("ringcast.gateway")
 
@@ -121,7 +121,7 @@ class RecentChannels:
 
 class OwnerLink:
     """One owner address: its gRPC channel and stub, and the PublishPipe stream that carries the
-    publishes for all of its channels (`ringcast._pipe`: few messages under load, none waits for
+    publishes for all of its channels (`ringcast.pipe`: few messages under load, none waits for
     another)."""
 
     def __init__(self, address: str) -> None:

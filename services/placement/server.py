@@ -8,7 +8,7 @@ Rules:
    version, and placement keeps no state of its own: run several side by side.
 2. Versions only grow. A placement process reads the member set once, then follows the member watch;
    every member write or delete is a new version, even one that leaves the set as it was (a member
-   that re-registers needs a ring at least as new as its registration, services/channel/node.py).
+   that re-registers needs a ring at least as new as its registration, services/core/node.py).
    When etcd loses its data its revisions start again; the offset does not let versions follow
    them. An etcd without an offset (new, or wiped) gets one before any ring is published, large
    enough that the next version is above every version anyone knows of: the newest this process
@@ -37,8 +37,8 @@ from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from services.common.errors import ServiceError, abort, invalid, unavailable
 from services.common.etcd import Etcd, EtcdUnavailable, MemberRecord, Membership
-from services.common.invariants import invariant
-from services.placement.ring import Ring
+from services.core.invariants import invariant
+from services.core.ring import Ring
 
 log = logging.getLogger("ringcast.placement")
 

@@ -9,7 +9,7 @@ Rules:
    the origin, nothing dropped); `<prefix>c:<channel>` holds the serial known committed (absent: 0);
    `<prefix>channels` is the set of channel names, and `<prefix>names` the same names in a sorted
    set scored 0, so they can be paged in order (stores written before it existed get it on open);
-   `<prefix>d:<channel>` holds the first serial known to be missing (log.py rule 7; absent: none).
+   `<prefix>d:<channel>` holds the first serial known to be missing (replica_log.py rule 7; absent: none).
    The last position is the last entry's, or the base's when no entry is retained.
 2. Mutations happen only inside `begin()` ... `commit()`. Until the commit they live in this
    object (an overlay that the rules' own reads see), so a group of requests reads its own writes.
@@ -40,10 +40,10 @@ from typing import Any, cast
 
 import redis
 
-from services.common.entries import ORIGIN, Entry, Position
-from services.common.invariants import invariant
-from services.store.log import base_advances, message_ids
-from services.store.sqlite_engine import _BoundedCache, _entry_from_row, _message_bytes, channel_cache_entries_max
+from services.core.entries import ORIGIN, Entry, Position
+from services.core.invariants import invariant
+from services.core.replica_log import base_advances, message_ids
+from services.store.rows import BoundedCache, channel_cache_entries_max, entry_from_stored, message_bytes
 
 value_max = 2**53
 """Largest serial or epoch this engine stores exactly (sorted-set scores are doubles)."""
@@ -236,12 +236,12 @@ def _serial(position: Position) -> int:
 
 
 def _pack(entry: Entry) -> bytes:
-    return _HEADER.pack(entry.serial, entry.epoch, entry.checksum) + _message_bytes(entry.message)
+    return _HEADER.pack(entry.serial, entry.epoch, entry.checksum) + message_bytes(entry.message)
 
 
 def _unpack(member: bytes) -> Entry:
     serial, epoch, checksum = _HEADER.unpack_from(member)
-    return _entry_from_row(serial, epoch, member[_HEADER.size :], checksum)
+    return entry_from_stored(serial, epoch, member[_HEADER.size :], checksum)
 
 
 def open_redis(url: str) -> redis.Redis:
@@ -262,7 +262,7 @@ def check_durable(client: redis.Redis) -> None:
 
 
 class RedisLogStorage:
-    """A `LogStorage` (services/store/log.py) over one Redis."""
+    """A `LogStorage` (services/core/replica_log.py) over one Redis."""
 
     value_max = value_max
 
@@ -278,8 +278,8 @@ class RedisLogStorage:
         self.prefix = prefix
         self.read_only = read_only
         cache_bound = 0 if read_only else channel_cache_entries_max
-        self._states: _BoundedCache[_ChannelState] = _BoundedCache(cache_bound)
-        self._lasts: _BoundedCache[Position] = _BoundedCache(cache_bound)
+        self._states: BoundedCache[_ChannelState] = BoundedCache(cache_bound)
+        self._lasts: BoundedCache[Position] = BoundedCache(cache_bound)
         self._pending: dict[str, _Pending] | None = None
         self._snapshot: dict[str, _View] | None = None  # read-only: what the snapshot saw of each channel
         self._commit = client.register_script(_COMMIT_SCRIPT)

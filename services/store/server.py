@@ -1,4 +1,4 @@
-"""The store replica process: the replica log rules (services/store/log.py) behind `StoreService`.
+"""The store replica process: the replica log rules (services/core/replica_log.py) behind `StoreService`.
 
 Rules:
 
@@ -17,13 +17,13 @@ Rules:
    fails with INVALID_ARGUMENT and a reason, and changes nothing.
 5. Every call carries many channels (an owner coalesces its requests per replica), within named
    bounds: fences, appends and reads per call, and the message data one Read answer may carry.
-6. Retention (DESIGN §7; the rules are log.py's rule 5): a background pass every `trim_every_s`
+6. Retention (DESIGN §7; the rules are replica_log.py's rule 5): a background pass every `trim_every_s`
    walks every channel, a page at a time, and trims what `Retention` no longer keeps, judging ages
    by the earlier of this store's wall clock and its owners' (sent with their appends): one bad
    clock never makes entries look old, and before any owner has said the time nothing is trimmed. Each page is
    one write request through the same writer (so trimming is group-committed and interleaves with
    appends), and drops at most `trim_entries_per_request` entries, so it never holds the writer long.
-7. Damage at rest (log.py rule 7) is looked for by every read, and by a background scrub that reads
+7. Damage at rest (replica_log.py rule 7) is looked for by every read, and by a background scrub that reads
    every channel's whole log at no more than `scrub_entries_per_s`, over and over. Whatever either
    finds goes through the writer (`mark_damaged`): a corrupt entry is dropped, the first missing
    serial recorded, logged and counted, and the owner learns it from the next fence or append reply.
@@ -55,11 +55,10 @@ import grpc
 from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert, metrics
 from services.common.clock import PeerClock
-from services.common.entries import Entry, Position
 from services.common.errors import ServiceError, abort, invalid, unavailable
-from services.common.invariants import InvariantViolation, invariant
-from services.store import redis_engine
-from services.store.log import (
+from services.core.entries import Entry, Position
+from services.core.invariants import InvariantViolation, invariant
+from services.core.replica_log import (
     COMMIT_ID_KEY,
     COMMIT_MS_KEY,
     COMMIT_REQUESTS_KEY,
@@ -71,6 +70,7 @@ from services.store.log import (
     ids_read_max,
     read_entries_max,
 )
+from services.store import redis_engine
 from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
 from services.store.sqlite_engine import SqliteLogStorage
 
@@ -629,7 +629,7 @@ class StoreService:
         return store_pb2.ReadResponse(results=results)
 
     def mark_damaged(self, channel: str, serial: int) -> None:
-        """A read found `channel` damaged at `serial`: record it through the writer (log.py rule 7).
+        """A read found `channel` damaged at `serial`: record it through the writer (replica_log.py rule 7).
         Queued before the read is answered, so it is in place before any append the answer leads to."""
         with contextlib.suppress(ServiceError):  # the writer is full: the next read or scrub finds it again
             self.writer.enqueue(functools.partial(_mark_damaged, channel=channel, serial=serial))

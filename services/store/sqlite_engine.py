@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
 
-from ringcast.v1 import message_pb2
-from services.common.convert import message_from_proto, message_to_proto
-from services.common.entries import ORIGIN, Entry, Message, Position, entry_checksum
-from services.common.invariants import invariant
-from services.store.log import base_advances
-
-channel_cache_entries_max = 100_000
-"""Channels whose fence and last position the writer keeps in memory (least recently used dropped)."""
+from services.core.entries import ORIGIN, Entry, Position
+from services.core.invariants import invariant
+from services.core.replica_log import base_advances
+from services.store.rows import (
+    BoundedCache,
+    channel_cache_entries_max,
+    entry_from_stored,
+    id_and_timestamp,
+    message_bytes,
+)
 
 busy_timeout_ms = 5_000
 """How long a connection waits for a lock held by another connection before it fails."""
@@ -41,7 +41,7 @@ schema_version = 4
 """1: entries and fences. 2: entries also hold their message id and timestamp in columns of their own
 (what ids-only reads select); rows written at version 1 have them NULL and are decoded instead.
 3: the channel row (`fences`) also holds the log's base and the serial known committed (retention).
-4: ... and the first serial known to be missing (`damaged`, log.py rule 7).
+4: ... and the first serial known to be missing (`damaged`, replica_log.py rule 7).
 Older files are migrated in place when a writer opens them."""
 
 _SCHEMA = (
@@ -86,43 +86,9 @@ class _ChannelRow:
 
 _NO_ROW = _ChannelRow()
 
-Value = TypeVar("Value")
-
-
-class _BoundedCache(Generic[Value]):
-    """A least-recently-used map with at most `entries_max` entries (0: caches nothing)."""
-
-    def __init__(self, entries_max: int) -> None:
-        invariant(entries_max >= 0, "cache bound is not negative")
-        self._entries_max = entries_max
-        self._values: OrderedDict[str, Value] = OrderedDict()
-
-    def get(self, key: str) -> Value | None:
-        value = self._values.get(key)
-        if value is not None:
-            self._values.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: Value) -> None:
-        if self._entries_max == 0:
-            return
-        self._values[key] = value
-        self._values.move_to_end(key)
-        while len(self._values) > self._entries_max:
-            self._values.popitem(last=False)
-
-    def forget(self, key: str) -> None:
-        self._values.pop(key, None)
-
-    def clear(self) -> None:
-        self._values.clear()
-
-    def __len__(self) -> int:
-        return len(self._values)
-
 
 class SqliteLogStorage:
-    """A `LogStorage` (services/store/log.py) over one SQLite file."""
+    """A `LogStorage` (services/core/replica_log.py) over one SQLite file."""
 
     def __init__(
         self,
@@ -147,8 +113,8 @@ class SqliteLogStorage:
         journal_mode = self._connection.execute("PRAGMA journal_mode").fetchone()[0]
         invariant(str(journal_mode).lower() == "wal", f"store database {path} is in WAL mode")
         cache_bound = 0 if read_only else channel_cache_entries_max
-        self._rows: _BoundedCache[_ChannelRow] = _BoundedCache(cache_bound)
-        self._lasts: _BoundedCache[Position] = _BoundedCache(cache_bound)
+        self._rows: BoundedCache[_ChannelRow] = BoundedCache(cache_bound)
+        self._lasts: BoundedCache[Position] = BoundedCache(cache_bound)
         # Committed serials learnt in this transaction, written once per channel when it commits
         # (an append teaches one; a group commit carries hundreds of appends of a few channels).
         self._committed_learnt: dict[str, int] = {}
@@ -302,7 +268,7 @@ class SqliteLogStorage:
         self._lasts.forget(channel)
 
     def fill(self, channel: str, entries: Sequence[Entry]) -> None:
-        """Missing rows written in place (log.py rule 7); the primary key refuses one that is there."""
+        """Missing rows written in place (replica_log.py rule 7); the primary key refuses one that is there."""
         self._mutating()
         self._connection.executemany(
             "INSERT INTO entries (channel, serial, epoch, message, checksum, message_id, timestamp_ms) "
@@ -393,7 +359,7 @@ class SqliteLogStorage:
         return [
             (int(serial), message_id, timestamp_ms)
             if message_id is not None
-            else (int(serial), *_id_and_timestamp(bytes(data)))
+            else (int(serial), *id_and_timestamp(bytes(data)))
             for serial, message_id, timestamp_ms, data in rows
         ]
 
@@ -406,7 +372,7 @@ class SqliteLogStorage:
             (channel, max(after_serial, 0), limit),
         ).fetchall()
         return [
-            _entry_from_row(int(serial), int(epoch), bytes(data), int(checksum))
+            entry_from_stored(int(serial), int(epoch), bytes(data), int(checksum))
             for serial, epoch, data, checksum in rows
         ]
 
@@ -417,41 +383,8 @@ def _row_of(channel: str, entry: Entry) -> tuple[str, int, int, bytes, int, str,
         channel,
         entry.serial,
         entry.epoch,
-        _message_bytes(message),
+        message_bytes(message),
         entry.checksum,
         message.id,
         message.timestamp_ms,
     )
-
-
-def _id_and_timestamp(data: bytes) -> tuple[str, int]:
-    try:
-        message = message_pb2.Message.FromString(data)
-    except Exception:  # unparsable bytes (see _entry_from_row): an id no retry can match
-        return "", 0
-    return message.id, message.timestamp_ms
-
-
-def _message_bytes(message: Message) -> bytes:
-    # The proto's header map keeps no order, and every entry is read back with its headers sorted:
-    # a message whose headers are not sorted by key (and unique) would come back with another checksum.
-    keys = [key for key, _ in message.headers]
-    invariant(all(a < b for a, b in zip(keys, keys[1:], strict=False)), "message headers are sorted and unique")
-    if message.encoded:  # as it came: reading it back gives the same message (its serial is ignored)
-        return message.encoded
-    return bytes(message_to_proto(message).SerializeToString())
-
-
-def _entry_from_row(serial: int, epoch: int, data: bytes, checksum: int) -> Entry:
-    """The stored entry; one whose bytes no longer parse comes back as an entry that is not intact."""
-    try:
-        proto = message_pb2.Message.FromString(data)
-    # google.protobuf.message.DecodeError in practice; caught by its base class here because the
-    # protobuf runtime ships no type information for mypy to check the narrower import against.
-    except Exception:
-        placeholder = Message(id="")
-        # Make sure the placeholder can never pass for intact, whatever the stored checksum is.
-        if checksum == entry_checksum(serial, epoch, placeholder):
-            checksum ^= 1
-        return Entry(serial, epoch, placeholder, checksum)
-    return Entry(serial, epoch, message_from_proto(proto), checksum)

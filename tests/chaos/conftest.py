@@ -3,7 +3,7 @@
 A test starts a cluster of real processes (`cluster` fixture), starts a `Background` workload (its
 own thread and event loop), injects faults from the test's own thread — the one that started the
 processes, which matters: the kernel kills a child when the *thread* that started it exits — and
-then `finish()`es the workload and judges the history with `ringcast.checker.check`.
+then `finish()`es the workload and judges the history with `services.core.checker.check`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringcast.chaos.workload import Workload, WorkloadConfig, clock_ms
-from ringcast.checker import History, Outcome, PublishOp, check
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import Topology, local_topology
 from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
+from ringcast_tools.chaos.workload import Workload, WorkloadConfig, clock_ms
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import Topology, local_topology
+from services.core.checker import History, Outcome, PublishOp, check
 
 CHANNELS = ("chaos-0", "chaos-1", "chaos-2")
 """The workload's channels; `BUSY` is the one a test breaks the owner of."""

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from ringcast.chaos.fanout import FanoutConfig, run_fanout
-from ringcast.chaos.workload import clock_ms
-from ringcast.checker import History, check
-from ringcast.cluster.launcher import Launcher, healthy
-from ringcast.cluster.topology import proxy_name
-from services.placement.ring import Ring
+from ringcast_tools.chaos.fanout import FanoutConfig, run_fanout
+from ringcast_tools.chaos.workload import clock_ms
+from ringcast_tools.cluster.launcher import Launcher, healthy
+from ringcast_tools.cluster.topology import proxy_name
+from services.core.checker import History, check
+from services.core.ring import Ring
 from services.store.server import database_file_name
 from tests.chaos.conftest import (
     BUSY,

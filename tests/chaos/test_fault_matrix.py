@@ -1,8 +1,8 @@
 """The fault matrix: one named test per fault, each on a fresh cluster of real processes.
 
-Every test runs the history-recording workload (`ringcast/chaos/workload.py`: publishers that retry
+Every test runs the history-recording workload (`ringcast_tools/chaos/workload.py`: publishers that retry
 with the same ids through the other gateway, subscribers that resume from their last serial) while it
-breaks the cluster from outside, then asks the simulator's checker (`ringcast/checker.py`) for
+breaks the cluster from outside, then asks the simulator's checker (`services/core/checker.py`) for
 violations: 0 lost, 0 duplicated, 0 gaps, 0 reorders, no phantom deliveries, every subscriber caught
 up, and acks in real-time serial order. Each test also demands progress after the fault healed
 (a test during which nothing was published proves nothing), and most demand progress *during* the
@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from ringcast.chaos.workload import WorkloadConfig, clock_ms
-from ringcast.checker import Outcome
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import ENGINES, proxy_name
-from services.placement.ring import Ring
+from ringcast_tools.chaos.workload import WorkloadConfig, clock_ms
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import ENGINES, proxy_name
+from services.core.checker import Outcome
+from services.core.ring import Ring
 from tests.chaos.conftest import (
     BUSY,
     Background,

@@ -1,4 +1,4 @@
-"""Tests for the history checker (ringcast/checker.py): a clean history passes, and each kind of
+"""Tests for the history checker (services/core/checker.py): a clean history passes, and each kind of
 violation the module docstring lists is reported, alone, for a history that shows exactly it."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringcast.checker import ContinuityLost, History, Outcome, PublishOp, SubscriberRecord, Violation, check
+from services.core.checker import ContinuityLost, History, Outcome, PublishOp, SubscriberRecord, Violation, check
 
 channel = "orders"
 other_channel = "chat:lobby"

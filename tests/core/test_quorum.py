@@ -1,4 +1,4 @@
-"""Tests for the quorum and commit arithmetic (services/channel/quorum.py), against naive references."""
+"""Tests for the quorum and commit arithmetic (services/core/quorum.py), against naive references."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.channel.quorum import advance_commit, most_up_to_date, quorum_match, quorum_size
-from services.common.entries import Position
+from services.core.entries import Position
+from services.core.quorum import advance_commit, most_up_to_date, quorum_match, quorum_size
 
 match_lists = st.lists(st.integers(min_value=0, max_value=30), max_size=7)
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.placement.ring import Ring, RingStats, format_stats, owner_cache_entries_max, simulate
+from services.core.ring import Ring, RingStats, format_stats, owner_cache_entries_max, simulate
 
 repository_root = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_processes_with_different_hash_seeds_compute_the_same_owners() -> None:
     channels = [*golden_owner_by_channel, "chat:room-42", "ticker/ACME", "x" * 300]
     program = (
         "import json, sys\n"
-        "from services.placement.ring import Ring\n"
+        "from services.core.ring import Ring\n"
         "ring = Ring(0, json.loads(sys.argv[1]))\n"
         "channels = json.loads(sys.argv[2])\n"
         "print(json.dumps({'owners': [ring.owner(c) for c in channels], 'salted': hash(channels[0])}))\n"

@@ -7,8 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from services.channel.node import EPOCH_ATTEMPTS_PER_VERSION, ChannelNode, NodeConfig, NodeStatus, make_epoch
-from services.channel.role import (
+from services.core.entries import Entry, Message, Position
+from services.core.node import EPOCH_ATTEMPTS_PER_VERSION, ChannelNode, NodeConfig, NodeStatus, make_epoch
+from services.core.replica_log import AppendReply, FenceReply, MemoryLogStorage, ReadReply, ReplicaLog, Retention
+from services.core.ring import Ring
+from services.core.role import (
     AppendRequest,
     ChannelRole,
     Effects,
@@ -18,9 +21,6 @@ from services.channel.role import (
     RoleState,
     StoreRequest,
 )
-from services.common.entries import Entry, Message, Position
-from services.placement.ring import Ring
-from services.store.log import AppendReply, FenceReply, MemoryLogStorage, ReadReply, ReplicaLog, Retention
 
 STORES = ("store-a", "store-b", "store-c")
 

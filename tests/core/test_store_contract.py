@@ -1,4 +1,4 @@
-"""The store contract: the replica log rules (services/store/log.py) hold over every storage engine.
+"""The store contract: the replica log rules (services/core/replica_log.py) hold over every storage engine.
 
 One suite, run once per engine (`ENGINES`). Every rule test drives a `ReplicaLog` over the engine's
 storage, each operation in its own transaction where the engine has them (as the server runs it),
@@ -25,11 +25,10 @@ from typing import TypeVar
 
 import pytest
 
-from services.common.entries import ORIGIN, Entry, Message, Position
-from services.common.invariants import InvariantViolation
-from services.store import log as log_module
-from services.store import sqlite_engine
-from services.store.log import (
+from services.core import replica_log as log_module
+from services.core.entries import ORIGIN, Entry, Message, Position
+from services.core.invariants import InvariantViolation
+from services.core.replica_log import (
     AppendReply,
     AppendStatus,
     FenceReply,
@@ -39,6 +38,7 @@ from services.store.log import (
     ReplicaLog,
     Retention,
 )
+from services.store import rows, sqlite_engine
 from services.store.redis_engine import RedisConflict, RedisLogStorage, check_durable, open_redis
 from services.store.sqlite_engine import SqliteLogStorage
 from tests.redis_server import RedisServer
@@ -1028,7 +1028,7 @@ def test_a_schema_1_store_opens_and_its_old_rows_still_give_their_ids(tmp_path: 
     connection.execute("INSERT INTO fences VALUES (?, 2)", (channel,))
     connection.executemany(
         "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-        [(channel, e.serial, e.epoch, sqlite_engine._message_bytes(e.message), e.checksum) for e in old],
+        [(channel, e.serial, e.epoch, rows.message_bytes(e.message), e.checksum) for e in old],
     )
     connection.commit()
     connection.close()

@@ -1,4 +1,4 @@
-"""Tests for the replica log rules (services/store/log.py) over the in-memory storage engine.
+"""Tests for the replica log rules (services/core/replica_log.py) over the in-memory storage engine.
 
 Each test names one rule of the module docstring (DESIGN §3) and fails when that rule is broken. The
 stateful test at the end drives one replica with a small model of owners, each holding its own copy
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from services.common.entries import ORIGIN, Entry, Message, Position
-from services.store import log as log_module
-from services.store.log import AppendStatus, MemoryLogStorage, ReplicaLog
+from services.core import replica_log as log_module
+from services.core.entries import ORIGIN, Entry, Message, Position
+from services.core.replica_log import AppendStatus, MemoryLogStorage, ReplicaLog
 
 channel = "orders"
 other_channel = "chat:lobby"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import local_topology
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import local_topology
 from tests.integration.etcd import EtcdServer
 
 

@@ -34,7 +34,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from ringcast.cluster.launcher import pdeathsig_prefix
+from ringcast_tools.cluster.launcher import pdeathsig_prefix
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ def test_a_small_compare_run_reports_every_workload_for_both_systems(tmp_path: P
         [
             sys.executable,
             "-m",
-            "ringcast",
+            "ringcast_tools",
             "bench",
             "--compare",
             "nats",

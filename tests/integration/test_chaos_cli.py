@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from ringcast.chaos.proxy import ProxyControl
-from ringcast.cli import main
-from ringcast.cluster.launcher import healthy
-from ringcast.cluster.topology import ProcessSpec, free_ports, local_topology, proxy_name, sequential_ports
+from ringcast_tools.chaos.proxy import ProxyControl
+from ringcast_tools.cli import main
+from ringcast_tools.cluster.launcher import healthy
+from ringcast_tools.cluster.topology import ProcessSpec, free_ports, local_topology, proxy_name, sequential_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 up_ready_timeout_s = 90.0
@@ -120,7 +120,7 @@ def test_chaos_commands_against_ringcast_up(tmp_path: Path) -> None:
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log_file:
         up = subprocess.Popen(
-            [sys.executable, "-m", "ringcast", "up", "--base-port", str(base), "--proxy", STORE_LINK],
+            [sys.executable, "-m", "ringcast_tools", "up", "--base-port", str(base), "--proxy", STORE_LINK],
             cwd=tmp_path,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             stdout=log_file,
@@ -136,7 +136,7 @@ def test_chaos_commands_against_ringcast_up(tmp_path: Path) -> None:
         # pause --for: stopped while the command runs, running again once it has returned.
         channel_pid = _process(state, "channel-1")["pid"]
         pause = subprocess.Popen(
-            [sys.executable, "-m", "ringcast", "chaos", "pause", "channel-1", "--for", "1"],
+            [sys.executable, "-m", "ringcast_tools", "chaos", "pause", "channel-1", "--for", "1"],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -272,7 +272,7 @@ def _process_state(pid: int) -> str:
 
 def _chaos(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ringcast", "chaos", *arguments],
+        [sys.executable, "-m", "ringcast_tools", "chaos", *arguments],
         cwd=directory,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ringcast.cluster.launcher import Launcher
+from ringcast_tools.cluster.launcher import Launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def ringcast(cluster: Launcher, *arguments: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     gateways = [flag for address in cluster.topology.gateways for flag in ("--gateway", address)]
     return subprocess.run(
-        [sys.executable, "-m", "ringcast", *arguments, *gateways],
+        [sys.executable, "-m", "ringcast_tools", *arguments, *gateways],
         cwd=ROOT,
         input=stdin,
         capture_output=True,
@@ -70,7 +70,7 @@ def test_tables_for_people_and_reasons_for_errors(cluster: Launcher) -> None:
 def test_ring_as_a_table_and_as_json(cluster: Launcher) -> None:
     placement = cluster.topology.by_role("placement")[0].address
     shown = subprocess.run(
-        [sys.executable, "-m", "ringcast", "ring", "cli-json", "--placement", placement, "--json"],
+        [sys.executable, "-m", "ringcast_tools", "ring", "cli-json", "--placement", placement, "--json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -80,7 +80,7 @@ def test_ring_as_a_table_and_as_json(cluster: Launcher) -> None:
     assert len(ring["channel_nodes"]) == 3 and len(ring["stores"]) == 3
     assert str(ring["owners"]["cli-json"]).startswith("channel-")
     table = subprocess.run(
-        [sys.executable, "-m", "ringcast", "ring", "--placement", placement],
+        [sys.executable, "-m", "ringcast_tools", "ring", "--placement", placement],
         cwd=ROOT,
         capture_output=True,
         text=True,

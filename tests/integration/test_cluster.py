@@ -14,14 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringcast.cluster.launcher import Launcher
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from ringcast_tools.cluster.launcher import Launcher
 from services.common.errors import error_info
-from services.placement.ring import Ring
+from services.core.ring import Ring
 from tests.integration.procs import scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -280,12 +280,12 @@ def test_every_service_serves_prometheus_metrics(cluster: Launcher) -> None:
 
 
 def test_ringcast_up_serves_and_stops_with_no_process_left(tmp_path: Path) -> None:
-    from ringcast.cluster.topology import free_ports
+    from ringcast_tools.cluster.topology import free_ports
 
     base = free_ports(1)[0]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     up = subprocess.Popen(
-        [sys.executable, "-m", "ringcast", "up", "--base-port", str(base)],
+        [sys.executable, "-m", "ringcast_tools", "up", "--base-port", str(base)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
@@ -306,7 +306,7 @@ def test_ringcast_up_serves_and_stops_with_no_process_left(tmp_path: Path) -> No
     assert names[0] == "etcd" and len(names) == 10
     assert {p["role"] for p in state["processes"]} == {"etcd", "placement", "store", "channel", "gateway"}
     published = subprocess.run(
-        [sys.executable, "-m", "ringcast", "publish", "hello", "world", "--json"],
+        [sys.executable, "-m", "ringcast_tools", "publish", "hello", "world", "--json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

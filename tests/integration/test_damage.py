@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import ringcast
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import local_topology
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import local_topology
 from services.store.server import database_file_name
 from tests.integration.procs import scrape_metrics
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import ringcast
-from ringcast.cluster.launcher import Launcher, healthy
-from ringcast.cluster.topology import local_topology
+from ringcast_tools.cluster.launcher import Launcher, healthy
+from ringcast_tools.cluster.topology import local_topology
 
 CHANNELS = [f"wiped-{index}" for index in range(12)]
 SERVED_AGAIN_S = 30.0

@@ -19,10 +19,10 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 
-from ringcast.cluster.launcher import Launcher, pdeathsig_prefix
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from ringcast_tools.cluster.launcher import Launcher, pdeathsig_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "node"

@@ -1,4 +1,4 @@
-"""PublishPipe streams (ringcast._pipe / services.common.pipe) between a real client and server."""
+"""PublishPipe streams (ringcast.pipe / services.common.pipe) between a real client and server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 
-from ringcast._pipe import PipeClient
+from ringcast.pipe import PipeClient
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common.errors import invalid, reason_of

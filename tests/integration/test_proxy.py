@@ -1,4 +1,4 @@
-"""The TCP fault proxy as a real process (`python -m ringcast.chaos.proxy`), at the TCP and gRPC level.
+"""The TCP fault proxy as a real process (`python -m ringcast_tools.chaos.proxy`), at the TCP and gRPC level.
 
 Two proxies for the whole module: one in front of a tiny echo server in this process (raw bytes),
 one in front of a real `python -m services.store` (gRPC: health Check and the Watch stream). Each
@@ -23,14 +23,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ringcast.chaos.proxy import LinkFault, Mode, ProxyControl
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import ProcessSpec, Topology, free_ports
+from ringcast_tools.chaos.proxy import LinkFault, Mode, ProxyControl
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import ProcessSpec, Topology, free_ports
 from tests.integration.procs import ServiceProcess, ServiceProcesses, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
-PROXY = "ringcast.chaos.proxy"
+PROXY = "ringcast_tools.chaos.proxy"
 socket_timeout_s = 10.0
 """How long a test waits for bytes it expects (far beyond any delay the tests set)."""
 

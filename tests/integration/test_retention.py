@@ -20,10 +20,10 @@ import grpc
 import pytest
 
 import ringcast
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import local_topology
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import local_topology
 from services.store.server import database_file_name
 from tests.integration.procs import scrape_metrics
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import ringcast
-from ringcast.cluster.launcher import Launcher
+from ringcast_tools.cluster.launcher import Launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,8 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ringcast.v1 import store_service_pb2 as store_pb2
 from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.common.convert import entry_from_proto, entry_to_proto, position_to_proto
-from services.common.entries import ORIGIN, Entry, Message, Position
 from services.common.errors import error_info
+from services.core.entries import ORIGIN, Entry, Message, Position
 from services.store import redis_engine
 from services.store import server as store_server
 from services.store.redis_engine import open_redis

@@ -25,11 +25,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 import ringcast
-from ringcast.cluster.launcher import Launcher
-from ringcast.cluster.topology import free_ports, local_topology
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import free_ports, local_topology
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]

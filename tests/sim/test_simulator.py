@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ringcast.sim.cluster import Simulation, run_seed
-from ringcast.sim.runner import run_seeds
-from services.channel.role import BUG_NAMES
+from ringcast_tools.sim.cluster import Simulation, run_seed
+from ringcast_tools.sim.runner import run_seeds
+from services.core.role import BUG_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK_SEEDS = 2_000
@@ -61,7 +61,7 @@ def test_same_seed_same_run_across_processes_and_hash_seeds() -> None:
             [
                 sys.executable,
                 "-m",
-                "ringcast",
+                "ringcast_tools",
                 "sim",
                 "--seeds",
                 "3",

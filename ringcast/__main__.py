@@ -1,5 +1,0 @@
-import sys
-
-from ringcast.cli import main
-
-sys.exit(main())

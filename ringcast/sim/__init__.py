@@ -1,5 +1,0 @@
-"""The seeded cluster simulator: see `ringcast.sim.cluster` for the model, `runner` for many seeds."""
-
-from ringcast.sim.cluster import SimConfig, SimResult, Simulation, run_seed
-
-__all__ = ["SimConfig", "SimResult", "Simulation", "run_seed"]

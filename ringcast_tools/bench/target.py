@@ -1,0 +1,62 @@
+"""ringcast as a bench target: a cluster of its own (or a running one) through the Python SDK."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import ringcast
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import local_topology
+
+
+class RingcastTarget:
+    """The SDK, as an application would use it: concurrent publishes coalesce per channel."""
+
+    name = "ringcast"
+
+    def __init__(self, gateways: list[str], launcher: Launcher | None = None) -> None:
+        self.gateways = gateways
+        self.launcher = launcher
+        self.client = ringcast.Client(gateways, timeout_s=30.0)
+        self.killed: str | None = None
+
+    @classmethod
+    def own_cluster(cls, root: Path, *, lease_ttl_s: float, engine: str = "sqlite") -> RingcastTarget:
+        launcher = Launcher(local_topology(root / "data", lease_ttl_s=lease_ttl_s, engine=engine), root)
+        launcher.start_all()
+        return cls(launcher.topology.gateways, launcher)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def stop(self) -> None:
+        if self.launcher is not None:
+            self.launcher.stop_all()
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        await self.client.publish(channel, data)
+
+    async def publish_batch(self, channel: str, datas: list[bytes]) -> None:
+        await self.client.publish_many(channel, datas)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        async with self.client.subscribe(channel) as subscription:
+            async for message in subscription:
+                yield message.data
+
+    async def kill_busiest(self, channels: list[str]) -> str:
+        """SIGKILL the channel node that owns the most of `channels`."""
+        if self.launcher is None:
+            raise RuntimeError("killing needs a cluster of the bench's own (no --gateway)")
+        owners = collections.Counter([(await self.client.get_channel(channel)).owner for channel in channels])
+        victim = owners.most_common(1)[0][0]
+        self.launcher.kill(victim)
+        self.killed = victim
+        return victim
+
+    async def restore(self) -> None:
+        if self.launcher is not None and self.killed is not None:
+            self.launcher.restart(self.killed)
+            self.killed = None
