@@ -35,7 +35,7 @@ from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.common import convert, metrics, tracing
 from services.common.batcher import Batcher
 from services.common.clock import PeerClock, clock_skew_ms_max
-from services.common.errors import ServiceError, abort, invalid
+from services.common.errors import ServiceError, abort, answers_errors, invalid
 from services.common.pipe import serve_pipe
 from services.common.ring_watch import RingView
 from services.common.server import CHANNEL_OPTIONS
@@ -816,14 +816,11 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             span.set_attribute("ringcast.quorum", "acked")
         return channel_pb2.ChannelServicePublishResponse(serials=result.serials, duplicates=result.duplicates)
 
+    @answers_errors
     async def Publish(  # noqa: N802 - gRPC method names
         self, request: channel_pb2.ChannelServicePublishRequest, context: grpc.aio.ServicerContext
     ) -> channel_pb2.ChannelServicePublishResponse:
-        try:
-            return await self._publish(request, tracing.extract(context.invocation_metadata()), _deadline(context))
-        except ServiceError as error:
-            await abort(context, error)
-            raise
+        return await self._publish(request, tracing.extract(context.invocation_metadata()), _deadline(context))
 
     async def PublishPipe(  # noqa: N802
         self,
@@ -868,16 +865,21 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             if span is not None:
                 span.end()
 
+    async def _history(self, channel: str, after: int, limit: int, context: grpc.aio.ServicerContext) -> HistoryResult:
+        """A page of committed entries (taking the channel over if need be); ServiceError if none."""
+        try:
+            result = await self.node.history(channel, after, limit, _deadline(context))
+        except TimeoutError:
+            raise error_for("COMMIT_TIMEOUT", self.node.ring_version) from None
+        if result.reason:
+            raise error_for(result.reason, self.node.ring_version)
+        return result
+
+    @answers_errors
     async def History(  # noqa: N802
         self, request: channel_pb2.ChannelServiceHistoryRequest, context: grpc.aio.ServicerContext
     ) -> channel_pb2.ChannelServiceHistoryResponse:
-        try:
-            result = await self.node.history(request.channel, request.after_serial, request.limit, _deadline(context))
-        except TimeoutError:
-            await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
-            raise
-        if result.reason:
-            await abort(context, error_for(result.reason, self.node.ring_version))
+        result = await self._history(request.channel, request.after_serial, request.limit, context)
         _, last = self.node.channel_state(request.channel)
         return channel_pb2.ChannelServiceHistoryResponse(
             messages=[convert.message_to_proto(e.message, e.serial) for e in result.entries],
@@ -885,16 +887,11 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             gap=_gap(result.gap_next_serial, "history"),
         )
 
+    @answers_errors
     async def GetChannel(  # noqa: N802
         self, request: channel_pb2.ChannelServiceGetChannelRequest, context: grpc.aio.ServicerContext
     ) -> message_pb2.Channel:
-        try:
-            result = await self.node.history(request.channel, 0, 0, _deadline(context))  # takes the channel over
-        except TimeoutError:
-            await abort(context, error_for("COMMIT_TIMEOUT", self.node.ring_version))
-            raise
-        if result.reason:
-            await abort(context, error_for(result.reason, self.node.ring_version))
+        await self._history(request.channel, 0, 0, context)  # takes the channel over
         epoch, last = self.node.channel_state(request.channel)
         return message_pb2.Channel(
             name=request.channel,
@@ -904,21 +901,18 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             ring_version=self.node.ring_version,
         )
 
+    @answers_errors
     async def Prepare(  # noqa: N802
         self, request: channel_pb2.ChannelServicePrepareRequest, context: grpc.aio.ServicerContext
     ) -> channel_pb2.ChannelServicePrepareResponse:
-        try:
-            if len(request.channels) > prepare_channels_max:
-                raise invalid(
-                    "TOO_MANY_CHANNELS",
-                    f"{len(request.channels)} channels in one call; at most {prepare_channels_max}",
-                    limit=str(prepare_channels_max),
-                )
-            for channel in request.channels:
-                check_channel(channel, LIMITS)
-        except ServiceError as error:
-            await abort(context, error)
-            raise
+        if len(request.channels) > prepare_channels_max:
+            raise invalid(
+                "TOO_MANY_CHANNELS",
+                f"{len(request.channels)} channels in one call; at most {prepare_channels_max}",
+                limit=str(prepare_channels_max),
+            )
+        for channel in request.channels:
+            check_channel(channel, LIMITS)
         return channel_pb2.ChannelServicePrepareResponse(queued=self.node.prepare(list(request.channels)))
 
     async def GetNode(  # noqa: N802

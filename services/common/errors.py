@@ -1,12 +1,15 @@
 """gRPC errors with a machine-readable reason: canonical status code + one google.rpc.ErrorInfo.
 
-Servers raise `ServiceError`; adapters turn it into a rich status (`abort`). Clients read the reason
-back with `reason_of`. Reasons are UPPER_SNAKE_CASE, domain "ringcast".
+Servers raise `ServiceError`; a unary handler decorated with `answers_errors` answers it as a rich
+status (`abort` does it by hand in streams). Clients read the reason back with `reason_of`. Reasons
+are UPPER_SNAKE_CASE, domain "ringcast".
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -50,6 +53,32 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
     await context.abort_with_status(rpc_status.to_status(error.to_status()))
 
 
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def answers_errors(
+    handler: Callable[[Servicer, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Servicer, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """The error tail of a unary gRPC handler, written once: a ServiceError raised inside is the
+    call's status (code, message, ErrorInfo), and another service's failed call (an AioRpcError the
+    handler let through) is handed on with its code and reason. Streaming handlers abort themselves."""
+
+    @functools.wraps(handler)
+    async def answering(self: Servicer, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except ServiceError as error:
+            await abort(context, error)
+            raise
+        except grpc.aio.AioRpcError as error:
+            await abort(context, passthrough(error))
+            raise
+
+    return answering
+
+
 def status_of(error: ServiceError) -> status_pb2.Status:
     """The google.rpc.Status for streams that report errors in-band (PublishStream)."""
     return error.to_status()
@@ -64,7 +93,19 @@ def reason_of(error: grpc.RpcError) -> str:
     return code.name if code is not None else "UNKNOWN"
 
 
-__all__ = ["ServiceError", "abort", "error_info", "invalid", "reason_of", "status_of", "unavailable", "code_pb2"]
+__all__ = [
+    "ServiceError",
+    "abort",
+    "answers_errors",
+    "code_pb2",
+    "error_info",
+    "invalid",
+    "passthrough",
+    "reason_of",
+    "refused",
+    "status_of",
+    "unavailable",
+]
 
 
 def refused(error: grpc.RpcError) -> bool:

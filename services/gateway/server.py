@@ -38,7 +38,16 @@ from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common import metrics, tracing
-from services.common.errors import ServiceError, abort, passthrough, reason_of, refused, status_of, unavailable
+from services.common.errors import (
+    ServiceError,
+    abort,
+    answers_errors,
+    passthrough,
+    reason_of,
+    refused,
+    status_of,
+    unavailable,
+)
 from services.common.pipe import serve_pipe
 from services.common.ring_watch import RingView, RingWatcher
 from services.common.server import CHANNEL_OPTIONS
@@ -372,14 +381,11 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         except grpc.RpcError as error:
             raise passthrough(error) from error
 
+    @answers_errors
     async def Publish(  # noqa: N802 - gRPC method names
         self, request: realtime_pb2.PublishRequest, context: grpc.aio.ServicerContext
     ) -> realtime_pb2.PublishResponse:
-        try:
-            return await self._publish(request, _deadline(context), tracing.extract(context.invocation_metadata()))
-        except ServiceError as error:
-            await abort(context, error)
-            raise
+        return await self._publish(request, _deadline(context), tracing.extract(context.invocation_metadata()))
 
     async def PublishStream(  # noqa: N802
         self, request_iterator: AsyncIterator[realtime_pb2.PublishRequest], context: grpc.aio.ServicerContext
@@ -497,26 +503,20 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             return max(0, last - request.rewind)
         return last
 
+    @answers_errors
     async def History(  # noqa: N802
         self, request: realtime_pb2.HistoryRequest, context: grpc.aio.ServicerContext
     ) -> realtime_pb2.HistoryResponse:
-        try:
-            check_channel(request.channel, self.limits)
-            limit = history_limit(request.limit, self.limits)
-            deadline = _deadline(context)
-            if not request.reverse:
-                messages, gap = await self._history(request.channel, request.after_serial, limit, deadline)
-                return realtime_pb2.HistoryResponse(messages=messages, gap=gap)
-            below = request.after_serial or (await self._last_serial(request.channel, deadline)) + 1
-            first_after = max(0, below - 1 - limit)
-            messages, gap = await self._history(request.channel, first_after, below - 1 - first_after, deadline)
-            return realtime_pb2.HistoryResponse(messages=list(reversed(messages)), gap=gap)
-        except ServiceError as error:
-            await abort(context, error)
-            raise
-        except grpc.RpcError as error:
-            await abort(context, passthrough(error))
-            raise
+        check_channel(request.channel, self.limits)
+        limit = history_limit(request.limit, self.limits)
+        deadline = _deadline(context)
+        if not request.reverse:
+            messages, gap = await self._history(request.channel, request.after_serial, limit, deadline)
+            return realtime_pb2.HistoryResponse(messages=messages, gap=gap)
+        below = request.after_serial or (await self._last_serial(request.channel, deadline)) + 1
+        first_after = max(0, below - 1 - limit)
+        messages, gap = await self._history(request.channel, first_after, below - 1 - first_after, deadline)
+        return realtime_pb2.HistoryResponse(messages=list(reversed(messages)), gap=gap)
 
     async def _history(
         self, channel: str, after: int, limit: int, deadline: float
@@ -550,21 +550,15 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             after = page.messages[-1].serial
         return messages, gap
 
+    @answers_errors
     async def GetChannel(  # noqa: N802
         self, request: realtime_pb2.GetChannelRequest, context: grpc.aio.ServicerContext
     ) -> message_pb2.Channel:
-        try:
-            check_channel(request.channel, self.limits)
+        check_channel(request.channel, self.limits)
 
-            async def attempt(link: OwnerLink, timeout: float) -> message_pb2.Channel:
-                forward = channel_pb2.ChannelServiceGetChannelRequest(channel=request.channel)
-                channel: message_pb2.Channel = await link.stub.GetChannel(forward, timeout=timeout)
-                return channel
+        async def attempt(link: OwnerLink, timeout: float) -> message_pb2.Channel:
+            forward = channel_pb2.ChannelServiceGetChannelRequest(channel=request.channel)
+            channel: message_pb2.Channel = await link.stub.GetChannel(forward, timeout=timeout)
+            return channel
 
-            return await self.router.call(request.channel, _deadline(context), attempt)
-        except ServiceError as error:
-            await abort(context, error)
-            raise
-        except grpc.RpcError as error:
-            await abort(context, passthrough(error))
-            raise
+        return await self.router.call(request.channel, _deadline(context), attempt)

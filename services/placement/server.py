@@ -35,7 +35,7 @@ import grpc
 
 from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
-from services.common.errors import ServiceError, abort, invalid, unavailable
+from services.common.errors import ServiceError, abort, answers_errors, invalid, unavailable
 from services.common.etcd import Etcd, EtcdUnavailable, MemberRecord, Membership
 from services.core.invariants import invariant
 from services.core.ring import Ring
@@ -173,29 +173,30 @@ class PlacementServicer(placement_grpc.PlacementServiceServicer):  # type: ignor
         self.etcd = etcd
         self._checking: dict[tuple[str, str], asyncio.Task[placement_pb2.UnreachableOutcome]] = {}
 
-    async def _current(self, context: grpc.aio.ServicerContext) -> PlacementRing:
+    def _current(self) -> PlacementRing:
         current = self.broadcast.current
         if current is None:
-            await abort(context, _ring_unknown())
-            raise AssertionError("abort returns only by raising")
+            raise _ring_unknown()
         return current
 
+    @answers_errors
     async def Lookup(  # noqa: N802 - the RPC's name
         self, request: placement_pb2.LookupRequest, context: grpc.aio.ServicerContext
     ) -> placement_pb2.LookupResponse:
         if not request.channel:
-            await abort(context, invalid("CHANNEL_NAME_EMPTY", "channel name is empty"))
-        current = await self._current(context)
+            raise invalid("CHANNEL_NAME_EMPTY", "channel name is empty")
+        current = self._current()
         owner = current.ring.owner(request.channel)
         response = placement_pb2.LookupResponse(ring_version=current.version)
         if owner is not None:
             response.owner.CopyFrom(current.members[owner])
         return response
 
+    @answers_errors
     async def GetRing(  # noqa: N802 - the RPC's name
         self, request: placement_pb2.GetRingRequest, context: grpc.aio.ServicerContext
     ) -> placement_pb2.Ring:
-        return (await self._current(context)).message
+        return self._current().message
 
     async def WatchRing(  # noqa: N802 - the RPC's name
         self, request: placement_pb2.WatchRingRequest, context: grpc.aio.ServicerContext
@@ -213,10 +214,11 @@ class PlacementServicer(placement_grpc.PlacementServiceServicer):  # type: ignor
             yield ring.message
             sent_version = ring.version
 
+    @answers_errors
     async def ReportUnreachable(  # noqa: N802 - the RPC's name
         self, request: placement_pb2.ReportUnreachableRequest, context: grpc.aio.ServicerContext
     ) -> placement_pb2.ReportUnreachableResponse:
-        current = await self._current(context)
+        current = self._current()
         member = current.members.get(request.member_id)
         if member is None or member.address != request.address or self.etcd is None:
             return placement_pb2.ReportUnreachableResponse(outcome=placement_pb2.UNREACHABLE_OUTCOME_NOT_A_MEMBER)

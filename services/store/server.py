@@ -55,7 +55,7 @@ import grpc
 from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert, metrics
 from services.common.clock import PeerClock
-from services.common.errors import ServiceError, abort, invalid, unavailable
+from services.common.errors import ServiceError, abort, answers_errors, invalid, unavailable
 from services.core.entries import Entry, Position
 from services.core.invariants import InvariantViolation, invariant
 from services.core.replica_log import (
@@ -536,19 +536,16 @@ class StoreService:
 
     # ----------------------------------------------------------------------------- RPCs
 
+    @answers_errors
     async def Fence(
         self, request: store_pb2.FenceRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.FenceResponse:
-        try:
-            fences = _fences(request.fences, self.value_max)
-            if not fences:
-                return store_pb2.FenceResponse()
-            committed = await self.writer.submit(
-                lambda replica: [replica.fence(channel, epoch) for channel, epoch in fences]
-            )
-        except ServiceError as error:
-            await abort(context, error)
-            raise
+        fences = _fences(request.fences, self.value_max)
+        if not fences:
+            return store_pb2.FenceResponse()
+        committed = await self.writer.submit(
+            lambda replica: [replica.fence(channel, epoch) for channel, epoch in fences]
+        )
         context.set_trailing_metadata(_commit_metadata(committed))
         return store_pb2.FenceResponse(results=[_fence_to_proto(reply) for reply in committed.value])
 
@@ -572,14 +569,11 @@ class StoreService:
         )
         return response, committed
 
+    @answers_errors
     async def Append(
         self, request: store_pb2.AppendRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.AppendResponse:
-        try:
-            response, committed = await self._append(request)
-        except ServiceError as error:
-            await abort(context, error)
-            raise
+        response, committed = await self._append(request)
         if committed is not None:
             context.set_trailing_metadata(_commit_metadata(committed))
         return response
@@ -595,13 +589,10 @@ class StoreService:
                 return
             yield response
 
+    @answers_errors
     async def Read(self, request: store_pb2.ReadRequest, context: grpc.aio.ServicerContext) -> store_pb2.ReadResponse:
-        try:
-            reads = _reads(request.reads, self.value_max)
-            replies = await self.readers.read_many(reads, read_response_bytes_max)
-        except ServiceError as error:
-            await abort(context, error)
-            raise
+        reads = _reads(request.reads, self.value_max)
+        replies = await self.readers.read_many(reads, read_response_bytes_max)
         results = []
         for (channel, _, _, ids_only), reply in zip(reads, replies, strict=True):
             last, base = convert.position_to_proto(reply.last), convert.position_to_proto(reply.base)
