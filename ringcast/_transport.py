@@ -219,6 +219,7 @@ class Transport:
             attempts += 1
             tried.append(address)
             timeout = max(0.001, min(deadline - now, self.attempt_timeout_s))
+            cut_short = timeout < self.attempt_timeout_s  # by the request's own deadline
             try:
                 result = await invoke(self.gateway(address), timeout)
             except grpc.aio.AioRpcError as error:
@@ -226,6 +227,10 @@ class Transport:
                 if verdict is None:
                     self.succeeded(address, loop.time() - now)  # it answered, with a refusal
                     raise from_rpc_error(error) from None
+                if cut_short and attempts > 1 and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # The request ran out of time, not the gateway out of answers: neither a verdict
+                    # on the gateway nor news — the last real answer stays the reason reported.
+                    continue
                 outcome, reason = verdict
                 self.failed(address, outcome, reason)
             except grpc.aio.UsageError as error:  # the channel was closed under us
