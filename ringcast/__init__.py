@@ -16,6 +16,7 @@ from ringcast._endpoints import EndpointState, EndpointStatus, HealthPolicy
 from ringcast._errors import ClientClosed, ContinuityLost, InvalidArgument, RingcastError, Unavailable, error_info
 from ringcast._subscription import Subscription
 from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage, StateChange
+from ringcast.reasons import Reason
 
 __all__ = [
     "ChannelInfo",
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidArgument",
     "Message",
     "OutgoingMessage",
+    "Reason",
     "RingcastError",
     "StateChange",
     "Subscription",

@@ -16,6 +16,7 @@ from ringcast._publisher import BatchLimits, Publisher
 from ringcast._subscription import Subscription
 from ringcast._transport import Gateway, StateListener, Transport, trace_metadata
 from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage
+from ringcast.reasons import Reason
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
@@ -178,7 +179,7 @@ class Client:
         deadline = self._deadline(timeout_s)
         outgoing = [self._message(message) for message in messages]
         if not outgoing:
-            raise InvalidArgument("publish_many needs at least one message", reason="BATCH_EMPTY")
+            raise InvalidArgument("publish_many needs at least one message", reason=Reason.BATCH_EMPTY)
         self._stats.publish_calls += 1
         return await self._publisher.publish(channel, outgoing, deadline)
 

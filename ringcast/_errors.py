@@ -8,6 +8,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from ringcast.reasons import Reason
+
 DOMAIN = "ringcast"
 
 
@@ -23,7 +25,7 @@ class RingcastError(Exception):
         message: str,
         *,
         code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
-        reason: str = "UNKNOWN",
+        reason: str = Reason.UNKNOWN,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -76,7 +78,7 @@ class ClientClosed(RingcastError):
     """The client was closed; it takes no more requests."""
 
     def __init__(self) -> None:
-        super().__init__("the client is closed", code=grpc.StatusCode.CANCELLED, reason="CLIENT_CLOSED")
+        super().__init__("the client is closed", code=grpc.StatusCode.CANCELLED, reason=Reason.CLIENT_CLOSED)
 
 
 def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:

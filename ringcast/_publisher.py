@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from ringcast._errors import ClientClosed, InvalidArgument, RingcastError, Unavailable
 from ringcast._transport import Gateway, Transport, trace_metadata
 from ringcast._types import ClientStats
+from ringcast.reasons import Reason
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
@@ -117,7 +118,7 @@ class Publisher:
             except TimeoutError:
                 raise Unavailable(
                     f"publish to {channel!r}: not acknowledged before the deadline; it may still be stored",
-                    reason="DEADLINE_EXCEEDED",
+                    reason=Reason.DEADLINE_EXCEEDED,
                     attempts=0,
                     endpoints=[],
                     ids=[message.id for message in messages],
@@ -163,7 +164,7 @@ class Publisher:
             except TimeoutError:
                 raise Unavailable(
                     "publish: the client's queue stayed full until the deadline (the platform is slower than you)",
-                    reason="CLIENT_QUEUE_FULL",
+                    reason=Reason.CLIENT_QUEUE_FULL,
                     attempts=0,
                     endpoints=[],
                     ids=[message.id for message in run],

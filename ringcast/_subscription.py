@@ -25,6 +25,7 @@ from ringcast._endpoints import Outcome
 from ringcast._errors import ClientClosed, ContinuityLost, Unavailable, from_rpc_error
 from ringcast._transport import Gateway, Transport, trace_metadata
 from ringcast._types import ClientStats, Message
+from ringcast.reasons import Reason
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
@@ -145,11 +146,11 @@ class Subscription:
                             self.stats.duplicates_dropped += 1
                             continue
                         if serial != last + 1:
-                            raise ContinuityLost(self.channel, last, serial, "SERIAL_GAP")
+                            raise ContinuityLost(self.channel, last, serial, Reason.SERIAL_GAP)
                         last = self.last_serial = serial
                         gap_accepted = False
                         yield Message.from_proto(self.channel, message)
-                outcome, reason = Outcome.SOFT_FAILURE, "STREAM_ENDED"
+                outcome, reason = Outcome.SOFT_FAILURE, str(Reason.STREAM_ENDED)
             except grpc.aio.AioRpcError as error:
                 verdict = self.transport.classify(error)
                 if verdict is None:
@@ -167,7 +168,7 @@ class Subscription:
                     return
                 raise
             except _NoAnswer:
-                outcome, reason = Outcome.HARD_FAILURE, "NO_ANSWER"
+                outcome, reason = Outcome.HARD_FAILURE, str(Reason.NO_ANSWER)
             except grpc.aio.UsageError as error:
                 raise ClientClosed() from error
             finally:

@@ -22,6 +22,7 @@ from ringcast._endpoints import EndpointPool, HealthPolicy, Outcome
 from ringcast._errors import ClientClosed, Unavailable, error_info, from_rpc_error
 from ringcast._types import ClientStats, ConnectionState, StateChange
 from ringcast.pipe import PipeClient
+from ringcast.reasons import Reason
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 
@@ -178,7 +179,7 @@ class Transport:
                 return Outcome.SOFT_FAILURE, str(info.reason)
             return Outcome.HARD_FAILURE, f"UNAVAILABLE: {error.details() or 'no connection'}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # no answer within the attempt timeout
-            return Outcome.HARD_FAILURE, "NO_ANSWER"
+            return Outcome.HARD_FAILURE, Reason.NO_ANSWER
         return None
 
     def backoff(self, attempt: int) -> float:

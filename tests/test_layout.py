@@ -1,6 +1,7 @@
 """The layout is the architecture (DESIGN §9): imports point one way, and this test says which.
 
-    ringcast/           the client SDK: imports nothing of services/ or ringcast_tools/
+    ringcast/           the client SDK: imports nothing of services/ or ringcast_tools/;
+                        its ringcast/reasons.py (the list of reasons) is pure, and the core uses it
     services/core/      pure state machines: other core modules and the pure standard library only
     services/common/    what the services share: core, the SDK's public names, and itself
     services/<service>/ an adapter: core, common, the SDK's public names, itself — never another service
@@ -59,7 +60,12 @@ SDK_PUBLIC = ("ringcast", "ringcast.pipe", "ringcast.v1")
 
 RULES: dict[str, Rule] = {
     "ringcast": Rule(("ringcast",), sdk_private=True),
-    "services.core": Rule(("services.core",), third_party=False, forbidden_standard=IMPURE_STANDARD_MODULES),
+    # The core gives the platform's reasons, and the one list of them is the SDK's (ringcast.Reason):
+    # a pure module, held to the core's own rule below.
+    "services.core": Rule(
+        ("services.core", "ringcast.reasons"), third_party=False, forbidden_standard=IMPURE_STANDARD_MODULES
+    ),
+    "ringcast.reasons": Rule((), third_party=False, forbidden_standard=IMPURE_STANDARD_MODULES),
     "services.common": Rule(("services.common", "services.core", *SDK_PUBLIC)),
     **{
         f"services.{service}": Rule((f"services.{service}", "services.common", "services.core", *SDK_PUBLIC))
@@ -157,6 +163,8 @@ def test_the_rules_catch_a_planted_wrong_import() -> None:
         "ringcast._client": ["from services.core.entries import Entry", "import ringcast_tools.cli"],
         "services.channel.server": ["from services.gateway.feed import follow_owner", "from ringcast._pipe import x"],
         "services.common.errors": ["from services.store import rows"],
+        "services.core.node": ["from ringcast import Reason", "from ringcast._errors import Unavailable"],
+        "ringcast.reasons": ["import grpc", "from ringcast._errors import DOMAIN"],
     }
     for module, imports in planted.items():
         for line in imports:
@@ -166,6 +174,7 @@ def test_the_rules_catch_a_planted_wrong_import() -> None:
             "import zlib",
             "from services.core.entries import Entry",
             "from dataclasses import field",
+            "from ringcast.reasons import Reason",
         ],
         "services.channel.server": [
             "import grpc",

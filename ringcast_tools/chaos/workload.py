@@ -423,7 +423,7 @@ class Workload:
             except asyncio.CancelledError:
                 if this_task is not None and this_task.cancelling():
                     raise  # the task itself is being cancelled, not just its call
-                stats.errors["IDLE" if name in self._idle else "CANCELLED"] += 1
+                stats.errors["CANCELLED_WHILE_IDLE" if name in self._idle else "CANCELLED"] += 1
             except grpc.aio.AioRpcError as error:
                 stats.errors[error.code().name] += 1
             except (grpc.RpcError, OSError):

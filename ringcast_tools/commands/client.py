@@ -162,7 +162,8 @@ def history(arguments: argparse.Namespace) -> int:
             arguments.channel, after=arguments.after, limit=arguments.limit, reverse=arguments.reverse
         )
         if page.gap_next_serial:
-            output.notice(f"messages before serial {page.gap_next_serial} are no longer retained (RETENTION_EXPIRED)")
+            gap, reason = page.gap_next_serial, ringcast.Reason.RETENTION_EXPIRED
+            output.notice(f"messages before serial {gap} are no longer retained ({reason})")
         for message in page.messages:
             yield message
 

@@ -27,6 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from ringcast.pipe import call_error
+from ringcast.reasons import Reason
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
@@ -118,9 +119,6 @@ traced_publishes_max = 10_000
 
 LIMITS = Limits()
 
-RETENTION_EXPIRED = "RETENTION_EXPIRED"
-"""ContinuityLost.reason when the messages a reader asked for were trimmed by retention."""
-
 STATUS_BY_NAME = {
     "APPEND_STATUS_OK": AppendStatus.OK,
     "APPEND_STATUS_FENCED": AppendStatus.FENCED,
@@ -136,7 +134,7 @@ def now_ms() -> int:
 
 def error_for(reason: str, ring_version: int) -> ServiceError:
     """The status a failed request is answered with."""
-    if reason == "NOT_OWNER":
+    if reason == Reason.NOT_OWNER:
         return ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION,
             reason,
@@ -571,7 +569,7 @@ class ChannelNodeAdapter:
         except InvariantViolation:
             log.exception("invariant violated: dropping every channel of this node")
             fx = Effects()
-            self.core.stop_all("INTERNAL_ERROR", fx)
+            self.core.stop_all(Reason.INTERNAL, fx)
         self.apply(fx)
 
     def apply(self, fx: Effects) -> None:
@@ -594,7 +592,7 @@ class ChannelNodeAdapter:
             if subscription is None:
                 continue
             if subscription.queue.qsize() >= subscriber_queue_deliveries_max - 1 and not delivery.end_reason:
-                delivery = Delivery(end_reason="SUBSCRIBER_TOO_SLOW")
+                delivery = Delivery(end_reason=Reason.SUBSCRIBER_TOO_SLOW)
                 self.core.unsubscribe(subscription.channel, token)
                 metrics.subscribers_dropped.inc()
             elif delivery.entries:
@@ -631,7 +629,7 @@ class ChannelNodeAdapter:
         self.closing = True
         if self._ticker is not None:
             self._ticker.cancel()
-        self.call(lambda fx: self.core.stop_all("SHUTTING_DOWN", fx))
+        self.call(lambda fx: self.core.stop_all(Reason.SHUTTING_DOWN, fx))
 
     async def close(self) -> None:
         for link in self.links.values():
@@ -650,7 +648,7 @@ class ChannelNodeAdapter:
             self._lagging_ticks = self._lagging_ticks + 1 if late_s > event_loop_lag_s_max else 0
             self.call(lambda fx: self.core.tick(now_ms(), fx))
             reason = self.core.health(now_ms())
-            if reason == "STORES_UNREACHABLE" and self.stores_registered < quorum_size(len(self.links)):
+            if reason == Reason.STORES_UNREACHABLE and self.stores_registered < quorum_size(len(self.links)):
                 reason = ""  # the stores are down for everyone, not only for us: moving helps no one
             if not reason and self._lagging_ticks >= lagging_ticks_max:
                 reason = "EVENT_LOOP_LAG"
@@ -701,7 +699,7 @@ class ChannelNodeAdapter:
 
     async def publish(self, channel: str, messages: tuple[Message, ...], timeout_s: float) -> PublishResult:
         if self.closing:
-            return PublishResult(False, reason="SHUTTING_DOWN", retryable=True)
+            return PublishResult(False, reason=Reason.SHUTTING_DOWN, retryable=True)
         token = next(self.tokens)
         future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         self.publishes[token] = future
@@ -721,7 +719,7 @@ class ChannelNodeAdapter:
 
     async def history(self, channel: str, after_serial: int, limit: int, timeout_s: float) -> HistoryResult:
         if self.closing:
-            return HistoryResult(reason="SHUTTING_DOWN")
+            return HistoryResult(reason=Reason.SHUTTING_DOWN)
         token = next(self.tokens)
         future: asyncio.Future[HistoryResult] = asyncio.get_running_loop().create_future()
         self.histories[token] = future
@@ -733,7 +731,7 @@ class ChannelNodeAdapter:
 
     async def subscribe(self, channel: str, after_serial: int) -> AsyncIterator[Delivery]:
         if self.closing:
-            yield Delivery(end_reason="SHUTTING_DOWN")
+            yield Delivery(end_reason=Reason.SHUTTING_DOWN)
             return
         token = next(self.tokens)
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -779,7 +777,7 @@ def _gap(next_serial: int, reader: str) -> message_pb2.ContinuityLost | None:
     if not next_serial:
         return None
     metrics.continuity_lost.labels(reader=reader).inc()
-    return message_pb2.ContinuityLost(next_serial=next_serial, reason=RETENTION_EXPIRED)
+    return message_pb2.ContinuityLost(next_serial=next_serial, reason=Reason.RETENTION_EXPIRED)
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float:
@@ -805,8 +803,8 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             try:
                 result = await self.node.publish(request.channel, messages, timeout_s)
             except TimeoutError:
-                span.set_attribute("ringcast.reason", "COMMIT_TIMEOUT")
-                raise error_for("COMMIT_TIMEOUT", self.node.ring_version) from None
+                span.set_attribute("ringcast.reason", Reason.COMMIT_TIMEOUT)
+                raise error_for(Reason.COMMIT_TIMEOUT, self.node.ring_version) from None
             epoch, _ = self.node.channel_state(request.channel)
             span.set_attributes({"ringcast.epoch": epoch, "ringcast.serials": list(result.serials)})
             if not result.ok:
@@ -870,7 +868,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         try:
             result = await self.node.history(channel, after, limit, _deadline(context))
         except TimeoutError:
-            raise error_for("COMMIT_TIMEOUT", self.node.ring_version) from None
+            raise error_for(Reason.COMMIT_TIMEOUT, self.node.ring_version) from None
         if result.reason:
             raise error_for(result.reason, self.node.ring_version)
         return result
@@ -907,7 +905,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
     ) -> channel_pb2.ChannelServicePrepareResponse:
         if len(request.channels) > prepare_channels_max:
             raise invalid(
-                "TOO_MANY_CHANNELS",
+                Reason.TOO_MANY_CHANNELS,
                 f"{len(request.channels)} channels in one call; at most {prepare_channels_max}",
                 limit=str(prepare_channels_max),
             )

@@ -17,6 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ringcast import error_info
+from ringcast.reasons import Reason
 
 DOMAIN = "ringcast"
 
@@ -90,7 +91,7 @@ def reason_of(error: grpc.RpcError) -> str:
     if info is not None:
         return str(info.reason)
     code = error.code() if hasattr(error, "code") else None
-    return code.name if code is not None else "UNKNOWN"
+    return code.name if code is not None else Reason.UNKNOWN
 
 
 __all__ = [

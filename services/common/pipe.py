@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from ringcast.reasons import Reason
 from services.common.errors import ServiceError, abort
 
 log = logging.getLogger("ringcast.pipe")
@@ -58,7 +59,7 @@ async def serve_pipe(
             result = result_type(tag=item.tag, error=error.to_status())
         except Exception as error:  # a bug must fail one publish, not the stream
             log.exception("publish on a pipe failed")
-            failure = ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", f"{type(error).__name__}: {error}")
+            failure = ServiceError(grpc.StatusCode.INTERNAL, Reason.INTERNAL, f"{type(error).__name__}: {error}")
             result = result_type(tag=item.tag, error=failure.to_status())
         finally:
             room.release()
@@ -72,7 +73,7 @@ async def serve_pipe(
                 if len(request.publishes) > pipe_publishes_per_request_max:
                     raise ServiceError(
                         grpc.StatusCode.INVALID_ARGUMENT,
-                        "TOO_MANY_PUBLISHES",
+                        Reason.TOO_MANY_PUBLISHES,
                         f"{len(request.publishes)} publishes in one message; at most {pipe_publishes_per_request_max}",
                         {"limit": str(pipe_publishes_per_request_max)},
                     )

@@ -10,6 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ringcast.reasons import Reason
 from ringcast.v1 import message_pb2
 from services.common.errors import ServiceError, invalid
 
@@ -34,25 +35,25 @@ class Limits:
 
 def check_channel(name: str, limits: Limits) -> None:
     if not name:
-        raise invalid("CHANNEL_NAME_EMPTY", "channel name is empty")
+        raise invalid(Reason.CHANNEL_NAME_EMPTY, "channel name is empty")
     if len(name) > limits.channel_chars_max:
         raise invalid(
-            "CHANNEL_NAME_TOO_LONG",
+            Reason.CHANNEL_NAME_TOO_LONG,
             f"channel name has {len(name)} chars; at most {limits.channel_chars_max}",
             limit=str(limits.channel_chars_max),
         )
     if not _CHANNEL_NAME.fullmatch(name):
-        raise invalid("CHANNEL_NAME_INVALID", "channel name may only use A-Z a-z 0-9 _ - : . @")
+        raise invalid(Reason.CHANNEL_NAME_INVALID, "channel name may only use A-Z a-z 0-9 _ - : . @")
     if name.startswith(":"):
-        raise invalid("CHANNEL_NAME_INVALID", "channel name must not start with ':'")
+        raise invalid(Reason.CHANNEL_NAME_INVALID, "channel name must not start with ':'")
 
 
 def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None:
     if not messages:
-        raise invalid("BATCH_EMPTY", "a publish needs at least one message")
+        raise invalid(Reason.BATCH_EMPTY, "a publish needs at least one message")
     if len(messages) > limits.batch_messages_max:
         raise invalid(
-            "BATCH_TOO_LARGE",
+            Reason.BATCH_TOO_LARGE,
             f"{len(messages)} messages in one batch; at most {limits.batch_messages_max}",
             limit=str(limits.batch_messages_max),
         )
@@ -60,34 +61,36 @@ def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not message.id:
-            raise invalid("MESSAGE_ID_MISSING", f"{where}: id is required (it makes retries safe)")
+            raise invalid(Reason.MESSAGE_ID_MISSING, f"{where}: id is required (it makes retries safe)")
         if len(message.id) > limits.message_id_chars_max:
-            raise invalid("MESSAGE_ID_TOO_LONG", f"{where}: id longer than {limits.message_id_chars_max} chars")
+            raise invalid(Reason.MESSAGE_ID_TOO_LONG, f"{where}: id longer than {limits.message_id_chars_max} chars")
         if len(message.name) > limits.message_name_chars_max:
-            raise invalid("MESSAGE_NAME_TOO_LONG", f"{where}: name longer than {limits.message_name_chars_max} chars")
+            raise invalid(
+                Reason.MESSAGE_NAME_TOO_LONG, f"{where}: name longer than {limits.message_name_chars_max} chars"
+            )
         if len(message.data) > limits.message_data_bytes_max:
             raise invalid(
-                "MESSAGE_TOO_LARGE",
+                Reason.MESSAGE_TOO_LARGE,
                 f"{where}: {len(message.data)} bytes of data; at most {limits.message_data_bytes_max}",
                 limit=str(limits.message_data_bytes_max),
             )
         if len(message.headers) > limits.message_headers_max:
-            raise invalid("TOO_MANY_HEADERS", f"{where}: more than {limits.message_headers_max} headers")
+            raise invalid(Reason.TOO_MANY_HEADERS, f"{where}: more than {limits.message_headers_max} headers")
         for key, value in message.headers.items():
             if not key or len(key) + len(value) > limits.header_chars_max:
-                raise invalid("HEADER_INVALID", f"{where}: header {key[:32]!r} is empty or too long")
+                raise invalid(Reason.HEADER_INVALID, f"{where}: header {key[:32]!r} is empty or too long")
         if message.serial or message.timestamp_ms:
-            raise invalid("PLATFORM_FIELD_SET", f"{where}: serial and timestamp_ms are set by the platform")
+            raise invalid(Reason.PLATFORM_FIELD_SET, f"{where}: serial and timestamp_ms are set by the platform")
         total += message.ByteSize()
     if total > limits.batch_bytes_max:
         raise invalid(
-            "BATCH_TOO_LARGE",
+            Reason.BATCH_TOO_LARGE,
             f"batch is {total} bytes; at most {limits.batch_bytes_max}",
             limit=str(limits.batch_bytes_max),
         )
     ids = [message.id for message in messages]
     if len(set(ids)) != len(ids):
-        raise invalid("DUPLICATE_ID_IN_BATCH", "two messages of one batch have the same id")
+        raise invalid(Reason.DUPLICATE_ID_IN_BATCH, "two messages of one batch have the same id")
 
 
 def history_limit(requested: int, limits: Limits) -> int:

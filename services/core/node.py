@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ringcast.reasons import Reason
 from services.core.entries import EPOCH_ATTEMPTS_PER_VERSION, Message, make_epoch
 from services.core.replica_log import AppendReply, FenceReply, ReadReply
 from services.core.ring import Ring
@@ -76,7 +77,9 @@ class _Attempts:
     recorded: bool = True  # the last role's end was counted (failures only count once per role)
 
 
-TAKEOVER_FAILURES = frozenset({"FENCED", "TAKEOVER_TIMEOUT", "RECOVERY_READ_FAILED", "COMMIT_STALLED"})
+TAKEOVER_FAILURES = frozenset(
+    {Reason.FENCED, Reason.TAKEOVER_TIMEOUT, Reason.RECOVERY_READ_FAILED, Reason.COMMIT_STALLED}
+)
 """Why a role may stop that makes the next attempt at its channel wait (rule 6)."""
 
 
@@ -166,7 +169,7 @@ class ChannelNode:
     def on_lease_lost(self, fx: Effects) -> None:
         """The lease is gone (etcd said so, or we re-register): drop every channel at once."""
         self.lease_deadline_ms = 0
-        self.stop_all("LEASE_LOST", fx)
+        self.stop_all(Reason.LEASE_LOST, fx)
 
     def on_ring(self, ring: Ring, fx: Effects) -> None:
         """A newer ring: stop every role whose channel now belongs to someone else."""
@@ -176,7 +179,7 @@ class ChannelNode:
         self.newest_version = max(self.newest_version, ring.version)
         for channel, role in list(self.roles.items()):
             if ring.owner(channel) != self.node_id:
-                role.stop("CHANNEL_MOVED", fx)
+                role.stop(Reason.CHANNEL_MOVED, fx)
                 self._forget(channel)
         fx.events.append(f"ring version={ring.version} members={len(ring)}")
 
@@ -196,26 +199,26 @@ class ChannelNode:
         """The serving (or starting) role for `channel`, or the reason there is none."""
         if not self.serving(now_ms):
             if self.roles:
-                self.stop_all("LEASE_LOST", fx)
-            return "NOT_OWNER" if self.ring is not None and self.node_id not in self.ring else "LEASE_LOST"
+                self.stop_all(Reason.LEASE_LOST, fx)
+            return Reason.NOT_OWNER if self.ring is not None and self.node_id not in self.ring else Reason.LEASE_LOST
         assert self.ring is not None
         if self.ring.owner(channel) != self.node_id:
-            return "NOT_OWNER"
+            return Reason.NOT_OWNER
         role = self.roles.get(channel)
         if role is not None and role.state is not RoleState.STOPPED:
             self._touch(role)
             return role
         if len(self.roles) >= self.config.roles_max:
-            return "OWNER_OVERLOADED"
+            return Reason.OWNER_OVERLOADED
         attempts = self._attempts.get(channel)
         if attempts is None:
             attempts = self._attempts[channel] = _Attempts(self.ring.version)
         if now_ms < attempts.retry_ms:
-            return "TAKEOVER_BACKOFF"
+            return Reason.TAKEOVER_BACKOFF
         if attempts.ring_version != self.ring.version:
             attempts.ring_version, attempts.made = self.ring.version, 0
         if attempts.made >= EPOCH_ATTEMPTS_PER_VERSION:
-            return "TAKEOVER_ATTEMPTS_EXHAUSTED"
+            return Reason.TAKEOVER_ATTEMPTS_EXHAUSTED
         role = ChannelRole(channel, make_epoch(attempts.ring_version, attempts.made), self.config.role, now_ms)
         attempts.made += 1
         attempts.recorded = False
@@ -368,10 +371,10 @@ class ChannelNode:
         if self.ring is None or len(self.ring) < 2:
             return ""
         if len(self._stalls) > self.config.stalled_roles_max:
-            return "COMMIT_STALLED"
+            return Reason.COMMIT_STALLED
         cut_off_since = self._quorum_lost_ms
         if cut_off_since is not None and now_ms - cut_off_since >= self.config.stores_unreachable_ms:
-            return "STORES_UNREACHABLE"
+            return Reason.STORES_UNREACHABLE
         return ""
 
     # ----------------------------------------------------------------------------- time
@@ -397,7 +400,7 @@ class ChannelNode:
     def tick(self, now_ms: int, fx: Effects) -> None:
         """Time passes: tick the busy roles; once per `idle_sweep_ms`, look at every role held."""
         if self.roles and not self.serving(now_ms):
-            self.stop_all("LEASE_LOST", fx)
+            self.stop_all(Reason.LEASE_LOST, fx)
             return
         quorum_lost = False
         for channel in list(self._busy):
@@ -408,7 +411,7 @@ class ChannelNode:
             role.wall_offset_ms = self.wall_offset_ms
             role.tick(now_ms, fx)
             quorum_lost = quorum_lost or role.quorum_lost
-            if role.stop_reason == "COMMIT_STALLED":
+            if role.stop_reason == Reason.COMMIT_STALLED:
                 self._stalls.append(now_ms)
             self._drop_if_stopped(role, now_ms)
             if role.quiet:
@@ -430,7 +433,7 @@ class ChannelNode:
             quiet_ms = now_ms - role.last_activity_ms
             idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
             if idle and role.commit >= role.last:
-                role.stop("IDLE", fx)
+                role.stop(Reason.IDLE, fx)
                 self._forget(channel)
                 continue
             role.dedup.expire(now_ms)

@@ -52,6 +52,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ringcast.reasons import Reason
 from services.core.entries import Entry, Message, Position
 from services.core.invariants import invariant
 from services.core.quorum import advance_commit, most_up_to_date, quorum_size
@@ -450,13 +451,13 @@ class ChannelRole:
             self.recovery_ids = []
             self.recovery_ids_from = after = min(reply.base.serial, self.recovery_start)
         if target is None:
-            self.stop("RECOVERY_READ_FAILED", fx)
+            self.stop(Reason.RECOVERY_READ_FAILED, fx)
             return
         if reply.damaged or (not reply.ids and after < self.recovery_start):
             self._recovery_source_damaged(read.replica, reply.damaged or after + 1, now_ms, fx)
             return
         if reply.last.serial < target.serial:
-            self.stop("FENCED", fx)  # the adopted log got shorter under us: a later epoch is writing
+            self.stop(Reason.FENCED, fx)  # the adopted log got shorter under us: a later epoch is writing
             return
         self.recovery_ids.extend(reply.ids[: self.recovery_start - after])
         self.progress_ms = now_ms
@@ -471,11 +472,11 @@ class ChannelRole:
         got = self.recovery[name]
         base = reply.base
         if base.serial > target.serial or (base.serial == target.serial and base.epoch != target.epoch):
-            self.stop("FENCED", fx)  # the adopted log moved on under us: a later epoch is writing
+            self.stop(Reason.FENCED, fx)  # the adopted log moved on under us: a later epoch is writing
             return
         trimmed = base.serial > read.after_serial
         if trimmed and (got or name in self.recovery_base):
-            self.stop("RECOVERY_READ_FAILED", fx)  # trimmed between our reads: start the takeover again
+            self.stop(Reason.RECOVERY_READ_FAILED, fx)  # trimmed between our reads: start the takeover again
             return
         start = base.serial if trimmed else read.after_serial
         entries, damaged = self._verified(read.after_serial, reply)
@@ -486,7 +487,7 @@ class ChannelRole:
         if reply.last.serial < target.serial or any(
             entry.serial == target.serial and entry.epoch != target.epoch for entry in entries
         ):
-            self.stop("FENCED", fx)  # the adopted log changed under us: a later epoch is writing
+            self.stop(Reason.FENCED, fx)  # the adopted log changed under us: a later epoch is writing
             return
         if trimmed:
             self.recovery_base[name] = base
@@ -626,17 +627,17 @@ class ChannelRole:
             return
         if self.state is not RoleState.SERVING:
             if len(self.queued) >= self.config.queued_publishes_max:
-                fx.results.append((token, PublishResult(False, reason="OWNER_OVERLOADED", retryable=True)))
+                fx.results.append((token, PublishResult(False, reason=Reason.OWNER_OVERLOADED, retryable=True)))
             else:
                 self.queued.append((token, messages))
             return
         if self._quorum_unreachable():
             # Fail fast: a quorum of replicas is known to be unreachable, so nothing could commit.
-            fx.results.append((token, PublishResult(False, reason="QUORUM_UNAVAILABLE", retryable=True)))
+            fx.results.append((token, PublishResult(False, reason=Reason.QUORUM_UNAVAILABLE, retryable=True)))
             return
         uncommitted = self.last - max(self.commit, self.epoch_start_serial - 1)  # adopted entries do not count
         if uncommitted + len(messages) > self.config.pending_entries_max:
-            fx.results.append((token, PublishResult(False, reason="OWNER_OVERLOADED", retryable=True)))
+            fx.results.append((token, PublishResult(False, reason=Reason.OWNER_OVERLOADED, retryable=True)))
             return
         serials: list[int] = []
         duplicates: list[bool] = []
@@ -672,7 +673,7 @@ class ChannelRole:
                 self._feed_subscribers(now_ms, fx)
 
     def _moved_result(self, maybe_stored: bool) -> PublishResult:
-        reason = self.stop_reason if self.stop_reason in ("LEASE_LOST",) else "CHANNEL_MOVED"
+        reason = self.stop_reason if self.stop_reason in (Reason.LEASE_LOST,) else Reason.CHANNEL_MOVED
         return PublishResult(False, reason=reason, retryable=True, maybe_stored=maybe_stored)
 
     # ----------------------------------------------------------------------------- replication
@@ -837,7 +838,7 @@ class ChannelRole:
             fx.replica_faults.append((self.channel, replica.name, "fenced_out", detail))
         fenced = sum(1 for other in self.replicas.values() if other.fenced_out)
         if fenced > len(self.replicas) - self.quorum:
-            self.stop("FENCED", fx)
+            self.stop(Reason.FENCED, fx)
             return True
         self._reset(replica)  # nothing more is sent to it: it would refuse everything at our epoch
         self._fail_without_quorum(fx)
@@ -861,7 +862,10 @@ class ChannelRole:
             return
         for pending in self.pending:
             fx.results.append(
-                (pending.token, PublishResult(False, reason="QUORUM_UNAVAILABLE", retryable=True, maybe_stored=True))
+                (
+                    pending.token,
+                    PublishResult(False, reason=Reason.QUORUM_UNAVAILABLE, retryable=True, maybe_stored=True),
+                )
             )
         self.pending.clear()
 
@@ -913,10 +917,10 @@ class ChannelRole:
         """Deliver every committed entry after `after_serial`, in order, then live ones."""
         self.last_activity_ms = now_ms
         if self.state is RoleState.STOPPED:
-            fx.deliveries.append((token, Delivery(end_reason="CHANNEL_MOVED")))
+            fx.deliveries.append((token, Delivery(end_reason=Reason.CHANNEL_MOVED)))
             return
         if token not in self.subscribers and len(self.subscribers) >= self.config.subscribers_max:
-            fx.deliveries.append((token, Delivery(end_reason="TOO_MANY_SUBSCRIBERS")))
+            fx.deliveries.append((token, Delivery(end_reason=Reason.TOO_MANY_SUBSCRIBERS)))
             return
         self.subscribers[token] = _Subscriber(max(after_serial, 0) + 1)
         self._feed_subscribers(now_ms, fx)
@@ -953,7 +957,7 @@ class ChannelRole:
         self.last_activity_ms = now_ms
         limit = max(0, min(limit, self.config.read_entries_max))
         if self.state is RoleState.STOPPED:
-            fx.histories.append((token, HistoryResult(reason="CHANNEL_MOVED")))
+            fx.histories.append((token, HistoryResult(reason=Reason.CHANNEL_MOVED)))
             return
         self.histories[token] = (max(after_serial, 0), limit)
         self._answer_histories(now_ms, fx)
@@ -1107,7 +1111,7 @@ class ChannelRole:
         if read is None:
             return
         if read.purpose in ("recover", "recover-ids"):
-            self.stop("RECOVERY_READ_FAILED", fx)
+            self.stop(Reason.RECOVERY_READ_FAILED, fx)
         elif read.purpose == "subscriber":
             subscriber = self.subscribers.get(read.owner)
             if subscriber is not None:
@@ -1163,12 +1167,12 @@ class ChannelRole:
             return
         if self.state is not RoleState.SERVING:
             if now_ms - self.progress_ms > self.config.takeover_timeout_ms:
-                self.stop("TAKEOVER_TIMEOUT", fx)
+                self.stop(Reason.TAKEOVER_TIMEOUT, fx)
             return
         if self.pending and now_ms - self.pending[0].assigned_ms > self.config.commit_stall_ms:
             # Alive but failing: its replicas do not answer in time. Holding the channel would only
             # keep publishes waiting; stepping down lets the node decide whether to leave the ring.
-            self.stop("COMMIT_STALLED", fx)
+            self.stop(Reason.COMMIT_STALLED, fx)
             return
         for replica in self.replicas.values():
             if replica.fenced_out:
@@ -1201,9 +1205,9 @@ class ChannelRole:
         for token, _ in self.queued:
             fx.results.append((token, self._moved_result(False)))
         for token in self.subscribers:
-            fx.deliveries.append((token, Delivery(end_reason="CHANNEL_MOVED")))
+            fx.deliveries.append((token, Delivery(end_reason=Reason.CHANNEL_MOVED)))
         for token in self.histories:
-            fx.histories.append((token, HistoryResult(reason="CHANNEL_MOVED")))
+            fx.histories.append((token, HistoryResult(reason=Reason.CHANNEL_MOVED)))
         self.pending.clear()
         self.queued.clear()
         self.subscribers.clear()

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from ringcast.reasons import Reason
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from services.common.errors import ServiceError, passthrough, refused, unavailable
@@ -111,7 +112,7 @@ async def follow_owner(
                     for message in response.messages:
                         if message.serial != after + 1:  # the owner broke G4: never pass that on
                             log.error("owner %s sent serial %d after %d on %s", owner, message.serial, after, channel)
-                            raise ServiceError(grpc.StatusCode.INTERNAL, "OUT_OF_ORDER", "stream broken")
+                            raise ServiceError(grpc.StatusCode.INTERNAL, Reason.OUT_OF_ORDER, "stream broken")
                         after = message.serial
                     if response.messages:
                         batch.append(realtime_pb2.SubscribeResponse(messages=response.messages))
@@ -132,7 +133,7 @@ async def follow_owner(
             pass
         outage_since = outage_since or loop.time()
         if loop.time() - outage_since > subscribe_outage_s_max:
-            raise unavailable("OWNER_UNREACHABLE", f"no owner for {channel!r}; resume later")
+            raise unavailable(Reason.OWNER_UNREACHABLE, f"no owner for {channel!r}; resume later")
         await router.watcher.refresh()
         await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
         backoff = min(backoff * 2, retry_backoff_s_max)
@@ -252,11 +253,11 @@ class ChannelFeed:
         except ServiceError as error:
             self.error = error
         except asyncio.CancelledError:
-            self.error = unavailable("SUBSCRIPTION_MOVED", "the gateway stopped following the channel; resume")
+            self.error = unavailable(Reason.SUBSCRIPTION_MOVED, "the gateway stopped following the channel; resume")
             raise
         finally:
             if self.error is None:
-                self.error = unavailable("SUBSCRIPTION_MOVED", "the gateway stopped following the channel; resume")
+                self.error = unavailable(Reason.SUBSCRIPTION_MOVED, "the gateway stopped following the channel; resume")
             self.registry.forget(self)
             self._wake()
 

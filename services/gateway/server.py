@@ -31,6 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ringcast.pipe import PipeClient
+from ringcast.reasons import Reason
 from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
@@ -96,7 +97,7 @@ def outcome_name(outcome: int) -> str:
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
 
-FAIL_FAST_REASONS = {"QUORUM_UNAVAILABLE"}
+FAIL_FAST_REASONS = {Reason.QUORUM_UNAVAILABLE}
 """Retryable for the client, but not worth retrying here: the owner knows no quorum is reachable."""
 
 
@@ -212,10 +213,10 @@ class OwnerRouter:
     def owner(self, channel: str) -> tuple[str, str]:
         view = self.watcher.ring
         if view is None:
-            raise NoOwner("RING_UNKNOWN")
+            raise NoOwner(Reason.RING_UNKNOWN)
         owner = view.ring.owner(channel)
         if owner is None or owner not in view.members:
-            raise NoOwner("NO_CHANNEL_NODES")
+            raise NoOwner(Reason.NO_CHANNEL_NODES)
         return owner, view.members[owner]
 
     def report_refused(self, owner: str, address: str) -> None:
@@ -311,7 +312,7 @@ class OwnerRouter:
             except NoOwner as error:
                 last_reason = str(error)
             except ChannelMovedAway:
-                last_reason = "CHANNEL_MOVED"
+                last_reason = Reason.CHANNEL_MOVED
             except grpc.RpcError as error:
                 code = error.code()
                 last_reason = reason_of(error)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ringcast.reasons import Reason
 from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from services.common.errors import ServiceError, abort, answers_errors, invalid, unavailable
@@ -135,7 +136,7 @@ class RingBroadcast:
 
 
 def _ring_unknown() -> ServiceError:
-    return unavailable("RING_UNKNOWN", "placement has not read membership from etcd yet")
+    return unavailable(Reason.RING_UNKNOWN, "placement has not read membership from etcd yet")
 
 
 confirm_connect_timeout_s = 0.5
@@ -184,7 +185,7 @@ class PlacementServicer(placement_grpc.PlacementServiceServicer):  # type: ignor
         self, request: placement_pb2.LookupRequest, context: grpc.aio.ServicerContext
     ) -> placement_pb2.LookupResponse:
         if not request.channel:
-            raise invalid("CHANNEL_NAME_EMPTY", "channel name is empty")
+            raise invalid(Reason.CHANNEL_NAME_EMPTY, "channel name is empty")
         current = self._current()
         owner = current.ring.owner(request.channel)
         response = placement_pb2.LookupResponse(ring_version=current.version)

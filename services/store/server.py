@@ -52,6 +52,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
+from ringcast.reasons import Reason
 from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert, metrics
 from services.common.clock import PeerClock
@@ -205,7 +206,7 @@ class GroupCommitWriter:
         try:
             self._queue.put_nowait(_Write(apply, future, loop))
         except queue.Full:
-            raise unavailable("STORE_OVERLOADED", "too many writes are waiting; retry later") from None
+            raise unavailable(Reason.STORE_OVERLOADED, "too many writes are waiting; retry later") from None
         return future
 
     async def close(self) -> None:
@@ -289,8 +290,8 @@ class GroupCommitWriter:
 
 def _write_error(error: BaseException) -> ServiceError:
     if isinstance(error, InvariantViolation):
-        return ServiceError(grpc.StatusCode.INTERNAL, "STORE_INVARIANT", f"store invariant violated: {error}")
-    return unavailable("STORE_WRITE_FAILED", f"the store could not write: {error}")
+        return ServiceError(grpc.StatusCode.INTERNAL, Reason.STORE_INVARIANT, f"store invariant violated: {error}")
+    return unavailable(Reason.STORE_WRITE_FAILED, f"the store could not write: {error}")
 
 
 def _settle(write: _Write, value: Committed[Any] | None, error: ServiceError | None) -> None:
@@ -655,10 +656,10 @@ def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str, now_ms:
 
 def _channel(name: str) -> str:
     if not name:
-        raise invalid("CHANNEL_NAME_EMPTY", "channel name is empty")
+        raise invalid(Reason.CHANNEL_NAME_EMPTY, "channel name is empty")
     if len(name) > channel_chars_max:
         raise invalid(
-            "CHANNEL_NAME_TOO_LONG",
+            Reason.CHANNEL_NAME_TOO_LONG,
             f"channel name has {len(name)} chars; at most {channel_chars_max}",
             limit=str(channel_chars_max),
         )
@@ -667,12 +668,12 @@ def _channel(name: str) -> str:
 
 def _stored_value(value: int, field: str, value_max: int) -> int:
     if value > value_max:
-        raise invalid("VALUE_OUT_OF_RANGE", f"{field} is above {value_max}", field=field)
+        raise invalid(Reason.VALUE_OUT_OF_RANGE, f"{field} is above {value_max}", field=field)
     return value
 
 
 def _fences(protos: Sequence[store_pb2.ChannelFence], value_max: int) -> list[tuple[str, int]]:
-    _at_most(len(protos), fence_channels_max, "TOO_MANY_FENCES", "fences")
+    _at_most(len(protos), fence_channels_max, Reason.TOO_MANY_FENCES, "fences")
     return [(_channel(proto.channel), _stored_value(proto.epoch, "epoch", value_max)) for proto in protos]
 
 
@@ -681,7 +682,7 @@ _Read = tuple[str, int, int, bool]
 
 
 def _reads(protos: Sequence[store_pb2.ChannelRead], value_max: int) -> list[_Read]:
-    _at_most(len(protos), read_channels_max, "TOO_MANY_READS", "reads")
+    _at_most(len(protos), read_channels_max, Reason.TOO_MANY_READS, "reads")
     return [
         (
             _channel(proto.channel),
@@ -712,7 +713,7 @@ _Append = tuple[str, int, Position, tuple[Entry, ...], int, bool]  # ..., commit
 
 
 def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[_Append]:
-    _at_most(len(protos), append_channels_max, "TOO_MANY_APPENDS", "appends")
+    _at_most(len(protos), append_channels_max, Reason.TOO_MANY_APPENDS, "appends")
     appends = []
     for proto in protos:
         channel = _channel(proto.channel)

@@ -1,0 +1,88 @@
+"""Every reason the platform and the SDK give, in one list: the `reason` of a RingcastError, of the
+google.rpc.ErrorInfo (domain "ringcast") every failed call carries, of a subscription's end and of
+an owner's step-down (logs, metrics, traces).
+
+`Reason` is a `str` enum, so `error.reason == Reason.CHANNEL_MOVED` and `error.reason ==
+"CHANNEL_MOVED"` both hold; other languages compare the strings. docs/architecture.md ("Errors")
+describes each, and tests/test_reasons.py fails when code gives a reason that is not here or this
+list has one the docs do not describe. A reason may also be a gRPC code's name (UNAVAILABLE,
+DEADLINE_EXCEEDED...) when a call failed before the platform could say more.
+
+This module is pure (it imports only `enum`): the core gives these reasons too.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    # INVALID_ARGUMENT: the request is wrong; never retried.
+    CHANNEL_NAME_EMPTY = "CHANNEL_NAME_EMPTY"
+    CHANNEL_NAME_INVALID = "CHANNEL_NAME_INVALID"
+    CHANNEL_NAME_TOO_LONG = "CHANNEL_NAME_TOO_LONG"
+    BATCH_EMPTY = "BATCH_EMPTY"
+    BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    MESSAGE_ID_MISSING = "MESSAGE_ID_MISSING"
+    MESSAGE_ID_TOO_LONG = "MESSAGE_ID_TOO_LONG"
+    MESSAGE_NAME_TOO_LONG = "MESSAGE_NAME_TOO_LONG"
+    TOO_MANY_HEADERS = "TOO_MANY_HEADERS"
+    HEADER_INVALID = "HEADER_INVALID"
+    PLATFORM_FIELD_SET = "PLATFORM_FIELD_SET"
+    DUPLICATE_ID_IN_BATCH = "DUPLICATE_ID_IN_BATCH"
+    TOO_MANY_PUBLISHES = "TOO_MANY_PUBLISHES"
+    TOO_MANY_CHANNELS = "TOO_MANY_CHANNELS"
+    TOO_MANY_FENCES = "TOO_MANY_FENCES"
+    TOO_MANY_APPENDS = "TOO_MANY_APPENDS"
+    TOO_MANY_READS = "TOO_MANY_READS"
+    VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
+
+    # UNAVAILABLE: retry (a publish with the same ids: a stored id keeps its serial).
+    CHANNEL_MOVED = "CHANNEL_MOVED"
+    QUORUM_UNAVAILABLE = "QUORUM_UNAVAILABLE"
+    LEASE_LOST = "LEASE_LOST"
+    OWNER_OVERLOADED = "OWNER_OVERLOADED"
+    TAKEOVER_BACKOFF = "TAKEOVER_BACKOFF"
+    TAKEOVER_ATTEMPTS_EXHAUSTED = "TAKEOVER_ATTEMPTS_EXHAUSTED"
+    COMMIT_TIMEOUT = "COMMIT_TIMEOUT"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    RING_UNKNOWN = "RING_UNKNOWN"
+    NO_CHANNEL_NODES = "NO_CHANNEL_NODES"
+    OWNER_UNREACHABLE = "OWNER_UNREACHABLE"
+    SUBSCRIBER_TOO_SLOW = "SUBSCRIBER_TOO_SLOW"
+    SUBSCRIPTION_MOVED = "SUBSCRIPTION_MOVED"
+    TOO_MANY_SUBSCRIBERS = "TOO_MANY_SUBSCRIBERS"
+    STORE_OVERLOADED = "STORE_OVERLOADED"
+    STORE_WRITE_FAILED = "STORE_WRITE_FAILED"
+
+    # FAILED_PRECONDITION (gateway ↔ channel): ask placement for the ring and go where it says.
+    NOT_OWNER = "NOT_OWNER"
+
+    # OUT_OF_RANGE: what a reader asked for is no longer retained (ContinuityLost).
+    RETENTION_EXPIRED = "RETENTION_EXPIRED"
+    SERIAL_GAP = "SERIAL_GAP"
+
+    # INTERNAL: a bug or broken invariant, reported rather than served.
+    INTERNAL = "INTERNAL"
+    OUT_OF_ORDER = "OUT_OF_ORDER"
+    STORE_INVARIANT = "STORE_INVARIANT"
+
+    # Why an owner stepped down (logs, metrics, traces); its callers see CHANNEL_MOVED or LEASE_LOST.
+    FENCED = "FENCED"
+    COMMIT_STALLED = "COMMIT_STALLED"
+    IDLE = "IDLE"
+    TAKEOVER_TIMEOUT = "TAKEOVER_TIMEOUT"
+    RECOVERY_READ_FAILED = "RECOVERY_READ_FAILED"
+    STORES_UNREACHABLE = "STORES_UNREACHABLE"
+
+    # The SDK's own (no call was answered, or the client refused locally).
+    NO_ANSWER = "NO_ANSWER"
+    STREAM_ENDED = "STREAM_ENDED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CLIENT_QUEUE_FULL = "CLIENT_QUEUE_FULL"
+    CLIENT_CLOSED = "CLIENT_CLOSED"
+    UNKNOWN = "UNKNOWN"
+
+
+__all__ = ["Reason"]
