@@ -338,22 +338,22 @@ class SimNode:
         self.sim.network.send(self.name, ETCD, ("register", self.sim.now))
 
     def receive(self, source: str, payload: tuple[Any, ...]) -> None:
-        sim, core, fx = self.sim, self.core, Effects()
+        sim, core, effects = self.sim, self.core, Effects()
         now = sim.now
         kind = payload[0]
         if kind == "store_reply":
             _, replica, request, reply = payload
             if isinstance(request, AppendRequest):
-                core.on_append_reply(replica, request, reply, now, fx)
+                effects.extend(core.on_append_reply(replica, request, reply, now))
             elif isinstance(request, FenceRequest):
-                core.on_fence_reply(replica, request, reply, now, fx)
+                effects.extend(core.on_fence_reply(replica, request, reply, now))
             else:
-                core.on_read_reply(replica, request, reply, now, fx)
+                effects.extend(core.on_read_reply(replica, request, reply, now))
         elif kind == "publish":
             _, request_id, channel, messages = payload
             token = self._token()
             self.publish_tokens[token] = (source, request_id)
-            core.publish(channel, token, messages, now, fx)
+            effects.extend(core.publish(channel, token, messages, now))
         elif kind == "subscribe":
             _, stream, channel, after = payload
             current = self.subscription_of.get((source, channel))
@@ -367,10 +367,10 @@ class SimNode:
             self.subscription_tokens[token] = (source, stream, channel)
             self.subscription_of[(source, channel)] = token
             self.stream_seq[token] = 0
-            core.subscribe(channel, token, after, now, fx)
+            effects.extend(core.subscribe(channel, token, after, now))
         elif kind == "ring":
             _, version, members = payload
-            core.on_ring(Ring(version, members), fx)
+            effects.extend(core.on_ring(Ring(version, members)))
         elif kind == "registered":
             _, lease, sent, revision = payload
             self.lease = lease
@@ -383,31 +383,31 @@ class SimNode:
                 core.on_lease(sent + sim.config.lease_ttl_ms)
         elif kind == "lease_expired" and payload[1] == self.lease:
             self.lease = 0
-            core.on_lease_lost(fx)
+            effects.extend(core.on_lease_lost())
             self.start()
-        self.apply(fx)
+        self.apply(effects)
 
     def tick(self) -> None:
-        sim, fx = self.sim, Effects()
+        sim, effects = self.sim, Effects()
         if self.lease and sim.now % self.sim.config.keepalive_ms < self.sim.config.tick_ms:
             sim.network.send(self.name, ETCD, ("keepalive", self.lease, sim.now))
             if sim.now % (4 * self.sim.config.keepalive_ms) < self.sim.config.tick_ms:
                 sim.network.send(self.name, ETCD, ("get_ring",))
-        self.core.tick(sim.now, fx)
-        self.apply(fx)
+        effects.extend(self.core.tick(sim.now))
+        self.apply(effects)
 
     def _token(self) -> int:
         self.tokens += 1
         return self.tokens
 
-    def apply(self, fx: Effects) -> None:
+    def apply(self, effects: Effects) -> None:
         send = self.sim.network.send
-        for replica, request in fx.sends:
+        for replica, request in effects.sends:
             send(self.name, replica, ("store", request))
-        for token, result in fx.results:
+        for token, result in effects.results:
             client, request_id = self.publish_tokens.pop(token)
             send(self.name, client, ("publish_result", request_id, result))
-        for token, delivery in fx.deliveries:
+        for token, delivery in effects.deliveries:
             subscription = self.subscription_tokens.get(token)
             if subscription is None:
                 continue
@@ -418,9 +418,10 @@ class SimNode:
                 del self.subscription_tokens[token]
                 if self.subscription_of.get((client, channel)) == token:
                     del self.subscription_of[(client, channel)]
-        self.sim.stats["events"] += len(fx.events)
-        for _, _, kind, _ in fx.replica_faults:
+        self.sim.stats["events"] += len(effects.events)
+        for _, _, kind, _ in effects.replica_faults:
             self.sim.stats[f"replica_{kind}"] += 1
+        self.sim.stats["stale_inputs"] += len(effects.stale)
 
 
 class SimClient:

@@ -23,6 +23,12 @@ from collections import deque
 
 from services.common import metrics
 
+
+def monotonic_ms() -> int:
+    """This process's monotonic clock in ms: the time cores run on (timers, ages), never a date."""
+    return int(time.monotonic() * 1000)
+
+
 log = logging.getLogger("ringcast.clock")
 
 clock_skew_ms_max = 60_000

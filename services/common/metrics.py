@@ -27,6 +27,9 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
   per channel and owner: kind `fenced_out` (a fence above the owner's epoch while a quorum accepts
   it) or `damaged` (a read answered with a hole, a bad checksum or a wrong entry, or the replica
   reported damage itself); the owner reads elsewhere and repairs the replica.
+- `ringcast_role_stale_inputs_total{input}` (counter, channel): inputs a channel role's state table
+  dropped as answers to an earlier state (`fence_reply` after adoption: the usual third reply; any
+  input after a step-down). A steady rate beside no step-downs would be a bug.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ store_commit_seconds = Histogram(
 store_trimmed_entries = Counter("ringcast_store_trimmed_entries", "Entries retention dropped")
 replica_faults = Counter(
     "ringcast_replica_faults", "Replicas an owner found at fault (once per channel and owner)", ["zone", "kind"]
+)
+stale_inputs = Counter(
+    "ringcast_role_stale_inputs", "Inputs a channel role dropped as answers to an earlier state", ["input"]
 )
 store_damaged_entries = Counter("ringcast_store_damaged_entries", "Entries found damaged at rest", ["what"])
 store_scrubbed_entries = Counter("ringcast_store_scrubbed_entries", "Entries the scrub has checked")

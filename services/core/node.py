@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ringcast.reasons import Reason
@@ -48,13 +48,23 @@ from services.core.role import (
     Delivery,
     Effects,
     FenceRequest,
+    HistoryAnswer,
     HistoryResult,
+    PublishAnswer,
     PublishResult,
     ReadRequest,
     RoleConfig,
     RoleState,
     StoreRequest,
+    SubscriberDelivery,
 )
+
+
+def _collected(step: Callable[[Effects], object]) -> Effects:
+    """The effects one step of the node comes to (its roles' effects gathered, in order)."""
+    effects = Effects()
+    step(effects)
+    return effects
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +142,48 @@ class ChannelNode:
         self._retry_prepared: list[tuple[int, str]] = []  # heap: (when, channel) of failed prepared takeovers
         self.takeovers_done = 0
 
+    # ----------------------------------------------------------------------------- inputs
+    # Each returns the Effects it comes to (its roles' effects gathered, in order).
+
+    def on_lease_lost(self) -> Effects:
+        return _collected(lambda effects: self._on_lease_lost(effects))
+
+    def on_ring(self, ring: Ring) -> Effects:
+        return _collected(lambda effects: self._on_ring(ring, effects))
+
+    def stop_all(self, reason: str) -> Effects:
+        return _collected(lambda effects: self._stop_all(reason, effects))
+
+    def prepare(self, channels: Sequence[str], now_ms: int) -> tuple[int, Effects]:
+        """How many of `channels` were queued for takeover, and the effects of starting some."""
+        effects = Effects()
+        queued = self._prepare(channels, now_ms, effects)
+        return queued, effects
+
+    def publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int) -> Effects:
+        return _collected(lambda effects: self._publish(channel, token, messages, now_ms, effects))
+
+    def subscribe(self, channel: str, token: int, after_serial: int, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._subscribe(channel, token, after_serial, now_ms, effects))
+
+    def read_history(self, channel: str, token: int, after_serial: int, limit: int, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._read_history(channel, token, after_serial, limit, now_ms, effects))
+
+    def on_fence_reply(self, replica: str, request: FenceRequest, reply: FenceReply, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._on_fence_reply(replica, request, reply, now_ms, effects))
+
+    def on_append_reply(self, replica: str, request: AppendRequest, reply: AppendReply, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._on_append_reply(replica, request, reply, now_ms, effects))
+
+    def on_read_reply(self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._on_read_reply(replica, request, reply, now_ms, effects))
+
+    def on_store_error(self, replica: str, request: StoreRequest, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._on_store_error(replica, request, now_ms, effects))
+
+    def tick(self, now_ms: int) -> Effects:
+        return _collected(lambda effects: self._tick(now_ms, effects))
+
     # ----------------------------------------------------------------------------- membership
 
     def serving(self, now_ms: int) -> bool:
@@ -166,12 +218,12 @@ class ChannelNode:
         """A keep-alive was acknowledged: the lease holds until `deadline_ms` by our clock."""
         self.lease_deadline_ms = max(self.lease_deadline_ms, deadline_ms)
 
-    def on_lease_lost(self, fx: Effects) -> None:
+    def _on_lease_lost(self, effects: Effects) -> None:
         """The lease is gone (etcd said so, or we re-register): drop every channel at once."""
         self.lease_deadline_ms = 0
-        self.stop_all(Reason.LEASE_LOST, fx)
+        self._stop_all(Reason.LEASE_LOST, effects)
 
-    def on_ring(self, ring: Ring, fx: Effects) -> None:
+    def _on_ring(self, ring: Ring, effects: Effects) -> None:
         """A newer ring: stop every role whose channel now belongs to someone else."""
         if self.ring is not None and ring.version <= self.ring.version:
             return
@@ -179,14 +231,14 @@ class ChannelNode:
         self.newest_version = max(self.newest_version, ring.version)
         for channel, role in list(self.roles.items()):
             if ring.owner(channel) != self.node_id:
-                role.stop(Reason.CHANNEL_MOVED, fx)
+                effects.extend(role.stop(Reason.CHANNEL_MOVED))
                 self._forget(channel)
-        fx.events.append(f"ring version={ring.version} members={len(ring)}")
+        effects.events.append(f"ring version={ring.version} members={len(ring)}")
 
-    def stop_all(self, reason: str, fx: Effects) -> None:
+    def _stop_all(self, reason: str, effects: Effects) -> None:
         """Step down from every channel at once (lease lost, shutting down, an invariant failed)."""
         for role in self.roles.values():
-            role.stop(reason, fx)
+            effects.extend(role.stop(reason))
         self.roles.clear()
         self._busy.clear()
         self._taking_over.clear()
@@ -195,11 +247,11 @@ class ChannelNode:
 
     # ----------------------------------------------------------------------------- requests
 
-    def _role_for(self, channel: str, now_ms: int, fx: Effects, trigger: str = "request") -> ChannelRole | str:
+    def _role_for(self, channel: str, now_ms: int, effects: Effects, trigger: str = "request") -> ChannelRole | str:
         """The serving (or starting) role for `channel`, or the reason there is none."""
         if not self.serving(now_ms):
             if self.roles:
-                self.stop_all(Reason.LEASE_LOST, fx)
+                self._stop_all(Reason.LEASE_LOST, effects)
             return Reason.NOT_OWNER if self.ring is not None and self.node_id not in self.ring else Reason.LEASE_LOST
         assert self.ring is not None
         if self.ring.owner(channel) != self.node_id:
@@ -225,10 +277,10 @@ class ChannelNode:
         self.roles[channel] = role
         self._taking_over[channel] = None
         self._touch(role)
-        role.start(fx, trigger)
+        effects.extend(role.start(trigger))
         return role
 
-    def prepare(self, channels: Sequence[str], now_ms: int, fx: Effects) -> int:
+    def _prepare(self, channels: Sequence[str], now_ms: int, effects: Effects) -> int:
         """Queue takeovers of the channels we own and do not hold; answer how many were queued."""
         if not self.serving(now_ms):
             return 0
@@ -241,10 +293,10 @@ class ChannelNode:
                 continue
             self._prepared[channel] = None
             queued += 1
-        self._start_prepared(now_ms, fx)
+        self._start_prepared(now_ms, effects)
         return queued
 
-    def _start_prepared(self, now_ms: int, fx: Effects) -> None:
+    def _start_prepared(self, now_ms: int, effects: Effects) -> None:
         while self._retry_prepared and self._retry_prepared[0][0] <= now_ms:
             _, channel = heapq.heappop(self._retry_prepared)
             if channel not in self.roles and len(self._prepared) < self.config.prepared_channels_max:
@@ -253,33 +305,35 @@ class ChannelNode:
             channel = next(iter(self._prepared))
             del self._prepared[channel]
             if channel not in self.roles:
-                self._role_for(channel, now_ms, fx, "prepare")  # not ours any more, or no lease: nothing starts
+                self._role_for(channel, now_ms, effects, "prepare")  # not ours any more, or no lease: nothing starts
 
-    def publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, fx: Effects) -> None:
-        role = self._role_for(channel, now_ms, fx)
+    def _publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, effects: Effects) -> None:
+        role = self._role_for(channel, now_ms, effects)
         if isinstance(role, str):
-            fx.results.append((token, PublishResult(False, reason=role, retryable=True)))
+            effects.results.append(PublishAnswer(token, PublishResult(False, reason=role, retryable=True)))
             return
-        role.publish(token, messages, now_ms, fx)
+        effects.extend(role.publish(token, messages, now_ms))
 
-    def subscribe(self, channel: str, token: int, after_serial: int, now_ms: int, fx: Effects) -> None:
-        role = self._role_for(channel, now_ms, fx)
+    def _subscribe(self, channel: str, token: int, after_serial: int, now_ms: int, effects: Effects) -> None:
+        role = self._role_for(channel, now_ms, effects)
         if isinstance(role, str):
-            fx.deliveries.append((token, Delivery(end_reason=role)))
+            effects.deliveries.append(SubscriberDelivery(token, Delivery(end_reason=role)))
             return
-        role.subscribe(token, after_serial, now_ms, fx)
+        effects.extend(role.subscribe(token, after_serial, now_ms))
 
     def unsubscribe(self, channel: str, token: int) -> None:
         role = self.roles.get(channel)
         if role is not None:
             role.unsubscribe(token)
 
-    def read_history(self, channel: str, token: int, after_serial: int, limit: int, now_ms: int, fx: Effects) -> None:
-        role = self._role_for(channel, now_ms, fx)
+    def _read_history(
+        self, channel: str, token: int, after_serial: int, limit: int, now_ms: int, effects: Effects
+    ) -> None:
+        role = self._role_for(channel, now_ms, effects)
         if isinstance(role, str):
-            fx.histories.append((token, HistoryResult(reason=role)))
+            effects.histories.append(HistoryAnswer(token, HistoryResult(reason=role)))
             return
-        role.read_history(token, after_serial, limit, now_ms, fx)
+        effects.extend(role.read_history(token, after_serial, limit, now_ms))
 
     # ----------------------------------------------------------------------------- store replies
 
@@ -295,31 +349,35 @@ class ChannelNode:
         self._touch(role)
         return role
 
-    def on_fence_reply(self, replica: str, request: FenceRequest, reply: FenceReply, now_ms: int, fx: Effects) -> None:
+    def _on_fence_reply(
+        self, replica: str, request: FenceRequest, reply: FenceReply, now_ms: int, effects: Effects
+    ) -> None:
         role = self.roles.get(request.channel)
         if role is not None and request.epoch in (role.epoch, 0):
             self._touch(role)
-            role.on_fence_reply(replica, reply, now_ms, fx)
+            effects.extend(role.on_fence_reply(replica, reply, now_ms))
             self._drop_if_stopped(role, now_ms)
 
-    def on_append_reply(
-        self, replica: str, request: AppendRequest, reply: AppendReply, now_ms: int, fx: Effects
+    def _on_append_reply(
+        self, replica: str, request: AppendRequest, reply: AppendReply, now_ms: int, effects: Effects
     ) -> None:
         role = self._role_of(request)
         if role is not None:
-            role.on_append_reply(replica, request, reply, now_ms, fx)
+            effects.extend(role.on_append_reply(replica, request, reply, now_ms))
             self._drop_if_stopped(role, now_ms)
 
-    def on_read_reply(self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, fx: Effects) -> None:
+    def _on_read_reply(
+        self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, effects: Effects
+    ) -> None:
         role = self._role_of(request)
         if role is not None:
-            role.on_read_reply(replica, request, reply, now_ms, fx)
+            effects.extend(role.on_read_reply(replica, request, reply, now_ms))
             self._drop_if_stopped(role, now_ms)
 
-    def on_store_error(self, replica: str, request: StoreRequest, now_ms: int, fx: Effects) -> None:
+    def _on_store_error(self, replica: str, request: StoreRequest, now_ms: int, effects: Effects) -> None:
         role = self._role_of(request)
         if role is not None:
-            role.on_store_error(replica, request, now_ms, fx)
+            effects.extend(role.on_store_error(replica, request, now_ms))
             self._drop_if_stopped(role, now_ms)
 
     def _drop_if_stopped(self, role: ChannelRole, now_ms: int) -> None:
@@ -397,10 +455,10 @@ class ChannelNode:
         """
         self.wall_offset_ms = wall_offset_ms
 
-    def tick(self, now_ms: int, fx: Effects) -> None:
+    def _tick(self, now_ms: int, effects: Effects) -> None:
         """Time passes: tick the busy roles; once per `idle_sweep_ms`, look at every role held."""
         if self.roles and not self.serving(now_ms):
-            self.stop_all(Reason.LEASE_LOST, fx)
+            self._stop_all(Reason.LEASE_LOST, effects)
             return
         quorum_lost = False
         for channel in list(self._busy):
@@ -409,7 +467,7 @@ class ChannelNode:
                 del self._busy[channel]
                 continue
             role.wall_offset_ms = self.wall_offset_ms
-            role.tick(now_ms, fx)
+            effects.extend(role.tick(now_ms))
             quorum_lost = quorum_lost or role.quorum_lost
             if role.stop_reason == Reason.COMMIT_STALLED:
                 self._stalls.append(now_ms)
@@ -420,12 +478,18 @@ class ChannelNode:
             self._quorum_lost_ms = None
         elif self._quorum_lost_ms is None:
             self._quorum_lost_ms = now_ms
-        self._start_prepared(now_ms, fx)
+        self._start_prepared(now_ms, effects)
         if self._swept_ms is None or now_ms - self._swept_ms >= self.config.idle_sweep_ms:
             self._swept_ms = now_ms
-            self._sweep(now_ms, fx)
+            self._sweep(now_ms, effects)
 
-    def _sweep(self, now_ms: int, fx: Effects) -> None:
+    def _notified(self, role: ChannelRole, now_ms: int, effects: Effects) -> bool:
+        """Whether `role` owed a replica its commit point and sent it (into `effects`)."""
+        notices = role.notify_commit(now_ms)
+        effects.extend(notices)
+        return bool(notices.sends)
+
+    def _sweep(self, now_ms: int, effects: Effects) -> None:
         """Step down from idle channels; forget expired message ids; tell replicas commit points
         that no append has told them (retention)."""
         notices = 0
@@ -433,10 +497,10 @@ class ChannelNode:
             quiet_ms = now_ms - role.last_activity_ms
             idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
             if idle and role.commit >= role.last:
-                role.stop(Reason.IDLE, fx)
+                effects.extend(role.stop(Reason.IDLE))
                 self._forget(channel)
                 continue
             role.dedup.expire(now_ms)
-            if notices < self.config.commit_notices_per_sweep_max and role.notify_commit(now_ms, fx):
+            if notices < self.config.commit_notices_per_sweep_max and self._notified(role, now_ms, effects):
                 notices += 1
                 self._touch(role)

@@ -33,25 +33,25 @@ class Replicas:
         self.logs = {name: ReplicaLog(storage) for name, storage in self.storages.items()}
         self.down: set[str] = set()
 
-    def run(self, role: ChannelRole, fx: Effects, now_ms: int = 0) -> Effects:
+    def run(self, role: ChannelRole, effects: Effects, now_ms: int = 0) -> Effects:
         """Deliver every request the role sends (and the ones its replies cause) until quiet."""
-        for name, request, reply in self.replies(fx):
+        for name, request, reply in self.replies(effects):
             if isinstance(request, FenceRequest):
                 assert isinstance(reply, FenceReply)
-                role.on_fence_reply(name, reply, now_ms, fx)
+                effects.extend(role.on_fence_reply(name, reply, now_ms))
             elif isinstance(request, AppendRequest):
                 assert isinstance(reply, AppendReply)
-                role.on_append_reply(name, request, reply, now_ms, fx)
+                effects.extend(role.on_append_reply(name, request, reply, now_ms))
             else:
                 assert isinstance(reply, ReadReply)
-                role.on_read_reply(name, request, reply, now_ms, fx)
-        return fx
+                effects.extend(role.on_read_reply(name, request, reply, now_ms))
+        return effects
 
-    def replies(self, fx: Effects) -> Iterator[tuple[str, StoreRequest, FenceReply | AppendReply | ReadReply]]:
+    def replies(self, effects: Effects) -> Iterator[tuple[str, StoreRequest, FenceReply | AppendReply | ReadReply]]:
         """Each request sent (also those sent while earlier replies are handled) with its answer."""
         index = 0
-        while index < len(fx.sends):
-            name, request = fx.sends[index]
+        while index < len(effects.sends):
+            name, request = effects.sends[index]
             index += 1
             if name in self.down:
                 continue
@@ -84,16 +84,16 @@ class Replicas:
 
 def take_over(replicas: Replicas, epoch: int, config: RoleConfig | None = None, now_ms: int = 0) -> ChannelRole:
     role = ChannelRole("ch", epoch, config or RoleConfig(), now_ms)
-    fx = Effects()
-    role.start(fx)
-    replicas.run(role, fx, now_ms)
+    effects = Effects()
+    effects.extend(role.start())
+    replicas.run(role, effects, now_ms)
     return role
 
 
 def publish(replicas: Replicas, role: ChannelRole, token: int, *ids: str, now_ms: int = 0) -> Effects:
-    fx = Effects()
-    role.publish(token, tuple(Message(message_id) for message_id in ids), now_ms, fx)
-    return replicas.run(role, fx, now_ms)
+    effects = Effects()
+    effects.extend(role.publish(token, tuple(Message(message_id) for message_id in ids), now_ms))
+    return replicas.run(role, effects, now_ms)
 
 
 def entries(epoch: int, first: int, *ids: str) -> list[Entry]:
@@ -105,8 +105,8 @@ def test_takeover_of_an_empty_channel_serves_and_acks_at_quorum() -> None:
     role = take_over(replicas, epoch=7)
     assert role.state is RoleState.SERVING
     replicas.down = {"store-c"}
-    fx = publish(replicas, role, 1, "m1", "m2")
-    assert [(token, result.ok, result.serials) for token, result in fx.results] == [(1, True, (1, 2))]
+    effects = publish(replicas, role, 1, "m1", "m2")
+    assert [(token, result.ok, result.serials) for token, result in effects.results] == [(1, True, (1, 2))]
     assert replicas.ids("store-a") == [(1, 7, "m1"), (2, 7, "m2")]
     assert replicas.ids("store-c") == []
 
@@ -118,34 +118,36 @@ def test_a_takeover_reads_the_newest_entries_whole_and_older_dedup_ids_only() ->
         replicas.write(name, old)
     config = RoleConfig(recovery_full_entries_max=5, recovery_ids_per_read=7, recovery_read_entries_max=40)
     role = ChannelRole("ch", 9, config, 0)
-    fx = Effects()
-    role.start(fx)
-    replicas.run(role, fx)
-    reads = [request for _, request in fx.sends if isinstance(request, ReadRequest)]
+    effects = Effects()
+    effects.extend(role.start())
+    replicas.run(role, effects)
+    reads = [request for _, request in effects.sends if isinstance(request, ReadRequest)]
     whole = [read for read in reads if not read.ids_only]
     ids = [read for read in reads if read.ids_only]
     assert sum(read.limit for read in whole) == 6  # the base entry (45) and the 5 newest (46..50)
     assert [(read.after_serial, read.limit) for read in ids] == [(10, 7), (17, 7), (24, 7), (31, 7), (38, 7)]
     assert role.state is RoleState.SERVING and role.tail_base == 45 and len(role.tail) == 5
     assert len(role.dedup) == 40  # m11..m50: the ids of 11..45 and the tail's 46..50
-    fx = publish(replicas, role, 1, "m12", "m47", "new")  # retries of old messages, and a new one
-    assert [(token, r.serials, r.duplicates) for token, r in fx.results] == [(1, (12, 47, 51), (True, True, False))]
+    effects = publish(replicas, role, 1, "m12", "m47", "new")  # retries of old messages, and a new one
+    assert [(token, r.serials, r.duplicates) for token, r in effects.results] == [
+        (1, (12, 47, 51), (True, True, False))
+    ]
 
 
 def test_no_ack_without_a_quorum_and_a_retry_finds_the_original_serial() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7)
     replicas.down = {"store-b", "store-c"}
-    fx = publish(replicas, role, 1, "m1")
-    assert fx.results == []
+    effects = publish(replicas, role, 1, "m1")
+    assert effects.results == []
     replicas.down = set()
-    fx = Effects()
-    role.tick(2_000, fx)  # both appends timed out: no quorum is reachable, so the publish fails fast...
-    replicas.run(role, fx, 2_000)  # ...while the resent appends land and commit serial 1 anyway
-    assert [(token, r.reason, r.maybe_stored) for token, r in fx.results] == [(1, "QUORUM_UNAVAILABLE", True)]
+    effects = Effects()
+    effects.extend(role.tick(2_000))  # both appends timed out: no quorum is reachable, so the publish fails fast...
+    replicas.run(role, effects, 2_000)  # ...while the resent appends land and commit serial 1 anyway
+    assert [(token, r.reason, r.maybe_stored) for token, r in effects.results] == [(1, "QUORUM_UNAVAILABLE", True)]
     assert role.commit == 1
-    fx = publish(replicas, role, 2, "m1")  # the client's retry, same id
-    assert [(token, r.serials, r.duplicates) for token, r in fx.results] == [(2, (1,), (True,))]
+    effects = publish(replicas, role, 2, "m1")  # the client's retry, same id
+    assert [(token, r.serials, r.duplicates) for token, r in effects.results] == [(2, (1,), (True,))]
 
 
 def test_publishes_fail_fast_while_a_quorum_is_unreachable_and_resume_after() -> None:
@@ -153,40 +155,40 @@ def test_publishes_fail_fast_while_a_quorum_is_unreachable_and_resume_after() ->
     role = take_over(replicas, epoch=7)
     replicas.down = {"store-b", "store-c"}
     publish(replicas, role, 1, "m1")
-    fx = Effects()
-    role.tick(2_000, fx)
-    replicas.run(role, fx, 2_000)
-    fx = publish(replicas, role, 2, "m2", now_ms=2_001)  # refused at once, nothing assigned
-    ((_, result),) = fx.results
+    effects = Effects()
+    effects.extend(role.tick(2_000))
+    replicas.run(role, effects, 2_000)
+    effects = publish(replicas, role, 2, "m2", now_ms=2_001)  # refused at once, nothing assigned
+    ((_, result),) = effects.results
     assert (result.ok, result.reason, result.maybe_stored) == (False, "QUORUM_UNAVAILABLE", False)
     assert role.last == 1
     replicas.down = set()
     for now_ms in (4_000, 6_000):  # retransmissions and probes find the replicas again
-        fx = Effects()
-        role.tick(now_ms, fx)
-        replicas.run(role, fx, now_ms)
-    fx = publish(replicas, role, 3, "m3", now_ms=6_001)
-    assert [(r.ok, r.serials) for _, r in fx.results] == [(True, (2,))]
+        effects = Effects()
+        effects.extend(role.tick(now_ms))
+        replicas.run(role, effects, now_ms)
+    effects = publish(replicas, role, 3, "m3", now_ms=6_001)
+    assert [(r.ok, r.serials) for _, r in effects.results] == [(True, (2,))]
 
 
 def test_ack_before_quorum_bug_acks_with_no_replica() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"ack-before-quorum"})))
     replicas.down = set(STORES)
-    fx = publish(replicas, role, 1, "m1")
-    assert [result.ok for _, result in fx.results] == [True]
+    effects = publish(replicas, role, 1, "m1")
+    assert [result.ok for _, result in effects.results] == [True]
 
 
 def test_duplicate_id_returns_the_original_serial_also_after_takeover() -> None:
     replicas = Replicas()
     first = take_over(replicas, epoch=7)
     publish(replicas, first, 1, "a", "b")
-    fx = publish(replicas, first, 2, "b", "c")
-    ((_, result),) = fx.results
+    effects = publish(replicas, first, 2, "b", "c")
+    ((_, result),) = effects.results
     assert result.serials == (2, 3) and result.duplicates == (True, False)
     second = take_over(replicas, epoch=9)
-    fx = publish(replicas, second, 3, "a")
-    ((_, result),) = fx.results
+    effects = publish(replicas, second, 3, "a")
+    ((_, result),) = effects.results
     assert result.serials == (1,) and result.duplicates == (True,)
     assert [message_id for _, _, message_id in replicas.ids("store-a")] == ["a", "b", "c"]
 
@@ -200,16 +202,16 @@ def test_a_new_owner_whose_clock_is_far_off_still_finds_retries_of_adopted_messa
         publish(replicas, first, 1, "a", "b", now_ms=10)
         second = ChannelRole("ch", 9, RoleConfig(dedup_window_ms=120_000), 20)
         second.wall_offset_ms = 1_000_000_000_000 + skew_ms
-        fx = Effects()
-        second.start(fx)
-        replicas.run(second, fx, 20)
+        effects = Effects()
+        effects.extend(second.start())
+        replicas.run(second, effects, 20)
         for now_ms in (1_000, 60_000):  # well inside the window, as the clients' retries come
-            fx = Effects()
-            second.tick(now_ms, fx)
-            fx = publish(replicas, second, 2, "b", now_ms=now_ms)
-            assert [(r.serials, r.duplicates) for _, r in fx.results] == [((2,), (True,))], skew_ms
-        fx = Effects()
-        second.tick(200_000, fx)  # past the window: forgotten, by the owner's own elapsed time
+            effects = Effects()
+            effects.extend(second.tick(now_ms))
+            effects = publish(replicas, second, 2, "b", now_ms=now_ms)
+            assert [(r.serials, r.duplicates) for _, r in effects.results] == [((2,), (True,))], skew_ms
+        effects = Effects()
+        effects.extend(second.tick(200_000))  # past the window: forgotten, by the owner's own elapsed time
         assert second.dedup.get("b") is None
 
 
@@ -218,8 +220,8 @@ def test_reset_dedup_bug_stores_a_retry_twice() -> None:
     first = take_over(replicas, epoch=7)
     publish(replicas, first, 1, "a")
     buggy = take_over(replicas, epoch=9, config=RoleConfig(bugs=frozenset({"reset-dedup-on-takeover"})))
-    fx = publish(replicas, buggy, 2, "a")
-    ((_, result),) = fx.results
+    effects = publish(replicas, buggy, 2, "a")
+    ((_, result),) = effects.results
     assert result.serials == (2,)
 
 
@@ -278,9 +280,9 @@ def test_a_fenced_owner_steps_down_and_fails_pending_publishes_as_retryable() ->
     role = take_over(replicas, epoch=7)
     for name in ("store-a", "store-b"):
         replicas.logs[name].fence("ch", 9)
-    fx = publish(replicas, role, 1, "m1")
+    effects = publish(replicas, role, 1, "m1")
     assert role.state is RoleState.STOPPED and role.stop_reason == "FENCED"
-    ((_, result),) = fx.results
+    ((_, result),) = effects.results
     assert not result.ok and result.reason == "CHANNEL_MOVED" and result.retryable and result.maybe_stored
 
 
@@ -298,34 +300,34 @@ def test_one_replica_with_an_absurd_fence_cannot_veto_a_takeover_a_quorum_accept
         replicas.write(name, entries(5, 1, "x", "y"))
     replicas.logs["store-a"].fence("ch", 1 << 40)  # a corrupted fence, or a takeover that died
     role = ChannelRole("ch", 9, RoleConfig(), 0)
-    fx = Effects()
-    role.start(fx)
-    replicas.run(role, fx)
+    effects = Effects()
+    effects.extend(role.start())
+    replicas.run(role, effects)
     assert role.state is RoleState.SERVING
-    assert fx.replica_faults == [("ch", "store-a", "fenced_out", f"its fence {1 << 40} is above our epoch 9")]
-    fx = publish(replicas, role, 1, "z", "x")
-    assert [(r.ok, r.serials, r.duplicates) for _, r in fx.results] == [(True, (3, 1), (False, True))]
+    assert effects.replica_faults == [("ch", "store-a", "fenced_out", f"its fence {1 << 40} is above our epoch 9")]
+    effects = publish(replicas, role, 1, "z", "x")
+    assert [(r.ok, r.serials, r.duplicates) for _, r in effects.results] == [(True, (3, 1), (False, True))]
     assert [message_id for _, _, message_id in replicas.ids("store-b")] == ["x", "y", "z"]
     assert [message_id for _, _, message_id in replicas.ids("store-a")] == ["x", "y"]  # nothing sent to it
-    assert not any(name == "store-a" for name, request in fx.sends if isinstance(request, AppendRequest))
+    assert not any(name == "store-a" for name, request in effects.sends if isinstance(request, AppendRequest))
     replicas.down = {"store-c"}  # now a quorum needs store-a, which refuses us: fail fast, retryable
-    fx = publish(replicas, role, 2, "w")
-    fx2 = Effects()
-    role.tick(RoleConfig().append_timeout_ms + 1, fx2)
-    assert [(r.ok, r.reason) for _, r in fx.results + fx2.results] == [(False, "QUORUM_UNAVAILABLE")]
+    effects = publish(replicas, role, 2, "w")
+    effects2 = Effects()
+    effects2.extend(role.tick(RoleConfig().append_timeout_ms + 1))
+    assert [(r.ok, r.reason) for _, r in effects.results + effects2.results] == [(False, "QUORUM_UNAVAILABLE")]
 
 
 def test_a_serving_owner_steps_down_only_when_a_quorum_fenced_it() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7)
     replicas.logs["store-a"].fence("ch", 9)
-    fx = publish(replicas, role, 1, "m1")
-    assert role.state is RoleState.SERVING and [r.ok for _, r in fx.results] == [True]
-    assert [(replica, kind) for _, replica, kind, _ in fx.replica_faults] == [("store-a", "fenced_out")]
+    effects = publish(replicas, role, 1, "m1")
+    assert role.state is RoleState.SERVING and [r.ok for _, r in effects.results] == [True]
+    assert [(replica, kind) for _, replica, kind, _ in effects.replica_faults] == [("store-a", "fenced_out")]
     replicas.logs["store-b"].fence("ch", 9)  # a newer owner fenced a quorum: we are stale
-    fx = publish(replicas, role, 2, "m2")
+    effects = publish(replicas, role, 2, "m2")
     assert role.state is RoleState.STOPPED and role.stop_reason == "FENCED"
-    assert [(r.ok, r.reason) for _, r in fx.results] == [(False, "CHANNEL_MOVED")]
+    assert [(r.ok, r.reason) for _, r in effects.results] == [(False, "CHANNEL_MOVED")]
 
 
 def test_failed_takeovers_back_off_and_a_served_one_resets_the_backoff() -> None:
@@ -333,20 +335,20 @@ def test_failed_takeovers_back_off_and_a_served_one_resets_the_backoff() -> None
     node = ChannelNode("n1", config)
     node.on_registered(3)
     node.on_lease(1_000_000)
-    node.on_ring(Ring(3, ("n1",)), Effects())
+    node.on_ring(Ring(3, ("n1",)))
     replicas = Replicas()
     for name in ("store-a", "store-b"):
         replicas.logs[name].fence("ch", make_epoch(50, 0))  # a quorum is fenced above ring 3: stale
     attempts, now_ms = 0, 0
     while now_ms < 3_000:
-        fx = Effects()
-        node.publish("ch", now_ms, (Message("m"),), now_ms, fx)
-        if fx.sends:  # a takeover began
+        effects = Effects()
+        effects.extend(node.publish("ch", now_ms, (Message("m"),), now_ms))
+        if effects.sends:  # a takeover began
             attempts += 1
-            run_node(replicas, node, fx, now_ms)
+            run_node(replicas, node, effects, now_ms)
             assert "ch" not in node.roles  # fenced by a quorum: dropped at once
         else:
-            assert [(r.reason, r.retryable) for _, r in fx.results] == [("TAKEOVER_BACKOFF", True)]
+            assert [(r.reason, r.retryable) for _, r in effects.results] == [("TAKEOVER_BACKOFF", True)]
         now_ms += 10
     # 100, 200, 400, 400, ... ms between attempts: 3 s holds about 9 attempts, not 300.
     assert 7 <= attempts <= 10, attempts
@@ -355,8 +357,8 @@ def test_failed_takeovers_back_off_and_a_served_one_resets_the_backoff() -> None
         replicas.storages[name] = MemoryLogStorage()
         replicas.logs[name] = ReplicaLog(replicas.storages[name])
     now_ms += 400
-    fx = run_node(replicas, node, _published(node, "ch", 99, now_ms=now_ms), now_ms)
-    assert node.roles["ch"].state is RoleState.SERVING and [r.ok for _, r in fx.results] == [True]
+    effects = run_node(replicas, node, _published(node, "ch", 99, now_ms=now_ms), now_ms)
+    assert node.roles["ch"].state is RoleState.SERVING and [r.ok for _, r in effects.results] == [True]
     assert node._attempts["ch"].failures == 0
 
 
@@ -364,21 +366,21 @@ def test_a_prepared_takeover_that_failed_is_prepared_again_after_its_wait() -> N
     node = ChannelNode("n1", NodeConfig(takeover_backoff_ms_min=100))
     node.on_registered(3)
     node.on_lease(1_000_000)
-    node.on_ring(Ring(3, ("n1",)), Effects())
+    node.on_ring(Ring(3, ("n1",)))
     replicas = Replicas()
     replicas.down = set(STORES)  # no fence is answered: the takeover times out
-    fx = Effects()
-    assert node.prepare(["ch"], 0, fx) == 1
-    run_node(replicas, node, fx)
+    queued, effects = node.prepare(["ch"], 0)
+    assert queued == 1
+    run_node(replicas, node, effects)
     timeout_ms = RoleConfig().takeover_timeout_ms + 1
-    node.tick(timeout_ms, Effects())
+    node.tick(timeout_ms)
     assert "ch" not in node.roles  # failed, and nobody asks for the channel
     replicas.down = set()
-    fx = Effects()
-    node.tick(timeout_ms + 50, fx)
+    effects = Effects()
+    effects.extend(node.tick(timeout_ms + 50))
     assert "ch" not in node.roles  # still waiting
-    node.tick(timeout_ms + 101, fx)
-    run_node(replicas, node, fx, timeout_ms + 101)
+    effects.extend(node.tick(timeout_ms + 101))
+    run_node(replicas, node, effects, timeout_ms + 101)
     assert node.roles["ch"].state is RoleState.SERVING
 
 
@@ -401,9 +403,9 @@ def test_bounded_recovery_read_and_backfill_of_an_empty_replica() -> None:
     second = take_over(replicas, epoch=9, config=config)
     assert second.tail_base == 15 and second.last == 20  # read 5 entries and the one before them
     for now_ms in range(0, 40_000, 2_000):
-        fx = Effects()
-        second.tick(now_ms, fx)
-        replicas.run(second, fx, now_ms)
+        effects = Effects()
+        effects.extend(second.tick(now_ms))
+        replicas.run(second, effects, now_ms)
     expected = [message_id for _, _, message_id in replicas.ids("store-a")]
     assert [message_id for _, _, message_id in replicas.ids("store-c")] == expected
     assert len(expected) == 20
@@ -416,10 +418,10 @@ def test_history_below_the_tail_is_read_from_a_matching_replica() -> None:
     for index in range(12):
         publish(replicas, role, index, f"m{index}")
     assert role.tail_base > 0
-    fx = Effects()
-    role.read_history(99, 0, 100, 0, fx)
-    replicas.run(role, fx)
-    ((token, result),) = fx.histories
+    effects = Effects()
+    effects.extend(role.read_history(99, 0, 100, 0))
+    replicas.run(role, effects)
+    ((token, result),) = effects.histories
     assert token == 99 and [e.serial for e in result.entries] == [1, 2, 3]  # one page: read_entries_max
 
 
@@ -429,9 +431,9 @@ def test_history_below_the_tail_is_read_from_a_matching_replica() -> None:
 def _settle(replicas: Replicas, role: ChannelRole, now_ms: int = 0, rounds: int = 5) -> None:
     """Let a few ticks pass (backfills, repairs), each 1 s apart."""
     for step in range(rounds):
-        fx = Effects()
-        role.tick(now_ms + step * 1_000, fx)
-        replicas.run(role, fx, now_ms + step * 1_000)
+        effects = Effects()
+        effects.extend(role.tick(now_ms + step * 1_000))
+        replicas.run(role, effects, now_ms + step * 1_000)
 
 
 def _published_role(count: int, config: RoleConfig | None = None) -> tuple[Replicas, ChannelRole]:
@@ -448,13 +450,13 @@ def test_history_never_skips_a_hole_in_one_replica_and_the_replica_is_rewritten(
     replicas.storages["store-a"].damage("ch", 3, "missing")  # store-a: the replica reads go to first
     served: list[int] = []
     while len(served) < 20:
-        fx = Effects()
-        role.read_history(99, len(served), 100, 0, fx)
-        replicas.run(role, fx)
-        ((_, result),) = fx.histories
+        effects = Effects()
+        effects.extend(role.read_history(99, len(served), 100, 0))
+        replicas.run(role, effects)
+        ((_, result),) = effects.histories
         served += [entry.serial for entry in result.entries]
     assert served == list(range(1, 21))
-    faults = [(replica, kind) for _, replica, kind, _ in fx.replica_faults]
+    faults = [(replica, kind) for _, replica, kind, _ in effects.replica_faults]
     assert faults in ([("store-a", "damaged")], [])  # reported once, on the read that found it
     assert role.replicas["store-a"].damaged == 3
     _settle(replicas, role)
@@ -467,14 +469,14 @@ def test_a_subscriber_from_the_start_gets_every_serial_across_a_hole() -> None:
     replicas.storages["store-a"].damage("ch", 5, "corrupt")
     received: list[int] = []
     faults: list[tuple[str, str]] = []
-    fx = Effects()
-    role.subscribe(7, 0, 0, fx)
+    effects = Effects()
+    effects.extend(role.subscribe(7, 0, 0))
     for step in range(10):
-        replicas.run(role, fx, step * 1_000)
-        received += [entry.serial for _, delivery in fx.deliveries for entry in delivery.entries]
-        faults += [(replica, kind) for _, replica, kind, _ in fx.replica_faults]
-        fx = Effects()
-        role.tick(step * 1_000, fx)
+        replicas.run(role, effects, step * 1_000)
+        received += [entry.serial for _, delivery in effects.deliveries for entry in delivery.entries]
+        faults += [(replica, kind) for _, replica, kind, _ in effects.replica_faults]
+        effects = Effects()
+        effects.extend(role.tick(step * 1_000))
     assert received == list(range(1, 21))
     assert faults == [("store-a", "damaged")]
     assert replicas.ids("store-a") == replicas.ids("store-b") and role.replicas["store-a"].damaged == 0
@@ -483,27 +485,27 @@ def test_a_subscriber_from_the_start_gets_every_serial_across_a_hole() -> None:
 
 def test_the_owner_checks_every_read_itself_even_when_the_replica_does_not() -> None:
     replicas, role = _published_role(20)
-    fx = Effects()
-    role.read_history(99, 0, 10, 0, fx)
-    ((replica, request),) = [(name, r) for name, r in fx.sends if isinstance(r, ReadRequest)]
+    effects = Effects()
+    effects.extend(role.read_history(99, 0, 10, 0))
+    ((replica, request),) = [(name, r) for name, r in effects.sends if isinstance(r, ReadRequest)]
     held = replicas.storages[replica].read("ch", 0, 10)
     lying = ReadReply((held[0], held[1], held[3], held[4]), Position(20, 7))  # 3 is missing, and not said
-    role.on_read_reply(replica, request, lying, 0, fx)
-    ((_, result),) = fx.histories
+    effects.extend(role.on_read_reply(replica, request, lying, 0))
+    ((_, result),) = effects.histories
     assert [entry.serial for entry in result.entries] == [1, 2]
-    assert [(name, kind) for _, name, kind, _ in fx.replica_faults] == [(replica, "damaged")]
+    assert [(name, kind) for _, name, kind, _ in effects.replica_faults] == [(replica, "damaged")]
     # An intact entry, but not the one we hold at that serial (the tail's base, whose epoch we know).
     base = role.tail_base
-    fx = Effects()
-    role.read_history(98, base - 2, 2, 0, fx)
-    ((other, request),) = [(name, r) for name, r in fx.sends if isinstance(r, ReadRequest)]
+    effects = Effects()
+    effects.extend(role.read_history(98, base - 2, 2, 0))
+    ((other, request),) = [(name, r) for name, r in effects.sends if isinstance(r, ReadRequest)]
     assert other != replica
     before, at_base = replicas.storages[other].read("ch", base - 2, 2)
     stale = Entry.make(base, role.epoch - 1, at_base.message)
-    role.on_read_reply(other, request, ReadReply((before, stale), Position(20, 7)), 0, fx)
-    ((_, result),) = fx.histories
+    effects.extend(role.on_read_reply(other, request, ReadReply((before, stale), Position(20, 7)), 0))
+    ((_, result),) = effects.histories
     assert [entry.serial for entry in result.entries] == [base - 1]
-    assert [(name, kind) for _, name, kind, _ in fx.replica_faults] == [(other, "damaged")]
+    assert [(name, kind) for _, name, kind, _ in effects.replica_faults] == [(other, "damaged")]
 
 
 def _adopted_first(log: list[Entry], config: RoleConfig) -> str:
@@ -512,10 +514,10 @@ def _adopted_first(log: list[Entry], config: RoleConfig) -> str:
     for name in STORES:
         replicas.write(name, log)
     role = ChannelRole("ch", 9, config, 0)
-    fx = Effects()
-    role.start(fx)
-    replicas.run(role, fx)
-    (adopted,) = {name for name, request in fx.sends if isinstance(request, ReadRequest) and not request.ids_only}
+    effects = Effects()
+    effects.extend(role.start())
+    replicas.run(role, effects)
+    (adopted,) = {name for name, request in effects.sends if isinstance(request, ReadRequest) and not request.ids_only}
     return adopted
 
 
@@ -529,13 +531,13 @@ def test_a_takeover_never_adopts_a_log_it_cannot_read_whole(serial: int) -> None
     damaged = _adopted_first(old, config)
     replicas.storages[damaged].damage("ch", 50 - serial, "missing")
     role = ChannelRole("ch", 9, config, 0)
-    fx = Effects()
-    role.start(fx)
-    replicas.run(role, fx)
+    effects = Effects()
+    effects.extend(role.start())
+    replicas.run(role, effects)
     assert role.state is RoleState.SERVING and role.last == 50
-    assert [(name, kind) for _, name, kind, _ in fx.replica_faults] == [(damaged, "damaged")]
-    fx = publish(replicas, role, 1, f"m{50 - serial}", "new")  # the dedup window is whole
-    assert [(r.serials, r.duplicates) for _, r in fx.results] == [((50 - serial, 51), (True, False))]
+    assert [(name, kind) for _, name, kind, _ in effects.replica_faults] == [(damaged, "damaged")]
+    effects = publish(replicas, role, 1, f"m{50 - serial}", "new")  # the dedup window is whole
+    assert [(r.serials, r.duplicates) for _, r in effects.results] == [((50 - serial, 51), (True, False))]
     _settle(replicas, role)
     assert replicas.ids(damaged) == replicas.ids(next(name for name in STORES if name != damaged))
 
@@ -547,12 +549,12 @@ def test_damage_a_replica_reports_itself_is_avoided_in_a_takeover_and_repaired()
     replicas.storages["store-b"].damage("ch", 2, "corrupt")
     assert replicas.logs["store-b"].mark_damaged("ch", 2) == "corrupt"  # its scrub found it
     role = ChannelRole("ch", 9, RoleConfig(), 0)
-    fx = Effects()
-    role.start(fx)
-    replicas.run(role, fx)
+    effects = Effects()
+    effects.extend(role.start())
+    replicas.run(role, effects)
     assert role.state is RoleState.SERVING and role.last == 4
-    assert ("store-b", "damaged") in [(name, kind) for _, name, kind, _ in fx.replica_faults]
-    recovered_from = {name for name, r in fx.sends if isinstance(r, ReadRequest) and r.channel == "ch"}
+    assert ("store-b", "damaged") in [(name, kind) for _, name, kind, _ in effects.replica_faults]
+    recovered_from = {name for name, r in effects.sends if isinstance(r, ReadRequest) and r.channel == "ch"}
     assert "store-b" not in recovered_from or role.replicas["store-b"].unreadable
     # Rewritten from its first bad serial by the takeover's own appends: filled, and whole again.
     assert replicas.ids("store-b") == replicas.ids("store-a") == [(1, 3, "a"), (2, 3, "b"), (3, 3, "c"), (4, 9, "d")]
@@ -564,9 +566,9 @@ def test_damage_a_replica_reports_itself_is_avoided_in_a_takeover_and_repaired()
 
 def _tell_commit(replicas: Replicas, role: ChannelRole, now_ms: int) -> None:
     """Let time pass until the role's commit notices have gone out and been answered."""
-    fx = Effects()
-    assert role.notify_commit(now_ms + role.config.commit_notice_ms, fx)
-    replicas.run(role, fx, now_ms + role.config.commit_notice_ms)
+    effects = role.notify_commit(now_ms + role.config.commit_notice_ms)
+    assert effects.sends
+    replicas.run(role, effects, now_ms + role.config.commit_notice_ms)
 
 
 def test_appends_carry_the_commit_point_and_an_idle_channel_sends_it_once_more() -> None:
@@ -577,11 +579,10 @@ def test_appends_carry_the_commit_point_and_an_idle_channel_sends_it_once_more()
     assert role.commit == 3
     assert [replicas.storages[name].committed("ch") for name in STORES] == [2, 2, 2]  # told by the next append
     assert role.quiet  # nothing waits on time: the node's sweep sends the notice
-    fx = Effects()
-    assert not role.notify_commit(role.config.commit_notice_ms - 10, fx)  # the last append is too recent
+    assert not role.notify_commit(role.config.commit_notice_ms - 10).sends  # the last append is too recent
     _tell_commit(replicas, role, 2)
     assert [replicas.storages[name].committed("ch") for name in STORES] == [3, 3, 3]
-    assert not role.notify_commit(10 * role.config.commit_notice_ms, Effects())  # told: nothing owed
+    assert not role.notify_commit(10 * role.config.commit_notice_ms).sends  # told: nothing owed
 
 
 def test_a_reader_from_before_the_retained_range_gets_an_explicit_gap() -> None:
@@ -592,20 +593,22 @@ def test_a_reader_from_before_the_retained_range_gets_an_explicit_gap() -> None:
         publish(replicas, role, index, f"m{index}")
     _tell_commit(replicas, role, 0)
     assert [replicas.trim(name, 6) for name in STORES] == [14, 14, 14]
-    fx = Effects()
-    role.subscribe(5, 3, 0, fx)
-    role.read_history(6, 3, 4, 0, fx)
-    replicas.run(role, fx)
-    (delivery,) = [delivery for token, delivery in fx.deliveries if token == 5 and delivery.gap_next_serial]
+    effects = Effects()
+    effects.extend(role.subscribe(5, 3, 0))
+    effects.extend(role.read_history(6, 3, 4, 0))
+    replicas.run(role, effects)
+    (delivery,) = [delivery for token, delivery in effects.deliveries if token == 5 and delivery.gap_next_serial]
     assert delivery.gap_next_serial == 15 and delivery.entries[0].serial == 15
-    delivered = [e.serial for token, d in fx.deliveries if token == 5 for e in d.entries]
+    delivered = [e.serial for token, d in effects.deliveries if token == 5 for e in d.entries]
     assert delivered == list(range(15, 21))  # after the gap, every retained entry once, in order
-    ((token, history),) = fx.histories
+    ((token, history),) = effects.histories
     assert token == 6 and history.gap_next_serial == 15 and [e.serial for e in history.entries] == [15, 16, 17, 18]
-    fx = Effects()
-    role.subscribe(8, 16, 0, fx)  # from inside the retained range: no gap
-    replicas.run(role, fx)
-    assert [(d.gap_next_serial, [e.serial for e in d.entries]) for _, d in fx.deliveries] == [(0, [17, 18, 19, 20])]
+    effects = Effects()
+    effects.extend(role.subscribe(8, 16, 0))  # from inside the retained range: no gap
+    replicas.run(role, effects)
+    assert [(d.gap_next_serial, [e.serial for e in d.entries]) for _, d in effects.deliveries] == [
+        (0, [17, 18, 19, 20])
+    ]
 
 
 def test_what_a_replica_trimmed_is_not_served_from_memory_either() -> None:
@@ -615,15 +618,18 @@ def test_what_a_replica_trimmed_is_not_served_from_memory_either() -> None:
         publish(replicas, role, index, f"m{index}")
     _tell_commit(replicas, role, 0)
     replicas.trim("store-a", 6)
-    fx = Effects()
-    role.subscribe(5, 0, 0, fx)
-    assert fx.deliveries[0][1].entries[0].serial == 1  # nobody said anything was trimmed yet
+    effects = Effects()
+    effects.extend(role.subscribe(5, 0, 0))
+    assert effects.deliveries[0][1].entries[0].serial == 1  # nobody said anything was trimmed yet
     publish(replicas, role, 99, "m20")  # store-a's reply shows its base
-    fx = Effects()
-    role.subscribe(6, 0, 0, fx)
-    role.read_history(7, 2, 3, 0, fx)
-    assert [(d.gap_next_serial, [e.serial for e in d.entries][:1]) for _, d in fx.deliveries] == [(15, []), (0, [15])]
-    ((_, history),) = fx.histories
+    effects = Effects()
+    effects.extend(role.subscribe(6, 0, 0))
+    effects.extend(role.read_history(7, 2, 3, 0))
+    assert [(d.gap_next_serial, [e.serial for e in d.entries][:1]) for _, d in effects.deliveries] == [
+        (15, []),
+        (0, [15]),
+    ]
+    ((_, history),) = effects.histories
     assert history.gap_next_serial == 15 and [e.serial for e in history.entries] == [15, 16, 17]
 
 
@@ -634,15 +640,15 @@ def test_a_replica_that_refuses_an_append_is_not_sent_it_again_in_a_loop() -> No
     storage = replicas.storages["store-c"]
     storage.drop_through("ch", Position(2, 9))  # a stamp no owner at epoch 7 can hold: INVALID "trimmed"
     role.replicas["store-c"].match, role.replicas["store-c"].next = 1, 2  # as if it had to catch up
-    fx = publish(replicas, role, 2, "m3", now_ms=10)
-    refused = [request for name, request in fx.sends if name == "store-c"]
-    assert len(refused) == 1 and any("trimmed" in event for event in fx.events)
-    fx = Effects()
-    role.tick(10 + role.config.append_timeout_ms - 1, fx)
-    assert not [request for name, request in fx.sends if name == "store-c"]  # still backing off
-    fx = Effects()
-    role.tick(10 + role.config.append_timeout_ms, fx)
-    assert [name for name, _ in fx.sends] == ["store-c"]  # and then tried again, once
+    effects = publish(replicas, role, 2, "m3", now_ms=10)
+    refused = [request for name, request in effects.sends if name == "store-c"]
+    assert len(refused) == 1 and any("trimmed" in event for event in effects.events)
+    effects = Effects()
+    effects.extend(role.tick(10 + role.config.append_timeout_ms - 1))
+    assert not [request for name, request in effects.sends if name == "store-c"]  # still backing off
+    effects = Effects()
+    effects.extend(role.tick(10 + role.config.append_timeout_ms))
+    assert [name for name, _ in effects.sends] == ["store-c"]  # and then tried again, once
 
 
 @pytest.mark.parametrize("kept", [3, 0])
@@ -659,9 +665,9 @@ def test_a_takeover_of_a_trimmed_log_starts_at_its_base(kept: int) -> None:
     assert second.state is RoleState.SERVING
     assert (second.tail_base, second.last, second.commit) == (10 - kept, 10, 10)
     assert len(second.dedup) == kept  # what was trimmed is older than any dedup window
-    fx = publish(replicas, second, 1, "m9", "new")  # m9 is serial 10: retained only when kept
+    effects = publish(replicas, second, 1, "m9", "new")  # m9 is serial 10: retained only when kept
     expected = ((10, 11), (True, False)) if kept else ((11, 12), (False, False))
-    assert [(r.serials, r.duplicates) for _, r in fx.results] == [expected]
+    assert [(r.serials, r.duplicates) for _, r in effects.results] == [expected]
     assert [replicas.storages[name].last("ch").serial for name in STORES] == [expected[0][-1]] * 3
 
 
@@ -677,40 +683,40 @@ def test_a_replica_behind_every_other_replicas_base_is_reset_and_caught_up() -> 
     replicas.trim("store-b", 2)
     replicas.down = set()
     for now_ms in range(2_000, 20_000, 2_000):
-        fx = Effects()
-        role.tick(now_ms, fx)
-        replicas.run(role, fx, now_ms)
+        effects = Effects()
+        effects.extend(role.tick(now_ms))
+        replicas.run(role, effects, now_ms)
     assert replicas.storages["store-c"].base("ch") == replicas.storages["store-a"].base("ch")
     assert replicas.ids("store-c") == replicas.ids("store-a")
     assert role.replicas["store-c"].match == 12
-    fx = publish(replicas, role, 99, "after", now_ms=20_000)
-    assert [r.serials for _, r in fx.results] == [(13,)]
+    effects = publish(replicas, role, 99, "after", now_ms=20_000)
+    assert [r.serials for _, r in effects.results] == [(13,)]
     assert replicas.ids("store-c")[-1] == (13, 7, "after")
 
 
 def test_subscribers_get_only_committed_entries_in_order() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7)
-    fx = Effects()
-    role.subscribe(5, 0, 0, fx)
+    effects = Effects()
+    effects.extend(role.subscribe(5, 0, 0))
     replicas.down = {"store-b", "store-c"}
-    fx = publish(replicas, role, 1, "m1", "m2")
-    assert fx.deliveries == []
+    effects = publish(replicas, role, 1, "m1", "m2")
+    assert effects.deliveries == []
     replicas.down = set()
-    fx = Effects()
-    role.tick(2_000, fx)
-    replicas.run(role, fx, 2_000)
-    delivered = [e.serial for _, delivery in fx.deliveries for e in delivery.entries]
+    effects = Effects()
+    effects.extend(role.tick(2_000))
+    replicas.run(role, effects, 2_000)
+    delivered = [e.serial for _, delivery in effects.deliveries for e in delivery.entries]
     assert delivered == [1, 2]
 
 
 def test_deliver_uncommitted_bug_delivers_before_quorum() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7, config=RoleConfig(bugs=frozenset({"deliver-uncommitted"})))
-    role.subscribe(5, 0, 0, Effects())
+    role.subscribe(5, 0, 0)
     replicas.down = {"store-b", "store-c"}
-    fx = publish(replicas, role, 1, "m1")
-    assert [e.serial for _, delivery in fx.deliveries for e in delivery.entries] == [1]
+    effects = publish(replicas, role, 1, "m1")
+    assert [e.serial for _, delivery in effects.deliveries for e in delivery.entries] == [1]
 
 
 def test_a_subscriber_resuming_mid_log_gets_exactly_the_rest() -> None:
@@ -718,28 +724,28 @@ def test_a_subscriber_resuming_mid_log_gets_exactly_the_rest() -> None:
     role = take_over(replicas, epoch=7)
     for index in range(5):
         publish(replicas, role, index, f"m{index}")
-    fx = Effects()
-    role.subscribe(5, 3, 0, fx)
-    assert [e.serial for _, delivery in fx.deliveries for e in delivery.entries] == [4, 5]
+    effects = Effects()
+    effects.extend(role.subscribe(5, 3, 0))
+    assert [e.serial for _, delivery in effects.deliveries for e in delivery.entries] == [4, 5]
 
 
 def test_stop_ends_subscriptions_and_fails_queued_publishes() -> None:
     role = ChannelRole("ch", 7, RoleConfig(), 0)
-    fx = Effects()
-    role.start(fx)
-    role.subscribe(5, 0, 0, fx)
-    role.publish(1, (Message("m"),), 0, fx)
-    role.stop("CHANNEL_MOVED", fx)
-    assert [(token, result.maybe_stored) for token, result in fx.results] == [(1, False)]
-    assert [(token, delivery.end_reason) for token, delivery in fx.deliveries] == [(5, "CHANNEL_MOVED")]
+    effects = Effects()
+    effects.extend(role.start())
+    effects.extend(role.subscribe(5, 0, 0))
+    effects.extend(role.publish(1, (Message("m"),), 0))
+    effects.extend(role.stop("CHANNEL_MOVED"))
+    assert [(token, result.maybe_stored) for token, result in effects.results] == [(1, False)]
+    assert [(token, delivery.end_reason) for token, delivery in effects.deliveries] == [(5, "CHANNEL_MOVED")]
 
 
 def test_takeover_times_out_without_a_quorum() -> None:
     replicas = Replicas()
     replicas.down = {"store-b", "store-c"}
     role = take_over(replicas, epoch=7)
-    fx = Effects()
-    role.tick(RoleConfig().takeover_timeout_ms + 1, fx)
+    effects = Effects()
+    effects.extend(role.tick(RoleConfig().takeover_timeout_ms + 1))
     assert role.state is RoleState.STOPPED and role.stop_reason == "TAKEOVER_TIMEOUT"
 
 
@@ -751,28 +757,28 @@ def test_a_long_recovery_that_keeps_progressing_is_not_timed_out() -> None:
     for name in STORES:
         replicas.write(name, entries(5, 1, *(f"m{index}" for index in range(20))))
     role = ChannelRole("ch", 7, config, 0)
-    fx = Effects()
-    role.start(fx)
+    effects = Effects()
+    effects.extend(role.start())
     now_ms = 0
-    for name, request, reply in replicas.replies(fx):
+    for name, request, reply in replicas.replies(effects):
         if isinstance(reply, FenceReply):
-            role.on_fence_reply(name, reply, now_ms, fx)
+            effects.extend(role.on_fence_reply(name, reply, now_ms))
             continue
         now_ms += 2_000  # each page of the recovery arrives 2 s after the one before
-        role.tick(now_ms, fx)
+        effects.extend(role.tick(now_ms))
         assert role.state is not RoleState.STOPPED, role.stop_reason
         if isinstance(reply, ReadReply):
             assert isinstance(request, ReadRequest)
             page = replace(reply, entries=reply.entries[:3])  # a store's answer is bounded in bytes
-            role.on_read_reply(name, request, page, now_ms, fx)
+            effects.extend(role.on_read_reply(name, request, page, now_ms))
         else:
             assert isinstance(request, AppendRequest) and isinstance(reply, AppendReply)
-            role.on_append_reply(name, request, reply, now_ms, fx)
+            effects.extend(role.on_append_reply(name, request, reply, now_ms))
     assert now_ms > 3 * config.takeover_timeout_ms
     assert role.state is RoleState.SERVING and role.last == 20
     stalled = ChannelRole("ch", 9, config, now_ms)
-    stalled.start(Effects())  # no replica ever answers
-    stalled.tick(now_ms + config.takeover_timeout_ms + 1, Effects())
+    stalled.start()  # no replica ever answers
+    stalled.tick(now_ms + config.takeover_timeout_ms + 1)
     assert stalled.stop_reason == "TAKEOVER_TIMEOUT"
 
 
@@ -780,8 +786,8 @@ def test_batch_over_the_pending_bound_is_refused_and_changes_nothing() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7, config=RoleConfig(pending_entries_max=2))
     replicas.down = set(STORES)
-    fx = publish(replicas, role, 1, "a", "b", "c")
-    ((_, result),) = fx.results
+    effects = publish(replicas, role, 1, "a", "b", "c")
+    ((_, result),) = effects.results
     assert not result.ok and result.reason == "OWNER_OVERLOADED" and not result.maybe_stored
     assert role.last == 0
 
@@ -793,23 +799,23 @@ def node_with(ring_members: tuple[str, ...], version: int = 3) -> ChannelNode:
     node = ChannelNode("n1", NodeConfig())
     node.on_registered(version)
     node.on_lease(1_000)
-    node.on_ring(Ring(version, ring_members), Effects())
+    node.on_ring(Ring(version, ring_members))
     return node
 
 
-def run_node(replicas: Replicas, node: ChannelNode, fx: Effects, now_ms: int = 0) -> Effects:
+def run_node(replicas: Replicas, node: ChannelNode, effects: Effects, now_ms: int = 0) -> Effects:
     """Like `Replicas.run`, through the node."""
-    for name, request, reply in replicas.replies(fx):
+    for name, request, reply in replicas.replies(effects):
         if isinstance(request, FenceRequest):
             assert isinstance(reply, FenceReply)
-            node.on_fence_reply(name, request, reply, now_ms, fx)
+            effects.extend(node.on_fence_reply(name, request, reply, now_ms))
         elif isinstance(request, AppendRequest):
             assert isinstance(reply, AppendReply)
-            node.on_append_reply(name, request, reply, now_ms, fx)
+            effects.extend(node.on_append_reply(name, request, reply, now_ms))
         else:
             assert isinstance(reply, ReadReply) and isinstance(request, ReadRequest)
-            node.on_read_reply(name, request, reply, now_ms, fx)
-    return fx
+            effects.extend(node.on_read_reply(name, request, reply, now_ms))
+    return effects
 
 
 def test_node_ticks_only_roles_with_work_waiting_on_time() -> None:
@@ -820,28 +826,28 @@ def test_node_ticks_only_roles_with_work_waiting_on_time() -> None:
     for token, channel in enumerate(channels):
         run_node(replicas, node, _published(node, channel, token))
     assert len(node.roles) == 500 and node.busy_channels == 500  # every one was touched
-    node.tick(10, Effects())
+    node.tick(10)
     assert node.busy_channels == 0  # all committed, nothing in flight: quiet, never ticked again
     # The sweep tells the replicas each commit point no append has told them yet, once.
     notice_ms = max(RoleConfig().commit_notice_ms, NodeConfig().idle_sweep_ms)
-    fx = Effects()
-    node.tick(notice_ms + 10, fx)
-    assert sum(1 for _, request in fx.sends if isinstance(request, AppendRequest) and not request.entries) == 1_500
+    effects = Effects()
+    effects.extend(node.tick(notice_ms + 10))
+    assert sum(1 for _, request in effects.sends if isinstance(request, AppendRequest) and not request.entries) == 1_500
     assert node.busy_channels == 500  # until the replies come
-    run_node(replicas, node, fx, now_ms=notice_ms + 10)
-    node.tick(notice_ms + 20, Effects())
+    run_node(replicas, node, effects, now_ms=notice_ms + 10)
+    node.tick(notice_ms + 20)
     assert node.busy_channels == 0
-    fx = Effects()
-    node.tick(2 * notice_ms + 30, fx)  # the next sweep: nothing is owed any more
-    assert fx.sends == []
+    effects = Effects()
+    effects.extend(node.tick(2 * notice_ms + 30))  # the next sweep: nothing is owed any more
+    assert effects.sends == []
     replicas.down = {"store-b", "store-c"}
     now_ms = 2 * notice_ms + 40
-    fx = run_node(replicas, node, _published(node, "quiet-7", 1_000, now_ms=now_ms), now_ms=now_ms)
-    assert node.busy_channels == 1 and not fx.results  # waits for a quorum
+    effects = run_node(replicas, node, _published(node, "quiet-7", 1_000, now_ms=now_ms), now_ms=now_ms)
+    assert node.busy_channels == 1 and not effects.results  # waits for a quorum
     timeout_ms = RoleConfig().append_timeout_ms
-    node.tick(now_ms + timeout_ms + 1, fx)
+    effects.extend(node.tick(now_ms + timeout_ms + 1))
     # The tick reached it: its replicas were found unreachable and the publish failed fast.
-    assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("QUORUM_UNAVAILABLE", True)]
+    assert [(result.reason, result.maybe_stored) for _, result in effects.results] == [("QUORUM_UNAVAILABLE", True)]
     assert node.busy_channels == 1  # it probes its replicas until they answer
 
 
@@ -855,10 +861,10 @@ def test_commit_notices_of_many_quiet_channels_are_spread_over_sweeps() -> None:
     sweep_ms = max(RoleConfig().commit_notice_ms, NodeConfig().idle_sweep_ms)
     notified = []
     for sweep in range(1, 5):
-        fx = Effects()
-        node.tick(sweep * sweep_ms + 10, fx)
-        notified.append(len({request.channel for _, request in fx.sends}))
-        run_node(replicas, node, fx, now_ms=sweep * sweep_ms + 10)
+        effects = Effects()
+        effects.extend(node.tick(sweep * sweep_ms + 10))
+        notified.append(len({request.channel for _, request in effects.sends}))
+        run_node(replicas, node, effects, now_ms=sweep * sweep_ms + 10)
     assert notified == [200, 200, 100, 0]
 
 
@@ -867,14 +873,17 @@ def test_node_sweeps_every_role_for_idleness_at_its_own_pace() -> None:
     node = ChannelNode("n1", NodeConfig(role_idle_ms=5_000, idle_sweep_ms=1_000))
     node.on_registered(3)
     node.on_lease(1_000_000)
-    node.on_ring(Ring(3, ("n1",)), Effects())
+    node.on_ring(Ring(3, ("n1",)))
     for token, channel in enumerate(("idle-a", "idle-b")):
         run_node(replicas, node, _published(node, channel, token))
-    fx = Effects()
-    node.tick(100, fx)  # the first tick sweeps
-    node.tick(5_200, fx)  # quiet long enough, and a sweep is due
+    effects = Effects()
+    effects.extend(node.tick(100))  # the first tick sweeps
+    effects.extend(node.tick(5_200))  # quiet long enough, and a sweep is due
     assert node.roles == {}
-    assert sorted(event.split()[2] for event in fx.events if event.startswith("stepped down")) == ["idle-a", "idle-b"]
+    assert sorted(event.split()[2] for event in effects.events if event.startswith("stepped down")) == [
+        "idle-a",
+        "idle-b",
+    ]
 
 
 def test_prepared_channels_are_taken_over_a_bounded_number_at_a_time() -> None:
@@ -883,87 +892,87 @@ def test_prepared_channels_are_taken_over_a_bounded_number_at_a_time() -> None:
     node = ChannelNode("n1", NodeConfig(takeovers_inflight_max=50, prepared_channels_max=400))
     node.on_registered(3)
     node.on_lease(1_000_000)
-    node.on_ring(Ring(3, members), Effects())
+    node.on_ring(Ring(3, members))
     ring = Ring(3, members)
     ours = [f"p{i}" for i in range(2_000) if ring.owner(f"p{i}") == "n1"][:500]
     theirs = [f"p{i}" for i in range(2_000) if ring.owner(f"p{i}") == "n2"][:10]
-    fx = Effects()
-    assert node.prepare(theirs + ours, 0, fx) == 400  # not ours: ignored; beyond the queue bound: left
-    fenced = {request.channel for _, request in fx.sends if isinstance(request, FenceRequest)}
+    queued, effects = node.prepare(theirs + ours, 0)
+    assert queued == 400  # not ours: ignored; beyond the queue bound: left
+    fenced = {request.channel for _, request in effects.sends if isinstance(request, FenceRequest)}
     assert len(fenced) == 50 and fenced <= set(ours)
     assert node.status(0) == NodeStatus(True, 0, 50, 350, 0)
     now_ms = 0
     while node.status(now_ms).channels_prepared or node.status(now_ms).channels_taking_over:
-        run_node(replicas, node, fx, now_ms)
+        run_node(replicas, node, effects, now_ms)
         now_ms += 50
-        fx = Effects()
-        node.tick(now_ms, fx)
+        effects = Effects()
+        effects.extend(node.tick(now_ms))
         taking_over = {c for c, role in node.roles.items() if role.state is not RoleState.SERVING}
         assert len(taking_over) <= 50
     assert node.status(now_ms) == NodeStatus(True, 400, 0, 0, 400)
     assert set(node.roles) == set(ours[:400])
-    assert node.prepare(ours, now_ms, Effects()) == 100  # held ones are skipped
+    assert node.prepare(ours, now_ms)[0] == 100  # held ones are skipped
     lost = ChannelNode("n1", NodeConfig())
-    assert lost.prepare(ours, 0, Effects()) == 0  # no lease, no ring: nothing
+    assert lost.prepare(ours, 0)[0] == 0  # no lease, no ring: nothing
 
 
 def _published(node: ChannelNode, channel: str, token: int, now_ms: int = 0) -> Effects:
-    fx = Effects()
-    node.publish(channel, token, (Message(f"{channel}-{token}"),), now_ms, fx)
-    return fx
+    effects = Effects()
+    effects.extend(node.publish(channel, token, (Message(f"{channel}-{token}"),), now_ms))
+    return effects
 
 
 def test_node_answers_not_owner_for_channels_of_others() -> None:
     node = node_with(("n1", "n2"))
     channel = next(f"c{i}" for i in range(100) if Ring(3, ("n1", "n2")).owner(f"c{i}") == "n2")
-    fx = Effects()
-    node.publish(channel, 1, (Message("m"),), 0, fx)
-    ((_, result),) = fx.results
+    effects = Effects()
+    effects.extend(node.publish(channel, 1, (Message("m"),), 0))
+    ((_, result),) = effects.results
     assert result.reason == "NOT_OWNER" and not result.maybe_stored
 
 
 def test_node_epochs_grow_per_attempt_and_per_ring_version() -> None:
     node = node_with(("n1",))
-    fx = Effects()
-    node.publish("ch", 1, (Message("m"),), 0, fx)
+    effects = Effects()
+    effects.extend(node.publish("ch", 1, (Message("m"),), 0))
     assert node.roles["ch"].epoch == make_epoch(3, 0)
-    node.roles["ch"].stop("TAKEOVER_TIMEOUT", fx)
-    node.publish("ch", 2, (Message("m"),), 0, fx)
+    effects.extend(node.roles["ch"].stop("TAKEOVER_TIMEOUT"))
+    effects.extend(node.publish("ch", 2, (Message("m"),), 0))
     assert node.roles["ch"].epoch == make_epoch(3, 1)
-    node.on_ring(Ring(4, ("n1", "n2")), fx)
+    effects.extend(node.on_ring(Ring(4, ("n1", "n2"))))
     node.roles.pop("ch", None)
     owned = next(f"c{i}" for i in range(100) if Ring(4, ("n1", "n2")).owner(f"c{i}") == "n1")
-    node.publish(owned, 3, (Message("m"),), 0, fx)
+    effects.extend(node.publish(owned, 3, (Message("m"),), 0))
     assert node.roles[owned].epoch == make_epoch(4, 0) > make_epoch(3, EPOCH_ATTEMPTS_PER_VERSION - 1)
 
 
 def test_node_drops_every_channel_when_its_lease_runs_out() -> None:
     node = node_with(("n1",))
-    fx = Effects()
-    node.publish("ch", 1, (Message("m"),), 0, fx)
+    effects = Effects()
+    effects.extend(node.publish("ch", 1, (Message("m"),), 0))
     assert node.roles
-    node.tick(1_000, fx)
+    effects.extend(node.tick(1_000))
     assert node.roles == {}
-    assert [result.reason for _, result in fx.results] == ["LEASE_LOST"]
+    assert [result.reason for _, result in effects.results] == ["LEASE_LOST"]
 
 
 def test_node_stops_a_role_when_the_ring_moves_its_channel() -> None:
     node = node_with(("n1",))
-    fx = Effects()
+    effects = Effects()
     moving = next(f"c{i}" for i in range(100) if Ring(4, ("n1", "n2")).owner(f"c{i}") == "n2")
-    node.publish(moving, 1, (Message("m"),), 0, fx)
-    node.on_ring(Ring(4, ("n1", "n2")), fx)
+    effects.extend(node.publish(moving, 1, (Message("m"),), 0))
+    effects.extend(node.on_ring(Ring(4, ("n1", "n2"))))
     assert moving not in node.roles
-    assert [result.reason for _, result in fx.results] == ["CHANNEL_MOVED"]
+    assert [result.reason for _, result in effects.results] == ["CHANNEL_MOVED"]
 
 
 def test_node_never_serves_under_a_ring_older_than_its_registration() -> None:
     node = ChannelNode("n1", NodeConfig())
     node.on_lease(1_000)
-    node.on_ring(Ring(3, ("n1",)), Effects())
+    node.on_ring(Ring(3, ("n1",)))
     node.on_registered(5)
     assert not node.serving(0)
-    node.on_ring(Ring(5, ("n1",)), Effects())
+    node.on_ring(Ring(5, ("n1",)))
     assert node.serving(0)
 
 
@@ -971,10 +980,10 @@ def test_after_etcd_lost_its_data_a_node_serves_under_the_new_rings_only() -> No
     node = ChannelNode("n1", NodeConfig())
     node.on_lease(1_000)
     assert node.begin_registration() == 0
-    node.on_ring(Ring(40, ("n1",)), Effects())  # the ring of our own registration can come first
+    node.on_ring(Ring(40, ("n1",)))  # the ring of our own registration can come first
     node.on_registered(40)
     assert node.serving(0)
-    node.on_ring(Ring(41, ("n1",)), Effects())
+    node.on_ring(Ring(41, ("n1",)))
     assert node.serving(0) and node.newest_version == 41
     # etcd is wiped: revisions start again, and the node registers anew at revision 3. Placement
     # keeps versions growing (version = revision + offset): the old ring, whose revision 41 is above
@@ -982,9 +991,9 @@ def test_after_etcd_lost_its_data_a_node_serves_under_the_new_rings_only() -> No
     assert node.begin_registration() == 41  # the floor the registration carries
     node.on_registered(3)
     assert not node.serving(0)
-    node.on_ring(Ring(45, ("n1",), revision=4), Effects())
+    node.on_ring(Ring(45, ("n1",), revision=4))
     assert node.serving(0)
-    node.on_ring(Ring(46, ("n1",), revision=2), Effects())  # from before our registration there
+    node.on_ring(Ring(46, ("n1",), revision=2))  # from before our registration there
     assert node.ring is not None and node.ring.version == 46 and not node.serving(0)
 
 
@@ -1004,12 +1013,12 @@ def test_a_role_whose_replicas_stop_answering_gives_up_with_commit_stalled() -> 
     role = take_over(replicas, epoch=7, config=config)
     replicas.down = {"store-b", "store-c"}
     publish(replicas, role, 1, "m1", now_ms=0)
-    fx = Effects()
-    role.tick(500, fx)
+    effects = Effects()
+    effects.extend(role.tick(500))
     assert role.state is RoleState.SERVING
-    role.tick(1_001, fx)
+    effects.extend(role.tick(1_001))
     assert role.state is RoleState.STOPPED and role.stop_reason == "COMMIT_STALLED"
-    assert [(result.reason, result.maybe_stored) for _, result in fx.results] == [("CHANNEL_MOVED", True)]
+    assert [(result.reason, result.maybe_stored) for _, result in effects.results] == [("CHANNEL_MOVED", True)]
 
 
 def test_a_node_cut_off_from_its_stores_says_so_after_a_bound_unless_it_is_alone() -> None:
@@ -1017,7 +1026,7 @@ def test_a_node_cut_off_from_its_stores_says_so_after_a_bound_unless_it_is_alone
         node = ChannelNode("n1", NodeConfig(stores_unreachable_ms=4_000))
         node.on_registered(3)
         node.on_lease(1_000_000)
-        node.on_ring(Ring(3, members), Effects())
+        node.on_ring(Ring(3, members))
         channel = next(f"c{i}" for i in range(100) if Ring(3, members).owner(f"c{i}") == "n1")
         replicas = Replicas()
         run_node(replicas, node, _published(node, channel, 1))
@@ -1027,18 +1036,18 @@ def test_a_node_cut_off_from_its_stores_says_so_after_a_bound_unless_it_is_alone
         run_node(replicas, node, _published(node, channel, 2, now_ms=now_ms), now_ms)
         while now_ms < 3_000:
             now_ms += 50
-            node.tick(now_ms, Effects())
+            node.tick(now_ms)
         assert node.health(now_ms) == ""  # publishes fail fast meanwhile; not long enough yet
         while now_ms < 7_000:
             now_ms += 50
-            node.tick(now_ms, Effects())
+            node.tick(now_ms)
         assert node.health(now_ms) == expected
         replicas.down = set()  # the links heal: the probes find the replicas, and all is well again
         for _ in range(60):
             now_ms += 50
-            fx = Effects()
-            node.tick(now_ms, fx)
-            run_node(replicas, node, fx, now_ms)
+            effects = Effects()
+            effects.extend(node.tick(now_ms))
+            run_node(replicas, node, effects, now_ms)
         assert node.health(now_ms) == ""
 
 
@@ -1048,15 +1057,15 @@ def test_a_node_with_stalling_roles_calls_itself_unhealthy_unless_it_is_alone() 
         node = ChannelNode("n1", config)
         node.on_registered(3)
         node.on_lease(100_000)
-        node.on_ring(Ring(3, members), Effects())
+        node.on_ring(Ring(3, members))
         owned = [f"c{i}" for i in range(200) if Ring(3, members).owner(f"c{i}") == "n1"][:2]
-        fx = Effects()
+        effects = Effects()
         for channel in owned:  # no replica ever answers: fence, then nothing
-            node.publish(channel, 1, (Message("m"),), 0, fx)
+            effects.extend(node.publish(channel, 1, (Message("m"),), 0))
         for role in node.roles.values():  # pretend the takeovers finished and the publishes wait
             role.state = RoleState.SERVING
-            role.publish(2, (Message("x"),), 0, fx)
+            effects.extend(role.publish(2, (Message("x"),), 0))
         assert node.health(50) == ""
-        node.tick(200, fx)
+        effects.extend(node.tick(200))
         assert node.health(200) == expected
         assert node.health(20_000) == ""  # stalls age out of the window

@@ -134,6 +134,13 @@ def test_history_and_subscriptions_never_skip_a_serial_one_replica_lost(
 @pytest.mark.parametrize("channel", [HOLE, FLIPPED])
 def test_the_damaged_replica_is_rewritten_from_a_good_one(damaged_cluster: Launcher, channel: str) -> None:
     path = _store_a(damaged_cluster)
+
+    async def use() -> None:  # an owner repairs what it finds while serving the channel: serve it
+        async with ringcast.Client(damaged_cluster.topology.gateways) as client:
+            served = await _history(client, channel, after=0)  # the test before may have published one more
+            assert served[:PUBLISHED] == list(range(1, PUBLISHED + 1))
+
+    asyncio.run(asyncio.wait_for(use(), 60))  # not left to the test before (they may run apart)
     deadline = time.monotonic() + REPAIR_S
     while True:
         held = _serials(path, channel)
@@ -142,8 +149,9 @@ def test_the_damaged_replica_is_rewritten_from_a_good_one(damaged_cluster: Launc
         assert time.monotonic() < deadline, f"store-a still holds {held[15:25]}...{held[-3:]} of {channel}"
         time.sleep(0.2)
     totals = _totals(damaged_cluster)
-    assert totals["store:ringcast_store_damaged_entries_total[missing]"] >= 2
-    assert totals["channel:ringcast_replica_faults_total[damaged][a]"] >= 2
+    # Counted once per channel and owner; the other parameter's channel may not have been served yet.
+    assert totals["store:ringcast_store_damaged_entries_total[missing]"] >= 1
+    assert totals["channel:ringcast_replica_faults_total[damaged][a]"] >= 1
 
 
 def test_one_replica_with_an_absurd_fence_cannot_take_a_channel_down(damaged_cluster: Launcher) -> None:

@@ -1,0 +1,44 @@
+"""Retention and memory bounds (rule 7): the in-memory tail's bound, and commit notices that let an idle
+channel's replicas trim."""
+
+from __future__ import annotations
+
+from services.core.role.base import RoleBase
+from services.core.role.messages import (
+    Effects,
+)
+from services.core.role.states import RoleState
+
+
+class Retention(RoleBase):
+    def _trim_tail(self) -> None:
+        """Keep the in-memory log bounded; only committed entries are dropped."""
+        excess = len(self.tail) - self.config.tail_entries_max
+        if excess <= self.config.tail_entries_max // 4:
+            return
+        drop = min(excess, self.commit - self.tail_base)
+        if drop <= 0:
+            return
+        self.tail_base_epoch = self.tail[drop - 1].epoch
+        self.tail_base += drop
+        del self.tail[:drop]
+        del self.tail_batch_last[:drop]
+
+    def _notify_commit(self, now_ms: int, effects: Effects) -> bool:
+        """Tell each replica our commit point where the last append it got carried an older one and
+        went out `commit_notice_ms` ago or more (an empty append): so an idle channel's last
+        entries can be trimmed too. The node calls it on its sweep; True when something was sent."""
+        if self.state is not RoleState.SERVING:
+            return False
+        sent = False
+        for replica in self.replicas.values():
+            owed = replica.told_commit < self.commit and not replica.inflight and replica.next > self.last
+            if (
+                owed
+                and not replica.unreachable
+                and not replica.fenced_out
+                and now_ms - replica.sent_ms >= self.config.commit_notice_ms
+            ):
+                self._send_empty_append(replica, now_ms, effects)
+                sent = True
+        return sent
