@@ -48,7 +48,8 @@ class Membership:
             log.exception("registering in etcd at %s failed; serving without membership", self.endpoints)
 
     async def _join(self) -> None:
-        from services.common.etcd import Etcd, MemberRecord, Registration
+        from services.common.etcd import Etcd, MemberRecord
+        from services.common.registration import Registration
 
         etcd = await Etcd.connect(self.endpoints)
         try:

@@ -33,7 +33,6 @@ Rules:
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -43,7 +42,18 @@ import redis
 from services.core.entries import ORIGIN, Entry, Position
 from services.core.invariants import invariant
 from services.core.replica_log import base_advances, message_ids
-from services.store.rows import BoundedCache, channel_cache_entries_max, entry_from_stored, message_bytes
+from services.store.redis_codec import (
+    COMMIT_SCRIPT,
+    ENTRY_HEADER,
+    members_of,
+    pack_entry,
+    position_of,
+    position_text,
+    serial_of,
+    text_of,
+    unpack_entry,
+)
+from services.store.rows import BoundedCache, channel_cache_entries_max
 
 value_max = 2**53
 """Largest serial or epoch this engine stores exactly (sorted-set scores are doubles)."""
@@ -53,79 +63,6 @@ max_fence_page_channels = 1_000
 
 socket_timeout_s = 10.0
 """How long one Redis command may take before the engine gives up (the store answers UNAVAILABLE)."""
-
-_HEADER = struct.Struct(">QQI")  # serial, epoch, checksum
-
-# ARGV: prefix, channel count, then per channel: name, expected fence, expected base ("serial
-# epoch"), expected committed serial, expected last serial (the base's when no entry is stored), new
-# fence, new base, new committed serial, new damaged serial ('' = unchanged), truncate after ('' =
-# none), count of serials to remove and those serials, count of entries to fill in and (serial,
-# member) pairs, entry count, then (serial, member) pairs. In that order: removals, a new base (which
-# drops every entry up to its serial), the truncation, the filled entries, the new entries.
-_COMMIT_SCRIPT = """
-local prefix = ARGV[1]
-local count = tonumber(ARGV[2])
-local at = 3
-local plans = {}
-local function check(what, channel, stored, expected)
-  if stored ~= expected then
-    return redis.error_reply('CONFLICT ' .. what .. ' of ' .. channel .. ' is ' .. stored .. ', expected ' .. expected)
-  end
-end
-for c = 1, count do
-  local channel = ARGV[at]
-  local stored_base = redis.call('GET', prefix .. 'b:' .. channel) or '0 0'
-  local tail = redis.call('ZRANGE', prefix .. 'e:' .. channel, -1, -1, 'WITHSCORES')
-  local conflict = check('fence', channel, redis.call('GET', prefix .. 'f:' .. channel) or '0', ARGV[at + 1])
-    or check('base', channel, stored_base, ARGV[at + 2])
-    or check('committed', channel, redis.call('GET', prefix .. 'c:' .. channel) or '0', ARGV[at + 3])
-    or check('last', channel, tail[2] or string.match(stored_base, '^%d+'), ARGV[at + 4])
-  if conflict then
-    return conflict
-  end
-  local removes = tonumber(ARGV[at + 10])
-  local fills_at = at + 11 + removes
-  local fills = tonumber(ARGV[fills_at])
-  local entries_at = fills_at + 1 + 2 * fills
-  local entries = tonumber(ARGV[entries_at])
-  plans[c] = {channel, ARGV[at + 5], ARGV[at + 6], ARGV[at + 7], ARGV[at + 8], ARGV[at + 9],
-    at + 11, removes, fills_at + 1, fills, entries_at + 1, entries}
-  at = entries_at + 1 + 2 * entries
-end
-for c = 1, count do
-  local channel, new_fence, new_base, new_committed, new_damaged, truncate,
-    removes_first, removes, fills_first, fills, first, entries = unpack(plans[c])
-  local key = prefix .. 'e:' .. channel
-  redis.call('SADD', prefix .. 'channels', channel)
-  redis.call('ZADD', prefix .. 'names', 0, channel)
-  if new_fence ~= '' then
-    redis.call('SET', prefix .. 'f:' .. channel, new_fence)
-  end
-  if new_damaged ~= '' then
-    redis.call('SET', prefix .. 'd:' .. channel, new_damaged)
-  end
-  for r = 0, removes - 1 do
-    redis.call('ZREMRANGEBYSCORE', key, ARGV[removes_first + r], ARGV[removes_first + r])
-  end
-  if new_base ~= '' then
-    redis.call('SET', prefix .. 'b:' .. channel, new_base)
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.match(new_base, '^%d+'))
-  end
-  if new_committed ~= '' then
-    redis.call('SET', prefix .. 'c:' .. channel, new_committed)
-  end
-  if truncate ~= '' then
-    redis.call('ZREMRANGEBYSCORE', key, '(' .. truncate, '+inf')
-  end
-  for f = 0, fills - 1 do
-    redis.call('ZADD', key, ARGV[fills_first + 2 * f], ARGV[fills_first + 2 * f + 1])
-  end
-  for e = 0, entries - 1 do
-    redis.call('ZADD', key, ARGV[first + 2 * e], ARGV[first + 2 * e + 1])
-  end
-end
-return count
-"""
 
 
 class RedisConflict(Exception):
@@ -175,11 +112,11 @@ class _Pending:
         seen = self.seen
         arguments: list[Any] = [
             str(seen.fence),
-            _position_text(seen.base),
+            position_text(seen.base),
             str(seen.committed),
             str(self.seen_last),
             "" if self.fence is None else str(self.fence),
-            "" if self.base is None else _position_text(self.base),
+            "" if self.base is None else position_text(self.base),
             "" if self.committed is None else str(self.committed),
             "" if self.damaged is None else str(self.damaged),
             "" if self.truncate_after is None else str(self.truncate_after),
@@ -188,10 +125,10 @@ class _Pending:
             len(self.fills),
         ]
         for serial, entry in sorted(self.fills.items()):
-            arguments += [serial, _pack(entry)]
+            arguments += [serial, pack_entry(entry)]
         arguments.append(len(self.entries))
         for entry in self.entries:
-            arguments += [entry.serial, _pack(entry)]
+            arguments += [entry.serial, pack_entry(entry)]
         return arguments
 
     def state(self) -> _ChannelState:
@@ -209,41 +146,6 @@ class _Pending:
         return serial in self.removes and serial not in self.fills
 
 
-def _members(result: object) -> list[bytes]:
-    """A sorted-set range reply: members as bytes (the client decodes nothing)."""
-    invariant(isinstance(result, list), "a range answers a list")
-    return cast(list[bytes], result)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _position_text(position: Position) -> str:
-    return f"{position.serial} {position.epoch}"
-
-
-def _position_of(raw: object) -> Position:
-    """A stored base (`b:`); the origin when the key is absent."""
-    if raw is None:
-        return ORIGIN
-    serial, epoch = _text(raw).split()
-    return Position(int(serial), int(epoch))
-
-
-def _serial(position: Position) -> int:
-    return position.serial
-
-
-def _pack(entry: Entry) -> bytes:
-    return _HEADER.pack(entry.serial, entry.epoch, entry.checksum) + message_bytes(entry.message)
-
-
-def _unpack(member: bytes) -> Entry:
-    serial, epoch, checksum = _HEADER.unpack_from(member)
-    return entry_from_stored(serial, epoch, member[_HEADER.size :], checksum)
-
-
 def open_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s)
 
@@ -252,7 +154,7 @@ def check_durable(client: redis.Redis) -> None:
     """Refuse a Redis that would acknowledge writes it has not synced."""
     config: dict[str, str] = {}
     for name in ("appendonly", "appendfsync"):
-        config.update({_text(k): _text(v) for k, v in cast(dict[Any, Any], client.config_get(name)).items()})
+        config.update({text_of(k): text_of(v) for k, v in cast(dict[Any, Any], client.config_get(name)).items()})
     if config.get("appendonly") != "yes" or config.get("appendfsync") != "always":
         raise SystemExit(
             f"redis at {client.connection_pool.connection_kwargs.get('host')}:"
@@ -282,7 +184,7 @@ class RedisLogStorage:
         self._lasts: BoundedCache[Position] = BoundedCache(cache_bound)
         self._pending: dict[str, _Pending] | None = None
         self._snapshot: dict[str, _View] | None = None  # read-only: what the snapshot saw of each channel
-        self._commit = client.register_script(_COMMIT_SCRIPT)
+        self._commit = client.register_script(COMMIT_SCRIPT)
         if not read_only and not client.exists(prefix + "names"):
             # Written before channel names were also kept in order (retention pages through them).
             names = cast(set[bytes], client.smembers(prefix + "channels"))
@@ -360,7 +262,7 @@ class RedisLogStorage:
         if state is None:
             keys = [self.prefix + kind + channel for kind in ("f:", "b:", "c:", "d:")]
             fence, base, committed, damaged = cast(list[bytes | None], self.client.mget(keys))
-            state = _ChannelState(int(fence or 0), _position_of(base), int(committed or 0), int(damaged or 0))
+            state = _ChannelState(int(fence or 0), position_of(base), int(committed or 0), int(damaged or 0))
             self._states.put(channel, state)
         return state
 
@@ -369,8 +271,8 @@ class RedisLogStorage:
             return self._view(channel).last
         last = self._lasts.get(channel)
         if last is None:
-            members = _members(self.client.zrange(self.prefix + "e:" + channel, -1, -1))
-            last = _unpack(members[0]).position if members else self._stored_state(channel).base
+            members = members_of(self.client.zrange(self.prefix + "e:" + channel, -1, -1))
+            last = unpack_entry(members[0]).position if members else self._stored_state(channel).base
             self._lasts.put(channel, last)
         return last
 
@@ -382,15 +284,15 @@ class RedisLogStorage:
                 pipeline.get(self.prefix + "b:" + channel)
                 pipeline.zrange(self.prefix + "e:" + channel, -1, -1)
                 raw_base, tail = pipeline.execute()
-            base = _position_of(raw_base)
-            view = _View(base, _unpack(_members(tail)[0]).position if tail else base)
+            base = position_of(raw_base)
+            view = _View(base, unpack_entry(members_of(tail)[0]).position if tail else base)
             if self._snapshot is not None:
                 self._snapshot[channel] = view
         return view
 
     def _stored_epoch_at(self, channel: str, serial: int) -> int | None:
-        members = _members(self.client.zrangebyscore(self.prefix + "e:" + channel, serial, serial))
-        return int(_HEADER.unpack_from(members[0])[1]) if members else None
+        members = members_of(self.client.zrangebyscore(self.prefix + "e:" + channel, serial, serial))
+        return int(ENTRY_HEADER.unpack_from(members[0])[1]) if members else None
 
     # ----------------------------------------------------------------------------- LogStorage
 
@@ -413,7 +315,7 @@ class RedisLogStorage:
         """Channels written so far, in order (`<prefix>names`, all scored 0, paged by ZRANGEBYLEX),
         and those this transaction touched."""
         start = "(" + channel if channel else "-"
-        stored = _members(self.client.zrangebylex(self.prefix + "names", start, "+", 0, max(count, 0)))
+        stored = members_of(self.client.zrangebylex(self.prefix + "names", start, "+", 0, max(count, 0)))
         names = {name.decode() for name in stored} | {name for name in self._pending or () if name > channel}
         return sorted(names)[: max(count, 0)]
 
@@ -466,11 +368,11 @@ class RedisLogStorage:
         if serial == stored.serial and not change.missing(serial):
             return stored
         # The last entry that is there, at or below `serial` (entries may be missing: rule 7).
-        found = max((entry.position for s, entry in change.fills.items() if s <= serial), default=base, key=_serial)
+        found = max((entry.position for s, entry in change.fills.items() if s <= serial), default=base, key=serial_of)
         key = self.prefix + "e:" + channel
         ranged = self.client.zrevrangebyscore(key, serial, f"({found.serial}", 0, len(change.removes) + 1)
-        for member in _members(ranged):
-            position = _unpack(member).position
+        for member in members_of(ranged):
+            position = unpack_entry(member).position
             if not change.missing(position.serial):
                 return position
         return found
@@ -589,15 +491,17 @@ class RedisLogStorage:
         key = self.prefix + "e:" + channel
         start = f"({max(after_serial, 0)}"
         if self._snapshot is None:
-            return [_unpack(member) for member in _members(self.client.zrangebyscore(key, start, "+inf", 0, limit))]
+            return [
+                unpack_entry(member) for member in members_of(self.client.zrangebyscore(key, start, "+inf", 0, limit))
+            ]
         with self.client.pipeline(transaction=True) as pipeline:
             pipeline.zrangebyscore(key, start, "+inf", start=0, num=limit)
             pipeline.zrange(key, -1, -1)
             pipeline.get(self.prefix + "b:" + channel)
             found, tail, raw_base = pipeline.execute()
-        base = _position_of(raw_base)
+        base = position_of(raw_base)
         seen = self._snapshot.get(channel)
         if seen is not None and base != seen.base and after_serial < base.serial:
             return []  # trimmed past `after_serial` since the snapshot answered its base: see rule 4
-        self._snapshot[channel] = _View(base, _unpack(_members(tail)[0]).position if tail else base)
-        return [_unpack(member) for member in _members(found)]
+        self._snapshot[channel] = _View(base, unpack_entry(members_of(tail)[0]).position if tail else base)
+        return [unpack_entry(member) for member in members_of(found)]

@@ -44,72 +44,44 @@ import functools
 import logging
 import os
 import queue
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import grpc
 
-from ringcast.reasons import Reason
 from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert, metrics
 from services.common.clock import PeerClock
-from services.common.errors import ServiceError, abort, answers_errors, invalid, unavailable
-from services.core.entries import Entry, Position
-from services.core.invariants import InvariantViolation, invariant
+from services.common.errors import ServiceError, abort, answers_errors
 from services.core.replica_log import (
-    COMMIT_ID_KEY,
-    COMMIT_MS_KEY,
-    COMMIT_REQUESTS_KEY,
-    AppendReply,
-    FenceReply,
     ReadReply,
     ReplicaLog,
     Retention,
-    ids_read_max,
-    read_entries_max,
 )
 from services.store import redis_engine
 from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
+from services.store.requests import (
+    ReadAsked,
+    append_to_proto,
+    commit_metadata,
+    fence_to_proto,
+    parsed_appends,
+    parsed_fences,
+    parsed_reads,
+    read_response_bytes_max,
+    stored_value_max,
+    within_budget,
+)
 from services.store.sqlite_engine import SqliteLogStorage
+from services.store.writer import Committed, GroupCommitStats, GroupCommitWriter
 
 log = logging.getLogger("ringcast.store")
 
-group_commit_requests_max = 1_024
-"""Write requests (Fence or Append calls) one transaction, one fsync, makes durable at most."""
-
-write_queue_requests_max = 16_384
-"""Write requests waiting for the writer; beyond this a call is refused as retryable (UNAVAILABLE)."""
 
 read_threads_max = 4
 """Threads (each with its own read-only connection) serving reads at once."""
 
-append_channels_max = 1_024
-"""ChannelAppends one Append call may carry (an owner sends at most a few hundred)."""
-
-fence_channels_max = 1_024
-"""ChannelFences one Fence call may carry."""
-
-read_channels_max = 64
-"""ChannelReads one Read call may carry."""
-
-read_response_bytes_max = 2 * 1024 * 1024
-"""Message data one Read answer carries before each further read gets only its first entry.
-
-With `read_channels_max` reads of one largest message each on top, an answer stays under the
-gRPC message limit whatever the messages' sizes.
-"""
-
-read_entries_default = 100
-"""Entries a read returns when the caller asks for `limit` 0."""
-
-channel_chars_max = 256
-"""Longest channel name stored (DESIGN §7)."""
-
-stored_value_max = (1 << 63) - 1
-"""Largest serial or epoch an SQLite INTEGER holds; the proto's uint64 can say more."""
 
 trim_channels_per_request = 256
 """Channels one trimming write request looks at."""
@@ -125,188 +97,6 @@ scrub_pass_pause_s = 10.0
 
 database_file_name = "store.sqlite3"
 lock_file_name = "store.lock"
-
-
-Result = TypeVar("Result")
-
-
-@dataclass(frozen=True, slots=True)
-class Committed(Generic[Result]):
-    """What a write request produced, and the group commit that made it durable."""
-
-    value: Result
-    commit_id: int
-    commit_requests: int
-    commit_ms: float = 0.0
-
-
-@dataclass(slots=True)
-class GroupCommitStats:
-    """Counted by the writer thread; read by anyone (plain integers, no torn reads in CPython)."""
-
-    commits: int = 0
-    requests: int = 0
-    largest_commit_requests: int = 0
-    failed_requests: int = 0
-
-    def record(self, requests: int) -> int:
-        """Count one successful commit of `requests` requests; answer its commit id."""
-        self.commits += 1
-        self.requests += requests
-        self.largest_commit_requests = max(self.largest_commit_requests, requests)
-        return self.commits
-
-    @property
-    def requests_per_commit(self) -> float:
-        return self.requests / self.commits if self.commits else 0.0
-
-    def summary(self) -> str:
-        return (
-            f"{self.commits} group commits, {self.requests} requests "
-            f"({self.requests_per_commit:.1f} per commit, largest {self.largest_commit_requests}), "
-            f"{self.failed_requests} failed"
-        )
-
-
-@dataclass(slots=True)
-class _Write:
-    apply: Callable[[ReplicaLog], Any]
-    future: asyncio.Future[Committed[Any]]
-    loop: asyncio.AbstractEventLoop
-
-
-_STOP = object()
-"""Queued by `close()`: the writer finishes what is before it, then exits."""
-
-
-class GroupCommitWriter:
-    """The one writer thread of a replica: applies queued writes in groups, one commit per group."""
-
-    def __init__(self, storage: SqliteLogStorage | RedisLogStorage, bugs: frozenset[str] = frozenset()) -> None:
-        invariant(not storage.read_only, "the writer writes")
-        self.storage = storage
-        self.replica = ReplicaLog(storage, bugs=bugs)
-        self.stats = GroupCommitStats()
-        self._queue: queue.Queue[_Write | object] = queue.Queue(maxsize=write_queue_requests_max)
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    async def submit(self, apply: Callable[[ReplicaLog], Result]) -> Committed[Result]:
-        """Run `apply` on the writer thread; return once its effects are committed (durable)."""
-        committed: Committed[Result] = await self.enqueue(apply)
-        return committed
-
-    def enqueue(self, apply: Callable[[ReplicaLog], Any]) -> asyncio.Future[Committed[Any]]:
-        """Queue `apply` now (so it runs before anything queued later); its future settles once
-        it is committed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Committed[Any]] = loop.create_future()
-        try:
-            self._queue.put_nowait(_Write(apply, future, loop))
-        except queue.Full:
-            raise unavailable(Reason.STORE_OVERLOADED, "too many writes are waiting; retry later") from None
-        return future
-
-    async def close(self) -> None:
-        """Finish every queued write, then stop the thread."""
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._queue.put, _STOP)
-            await asyncio.to_thread(self._thread.join)
-
-    # ----------------------------------------------------------------------------- writer thread
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            group: list[_Write] = [first]  # type: ignore[list-item]
-            while len(group) < group_commit_requests_max:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                group.append(item)  # type: ignore[arg-type]
-            try:
-                self._commit_group(group)
-            except BaseException as error:  # never leave a caller waiting forever
-                log.exception("store writer failed")
-                for write in group:
-                    _settle(write, None, _write_error(error))
-
-    def _commit_group(self, group: Sequence[_Write]) -> None:
-        storage = self.storage
-        storage.begin()
-        try:
-            values = [write.apply(self.replica) for write in group]
-            committing = time.perf_counter()
-            storage.commit()
-            commit_ms = (time.perf_counter() - committing) * 1000
-        except Exception as error:
-            storage.rollback()
-            self.replica.found.clear()  # rolled back with the rest: found again when applied alone
-            log.warning("group commit of %d requests failed (%s); applying them one by one", len(group), error)
-            for write in group:
-                self._commit_alone(write)
-            return
-        commit_id = self.stats.record(len(group))
-        metrics.store_commit_requests.observe(len(group))
-        metrics.store_commit_seconds.observe(commit_ms / 1000)
-        self._report_found()
-        for write, value in zip(group, values, strict=True):
-            _settle(write, Committed(value, commit_id, len(group), commit_ms), None)
-
-    def _report_found(self) -> None:
-        """Damage the rules found (and dealt with) in what was just committed: logged, counted."""
-        found, self.replica.found = self.replica.found, []
-        for channel, serial, what in found:
-            metrics.store_damaged_entries.labels(what).inc()
-            log.error(
-                "channel %r: entry %d %s at rest; the owner rewrites it from a good replica", channel, serial, what
-            )
-
-    def _commit_alone(self, write: _Write) -> None:
-        storage = self.storage
-        storage.begin()
-        self.replica.found.clear()
-        try:
-            value = write.apply(self.replica)
-            storage.commit()
-            self._report_found()
-        except Exception as error:
-            storage.rollback()
-            self.stats.failed_requests += 1
-            log.error("store write failed and was rolled back: %r", error)
-            _settle(write, None, _write_error(error))
-            return
-        _settle(write, Committed(value, self.stats.record(1), 1), None)
-
-
-def _write_error(error: BaseException) -> ServiceError:
-    if isinstance(error, InvariantViolation):
-        return ServiceError(grpc.StatusCode.INTERNAL, Reason.STORE_INVARIANT, f"store invariant violated: {error}")
-    return unavailable(Reason.STORE_WRITE_FAILED, f"the store could not write: {error}")
-
-
-def _settle(write: _Write, value: Committed[Any] | None, error: ServiceError | None) -> None:
-    """From the writer thread: hand the outcome to the caller's event loop."""
-
-    def settle() -> None:
-        if write.future.done():  # the caller went away (cancelled); the write stands regardless
-            return
-        if error is not None:
-            write.future.set_exception(error)
-        else:
-            write.future.set_result(value)  # type: ignore[arg-type]
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        write.loop.call_soon_threadsafe(settle)
 
 
 Storage = SqliteLogStorage | RedisLogStorage
@@ -325,12 +115,12 @@ class LogReaders:
             self._storages.put(storage)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-read")
 
-    async def read_many(self, reads: Sequence[_Read], bytes_max: int) -> list[ReadReply]:
+    async def read_many(self, reads: Sequence[ReadAsked], bytes_max: int) -> list[ReadReply]:
         """Each (channel, after serial, limit, ids only), from one snapshot; see `read_response_bytes_max`."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._read_many, reads, bytes_max)
 
-    def _read_many(self, reads: Sequence[_Read], bytes_max: int) -> list[ReadReply]:
+    def _read_many(self, reads: Sequence[ReadAsked], bytes_max: int) -> list[ReadReply]:
         # As many connections as threads, so a thread always finds one free.
         storage = self._storages.get_nowait()
         try:
@@ -339,7 +129,7 @@ class LogReaders:
                 replica, replies, budget = ReplicaLog(storage, bugs=self.bugs), [], bytes_max
                 for channel, after_serial, limit, ids_only in reads:
                     if ids_only:
-                        reply = _within(replica.read_ids(channel, after_serial, limit), budget)
+                        reply = within_budget(replica.read_ids(channel, after_serial, limit), budget)
                         budget -= sum(len(message_id) + 8 for message_id, _ in reply.ids)
                     else:
                         reply = replica.read(channel, after_serial, limit, bytes_max=budget)
@@ -541,17 +331,17 @@ class StoreService:
     async def Fence(
         self, request: store_pb2.FenceRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.FenceResponse:
-        fences = _fences(request.fences, self.value_max)
+        fences = parsed_fences(request.fences, self.value_max)
         if not fences:
             return store_pb2.FenceResponse()
         committed = await self.writer.submit(
             lambda replica: [replica.fence(channel, epoch) for channel, epoch in fences]
         )
-        context.set_trailing_metadata(_commit_metadata(committed))
-        return store_pb2.FenceResponse(results=[_fence_to_proto(reply) for reply in committed.value])
+        context.set_trailing_metadata(commit_metadata(committed))
+        return store_pb2.FenceResponse(results=[fence_to_proto(reply) for reply in committed.value])
 
     async def _append(self, request: store_pb2.AppendRequest) -> tuple[store_pb2.AppendResponse, Committed[Any] | None]:
-        appends = _appends(request.appends, self.value_max)
+        appends = parsed_appends(request.appends, self.value_max)
         if not appends:
             return store_pb2.AppendResponse(), None
         self.owner_clock.observe(max(append.owner_now_ms for append in request.appends))
@@ -563,7 +353,7 @@ class StoreService:
         )
         now_ms = int(time.time() * 1000)
         response = store_pb2.AppendResponse(
-            results=[_append_to_proto(reply, now_ms) for reply in committed.value],
+            results=[append_to_proto(reply, now_ms) for reply in committed.value],
             commit=store_pb2.StoreCommit(
                 id=committed.commit_id, requests=committed.commit_requests, ms=committed.commit_ms
             ),
@@ -576,7 +366,7 @@ class StoreService:
     ) -> store_pb2.AppendResponse:
         response, committed = await self._append(request)
         if committed is not None:
-            context.set_trailing_metadata(_commit_metadata(committed))
+            context.set_trailing_metadata(commit_metadata(committed))
         return response
 
     async def AppendStream(  # noqa: N802
@@ -592,7 +382,7 @@ class StoreService:
 
     @answers_errors
     async def Read(self, request: store_pb2.ReadRequest, context: grpc.aio.ServicerContext) -> store_pb2.ReadResponse:
-        reads = _reads(request.reads, self.value_max)
+        reads = parsed_reads(request.reads, self.value_max)
         replies = await self.readers.read_many(reads, read_response_bytes_max)
         results = []
         for (channel, _, _, ids_only), reply in zip(reads, replies, strict=True):
@@ -654,116 +444,7 @@ def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str, now_ms:
 # --------------------------------------------------------------------------------- input checks
 
 
-def _channel(name: str) -> str:
-    if not name:
-        raise invalid(Reason.CHANNEL_NAME_EMPTY, "channel name is empty")
-    if len(name) > channel_chars_max:
-        raise invalid(
-            Reason.CHANNEL_NAME_TOO_LONG,
-            f"channel name has {len(name)} chars; at most {channel_chars_max}",
-            limit=str(channel_chars_max),
-        )
-    return name
-
-
-def _stored_value(value: int, field: str, value_max: int) -> int:
-    if value > value_max:
-        raise invalid(Reason.VALUE_OUT_OF_RANGE, f"{field} is above {value_max}", field=field)
-    return value
-
-
-def _fences(protos: Sequence[store_pb2.ChannelFence], value_max: int) -> list[tuple[str, int]]:
-    _at_most(len(protos), fence_channels_max, Reason.TOO_MANY_FENCES, "fences")
-    return [(_channel(proto.channel), _stored_value(proto.epoch, "epoch", value_max)) for proto in protos]
-
-
-_Read = tuple[str, int, int, bool]
-"""(channel, after serial, limit, ids only)"""
-
-
-def _reads(protos: Sequence[store_pb2.ChannelRead], value_max: int) -> list[_Read]:
-    _at_most(len(protos), read_channels_max, Reason.TOO_MANY_READS, "reads")
-    return [
-        (
-            _channel(proto.channel),
-            _stored_value(proto.after_serial, "after_serial", value_max),
-            min(proto.limit or read_entries_default, ids_read_max if proto.ids_only else read_entries_max),
-            proto.ids_only,
-        )
-        for proto in protos
-    ]
-
-
-def _within(reply: ReadReply, budget: int) -> ReadReply:
-    """An ids-only reply cut to about `budget` bytes, but never to fewer than one id."""
-    size = 0
-    for index, (message_id, _) in enumerate(reply.ids):
-        size += len(message_id) + 8
-        if index and size > budget:
-            return dataclasses.replace(reply, ids=reply.ids[:index])
-    return reply
-
-
-def _at_most(count: int, limit: int, reason: str, what: str) -> None:
-    if count > limit:
-        raise invalid(reason, f"{count} {what} in one call; at most {limit}", limit=str(limit))
-
-
-_Append = tuple[str, int, Position, tuple[Entry, ...], int, bool]  # ..., commit, from_base
-
-
-def _appends(protos: Sequence[store_pb2.ChannelAppend], value_max: int) -> list[_Append]:
-    _at_most(len(protos), append_channels_max, Reason.TOO_MANY_APPENDS, "appends")
-    appends = []
-    for proto in protos:
-        channel = _channel(proto.channel)
-        epoch = _stored_value(proto.epoch, "epoch", value_max)
-        prev = Position(
-            _stored_value(proto.prev.serial, "prev.serial", value_max),
-            _stored_value(proto.prev.epoch, "prev.epoch", value_max),
-        )
-        for entry in proto.entries:
-            _stored_value(entry.serial, "entries.serial", value_max)
-            _stored_value(entry.epoch, "entries.epoch", value_max)
-        entries = tuple(convert.entry_from_proto(entry, keep_encoded=True) for entry in proto.entries)
-        commit = _stored_value(proto.commit, "commit", value_max)
-        appends.append((channel, epoch, prev, entries, commit, proto.from_base))
-    return appends
-
-
 # --------------------------------------------------------------------------------- replies
-
-
-def _commit_metadata(committed: Committed[Any]) -> tuple[tuple[str, str], ...]:
-    return (
-        (COMMIT_ID_KEY, str(committed.commit_id)),
-        (COMMIT_REQUESTS_KEY, str(committed.commit_requests)),
-        (COMMIT_MS_KEY, f"{committed.commit_ms:.3f}"),
-    )
-
-
-def _fence_to_proto(reply: FenceReply) -> store_pb2.ChannelFenceResult:
-    return store_pb2.ChannelFenceResult(
-        fenced=reply.fenced,
-        fence_epoch=reply.fence_epoch,
-        last=convert.position_to_proto(reply.last),
-        damaged_serial=reply.damaged,
-    )
-
-
-def _append_to_proto(reply: AppendReply, now_ms: int) -> store_pb2.ChannelAppendResult:
-    return store_pb2.ChannelAppendResult(
-        status=store_pb2.AppendStatus.Value(f"APPEND_STATUS_{reply.status.name}"),
-        fence_epoch=reply.fence_epoch,
-        last=convert.position_to_proto(reply.last),
-        match_serial=reply.match_serial,
-        conflict_epoch=reply.conflict_epoch,
-        conflict_first_serial=reply.conflict_first_serial,
-        detail=reply.detail,
-        base=convert.position_to_proto(reply.base),
-        damaged_serial=reply.damaged,
-        store_now_ms=now_ms,
-    )
 
 
 def _lock_data_dir(data_dir: str) -> int:

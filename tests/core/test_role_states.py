@@ -13,7 +13,7 @@ from services.core.invariants import InvariantViolation
 from services.core.replica_log import AppendReply, AppendStatus, FenceReply, ReadReply
 from services.core.role import INPUTS, TRANSITIONS, AppendRequest, ChannelRole, Handling, ReadRequest, RoleState
 from services.core.role.channel_role import ChannelRole as RoleClass
-from tests.core.test_role import Replicas, take_over
+from tests.core.role_harness import Replicas, take_over
 
 
 def test_the_table_names_every_input_for_every_state_and_every_input_goes_through_it() -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from services.core import replica_log as log_module
 from services.core.entries import ORIGIN, Entry, Message, Position
-from services.core.replica_log import AppendStatus, MemoryLogStorage, ReplicaLog
+from services.core.memory_log import MemoryLogStorage
+from services.core.replica_log import AppendStatus, ReplicaLog
 
 channel = "orders"
 other_channel = "chat:lobby"
@@ -25,7 +25,7 @@ other_channel = "chat:lobby"
 whole_log_count = 1_000_000
 
 
-def _entries(first_serial: int, epochs: Sequence[int], tag: str = "m") -> list[Entry]:
+def make_entries(first_serial: int, epochs: Sequence[int], tag: str = "m") -> list[Entry]:
     """Entries at first_serial, first_serial + 1, ... with the given epochs and distinct messages."""
     return [
         Entry.make(first_serial + index, epoch, Message(f"{tag}-{first_serial + index}-{epoch}"))
@@ -33,13 +33,13 @@ def _entries(first_serial: int, epochs: Sequence[int], tag: str = "m") -> list[E
     ]
 
 
-def _held(storage: MemoryLogStorage, name: str = channel) -> list[Entry]:
+def held_entries(storage: MemoryLogStorage, name: str = channel) -> list[Entry]:
     return storage.read(name, 0, whole_log_count)
 
 
 def _state(storage: MemoryLogStorage) -> dict[str, tuple[int, tuple[Entry, ...]]]:
     """Everything a replica holds: per channel, its fence and its whole log."""
-    return {name: (storage.fence_of(name), tuple(_held(storage, name))) for name in storage.channels()}
+    return {name: (storage.fence_of(name), tuple(held_entries(storage, name))) for name in storage.channels()}
 
 
 def _replica_with(epochs: Sequence[int], fence: int | None = None) -> tuple[ReplicaLog, MemoryLogStorage]:
@@ -51,9 +51,9 @@ def _replica_with(epochs: Sequence[int], fence: int | None = None) -> tuple[Repl
     if fence:
         assert not replica.fence(channel, fence).fenced
     if epochs:
-        reply = replica.append(channel, fence, ORIGIN, _entries(1, epochs))
+        reply = replica.append(channel, fence, ORIGIN, make_entries(1, epochs))
         assert reply.status is AppendStatus.OK
-    assert [entry.epoch for entry in _held(storage)] == list(epochs)
+    assert [entry.epoch for entry in held_entries(storage)] == list(epochs)
     return replica, storage
 
 
@@ -121,7 +121,7 @@ def test_fences_of_channels_are_independent() -> None:
 def test_append_below_the_fence_is_fenced_and_changes_nothing() -> None:
     replica, storage = _replica_with([1, 1], fence=3)
     before = _state(storage)
-    reply = replica.append(channel, 2, Position(2, 1), _entries(3, [2]))
+    reply = replica.append(channel, 2, Position(2, 1), make_entries(3, [2]))
     assert reply.status is AppendStatus.FENCED
     assert reply.fence_epoch == 3
     assert reply.last == Position(2, 1)
@@ -130,12 +130,12 @@ def test_append_below_the_fence_is_fenced_and_changes_nothing() -> None:
 
 def test_append_at_a_higher_epoch_raises_the_fence() -> None:
     replica, storage = _replica_with([1], fence=1)
-    reply = replica.append(channel, 4, Position(1, 1), _entries(2, [4]))
+    reply = replica.append(channel, 4, Position(1, 1), make_entries(2, [4]))
     assert reply.status is AppendStatus.OK
     assert reply.fence_epoch == 4
     assert storage.fence_of(channel) == 4
     # The old owner is now stale.
-    assert replica.append(channel, 1, Position(2, 4), _entries(3, [1])).status is AppendStatus.FENCED
+    assert replica.append(channel, 1, Position(2, 4), make_entries(3, [1])).status is AppendStatus.FENCED
     assert replica.fence(channel, 3).fenced
 
 
@@ -145,23 +145,23 @@ def test_empty_append_at_a_higher_epoch_raises_the_fence() -> None:
     assert reply.status is AppendStatus.OK
     assert reply.match_serial == 2
     assert storage.fence_of(channel) == 2
-    assert [entry.epoch for entry in _held(storage)] == [1, 1]
+    assert [entry.epoch for entry in held_entries(storage)] == [1, 1]
 
 
 def test_mismatched_append_at_a_higher_epoch_still_raises_the_fence_but_keeps_the_log() -> None:
     replica, storage = _replica_with([1, 1], fence=1)
-    before = _held(storage)
-    reply = replica.append(channel, 3, Position(5, 1), _entries(6, [3]))
+    before = held_entries(storage)
+    reply = replica.append(channel, 3, Position(5, 1), make_entries(6, [3]))
     assert reply.status is AppendStatus.MISMATCH
     assert storage.fence_of(channel) == 3
     assert reply.fence_epoch == 3
-    assert _held(storage) == before
+    assert held_entries(storage) == before
 
 
 def test_append_after_the_end_of_the_log_is_a_mismatch_with_no_conflict() -> None:
     replica, storage = _replica_with([1, 1], fence=2)
     before = _state(storage)
-    reply = replica.append(channel, 2, Position(5, 2), _entries(6, [2]))
+    reply = replica.append(channel, 2, Position(5, 2), make_entries(6, [2]))
     assert reply.status is AppendStatus.MISMATCH
     assert reply.last == Position(2, 1)
     assert reply.conflict_epoch == 0
@@ -174,13 +174,13 @@ def test_append_whose_prev_is_held_at_another_epoch_names_the_conflicting_epoch(
     replica, storage = _replica_with([1, 1, 2, 2, 2, 4], fence=4)
     before = _state(storage)
     # The owner believes serial 4 was written at epoch 3; this replica holds it at epoch 2.
-    reply = replica.append(channel, 5, Position(4, 3), _entries(5, [5]))
+    reply = replica.append(channel, 5, Position(4, 3), make_entries(5, [5]))
     assert reply.status is AppendStatus.MISMATCH
     assert reply.last == Position(6, 4)
     assert reply.conflict_epoch == 2
     assert reply.conflict_first_serial == 3
     # Only the fence moved (to the new owner's epoch); the log is untouched.
-    assert _held(storage) == list(before[channel][1])
+    assert held_entries(storage) == list(before[channel][1])
     assert storage.fence_of(channel) == 5
 
 
@@ -208,30 +208,30 @@ def test_conflict_first_serial_is_the_first_serial_of_the_held_epoch(
 
 def test_append_truncates_the_conflicting_suffix_then_writes() -> None:
     replica, storage = _replica_with([1, 1, 2, 2, 2], fence=2)
-    kept = _held(storage)[:2]
-    new = _entries(3, [3], tag="owner-3")
+    kept = held_entries(storage)[:2]
+    new = make_entries(3, [3], tag="owner-3")
     reply = replica.append(channel, 3, Position(2, 1), new)
     assert reply.status is AppendStatus.OK
     assert reply.match_serial == 3
     assert reply.last == Position(3, 3)
-    assert _held(storage) == kept + new
+    assert held_entries(storage) == kept + new
 
 
 def test_append_skips_held_entries_and_truncates_at_the_first_conflict_inside_the_batch() -> None:
     replica, storage = _replica_with([1, 2, 2, 2, 2], fence=2)
-    held = _held(storage)
+    held = held_entries(storage)
     # The owner's log agrees up to serial 3, then it has entries at epoch 3.
-    batch = [held[1], held[2], *_entries(4, [3, 3], tag="owner-3")]
+    batch = [held[1], held[2], *make_entries(4, [3, 3], tag="owner-3")]
     reply = replica.append(channel, 3, Position(1, 1), batch)
     assert reply.status is AppendStatus.OK
     assert reply.match_serial == 5
-    assert _held(storage) == held[:3] + batch[2:]
+    assert held_entries(storage) == held[:3] + batch[2:]
     assert reply.last == Position(5, 3)
 
 
 def test_late_duplicate_of_an_old_append_never_truncates_later_entries() -> None:
     replica, storage = _replica_with([1, 1, 1, 1, 1], fence=1)
-    held = _held(storage)
+    held = held_entries(storage)
     before = _state(storage)
     reply = replica.append(channel, 1, Position(1, 1), held[1:3])
     assert reply.status is AppendStatus.OK
@@ -242,7 +242,7 @@ def test_late_duplicate_of_an_old_append_never_truncates_later_entries() -> None
 
 def test_late_duplicate_at_an_older_epoch_within_the_fence_never_truncates() -> None:
     replica, storage = _replica_with([1, 1, 2, 2], fence=2)
-    held = _held(storage)
+    held = held_entries(storage)
     before = _state(storage)
     # An append from epoch 2 that is entirely held: the whole log is kept.
     reply = replica.append(channel, 2, ORIGIN, held[:3])
@@ -253,12 +253,12 @@ def test_late_duplicate_at_an_older_epoch_within_the_fence_never_truncates() -> 
 
 def test_append_overlapping_the_end_extends_only_with_the_new_entries() -> None:
     replica, storage = _replica_with([1, 1, 1], fence=1)
-    held = _held(storage)
-    new = _entries(4, [1, 1], tag="late")
+    held = held_entries(storage)
+    new = make_entries(4, [1, 1], tag="late")
     reply = replica.append(channel, 1, Position(1, 1), [*held[1:], *new])
     assert reply.status is AppendStatus.OK
     assert reply.match_serial == 5
-    assert _held(storage) == held + new
+    assert held_entries(storage) == held + new
 
 
 # Rule 4: malformed appends are refused whole and change nothing.
@@ -266,7 +266,7 @@ def test_append_overlapping_the_end_extends_only_with_the_new_entries() -> None:
 
 def _malformed_cases() -> list[tuple[str, Position, list[Entry], AppendStatus]]:
     """(name, prev, entries, expected status) for an append at epoch 5 onto the log [1, 1, 2]."""
-    good = _entries(4, [3, 4, 5], tag="new")
+    good = make_entries(4, [3, 4, 5], tag="new")
     bad_checksum = [good[0], Entry(good[1].serial, good[1].epoch, good[1].message, good[1].checksum + 1), good[2]]
     return [
         ("bad checksum", Position(3, 2), bad_checksum, AppendStatus.CORRUPT),
@@ -276,22 +276,22 @@ def _malformed_cases() -> list[tuple[str, Position, list[Entry], AppendStatus]]:
             [Entry(4, 3, good[0].message, good[0].checksum + 1)],
             AppendStatus.CORRUPT,
         ),
-        ("first serial is not prev + 1", Position(3, 2), _entries(5, [3, 4]), AppendStatus.INVALID),
-        ("first serial repeats prev", Position(3, 2), _entries(3, [3, 4]), AppendStatus.INVALID),
-        ("gap inside the batch", Position(3, 2), [*_entries(4, [3]), *_entries(6, [3])], AppendStatus.INVALID),
+        ("first serial is not prev + 1", Position(3, 2), make_entries(5, [3, 4]), AppendStatus.INVALID),
+        ("first serial repeats prev", Position(3, 2), make_entries(3, [3, 4]), AppendStatus.INVALID),
+        ("gap inside the batch", Position(3, 2), [*make_entries(4, [3]), *make_entries(6, [3])], AppendStatus.INVALID),
         (
             "serial repeated inside",
             Position(3, 2),
-            [*_entries(4, [3]), *_entries(4, [3], tag="x")],
+            [*make_entries(4, [3]), *make_entries(4, [3], tag="x")],
             AppendStatus.INVALID,
         ),
-        ("epochs decrease inside", Position(3, 2), _entries(4, [4, 3]), AppendStatus.INVALID),
-        ("first entry below prev epoch", Position(3, 2), _entries(4, [1]), AppendStatus.INVALID),
-        ("entry epoch above the append epoch", Position(3, 2), _entries(4, [3, 6]), AppendStatus.INVALID),
-        ("prev epoch above the append epoch", Position(3, 6), _entries(4, [6]), AppendStatus.INVALID),
+        ("epochs decrease inside", Position(3, 2), make_entries(4, [4, 3]), AppendStatus.INVALID),
+        ("first entry below prev epoch", Position(3, 2), make_entries(4, [1]), AppendStatus.INVALID),
+        ("entry epoch above the append epoch", Position(3, 2), make_entries(4, [3, 6]), AppendStatus.INVALID),
+        ("prev epoch above the append epoch", Position(3, 6), make_entries(4, [6]), AppendStatus.INVALID),
         ("prev epoch above, no entries", Position(3, 6), [], AppendStatus.INVALID),
-        ("origin serial with an epoch", Position(0, 1), _entries(1, [1]), AppendStatus.INVALID),
-        ("negative prev serial", Position(-1, 0), _entries(0, [1]), AppendStatus.INVALID),
+        ("origin serial with an epoch", Position(0, 1), make_entries(1, [1]), AppendStatus.INVALID),
+        ("negative prev serial", Position(-1, 0), make_entries(0, [1]), AppendStatus.INVALID),
     ]
 
 
@@ -306,7 +306,7 @@ def test_malformed_append_is_refused_and_changes_nothing(
     journal: list[tuple[str, str, object]] = []
     storage = MemoryLogStorage(journal=journal)
     replica = ReplicaLog(storage)
-    assert replica.append(channel, 2, ORIGIN, _entries(1, [1, 1, 2])).status is AppendStatus.OK
+    assert replica.append(channel, 2, ORIGIN, make_entries(1, [1, 1, 2])).status is AppendStatus.OK
     before, journal_length = _state(storage), len(journal)
     # Epoch 5 is above the fence (2): a replica that wrongly accepted part of it would raise the fence.
     reply = replica.append(channel, 5, prev, entries)
@@ -323,7 +323,7 @@ def test_malformed_append_that_would_also_conflict_is_refused_without_truncating
     replica, storage = _replica_with([1, 1, 2, 2], fence=2)
     before = _state(storage)
     # prev (2, 1) is held, so a well-formed append would truncate serials 3 and 4; this one is corrupt.
-    new = _entries(3, [3, 3])
+    new = make_entries(3, [3, 3])
     corrupt = [new[0], Entry(new[1].serial, new[1].epoch, new[1].message, new[1].checksum + 1)]
     assert replica.append(channel, 3, Position(2, 1), corrupt).status is AppendStatus.CORRUPT
     assert _state(storage) == before
@@ -334,7 +334,7 @@ def test_malformed_append_that_would_also_conflict_is_refused_without_truncating
 
 def test_read_returns_the_requested_range_and_the_last_position() -> None:
     replica, storage = _replica_with([1] * 6 + [2] * 4)
-    held = _held(storage)
+    held = held_entries(storage)
     reply = replica.read(channel, 3, 4)
     assert reply.entries == tuple(held[3:7])
     assert [entry.serial for entry in reply.entries] == [4, 5, 6, 7]
@@ -367,7 +367,7 @@ def test_read_of_an_unknown_channel_is_empty() -> None:
 
 def test_read_limit_is_capped_by_read_entries_max() -> None:
     storage = MemoryLogStorage()
-    storage.extend(channel, _entries(1, [1] * (log_module.read_entries_max + 7)))
+    storage.extend(channel, make_entries(1, [1] * (log_module.read_entries_max + 7)))
     replica = ReplicaLog(storage)
     reply = replica.read(channel, 0, log_module.read_entries_max * 3)
     assert len(reply.entries) == log_module.read_entries_max
@@ -379,7 +379,7 @@ def test_read_limit_is_capped_by_read_entries_max() -> None:
 
 def test_read_flags_a_corrupted_stored_entry() -> None:
     storage = MemoryLogStorage()
-    good = _entries(1, [1, 1, 1, 1])
+    good = make_entries(1, [1, 1, 1, 1])
     damaged = Entry(good[2].serial, good[2].epoch, Message("flipped-bits"), good[2].checksum)
     # Corruption at rest: the engine hands back an entry whose checksum no longer matches.
     storage.extend(channel, [good[0], good[1], damaged, good[3]])
@@ -396,22 +396,22 @@ def test_read_flags_a_corrupted_stored_entry() -> None:
 
 def test_no_epoch_check_bug_accepts_a_stale_append() -> None:
     correct, correct_storage = _replica_with([1, 1], fence=3)
-    stale = _entries(3, [1], tag="stale")
+    stale = make_entries(3, [1], tag="stale")
     assert correct.append(channel, 1, Position(2, 1), stale).status is AppendStatus.FENCED
-    assert len(_held(correct_storage)) == 2
+    assert len(held_entries(correct_storage)) == 2
 
     storage = correct_storage.clone()
     buggy = ReplicaLog(storage, bugs=frozenset({"no-epoch-check"}))
     reply = buggy.append(channel, 1, Position(2, 1), stale)
     assert reply.status is AppendStatus.OK
-    assert _held(storage)[2:] == stale
+    assert held_entries(storage)[2:] == stale
     assert storage.fence_of(channel) == 3
 
 
 def test_unknown_bug_names_leave_the_epoch_check_on() -> None:
     replica = ReplicaLog(MemoryLogStorage(), bugs=frozenset({"something-else"}))
     replica.fence(channel, 3)
-    assert replica.append(channel, 1, ORIGIN, _entries(1, [1])).status is AppendStatus.FENCED
+    assert replica.append(channel, 1, ORIGIN, make_entries(1, [1])).status is AppendStatus.FENCED
 
 
 # Journal, replay and clone.
@@ -420,11 +420,11 @@ def test_unknown_bug_names_leave_the_epoch_check_on() -> None:
 def _drive(replica: ReplicaLog) -> None:
     """A few mutations of every kind on two channels."""
     replica.fence(channel, 1)
-    replica.append(channel, 1, ORIGIN, _entries(1, [1, 1, 1]))
+    replica.append(channel, 1, ORIGIN, make_entries(1, [1, 1, 1]))
     replica.fence(other_channel, 2)
-    replica.append(other_channel, 2, ORIGIN, _entries(1, [2]))
-    replica.append(channel, 2, Position(1, 1), _entries(2, [2], tag="owner-2"))
-    replica.append(channel, 3, Position(2, 2), _entries(3, [3, 3], tag="owner-3"))
+    replica.append(other_channel, 2, ORIGIN, make_entries(1, [2]))
+    replica.append(channel, 2, Position(1, 1), make_entries(2, [2], tag="owner-2"))
+    replica.append(channel, 3, Position(2, 2), make_entries(3, [3, 3], tag="owner-3"))
     replica.fence(channel, 2)  # fenced: changes nothing
 
 
@@ -433,9 +433,9 @@ def test_journal_records_each_mutation_in_order() -> None:
     storage = MemoryLogStorage(journal=journal)
     replica = ReplicaLog(storage)
     replica.fence(channel, 1)
-    first = _entries(1, [1, 1, 1])
+    first = make_entries(1, [1, 1, 1])
     replica.append(channel, 1, ORIGIN, first)
-    second = _entries(2, [2], tag="owner-2")
+    second = make_entries(2, [2], tag="owner-2")
     replica.append(channel, 2, Position(1, 1), second)
     assert journal == [
         ("fence", channel, 1),
@@ -450,13 +450,13 @@ def test_refused_and_duplicate_appends_and_repeated_fences_record_nothing() -> N
     journal: list[tuple[str, str, object]] = []
     storage = MemoryLogStorage(journal=journal)
     replica = ReplicaLog(storage)
-    held = _entries(1, [2, 2, 2])
+    held = make_entries(1, [2, 2, 2])
     replica.append(channel, 2, ORIGIN, held)
     length = len(journal)
     replica.fence(channel, 2)  # same epoch
     replica.fence(channel, 1)  # fenced
-    replica.append(channel, 1, ORIGIN, _entries(1, [1]))  # fenced
-    replica.append(channel, 2, Position(7, 2), _entries(8, [2]))  # mismatch
+    replica.append(channel, 1, ORIGIN, make_entries(1, [1]))  # fenced
+    replica.append(channel, 2, Position(7, 2), make_entries(8, [2]))  # mismatch
     replica.append(channel, 2, ORIGIN, held[:2])  # late duplicate of a prefix
     replica.append(channel, 2, Position(1, 2), held[1:])  # late duplicate reaching the end of the log
     assert journal[length:] == []
@@ -478,9 +478,9 @@ def test_replay_of_a_prefix_reproduces_the_state_at_that_point() -> None:
     journal: list[tuple[str, str, object]] = []
     storage = MemoryLogStorage(journal=journal)
     replica = ReplicaLog(storage)
-    replica.append(channel, 1, ORIGIN, _entries(1, [1, 1]))
+    replica.append(channel, 1, ORIGIN, make_entries(1, [1, 1]))
     snapshot, length = _state(storage), len(journal)
-    replica.append(channel, 2, Position(1, 1), _entries(2, [2]))
+    replica.append(channel, 2, Position(1, 1), make_entries(2, [2]))
     replayed = MemoryLogStorage()
     replayed.replay(journal[:length])
     assert _state(replayed) == snapshot
@@ -497,12 +497,12 @@ def test_clone_copies_the_state_and_records_only_later_mutations() -> None:
     assert _state(copy) == original_state
     assert clone_journal == []
 
-    ReplicaLog(copy).append(channel, 4, Position(1, 1), _entries(2, [4], tag="owner-4"))
+    ReplicaLog(copy).append(channel, 4, Position(1, 1), make_entries(2, [4], tag="owner-4"))
     assert [kind for kind, _, _ in clone_journal] == ["fence", "truncate", "extend"]
     # The copy is independent of the original, which neither changed nor recorded anything.
     assert _state(storage) == original_state
     assert len(original_journal) == original_length
-    assert [entry.epoch for entry in _held(copy)] == [1, 4]
+    assert [entry.epoch for entry in held_entries(copy)] == [1, 4]
 
     # Replaying the original's journal then the clone's reproduces the clone.
     replayed = MemoryLogStorage()
@@ -520,249 +520,3 @@ def test_clone_without_a_journal_records_nothing() -> None:
     assert copy.journal is None
     assert journal == [("fence", channel, 1)]
     assert storage.fence_of(channel) == 1
-
-
-# Rule 3 against a naive reference, on a replica and an owner whose logs share a prefix then diverge.
-
-
-def _reference_append(log: list[Entry], entries: Sequence[Entry]) -> list[Entry]:
-    """Rule 3 written naively: walk the entries, skip the held ones, truncate at the first conflict."""
-    result = list(log)
-    for index, entry in enumerate(entries):
-        if entry.serial <= len(result) and result[entry.serial - 1].epoch == entry.epoch:
-            continue
-        return result[: entry.serial - 1] + list(entries[index:])
-    return result
-
-
-nondecreasing_epochs = st.lists(st.integers(min_value=1, max_value=4), max_size=8).map(sorted)
-
-
-@given(
-    common_epochs=nondecreasing_epochs,
-    replica_extra=st.integers(min_value=0, max_value=6),
-    owner_shares=st.integers(min_value=0, max_value=6),
-    owner_new=st.integers(min_value=0, max_value=4),
-    data=st.data(),
-)
-def test_append_matches_the_naive_reference(
-    common_epochs: list[int], replica_extra: int, owner_shares: int, owner_new: int, data: st.DataObject
-) -> None:
-    owner_epoch = 5
-    # After the common part, earlier owners (epochs up to 4) wrote a tail this replica holds.
-    floor = common_epochs[-1] if common_epochs else 1
-    replica_tail_epochs = sorted(
-        data.draw(st.lists(st.integers(floor, 4), min_size=replica_extra, max_size=replica_extra))
-    )
-    replica_log = _entries(1, [*common_epochs, *replica_tail_epochs], tag="replica")
-    # The owner holds the common part, a copy of some of the replica's tail, then its own entries at epoch 5.
-    shared = replica_log[: len(common_epochs) + min(owner_shares, replica_extra)]
-    owner_log = shared + _entries(len(shared) + 1, [owner_epoch] * owner_new, tag="owner")
-
-    storage = MemoryLogStorage()
-    storage.set_fence(channel, data.draw(st.integers(min_value=max(floor, *replica_tail_epochs, 0), max_value=5)))
-    storage.extend(channel, replica_log)
-    replica = ReplicaLog(storage)
-    start = data.draw(st.integers(min_value=0, max_value=len(owner_log)), label="prev index")
-    end = data.draw(st.integers(min_value=start, max_value=len(owner_log)), label="end")
-    prev = owner_log[start - 1].position if start else ORIGIN
-    entries = owner_log[start:end]
-
-    reply = replica.append(channel, owner_epoch, prev, entries)
-
-    assert reply.fence_epoch == storage.fence_of(channel) == owner_epoch
-    if prev.serial == 0 or (prev.serial <= len(replica_log) and replica_log[prev.serial - 1].epoch == prev.epoch):
-        assert reply.status is AppendStatus.OK
-        expected = _reference_append(replica_log, entries)
-        assert _held(storage) == expected
-        assert reply.match_serial == end
-        assert _held(storage)[:end] == owner_log[:end]
-        assert reply.last == (expected[-1].position if expected else ORIGIN)
-    else:
-        assert reply.status is AppendStatus.MISMATCH
-        assert _held(storage) == replica_log
-        assert reply.last == (replica_log[-1].position if replica_log else ORIGIN)
-        if prev.serial <= len(replica_log):
-            held_epoch = replica_log[prev.serial - 1].epoch
-            first = next(entry.serial for entry in replica_log if entry.epoch == held_epoch)
-            assert (reply.conflict_epoch, reply.conflict_first_serial) == (held_epoch, first)
-        else:
-            assert (reply.conflict_epoch, reply.conflict_first_serial) == (0, 0)
-
-
-# A stateful model: owners at distinct epochs, each with its own copy of the log.
-
-
-epochs_max = 12
-malformations = st.sampled_from(["checksum", "serial", "epoch-above", "epoch-below", "prev-above"])
-
-
-class ReplicaLogMachine(RuleBasedStateMachine):
-    """One replica, several owners. Every reply and every log is compared with a naive model."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.journal: list[tuple[str, str, object]] = []
-        self.storage = MemoryLogStorage(journal=self.journal)
-        self.replica = ReplicaLog(self.storage)
-        self.fence = 0
-        self.owners: dict[int, list[Entry]] = {}
-        self.message_count = 0
-
-    def _log(self) -> list[Entry]:
-        return _held(self.storage)
-
-    def _new_message(self) -> Message:
-        self.message_count += 1
-        return Message(f"message-{self.message_count}")
-
-    @initialize(data=st.data())
-    def first_owner(self, data: st.DataObject) -> None:
-        self.take_over(data)
-
-    @precondition(lambda self: len(self.owners) < epochs_max)
-    @rule(data=st.data())
-    def take_over(self, data: st.DataObject) -> None:
-        # Each epoch has one owner. Usually the next owner takes the next epoch above the fence; sometimes
-        # an owner arrives late with an epoch below the fence and is stale from the start.
-        unused = [epoch for epoch in range(1, epochs_max + 1) if epoch not in self.owners]
-        stale = [epoch for epoch in unused if epoch < self.fence]
-        fresh = [epoch for epoch in unused if epoch > self.fence]
-        if stale and (not fresh or data.draw(st.integers(min_value=0, max_value=3), label="stale") == 0):
-            epoch = data.draw(st.sampled_from(stale), label="stale epoch")
-        else:
-            epoch = fresh[0]
-        before = self._log()
-        reply = self.replica.fence(channel, epoch)
-        assert reply.fenced == (epoch < self.fence)
-        self.fence = max(self.fence, epoch)
-        assert reply.fence_epoch == self.fence
-        assert reply.last == (before[-1].position if before else ORIGIN)
-        assert self._log() == before
-        # The owner adopts a prefix of this log (as if another replica of the fence quorum were shorter),
-        # keeping only entries it could have seen (a stale owner never sees later epochs), then rewrites
-        # the tail at its own epoch, as recovery does.
-        keep = data.draw(st.integers(min_value=0, max_value=len(before)), label="keep")
-        adopted = [entry for entry in before[:keep] if entry.epoch <= epoch]
-        rewrite = data.draw(st.integers(min_value=1 if adopted else 0, max_value=len(adopted)), label="rewrite")
-        for index in range(len(adopted) - rewrite, len(adopted)):
-            adopted[index] = adopted[index].with_epoch(epoch)
-        self.owners[epoch] = adopted
-        if data.draw(st.booleans(), label="recover now"):
-            # Recovery writes the rewritten tail right away, after the last entry it did not rewrite.
-            start = len(adopted) - rewrite
-            self._send(epoch, adopted[start - 1].position if start else ORIGIN, adopted[start:])
-
-    @rule(data=st.data(), count=st.integers(min_value=1, max_value=3))
-    def publish(self, data: st.DataObject, count: int) -> None:
-        epoch = self._draw_owner(data)
-        owner_log = self.owners[epoch]
-        for _ in range(count):
-            owner_log.append(Entry.make(len(owner_log) + 1, epoch, self._new_message()))
-
-    def _draw_owner(self, data: st.DataObject, length_min: int = 0) -> int:
-        """Usually the newest owner (the one that is not stale), sometimes any owner."""
-        epochs = sorted(epoch for epoch, owner_log in self.owners.items() if len(owner_log) >= length_min)
-        if data.draw(st.booleans(), label="newest"):
-            return epochs[-1]
-        return data.draw(st.sampled_from(epochs), label="owner")
-
-    def _draw_append(self, data: st.DataObject, length_min: int = 0) -> tuple[int, Position, list[Entry]]:
-        epoch = self._draw_owner(data, length_min)
-        owner_log = self.owners[epoch]
-        start = data.draw(st.integers(min_value=0, max_value=len(owner_log) - length_min), label="prev index")
-        length = data.draw(st.integers(min_value=length_min, max_value=len(owner_log) - start), label="length")
-        prev = owner_log[start - 1].position if start else ORIGIN
-        return epoch, prev, owner_log[start : start + length]
-
-    @rule(data=st.data(), count=st.integers(min_value=0, max_value=3))
-    def publish_and_send_tail(self, data: st.DataObject, count: int) -> None:
-        """The common case: an owner publishes and sends everything from some point to its end."""
-        epoch = self._draw_owner(data)
-        owner_log = self.owners[epoch]
-        for _ in range(count):
-            owner_log.append(Entry.make(len(owner_log) + 1, epoch, self._new_message()))
-        start = data.draw(st.integers(min_value=0, max_value=len(owner_log)), label="prev index")
-        self._send(epoch, owner_log[start - 1].position if start else ORIGIN, owner_log[start:])
-
-    @rule(data=st.data())
-    def send_append(self, data: st.DataObject) -> None:
-        self._send(*self._draw_append(data))
-
-    def _send(self, epoch: int, prev: Position, entries: list[Entry]) -> None:
-        before = self._log()
-        reply = self.replica.append(channel, epoch, prev, entries)
-        if epoch < self.fence:
-            assert reply.status is AppendStatus.FENCED
-            assert reply.fence_epoch == self.fence
-            assert self._log() == before
-            return
-        self.fence = epoch
-        assert reply.fence_epoch == epoch
-        prev_held = prev.serial == 0 or (prev.serial <= len(before) and before[prev.serial - 1].epoch == prev.epoch)
-        if not prev_held:
-            assert reply.status is AppendStatus.MISMATCH
-            assert self._log() == before
-            assert reply.last == (before[-1].position if before else ORIGIN)
-            if prev.serial <= len(before):
-                held_epoch = before[prev.serial - 1].epoch
-                first = next(entry.serial for entry in before if entry.epoch == held_epoch)
-                assert (reply.conflict_epoch, reply.conflict_first_serial) == (held_epoch, first)
-            else:
-                assert (reply.conflict_epoch, reply.conflict_first_serial) == (0, 0)
-            return
-        assert reply.status is AppendStatus.OK
-        after = self._log()
-        assert after == _reference_append(before, entries)
-        assert reply.match_serial == prev.serial + len(entries)
-        assert reply.last == (after[-1].position if after else ORIGIN)
-        # The replica now matches the owner up to match_serial.
-        assert after[: reply.match_serial] == self.owners[epoch][: reply.match_serial]
-
-    @precondition(lambda self: any(self.owners.values()))
-    @rule(data=st.data(), kind=malformations)
-    def send_malformed_append(self, data: st.DataObject, kind: str) -> None:
-        epoch, prev, entries = self._draw_append(data, length_min=1)
-        index = data.draw(st.integers(min_value=0, max_value=len(entries) - 1), label="index")
-        entry = entries[index]
-        floor = entries[index - 1].epoch if index else prev.epoch
-        expected = AppendStatus.INVALID
-        if kind == "checksum":
-            entries = [*entries[:index], Entry(entry.serial, entry.epoch, entry.message, entry.checksum + 1)]
-            expected = AppendStatus.CORRUPT
-        elif kind == "serial":
-            entries = [*entries[:index], Entry.make(entry.serial + 1, entry.epoch, entry.message)]
-        elif kind == "epoch-above":
-            entries = [*entries[:index], Entry.make(entry.serial, epoch + 1, entry.message)]
-        elif kind == "epoch-below" and floor >= 1:
-            entries = [*entries[:index], Entry.make(entry.serial, floor - 1, entry.message)]
-        else:
-            prev = Position(prev.serial, epoch + 1)
-        before, fence, journal_length = self._log(), self.storage.fence_of(channel), len(self.journal)
-        reply = self.replica.append(channel, epoch, prev, entries)
-        assert reply.status is (AppendStatus.FENCED if epoch < self.fence else expected)
-        assert self._log() == before
-        assert self.storage.fence_of(channel) == fence
-        assert len(self.journal) == journal_length
-
-    @invariant()
-    def log_is_contiguous_ordered_and_intact(self) -> None:
-        held = self._log()
-        assert [entry.serial for entry in held] == list(range(1, len(held) + 1))
-        epochs = [entry.epoch for entry in held]
-        assert epochs == sorted(epochs)
-        assert all(entry.intact() for entry in held)
-        assert max(epochs, default=0) <= self.fence
-        assert self.storage.fence_of(channel) == self.fence
-        assert self.storage.last(channel) == (held[-1].position if held else ORIGIN)
-
-    @invariant()
-    def journal_replays_to_the_same_state(self) -> None:
-        replayed = MemoryLogStorage()
-        replayed.replay(self.journal)
-        assert replayed.fence_of(channel) == self.storage.fence_of(channel)
-        assert _held(replayed) == self._log()
-
-
-ReplicaLogMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
-test_replica_log_model = ReplicaLogMachine.TestCase

@@ -10,6 +10,7 @@ import pytest
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
 from tests.integration.etcd import EtcdServer
+from tests.integration.procs import ServiceProcesses
 
 
 @pytest.fixture
@@ -41,3 +42,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
         yield launcher
     finally:
         launcher.stop_all()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[ServiceProcesses]:
+    """Service processes started by one test, each stopped when it ends (logs under tmp_path/logs)."""
+    with ServiceProcesses(tmp_path / "logs") as started:
+        yield started

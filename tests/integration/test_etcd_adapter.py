@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import pytest
 
-from services.common.etcd import MEMBERS_PREFIX, Etcd, EtcdUnavailable, MemberRecord, Membership, Registration
+from services.common.etcd import MEMBERS_PREFIX, Etcd, EtcdUnavailable, MemberRecord, Membership
+from services.common.registration import Registration
 from tests.integration.etcd import EtcdServer
 
 T = TypeVar("T")
