@@ -66,6 +66,9 @@ def test_stale_inputs_are_dropped_and_reported() -> None:
     late = role.on_fence_reply("store-c", FenceReply(False, 7, Position(0, 0)), 5)
     assert [(s.input, s.state) for s in late.stale] == [("fence_reply", "serving")]
     assert not late.sends and role.state is RoleState.SERVING
+    unknown = ReadRequest("ch", 7, 0, 10, 12_345)  # a read the role no longer waits for (timed out)
+    dropped = role.on_read_reply("store-a", unknown, ReadReply((), Position(0, 0)), 5)
+    assert [(s.input, s.state) for s in dropped.stale] == [("read_reply", "serving")] and not dropped.sends
     role.stop("FENCED")
     read = ReadRequest("ch", 7, 0, 10, 99)
     after = role.on_read_reply("store-a", read, ReadReply((), Position(0, 0)), 6)

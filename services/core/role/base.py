@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 from services.core.entries import Entry, Message, Position
 from services.core.invariants import invariant
@@ -16,7 +17,7 @@ from services.core.role.states import TRANSITIONS, RoleState
 
 
 @dataclass(slots=True)
-class _Replica:
+class ReplicaView:
     """What the owner knows about one replica's log."""
 
     name: str
@@ -36,7 +37,9 @@ class _Replica:
 
 
 @dataclass(slots=True)
-class _Pending:
+class PendingPublish:
+    """A publish whose serials are assigned, waiting for its last one to commit."""
+
     token: int
     last_serial: int
     serials: tuple[int, ...]
@@ -45,16 +48,21 @@ class _Pending:
 
 
 @dataclass(slots=True)
-class _Subscriber:
+class Subscriber:
+    """Where a subscription is: the next serial it gets, and the read in flight for it (0: none)."""
+
     next_serial: int
     read_sequence: int = 0
 
 
+ReadPurpose = Literal["recover", "recover-ids", "backfill", "subscriber", "history"]
+
+
 @dataclass(slots=True)
-class _Read:
+class ReadInFlight:
     """A read in flight: what it is for and where it went."""
 
-    purpose: str  # "recover", "recover-ids", "backfill", "subscriber" or "history"
+    purpose: ReadPurpose
     replica: str
     sent_ms: int
     owner: int  # subscriber token, history token, or the serial a backfill is for
@@ -75,7 +83,7 @@ class RoleBase:
         self.state = RoleState.FENCING
         self.stop_reason = ""
         self.quorum = quorum_size(len(config.replicas))
-        self.replicas = {name: _Replica(name) for name in config.replicas}
+        self.replicas = {name: ReplicaView(name) for name in config.replicas}
         self.started_ms = now_ms
         # A takeover is abandoned when it stops making progress, not when it is merely long: many
         # large recoveries at once share the stores' read bandwidth, and restarting them all on a
@@ -94,11 +102,11 @@ class RoleBase:
         self.epoch_start_serial = 1
         self.commit = 0
         self.dedup = DedupWindow(config.dedup_window_ms, config.dedup_entries_max)
-        self.pending: deque[_Pending] = deque()
+        self.pending: deque[PendingPublish] = deque()
         self.queued: deque[tuple[int, tuple[Message, ...]]] = deque()
-        self.subscribers: dict[int, _Subscriber] = {}
+        self.subscribers: dict[int, Subscriber] = {}
         self.histories: dict[int, tuple[int, int]] = {}  # token → (after serial, limit), waiting
-        self.reads: dict[int, _Read] = {}
+        self.reads: dict[int, ReadInFlight] = {}
         self.recovery: dict[str, list[Entry]] = {}
         self.recovery_target: dict[str, Position] = {}
         # Per source that had trimmed below the suffix we asked for: its base (our log's start).
@@ -134,14 +142,14 @@ class RoleBase:
         self._sequence += 1
         return self._sequence
 
-    def _reset(self, replica: _Replica) -> None:
+    def _reset(self, replica: ReplicaView) -> None:
         replica.next = replica.match + 1
         replica.inflight.clear()
         replica.reset_sequence = self._sequence
 
     def _send_read(
         self,
-        purpose: str,
+        purpose: ReadPurpose,
         replica: str,
         after: int,
         limit: int,
@@ -152,7 +160,7 @@ class RoleBase:
         ids_only: bool = False,
     ) -> int:
         sequence = self._next_sequence()
-        self.reads[sequence] = _Read(purpose, replica, now_ms, owner, after, limit)
+        self.reads[sequence] = ReadInFlight(purpose, replica, now_ms, owner, after, limit)
         effects.sends.append(
             StoreSend(replica, ReadRequest(self.channel, self.epoch, after, limit, sequence, ids_only))
         )
@@ -180,7 +188,7 @@ class RoleBase:
             return tuple(entry for entry in trusted if entry.serial < reply.damaged), reply.damaged
         return tuple(trusted), 0
 
-    def _note_damage(self, replica: _Replica, serial: int, where: str, effects: Effects) -> None:
+    def _note_damage(self, replica: ReplicaView, serial: int, where: str, effects: Effects) -> None:
         """`replica` is missing (or holds corrupt) the entry at `serial`: say so once, and, while we
         serve, rewrite it from there (rule 8) — it no longer counts as holding what follows."""
         if replica.damaged and replica.damaged <= serial:
@@ -209,7 +217,7 @@ class RoleBase:
     def _pump(self, now_ms: int, effects: Effects) -> None:
         raise NotImplementedError  # replication.py
 
-    def _send_empty_append(self, replica: _Replica, now_ms: int, effects: Effects) -> None:
+    def _send_empty_append(self, replica: ReplicaView, now_ms: int, effects: Effects) -> None:
         raise NotImplementedError  # replication.py
 
     def _feed_subscribers(self, now_ms: int, effects: Effects) -> None:
@@ -221,7 +229,7 @@ class RoleBase:
     def _trim_tail(self) -> None:
         raise NotImplementedError  # retention.py
 
-    def _fenced_out(self, replica: _Replica, fence_epoch: int, effects: Effects) -> bool:
+    def _fenced_out(self, replica: ReplicaView, fence_epoch: int, effects: Effects) -> bool:
         raise NotImplementedError  # replication.py
 
     def _stop(self, reason: str, effects: Effects) -> None:

@@ -108,7 +108,8 @@ class ChannelRole(Takeover, Replication, Reads, Retention):
         self, replica: str, request: ReadRequest, reply: ReadReply, now_ms: int, effects: Effects
     ) -> None:
         read = self.reads.pop(request.sequence, None)
-        if read is None or read.replica != replica or self.state is RoleState.STOPPED:
+        if read is None or read.replica != replica:  # timed out, or given up with the log it was for
+            effects.stale.append(StaleInput(self.channel, self.epoch, "read_reply", self.state.value))
             return
         if read.purpose == "recover":
             self._on_recovery_read(read, reply, now_ms, effects)
@@ -169,8 +170,6 @@ class ChannelRole(Takeover, Replication, Reads, Retention):
 
     def _tick(self, now_ms: int, effects: Effects) -> None:
         """Time passes: take-over deadline, append and read retransmissions, dedup expiry."""
-        if self.state is RoleState.STOPPED:
-            return
         if self.state is not RoleState.SERVING:
             if now_ms - self.progress_ms > self.config.takeover_timeout_ms:
                 self._stop(Reason.TAKEOVER_TIMEOUT, effects)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ringcast.reasons import Reason
 from services.core.entries import Entry
 from services.core.replica_log import ReadReply
-from services.core.role.base import RoleBase, _Read, _Subscriber
+from services.core.role.base import ReadInFlight, ReadPurpose, RoleBase, Subscriber
 from services.core.role.messages import (
     Delivery,
     Effects,
@@ -27,7 +27,7 @@ class Reads(RoleBase):
         if token not in self.subscribers and len(self.subscribers) >= self.config.subscribers_max:
             effects.deliveries.append(SubscriberDelivery(token, Delivery(end_reason=Reason.TOO_MANY_SUBSCRIBERS)))
             return
-        self.subscribers[token] = _Subscriber(max(after_serial, 0) + 1)
+        self.subscribers[token] = Subscriber(max(after_serial, 0) + 1)
         self._feed_subscribers(now_ms, effects)
 
     def unsubscribe(self, token: int) -> None:
@@ -89,7 +89,9 @@ class Reads(RoleBase):
             else:
                 self._read_committed("history", token, after, min(end, self.tail_base) - after, now_ms, effects)
 
-    def _read_committed(self, purpose: str, owner: int, after: int, limit: int, now_ms: int, effects: Effects) -> int:
+    def _read_committed(
+        self, purpose: ReadPurpose, owner: int, after: int, limit: int, now_ms: int, effects: Effects
+    ) -> int:
         """Read committed entries we no longer hold from the replica that matches us furthest."""
         source = max(self.replicas.values(), key=lambda r: r.match)
         limit = min(limit, self.config.read_entries_max, source.match - after)
@@ -98,7 +100,7 @@ class Reads(RoleBase):
         return self._send_read(purpose, source.name, after, limit, owner, now_ms, effects)
 
     def _checked_committed(
-        self, read: _Read, reply: ReadReply, effects: Effects
+        self, read: ReadInFlight, reply: ReadReply, effects: Effects
     ) -> tuple[tuple[Entry, ...], int] | None:
         """The reply's committed entries that can be trusted, with the serial they resume at when the
         replica no longer holds the first ones asked for (else 0); None when nothing in it can be
@@ -114,7 +116,7 @@ class Reads(RoleBase):
             return None
         return entries, gap
 
-    def _on_subscriber_read(self, read: _Read, reply: ReadReply, now_ms: int, effects: Effects) -> None:
+    def _on_subscriber_read(self, read: ReadInFlight, reply: ReadReply, now_ms: int, effects: Effects) -> None:
         subscriber = self.subscribers.get(read.owner)
         if subscriber is None or subscriber.read_sequence == 0:
             return
@@ -127,7 +129,7 @@ class Reads(RoleBase):
                 subscriber.next_serial = entries[-1].serial + 1 if entries else gap
         self._feed_subscribers(now_ms, effects)
 
-    def _on_history_read(self, read: _Read, reply: ReadReply, now_ms: int, effects: Effects) -> None:
+    def _on_history_read(self, read: ReadInFlight, reply: ReadReply, now_ms: int, effects: Effects) -> None:
         if read.owner not in self.histories:
             return
         checked = self._checked_committed(read, reply, effects)

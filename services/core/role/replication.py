@@ -8,7 +8,7 @@ from services.core.entries import Entry, Message, Position
 from services.core.invariants import invariant
 from services.core.quorum import advance_commit
 from services.core.replica_log import AppendReply, AppendStatus, ReadReply
-from services.core.role.base import RoleBase, _Pending, _Read, _Replica
+from services.core.role.base import PendingPublish, ReadInFlight, ReplicaView, RoleBase
 from services.core.role.messages import (
     AppendRequest,
     Effects,
@@ -70,7 +70,7 @@ class Replication(RoleBase):
         batch_last = self.last
         for index in range(first_new - self.tail_base - 1, len(self.tail)):
             self.tail_batch_last[index] = batch_last
-        pending = _Pending(token, max(serials), tuple(serials), tuple(duplicates), now_ms)
+        pending = PendingPublish(token, max(serials), tuple(serials), tuple(duplicates), now_ms)
         if "ack-before-quorum" in self.bugs or pending.last_serial <= self.commit:
             effects.results.append(PublishAnswer(token, PublishResult(True, pending.serials, pending.duplicates)))
         else:
@@ -105,7 +105,7 @@ class Replication(RoleBase):
 
     def _send_append(
         self,
-        replica: _Replica,
+        replica: ReplicaView,
         prev: Position,
         entries: tuple[Entry, ...],
         now_ms: int,
@@ -123,7 +123,7 @@ class Replication(RoleBase):
         )
         effects.sends.append(StoreSend(replica.name, request))
 
-    def _backfill(self, replica: _Replica, now_ms: int, effects: Effects) -> None:
+    def _backfill(self, replica: ReplicaView, now_ms: int, effects: Effects) -> None:
         """`replica` needs entries older than our memory: read them from a replica that matches."""
         if any(read.target == replica.name for read in self.reads.values()):
             return
@@ -137,7 +137,7 @@ class Replication(RoleBase):
         sequence = self._send_read("backfill", source.name, after, limit, first, now_ms, effects)
         self.reads[sequence].target = replica.name
 
-    def _on_backfill_read(self, read: _Read, reply: ReadReply, now_ms: int, effects: Effects) -> None:
+    def _on_backfill_read(self, read: ReadInFlight, reply: ReadReply, now_ms: int, effects: Effects) -> None:
         replica = self.replicas[read.target]
         first = read.owner
         entries, damaged = self._verified(read.after_serial, reply)
@@ -166,8 +166,8 @@ class Replication(RoleBase):
         self, replica_name: str, request: AppendRequest, reply: AppendReply, now_ms: int, effects: Effects
     ) -> None:
         replica = self.replicas.get(replica_name)
-        if replica is None or self.state is not RoleState.SERVING:
-            return
+        invariant(replica is not None, f"an append reply from {replica_name}, not one of our replicas")
+        assert replica is not None
         replica.inflight.pop(request.sequence, None)
         replica.unreachable = False
         if reply.damaged:
@@ -193,7 +193,7 @@ class Replication(RoleBase):
             replica.refused_ms = now_ms  # sent again after append_timeout_ms, not at once in a loop
         self._pump(now_ms, effects)
 
-    def _rewind(self, replica: _Replica, request: AppendRequest, reply: AppendReply, effects: Effects) -> None:
+    def _rewind(self, replica: ReplicaView, request: AppendRequest, reply: AppendReply, effects: Effects) -> None:
         """Move `replica.next` back to where its log may agree with ours (never below its match)."""
         if request.prev.serial <= replica.match:
             # A stale refusal: a later reply already showed the replica holds `prev`. (A replica
@@ -227,7 +227,7 @@ class Replication(RoleBase):
             return self.tail_base
         return None
 
-    def _fenced_out(self, replica: _Replica, fence_epoch: int, effects: Effects) -> bool:
+    def _fenced_out(self, replica: ReplicaView, fence_epoch: int, effects: Effects) -> bool:
         """`replica` holds a fence above our epoch. That proves a newer owner only once a quorum says
         so: a newer owner must fence a quorum before it can do anything, and then no quorum is left
         for us. One replica alone (a corrupted fence, a takeover that fenced it and died) cannot
@@ -249,7 +249,7 @@ class Replication(RoleBase):
         unreachable = sum(1 for replica in self.replicas.values() if replica.unreachable or replica.fenced_out)
         return unreachable > len(self.replicas) - self.quorum
 
-    def _mark_unreachable(self, replica: _Replica, effects: Effects) -> None:
+    def _mark_unreachable(self, replica: ReplicaView, effects: Effects) -> None:
         """Note a replica as unreachable; when that leaves no quorum, fail what waits for one.
 
         The publishes waiting fail with a retryable QUORUM_UNAVAILABLE (maybe stored: their entries
@@ -266,14 +266,14 @@ class Replication(RoleBase):
             effects.results.append(PublishAnswer(pending.token, result))
         self.pending.clear()
 
-    def _probe(self, replica: _Replica, now_ms: int, effects: Effects) -> None:
+    def _probe(self, replica: ReplicaView, now_ms: int, effects: Effects) -> None:
         """An empty append to an unreachable replica that has nothing to catch up: any reply clears it."""
         if now_ms - replica.probed_ms < self.config.append_timeout_ms:
             return
         replica.probed_ms = now_ms
         self._send_empty_append(replica, now_ms, effects)
 
-    def _send_empty_append(self, replica: _Replica, now_ms: int, effects: Effects) -> None:
+    def _send_empty_append(self, replica: ReplicaView, now_ms: int, effects: Effects) -> None:
         """An append of nothing after our last entry: a probe, or a commit notice."""
         prev_epoch = self.epoch_at(self.last)
         invariant(prev_epoch is not None, "our last entry is in memory")

@@ -7,7 +7,6 @@ from services.core.role.base import RoleBase
 from services.core.role.messages import (
     Effects,
 )
-from services.core.role.states import RoleState
 
 
 class Retention(RoleBase):
@@ -28,8 +27,6 @@ class Retention(RoleBase):
         """Tell each replica our commit point where the last append it got carried an older one and
         went out `commit_notice_ms` ago or more (an empty append): so an idle channel's last
         entries can be trimmed too. The node calls it on its sweep; True when something was sent."""
-        if self.state is not RoleState.SERVING:
-            return False
         sent = False
         for replica in self.replicas.values():
             owed = replica.told_commit < self.commit and not replica.inflight and replica.next > self.last

@@ -12,7 +12,7 @@ from services.core.entries import Entry, Position
 from services.core.invariants import invariant
 from services.core.quorum import most_up_to_date
 from services.core.replica_log import FenceReply, ReadReply
-from services.core.role.base import RoleBase, _Read
+from services.core.role.base import ReadInFlight, RoleBase
 from services.core.role.messages import (
     Effects,
     FenceRequest,
@@ -34,8 +34,7 @@ class Takeover(RoleBase):
         effects.takeovers.append(TakeoverStep(self.channel, self.epoch, "fencing", details))
 
     def _on_fence_reply(self, replica: str, reply: FenceReply, now_ms: int, effects: Effects) -> None:
-        if self.state not in (RoleState.FENCING, RoleState.RECOVERING) or replica not in self.replicas:
-            return
+        invariant(replica in self.replicas, f"a fence reply from {replica}, not one of our replicas")
         if reply.fenced and reply.fence_epoch > self.epoch:
             self._fenced_out(self.replicas[replica], reply.fence_epoch, effects)
             return
@@ -102,7 +101,7 @@ class Takeover(RoleBase):
         limit = min(self.config.recovery_ids_per_read, self.recovery_start - after)
         self._send_read("recover-ids", self.recovery_ids_source, after, limit, 0, now_ms, effects, ids_only=True)
 
-    def _on_recovery_ids_read(self, read: _Read, reply: ReadReply, now_ms: int, effects: Effects) -> None:
+    def _on_recovery_ids_read(self, read: ReadInFlight, reply: ReadReply, now_ms: int, effects: Effects) -> None:
         target = self.recovery_target.get(read.replica)
         after = read.after_serial
         if target is not None and reply.base.serial > after:
@@ -125,7 +124,7 @@ class Takeover(RoleBase):
             return
         self._install_if_recovered(now_ms, effects)
 
-    def _on_recovery_read(self, read: _Read, reply: ReadReply, now_ms: int, effects: Effects) -> None:
+    def _on_recovery_read(self, read: ReadInFlight, reply: ReadReply, now_ms: int, effects: Effects) -> None:
         name = read.replica
         target = self.recovery_target[name]
         got = self.recovery[name]
