@@ -248,9 +248,9 @@ class Client:
     async def get_channel(self, channel: str, *, timeout_s: float | None = None) -> ChannelInfo:
         """The channel's owner, epoch and last committed serial."""
 
-        async def invoke(gateway: Gateway, timeout: float) -> message_pb2.Channel:
+        async def invoke(gateway: Gateway, timeout: float) -> realtime_pb2.GetChannelResponse:
             request = realtime_pb2.GetChannelRequest(channel=channel)
-            answer: message_pb2.Channel = await gateway.stub.GetChannel(
+            answer: realtime_pb2.GetChannelResponse = await gateway.stub.GetChannel(
                 request, timeout=timeout, metadata=trace_metadata()
             )
             return answer

@@ -26,7 +26,6 @@ from ringcast._errors import ClientClosed, ContinuityLost, Unavailable, from_rpc
 from ringcast._transport import Gateway, Transport, trace_metadata
 from ringcast._types import ClientStats, Message
 from ringcast.reasons import Reason
-from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
 subscribe_batch_messages_max = 256
@@ -97,7 +96,7 @@ class Subscription:
 
         async def last_serial(gateway: Gateway, timeout: float) -> int:
             request = realtime_pb2.GetChannelRequest(channel=self.channel)
-            channel: message_pb2.Channel = await gateway.stub.GetChannel(
+            channel: realtime_pb2.GetChannelResponse = await gateway.stub.GetChannel(
                 request, timeout=timeout, metadata=trace_metadata()
             )
             return int(channel.last_serial)

@@ -22,10 +22,12 @@ class Reason(enum.StrEnum):
     CHANNEL_NAME_INVALID = "CHANNEL_NAME_INVALID"
     CHANNEL_NAME_TOO_LONG = "CHANNEL_NAME_TOO_LONG"
     BATCH_EMPTY = "BATCH_EMPTY"
+    BATCH_TOO_MANY_MESSAGES = "BATCH_TOO_MANY_MESSAGES"
     BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     MESSAGE_ID_MISSING = "MESSAGE_ID_MISSING"
     MESSAGE_ID_TOO_LONG = "MESSAGE_ID_TOO_LONG"
+    MESSAGE_ID_INVALID = "MESSAGE_ID_INVALID"
     MESSAGE_NAME_TOO_LONG = "MESSAGE_NAME_TOO_LONG"
     TOO_MANY_HEADERS = "TOO_MANY_HEADERS"
     HEADER_INVALID = "HEADER_INVALID"
@@ -37,6 +39,7 @@ class Reason(enum.StrEnum):
     TOO_MANY_APPENDS = "TOO_MANY_APPENDS"
     TOO_MANY_READS = "TOO_MANY_READS"
     VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
+    REQUEST_UNDECODABLE = "REQUEST_UNDECODABLE"
 
     # UNAVAILABLE: retry (a publish with the same ids: a stored id keeps its serial).
     CHANNEL_MOVED = "CHANNEL_MOVED"
@@ -56,8 +59,10 @@ class Reason(enum.StrEnum):
     STORE_OVERLOADED = "STORE_OVERLOADED"
     STORE_WRITE_FAILED = "STORE_WRITE_FAILED"
 
-    # FAILED_PRECONDITION (gateway ↔ channel): ask placement for the ring and go where it says.
+    # FAILED_PRECONDITION: NOT_OWNER (gateway ↔ channel): ask placement for the ring and go where it
+    # says; CURSOR_BEYOND_END: a cursor above the channel's last serial (a stale or wrong one).
     NOT_OWNER = "NOT_OWNER"
+    CURSOR_BEYOND_END = "CURSOR_BEYOND_END"
 
     # OUT_OF_RANGE: what a reader asked for is no longer retained (ContinuityLost).
     RETENTION_EXPIRED = "RETENTION_EXPIRED"

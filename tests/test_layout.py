@@ -3,12 +3,14 @@
     ringcast/           the client SDK: imports nothing of services/ or ringcast_tools/;
                         its ringcast/reasons.py (the list of reasons) is pure, and the core uses it
     services/core/      pure state machines: other core modules and the pure standard library only
-    services/common/    what the services share: core, the SDK's public names, and itself
-    services/<service>/ an adapter: core, common, the SDK's public names, itself — never another service
+    services/common/    what the services share: core, internal stubs, the SDK's public names, itself
+    services/<service>/ an adapter: core, common, internal stubs, the SDK's public names, itself —
+                        never another service
+    services/internal/  generated stubs of the internal protos (ringcast.internal.v1)
     ringcast_tools/     the tools (CLI, launcher, simulator, chaos, bench): anything; nothing imports them
 
 `RULES` is the one list of allowed edges. Imports are read with `ast` from every hand-written module
-(generated stubs under ringcast/v1/ aside, which the SDK owns). A module's imports inside `if
+(generated stubs aside: ringcast/v1/, the SDK's, and services/internal/, the platform's). A module's imports inside `if
 TYPE_CHECKING:` count too: a type is a dependency.
 """
 
@@ -66,9 +68,11 @@ RULES: dict[str, Rule] = {
         ("services.core", "ringcast.reasons"), third_party=False, forbidden_standard=IMPURE_STANDARD_MODULES
     ),
     "ringcast.reasons": Rule((), third_party=False, forbidden_standard=IMPURE_STANDARD_MODULES),
-    "services.common": Rule(("services.common", "services.core", *SDK_PUBLIC)),
+    "services.common": Rule(("services.common", "services.core", "services.internal", *SDK_PUBLIC)),
     **{
-        f"services.{service}": Rule((f"services.{service}", "services.common", "services.core", *SDK_PUBLIC))
+        f"services.{service}": Rule(
+            (f"services.{service}", "services.common", "services.core", "services.internal", *SDK_PUBLIC)
+        )
         for service in SERVICES
     },
     "services": Rule(("services",)),  # services/__init__.py
@@ -129,8 +133,8 @@ def hand_written_modules() -> dict[str, Path]:
     for package in FIRST_PARTY:
         for path in sorted((ROOT / package).rglob("*.py")):
             relative = path.relative_to(ROOT).with_suffix("")
-            if relative.parts[:2] == ("ringcast", "v1"):
-                continue  # generated
+            if relative.parts[:2] == ("ringcast", "v1") or relative.parts[:2] == ("services", "internal"):
+                continue  # generated (scripts/gen_protos.py)
             parts = relative.parts[:-1] if relative.name == "__init__" else relative.parts
             modules[".".join(parts)] = path
     return modules

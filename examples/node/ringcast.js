@@ -18,7 +18,10 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const protobuf = require('protobufjs');
 
-const INCLUDE_DIRS = [path.resolve(__dirname, '../../protos'), path.join(__dirname, 'third_party')];
+// The repo's protos: the public package ringcast.v1 only, and the google.rpc files it imports
+// (vendored there, so loading works offline).
+const PROTOS = path.resolve(__dirname, '../../protos');
+const INCLUDE_DIRS = [PROTOS];
 
 // Field names as in the protos (after_serial, not afterSerial); uint64 serials as JS numbers (exact
 // up to 2^53); oneofs tell which member is set (`item.item` is "message" or "gap").
@@ -38,7 +41,7 @@ const errorTypes = (() => {
   root.resolvePath = (origin, target) => {
     // Files under google/protobuf/ resolve to the copies protobufjs bundles.
     if (target.startsWith('google/protobuf/')) return target;
-    return path.join(__dirname, 'third_party', target);
+    return path.join(PROTOS, target);
   };
   root.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'], { keepCase: true });
   return { status: root.lookupType('google.rpc.Status'), errorInfo: root.lookupType('google.rpc.ErrorInfo') };
@@ -52,6 +55,7 @@ const defaults = Object.freeze({
   attemptMs: 5_000, // one attempt at one gateway
   backoffMinMs: 50,
   backoffMaxMs: 2_000,
+  unreachableMs: 3_000, // give up this soon when no gateway can even be connected to
 });
 
 const CHANNEL_OPTIONS = {
@@ -95,6 +99,15 @@ function errorInfoOf(grpcError) {
   return errorTypes.errorInfo.toObject(errorTypes.errorInfo.decode(detail.value), { defaults: true });
 }
 
+/** Whether a failed attempt never reached a gateway (refused, unresolvable, no route): grpc-js says
+ * UNAVAILABLE with "No connection established" (or the connect error) in its details. */
+function unreachable(grpcError) {
+  return (
+    grpcError.code === grpc.status.UNAVAILABLE &&
+    /No connection established|ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|failed to connect/i.test(grpcError.details ?? '')
+  );
+}
+
 function retryable(grpcError) {
   return grpcError.code === grpc.status.UNAVAILABLE || grpcError.code === grpc.status.DEADLINE_EXCEEDED;
 }
@@ -127,15 +140,18 @@ class RingcastClient {
    * @param {string[]} options.gateways host:port of every gateway; calls go to one and fail over to the next.
    * @param {number} [options.deadlineMs] how long one call may take, retries included.
    * @param {number} [options.attemptMs] how long one attempt at one gateway may take.
+   * @param {number} [options.unreachableMs] give a call up this soon when no gateway could be
+   *   connected to at all (every one refused or unresolvable), instead of retrying to the deadline.
    * @param {boolean} [options.preferFirst] start at gateways[0] rather than at a random one.
    */
-  constructor({ gateways, deadlineMs, attemptMs, backoffMinMs, backoffMaxMs, preferFirst = false }) {
+  constructor({ gateways, deadlineMs, attemptMs, backoffMinMs, backoffMaxMs, unreachableMs, preferFirst = false }) {
     if (!Array.isArray(gateways) || gateways.length === 0) throw new TypeError('gateways: give at least one host:port');
     this.gateways = [...gateways];
     this.deadlineMs = deadlineMs ?? defaults.deadlineMs;
     this.attemptMs = attemptMs ?? defaults.attemptMs;
     this.backoffMinMs = backoffMinMs ?? defaults.backoffMinMs;
     this.backoffMaxMs = backoffMaxMs ?? defaults.backoffMaxMs;
+    this.unreachableMs = unreachableMs ?? defaults.unreachableMs;
     this.stubs = this.gateways.map(
       (address) => new RealtimeService(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS),
     );
@@ -177,7 +193,9 @@ class RingcastClient {
    * Throws a RingcastError; its `attempts` tells how many attempts were made (1: not retried).
    */
   async call(method, request, { deadlineMs } = {}) {
-    const deadline = Date.now() + (deadlineMs ?? this.deadlineMs);
+    const started = Date.now();
+    const deadline = started + (deadlineMs ?? this.deadlineMs);
+    const unreached = new Set(); // gateways whose last attempt could not connect
     let backoffMs = this.backoffMinMs;
     for (let attempts = 1; ; attempts++) {
       const index = this.current;
@@ -185,8 +203,14 @@ class RingcastClient {
         return await this.attempt(index, method, request, Math.min(deadline, Date.now() + this.attemptMs));
       } catch (grpcError) {
         if (grpcError.code === undefined) throw grpcError; // not a gRPC failure: a bug, not an outage
+        if (unreachable(grpcError)) unreached.add(index);
+        else unreached.delete(index);
         const pauseMs = jittered(backoffMs);
-        if (!retryable(grpcError) || Date.now() + pauseMs >= deadline) {
+        const noneReachable = unreached.size === this.gateways.length && Date.now() - started >= this.unreachableMs;
+        if (noneReachable) {
+          grpcError.details = `no gateway reachable (${this.gateways.join(', ')}) for ${Date.now() - started} ms: ${grpcError.details}`;
+        }
+        if (!retryable(grpcError) || noneReachable || Date.now() + pauseMs >= deadline) {
           throw new RingcastError(grpcError, { gateway: this.gateways[index], attempts });
         }
         this.failedOver(index);

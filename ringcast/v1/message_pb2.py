@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ringcast/v1/message.proto\x12\x0bringcast.v1\"\xbb\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x32\n\x07headers\x18\x04 \x03(\x0b\x32!.ringcast.v1.Message.HeadersEntry\x12\x0e\n\x06serial\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0e\x43ontinuityLost\x12\x13\n\x0bnext_serial\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\t\"`\n\x07\x43hannel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0blast_serial\x18\x04 \x01(\x04\x12\x14\n\x0cring_version\x18\x05 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ringcast/v1/message.proto\x12\x0bringcast.v1\"\xbb\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x32\n\x07headers\x18\x04 \x03(\x0b\x32!.ringcast.v1.Message.HeadersEntry\x12\x0e\n\x06serial\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0e\x43ontinuityLost\x12\x13\n\x0bnext_serial\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,4 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE_HEADERSENTRY']._serialized_end=230
   _globals['_CONTINUITYLOST']._serialized_start=232
   _globals['_CONTINUITYLOST']._serialized_end=285
-  _globals['_CHANNEL']._serialized_start=287
-  _globals['_CHANNEL']._serialized_end=383
 # @@protoc_insertion_point(module_scope)

@@ -36,17 +36,3 @@ class ContinuityLost(_message.Message):
     next_serial: int
     reason: str
     def __init__(self, next_serial: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
-
-class Channel(_message.Message):
-    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    OWNER_FIELD_NUMBER: _ClassVar[int]
-    EPOCH_FIELD_NUMBER: _ClassVar[int]
-    LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
-    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    owner: str
-    epoch: int
-    last_serial: int
-    ring_version: int
-    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ...) -> None: ...

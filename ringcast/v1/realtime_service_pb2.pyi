@@ -17,6 +17,24 @@ class PublishRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
 
 class PublishResponse(_message.Message):
+    __slots__ = ("channel", "serials", "duplicates")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    serials: _containers.RepeatedScalarFieldContainer[int]
+    duplicates: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, channel: _Optional[str] = ..., serials: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("channel", "messages")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
+    def __init__(self, channel: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
+
+class PublishStreamResponse(_message.Message):
     __slots__ = ("channel", "serials", "duplicates", "error")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SERIALS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +95,20 @@ class GetChannelRequest(_message.Message):
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     channel: str
     def __init__(self, channel: _Optional[str] = ...) -> None: ...
+
+class GetChannelResponse(_message.Message):
+    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    owner: str
+    epoch: int
+    last_serial: int
+    ring_version: int
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ...) -> None: ...
 
 class PublishPipeRequest(_message.Message):
     __slots__ = ("publishes",)

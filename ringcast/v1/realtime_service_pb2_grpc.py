@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
 from ringcast.v1 import realtime_service_pb2 as ringcast_dot_v1_dot_realtime__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -45,8 +44,8 @@ class RealtimeServiceStub:
                 _registered_method=True)
         self.PublishStream = channel.stream_stream(
                 '/ringcast.v1.RealtimeService/PublishStream',
-                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishResponse.FromString,
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishStreamResponse.FromString,
                 _registered_method=True)
         self.PublishPipe = channel.stream_stream(
                 '/ringcast.v1.RealtimeService/PublishPipe',
@@ -66,7 +65,7 @@ class RealtimeServiceStub:
         self.GetChannel = channel.unary_unary(
                 '/ringcast.v1.RealtimeService/GetChannel',
                 request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_message__pb2.Channel.FromString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelResponse.FromString,
                 _registered_method=True)
 
 
@@ -137,8 +136,8 @@ def add_RealtimeServiceServicer_to_server(servicer, server):
             ),
             'PublishStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PublishStream,
-                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishStreamRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.PublishStreamResponse.SerializeToString,
             ),
             'PublishPipe': grpc.stream_stream_rpc_method_handler(
                     servicer.PublishPipe,
@@ -158,7 +157,7 @@ def add_RealtimeServiceServicer_to_server(servicer, server):
             'GetChannel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChannel,
                     request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_message__pb2.Channel.SerializeToString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,8 +215,8 @@ class RealtimeService:
             request_iterator,
             target,
             '/ringcast.v1.RealtimeService/PublishStream',
-            ringcast_dot_v1_dot_realtime__service__pb2.PublishRequest.SerializeToString,
-            ringcast_dot_v1_dot_realtime__service__pb2.PublishResponse.FromString,
+            ringcast_dot_v1_dot_realtime__service__pb2.PublishStreamRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -325,7 +324,7 @@ class RealtimeService:
             target,
             '/ringcast.v1.RealtimeService/GetChannel',
             ringcast_dot_v1_dot_realtime__service__pb2.GetChannelRequest.SerializeToString,
-            ringcast_dot_v1_dot_message__pb2.Channel.FromString,
+            ringcast_dot_v1_dot_realtime__service__pb2.GetChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,

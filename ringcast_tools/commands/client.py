@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import grpc
 
 import ringcast
-from ringcast.v1 import placement_service_pb2, placement_service_pb2_grpc
 from ringcast_tools.commands import output
+from services.internal.v1 import placement_service_pb2, placement_service_pb2_grpc
 
 publish_group_messages = 1_000
 """Messages a large publish hands to the SDK at a time (the progress bar moves per group)."""

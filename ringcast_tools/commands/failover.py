@@ -26,14 +26,14 @@ from pathlib import Path
 
 import grpc
 
-from ringcast.v1 import channel_service_pb2 as channel_pb2
-from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
 from services.core.ring import Ring
+from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
 
 publish_timeout_s = 20.0
 concurrency_max = 512
@@ -137,7 +137,7 @@ async def _serving(nodes: list[channel_grpc.ChannelServiceStub]) -> int:
     total = 0
     for node in nodes:
         with contextlib.suppress(grpc.RpcError):
-            status = await node.GetNode(channel_pb2.ChannelServiceGetNodeRequest(), timeout=1.0)
+            status = await node.GetNode(channel_pb2.GetNodeRequest(), timeout=1.0)
             total += status.channels_serving
     return total
 

@@ -10,13 +10,13 @@ from collections import deque
 
 import grpc
 
-from ringcast.v1 import channel_service_pb2, channel_service_pb2_grpc
 from services.channel.node_adapter import ChannelNodeAdapter
 from services.channel.server import ChannelServicer
 from services.common.etcd import Etcd, MemberRecord
 from services.common.registration import Registration
 from services.common.ring_watch import RingWatcher
 from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve, supervise
+from services.internal.v1 import channel_service_pb2, channel_service_pb2_grpc
 
 log = logging.getLogger("ringcast.channel")
 

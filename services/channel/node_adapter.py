@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ringcast.reasons import Reason
-from ringcast.v1 import store_service_pb2 as store_pb2
 from services.channel.store_links import StoreLink
 from services.channel.tracing import PublishTraces, TakeoverTraces
 from services.common import convert, metrics, tracing
@@ -39,6 +38,7 @@ from services.core.role import (
     RoleConfig,
     RoleState,
 )
+from services.internal.v1 import store_service_pb2 as store_pb2
 
 log = logging.getLogger("ringcast.channel")
 

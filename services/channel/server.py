@@ -11,8 +11,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from ringcast.reasons import Reason
-from ringcast.v1 import channel_service_pb2 as channel_pb2
-from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from services.channel.node_adapter import ChannelNodeAdapter
 from services.common import convert, metrics, tracing
@@ -23,6 +21,8 @@ from services.common.validation import Limits, check_channel
 from services.core.role import (
     HistoryResult,
 )
+from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
 
 log = logging.getLogger("ringcast.channel")
 
@@ -37,8 +37,15 @@ prepare_channels_max = 1_000
 LIMITS = Limits()
 
 
-def error_for(reason: str, ring_version: int) -> ServiceError:
-    """The status a failed request is answered with."""
+def error_for(reason: str, ring_version: int, last_serial: int = 0) -> ServiceError:
+    """The status a failed request is answered with (`last_serial`: the channel's, where known)."""
+    if reason == Reason.CURSOR_BEYOND_END:
+        return ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            reason,
+            f"the cursor is beyond the channel's last serial ({last_serial}): start at most there",
+            {"last_serial": str(last_serial)},
+        )
     if reason == Reason.NOT_OWNER:
         return ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION,
@@ -68,8 +75,8 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         self.node = node
 
     async def _publish(
-        self, request: channel_pb2.ChannelServicePublishRequest, parent: otel_context.Context | None, timeout_s: float
-    ) -> channel_pb2.ChannelServicePublishResponse:
+        self, request: channel_pb2.PublishRequest, parent: otel_context.Context | None, timeout_s: float
+    ) -> channel_pb2.PublishResponse:
         """One channel's publish, as one span; a failure is a ServiceError with the reason."""
         messages = tuple(convert.message_from_proto(message) for message in request.messages)
         with tracing.tracer.start_as_current_span(
@@ -90,20 +97,20 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
                 span.set_attribute("ringcast.reason", result.reason)
                 raise error_for(result.reason, self.node.ring_version)
             span.set_attribute("ringcast.quorum", "acked")
-        return channel_pb2.ChannelServicePublishResponse(serials=result.serials, duplicates=result.duplicates)
+        return channel_pb2.PublishResponse(serials=result.serials, duplicates=result.duplicates)
 
     @answers_errors
     async def Publish(  # noqa: N802 - gRPC method names
-        self, request: channel_pb2.ChannelServicePublishRequest, context: grpc.aio.ServicerContext
-    ) -> channel_pb2.ChannelServicePublishResponse:
+        self, request: channel_pb2.PublishRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.PublishResponse:
         return await self._publish(request, tracing.extract(context.invocation_metadata()), _deadline(context))
 
     async def PublishPipe(  # noqa: N802
         self,
-        request_iterator: AsyncIterator[channel_pb2.ChannelServicePublishPipeRequest],
+        request_iterator: AsyncIterator[channel_pb2.PublishPipeRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[channel_pb2.ChannelServicePublishPipeResponse]:
-        async def handle(item: channel_pb2.ChannelServicePipedPublish) -> channel_pb2.ChannelServicePublishResponse:
+    ) -> AsyncIterator[channel_pb2.PublishPipeResponse]:
+        async def handle(item: channel_pb2.PipedPublish) -> channel_pb2.PublishResponse:
             timeout_s = min(request_timeout_s, item.timeout_ms / 1000) if item.timeout_ms else request_timeout_s
             return await self._publish(item.publish, tracing.extract(item.trace_context.items()), timeout_s)
 
@@ -111,20 +118,21 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             context,
             request_iterator,
             handle,
-            channel_pb2.ChannelServicePublishPipeResponse,
-            channel_pb2.ChannelServicePipedPublishResult,
+            channel_pb2.PublishPipeResponse,
+            channel_pb2.PipedPublishResult,
         ):
             yield response
 
     async def Subscribe(  # noqa: N802
-        self, request: channel_pb2.ChannelServiceSubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[channel_pb2.ChannelServiceSubscribeResponse]:
+        self, request: channel_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[channel_pb2.SubscribeResponse]:
         async for delivery in self.node.subscribe(request.channel, request.after_serial):
             if delivery.end_reason:
-                await abort(context, error_for(delivery.end_reason, self.node.ring_version))
+                last = self.node.channel_state(request.channel)[1]
+                await abort(context, error_for(delivery.end_reason, self.node.ring_version, last))
                 return
             if not delivery.entries and not delivery.gap_next_serial:
-                yield channel_pb2.ChannelServiceSubscribeResponse()  # a heartbeat
+                yield channel_pb2.SubscribeResponse()  # a heartbeat
                 continue
             span = None
             if tracing.enabled():
@@ -134,7 +142,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
                     links=self.node.traces.links(request.channel, serials),
                     attributes={"ringcast.channel": request.channel, "ringcast.serials": serials},
                 )
-            yield channel_pb2.ChannelServiceSubscribeResponse(
+            yield channel_pb2.SubscribeResponse(
                 messages=[convert.message_to_proto(e.message, e.serial) for e in delivery.entries],
                 gap=_gap(delivery.gap_next_serial, "subscription"),
             )
@@ -148,16 +156,16 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         except TimeoutError:
             raise error_for(Reason.COMMIT_TIMEOUT, self.node.ring_version) from None
         if result.reason:
-            raise error_for(result.reason, self.node.ring_version)
+            raise error_for(result.reason, self.node.ring_version, self.node.channel_state(channel)[1])
         return result
 
     @answers_errors
     async def History(  # noqa: N802
-        self, request: channel_pb2.ChannelServiceHistoryRequest, context: grpc.aio.ServicerContext
-    ) -> channel_pb2.ChannelServiceHistoryResponse:
+        self, request: channel_pb2.HistoryRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.HistoryResponse:
         result = await self._history(request.channel, request.after_serial, request.limit, context)
         _, last = self.node.channel_state(request.channel)
-        return channel_pb2.ChannelServiceHistoryResponse(
+        return channel_pb2.HistoryResponse(
             messages=[convert.message_to_proto(e.message, e.serial) for e in result.entries],
             last_serial=last,
             gap=_gap(result.gap_next_serial, "history"),
@@ -165,11 +173,11 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
 
     @answers_errors
     async def GetChannel(  # noqa: N802
-        self, request: channel_pb2.ChannelServiceGetChannelRequest, context: grpc.aio.ServicerContext
-    ) -> message_pb2.Channel:
+        self, request: channel_pb2.GetChannelRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.GetChannelResponse:
         await self._history(request.channel, 0, 0, context)  # takes the channel over
         epoch, last = self.node.channel_state(request.channel)
-        return message_pb2.Channel(
+        return channel_pb2.GetChannelResponse(
             name=request.channel,
             owner=self.node.node_id,
             epoch=epoch,
@@ -179,8 +187,8 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
 
     @answers_errors
     async def Prepare(  # noqa: N802
-        self, request: channel_pb2.ChannelServicePrepareRequest, context: grpc.aio.ServicerContext
-    ) -> channel_pb2.ChannelServicePrepareResponse:
+        self, request: channel_pb2.PrepareRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.PrepareResponse:
         if len(request.channels) > prepare_channels_max:
             raise invalid(
                 Reason.TOO_MANY_CHANNELS,
@@ -189,13 +197,13 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             )
         for channel in request.channels:
             check_channel(channel, LIMITS)
-        return channel_pb2.ChannelServicePrepareResponse(queued=self.node.prepare(list(request.channels)))
+        return channel_pb2.PrepareResponse(queued=self.node.prepare(list(request.channels)))
 
     async def GetNode(  # noqa: N802
-        self, request: channel_pb2.ChannelServiceGetNodeRequest, context: grpc.aio.ServicerContext
-    ) -> channel_pb2.ChannelServiceGetNodeResponse:
+        self, request: channel_pb2.GetNodeRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.GetNodeResponse:
         status = self.node.core.status(monotonic_ms())
-        return channel_pb2.ChannelServiceGetNodeResponse(
+        return channel_pb2.GetNodeResponse(
             node_id=self.node.node_id,
             ring_version=self.node.ring_version,
             serving=status.serving,

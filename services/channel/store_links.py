@@ -11,8 +11,6 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from ringcast.pipe import call_error
-from ringcast.v1 import store_service_pb2 as store_pb2
-from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.common import convert, metrics, tracing
 from services.common.batcher import Batcher
 from services.common.clock import monotonic_ms
@@ -33,6 +31,8 @@ from services.core.role import (
     ReadRequest,
     StoreRequest,
 )
+from services.internal.v1 import store_service_pb2 as store_pb2
+from services.internal.v1 import store_service_pb2_grpc as store_grpc
 
 if TYPE_CHECKING:
     from services.channel.node_adapter import ChannelNodeAdapter

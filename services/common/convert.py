@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ringcast.v1 import message_pb2, store_service_pb2
+from ringcast.v1 import message_pb2
 from services.core.entries import Entry, Message, Position
+from services.internal.v1 import store_service_pb2
 
 
 def message_from_proto(proto: message_pb2.Message, keep_encoded: bool = False) -> Message:

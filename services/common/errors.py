@@ -115,5 +115,7 @@ def refused(error: grpc.RpcError) -> bool:
 
 
 def passthrough(error: grpc.RpcError) -> ServiceError:
-    """Another service's answer, handed on with its code and reason."""
-    return ServiceError(error.code(), reason_of(error), error.details() or "refused")
+    """Another service's answer, handed on with its code, reason and the ErrorInfo's metadata."""
+    info = error_info(error)
+    metadata = dict(info.metadata) if info is not None else None
+    return ServiceError(error.code(), reason_of(error), error.details() or "refused", metadata)

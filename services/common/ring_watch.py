@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from ringcast.v1 import placement_service_pb2 as placement_pb2
-from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from services.common.server import CHANNEL_OPTIONS
 from services.core.ring import Ring
+from services.internal.v1 import placement_service_pb2 as placement_pb2
+from services.internal.v1 import placement_service_pb2_grpc as placement_grpc
 
 log = logging.getLogger("ringcast.placement.client")
 

@@ -19,10 +19,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2  # noqa: F401 - in the descriptor pool: reflection serves ErrorInfo
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 from services.common import metrics, tracing
+from services.common.decode_guard import DecodeGuard
 
 log = logging.getLogger("ringcast")
 
@@ -89,6 +92,39 @@ def deliberate_bugs() -> frozenset[str]:
     return bugs
 
 
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+"""Reflection v1, served by the v1alpha servicer: the two protocols' messages are the same on the
+wire (v1 only renamed the package), and tools (`buf curl`, grpcurl) ask for v1 first."""
+
+
+class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 with `List` (the package's servicer advertises it and answers UNIMPLEMENTED)."""
+
+    async def List(  # noqa: N802 - gRPC method name
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status) for name, status in self._server_status.items()
+            }
+        )
+
+
+def enable_reflection(names: Sequence[str], server: grpc.aio.Server) -> None:
+    """Reflection, v1 and v1alpha, over every service `names` lists (and the error details' types)."""
+    listed = [*names, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1]
+    servicer = ReflectionServicer(listed)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
+
+
 _health: tuple[health.aio.HealthServicer, list[str]] | None = None
 """The serving process's health servicer and service names, once `serve` has made them."""
 
@@ -140,12 +176,12 @@ async def serve(
     used (outgoing channels), so no call in its grace period finds its links closed.
     """
     global _health
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[DecodeGuard()])
     names = list(register(server))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     _health = (health_servicer, names)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection(names, server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise SystemExit(f"cannot listen on {listen}")

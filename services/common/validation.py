@@ -7,6 +7,7 @@ request changes nothing anywhere.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,12 +49,18 @@ def check_channel(name: str, limits: Limits) -> None:
         raise invalid(Reason.CHANNEL_NAME_INVALID, "channel name must not start with ':'")
 
 
+def printable_id(message_id: str) -> bool:
+    """The id rule: every character printable — none of Unicode's "other" categories (control,
+    format, surrogate, private use, unassigned) nor a line or paragraph separator. Spaces are fine."""
+    return not any(unicodedata.category(char)[0] == "C" or char in "\u2028\u2029" for char in message_id)
+
+
 def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None:
     if not messages:
         raise invalid(Reason.BATCH_EMPTY, "a publish needs at least one message")
     if len(messages) > limits.batch_messages_max:
         raise invalid(
-            Reason.BATCH_TOO_LARGE,
+            Reason.BATCH_TOO_MANY_MESSAGES,
             f"{len(messages)} messages in one batch; at most {limits.batch_messages_max}",
             limit=str(limits.batch_messages_max),
         )
@@ -63,10 +70,18 @@ def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None
         if not message.id:
             raise invalid(Reason.MESSAGE_ID_MISSING, f"{where}: id is required (it makes retries safe)")
         if len(message.id) > limits.message_id_chars_max:
-            raise invalid(Reason.MESSAGE_ID_TOO_LONG, f"{where}: id longer than {limits.message_id_chars_max} chars")
+            raise invalid(
+                Reason.MESSAGE_ID_TOO_LONG,
+                f"{where}: id longer than {limits.message_id_chars_max} chars",
+                limit=str(limits.message_id_chars_max),
+            )
+        if not printable_id(message.id):
+            raise invalid(Reason.MESSAGE_ID_INVALID, f"{where}: id has a control or other non-printable character")
         if len(message.name) > limits.message_name_chars_max:
             raise invalid(
-                Reason.MESSAGE_NAME_TOO_LONG, f"{where}: name longer than {limits.message_name_chars_max} chars"
+                Reason.MESSAGE_NAME_TOO_LONG,
+                f"{where}: name longer than {limits.message_name_chars_max} chars",
+                limit=str(limits.message_name_chars_max),
             )
         if len(message.data) > limits.message_data_bytes_max:
             raise invalid(
@@ -75,10 +90,18 @@ def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None
                 limit=str(limits.message_data_bytes_max),
             )
         if len(message.headers) > limits.message_headers_max:
-            raise invalid(Reason.TOO_MANY_HEADERS, f"{where}: more than {limits.message_headers_max} headers")
+            raise invalid(
+                Reason.TOO_MANY_HEADERS,
+                f"{where}: more than {limits.message_headers_max} headers",
+                limit=str(limits.message_headers_max),
+            )
         for key, value in message.headers.items():
             if not key or len(key) + len(value) > limits.header_chars_max:
-                raise invalid(Reason.HEADER_INVALID, f"{where}: header {key[:32]!r} is empty or too long")
+                raise invalid(
+                    Reason.HEADER_INVALID,
+                    f"{where}: header {key[:32]!r} is empty, or key and value exceed {limits.header_chars_max} chars",
+                    limit=str(limits.header_chars_max),
+                )
         if message.serial or message.timestamp_ms:
             raise invalid(Reason.PLATFORM_FIELD_SET, f"{where}: serial and timestamp_ms are set by the platform")
         total += message.ByteSize()

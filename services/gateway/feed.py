@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import grpc
 
 from ringcast.reasons import Reason
-from ringcast.v1 import channel_service_pb2 as channel_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
-from services.common.errors import ServiceError, passthrough, refused, unavailable
+from services.common.errors import ServiceError, passthrough, reason_of, refused, unavailable
+from services.internal.v1 import channel_service_pb2 as channel_pb2
 
 if TYPE_CHECKING:
     from services.gateway.server import OwnerRouter
@@ -95,7 +95,7 @@ async def follow_owner(
         try:
             router.recent.touch(channel, loop.time())
             owner, address = router.owner(channel)
-            request = channel_pb2.ChannelServiceSubscribeRequest(channel=channel, after_serial=after)
+            request = channel_pb2.SubscribeRequest(channel=channel, after_serial=after)
             upstream = router.stub(address).Subscribe(request)
             moved, unsubscribe = router.watch_move(channel, owner)
             try:
@@ -125,7 +125,7 @@ async def follow_owner(
         except _OwnerSilent as silent:
             log.info("left %s's stream of %s after %s: %s", owner, channel, after, silent)
         except grpc.RpcError as error:
-            if error.code() not in RESUMABLE:
+            if error.code() not in RESUMABLE or reason_of(error) == Reason.CURSOR_BEYOND_END:
                 raise passthrough(error) from error
             if refused(error):
                 router.report_refused(owner, address)
@@ -139,9 +139,7 @@ async def follow_owner(
         backoff = min(backoff * 2, retry_backoff_s_max)
 
 
-async def _next(
-    upstream: grpc.aio.UnaryStreamCall, moved: asyncio.Event
-) -> channel_pb2.ChannelServiceSubscribeResponse:
+async def _next(upstream: grpc.aio.UnaryStreamCall, moved: asyncio.Event) -> channel_pb2.SubscribeResponse:
     """The next response (or EOF) of an owner stream; _OwnerSilent when the owner sends nothing for
     `upstream_silence_s_max` or the ring names another owner first."""
     reading = asyncio.ensure_future(upstream.read())
@@ -155,7 +153,7 @@ async def _next(
         if not reading.done():
             reading.cancel()
     if reading in done:
-        response: channel_pb2.ChannelServiceSubscribeResponse = reading.result()
+        response: channel_pb2.SubscribeResponse = reading.result()
         return response
     raise _OwnerSilent("the ring names another owner" if moved.is_set() else "no word from it in time")
 

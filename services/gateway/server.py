@@ -32,10 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ringcast.pipe import PipeClient
 from ringcast.reasons import Reason
-from ringcast.v1 import channel_service_pb2 as channel_pb2
-from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
-from ringcast.v1 import placement_service_pb2 as placement_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from services.common import metrics, tracing
@@ -54,6 +51,9 @@ from services.common.ring_watch import RingView, RingWatcher
 from services.common.server import CHANNEL_OPTIONS
 from services.common.validation import Limits, check_batch, check_channel, history_limit
 from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
+from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
+from services.internal.v1 import placement_service_pb2 as placement_pb2
 
 log = logging.getLogger("ringcast.gateway")
 
@@ -97,8 +97,9 @@ def outcome_name(outcome: int) -> str:
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
 
-FAIL_FAST_REASONS = {Reason.QUORUM_UNAVAILABLE}
-"""Retryable for the client, but not worth retrying here: the owner knows no quorum is reachable."""
+FAIL_FAST_REASONS = {Reason.QUORUM_UNAVAILABLE, Reason.CURSOR_BEYOND_END}
+"""Not worth retrying here: the owner knows no quorum is reachable (retryable for the client), or the
+cursor is beyond the channel's end (not retryable at all)."""
 
 
 class NoOwner(LookupError):
@@ -138,13 +139,11 @@ class OwnerLink:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = channel_grpc.ChannelServiceStub(self.channel)
-        self.pipe: PipeClient[channel_pb2.ChannelServicePublishRequest, channel_pb2.ChannelServicePublishResponse] = (
-            PipeClient(
-                self.stub.PublishPipe,
-                channel_pb2.ChannelServicePublishPipeRequest,
-                channel_pb2.ChannelServicePipedPublish,
-                name=address,
-            )
+        self.pipe: PipeClient[channel_pb2.PublishRequest, channel_pb2.PublishResponse] = PipeClient(
+            self.stub.PublishPipe,
+            channel_pb2.PublishPipeRequest,
+            channel_pb2.PipedPublish,
+            name=address,
         )
 
     async def close(self) -> None:
@@ -195,9 +194,7 @@ class OwnerRouter:
             queued = 0
             try:
                 for start in range(0, len(channels), prepare_call_channels_max):
-                    request = channel_pb2.ChannelServicePrepareRequest(
-                        channels=channels[start : start + prepare_call_channels_max]
-                    )
+                    request = channel_pb2.PrepareRequest(channels=channels[start : start + prepare_call_channels_max])
                     queued += (await stub.Prepare(request, timeout=prepare_timeout_s)).queued
             except grpc.RpcError as error:  # the first request of each channel takes it over instead
                 log.info("prepare at %s failed: %s", owner, reason_of(error))
@@ -368,7 +365,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
     ) -> realtime_pb2.PublishResponse:
         check_channel(request.channel, self.limits)
         check_batch(request.messages, self.limits)
-        forward = channel_pb2.ChannelServicePublishRequest(channel=request.channel, messages=request.messages)
+        forward = channel_pb2.PublishRequest(channel=request.channel, messages=request.messages)
 
         async def attempt(link: OwnerLink, timeout: float) -> realtime_pb2.PublishResponse:
             with tracing.tracer.start_as_current_span("ChannelService/Publish", kind=SpanKind.CLIENT):
@@ -389,17 +386,21 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         return await self._publish(request, _deadline(context), tracing.extract(context.invocation_metadata()))
 
     async def PublishStream(  # noqa: N802
-        self, request_iterator: AsyncIterator[realtime_pb2.PublishRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[realtime_pb2.PublishResponse]:
-        window: asyncio.Queue[asyncio.Task[realtime_pb2.PublishResponse] | None] = asyncio.Queue(
+        self, request_iterator: AsyncIterator[realtime_pb2.PublishStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.PublishStreamResponse]:
+        window: asyncio.Queue[asyncio.Task[realtime_pb2.PublishStreamResponse] | None] = asyncio.Queue(
             publish_stream_inflight_max
         )
 
-        async def one(request: realtime_pb2.PublishRequest) -> realtime_pb2.PublishResponse:
+        async def one(request: realtime_pb2.PublishStreamRequest) -> realtime_pb2.PublishStreamResponse:
+            publish = realtime_pb2.PublishRequest(channel=request.channel, messages=request.messages)
             try:
-                return await self._publish(request, asyncio.get_running_loop().time() + request_deadline_s)
+                done = await self._publish(publish, asyncio.get_running_loop().time() + request_deadline_s)
             except ServiceError as error:
-                return realtime_pb2.PublishResponse(channel=request.channel, error=status_of(error))
+                return realtime_pb2.PublishStreamResponse(channel=request.channel, error=status_of(error))
+            return realtime_pb2.PublishStreamResponse(
+                channel=done.channel, serials=done.serials, duplicates=done.duplicates
+            )
 
         async def read_requests() -> None:
             try:
@@ -412,6 +413,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         try:
             while (task := await window.get()) is not None:
                 yield await task
+            await reader  # done: a request that could not be read (undecodable) ends the stream with its error
         finally:
             reader.cancel()
 
@@ -488,7 +490,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
 
     async def _last_serial(self, channel: str, deadline: float) -> int:
         async def attempt(link: OwnerLink, timeout: float) -> int:
-            request = channel_pb2.ChannelServiceGetChannelRequest(channel=channel)
+            request = channel_pb2.GetChannelRequest(channel=channel)
             state = await link.stub.GetChannel(request, timeout=timeout)
             return int(state.last_serial)
 
@@ -514,7 +516,10 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         if not request.reverse:
             messages, gap = await self._history(request.channel, request.after_serial, limit, deadline)
             return realtime_pb2.HistoryResponse(messages=messages, gap=gap)
-        below = request.after_serial or (await self._last_serial(request.channel, deadline)) + 1
+        # Newest first, below `after_serial`: from the end when it is 0 or beyond the end (a client
+        # that says "very large" for "from the end" gets the newest messages, not an empty page).
+        end = await self._last_serial(request.channel, deadline) + 1
+        below = min(request.after_serial, end) if request.after_serial else end
         first_after = max(0, below - 1 - limit)
         messages, gap = await self._history(request.channel, first_after, below - 1 - first_after, deadline)
         return realtime_pb2.HistoryResponse(messages=list(reversed(messages)), gap=gap)
@@ -528,16 +533,14 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         messages: list[message_pb2.Message] = []
         gap: message_pb2.ContinuityLost | None = None
         while len(messages) < limit:
-            request = channel_pb2.ChannelServiceHistoryRequest(
-                channel=channel, after_serial=after, limit=limit - len(messages)
-            )
+            request = channel_pb2.HistoryRequest(channel=channel, after_serial=after, limit=limit - len(messages))
 
             async def attempt(
                 link: OwnerLink,
                 timeout: float,
-                request: channel_pb2.ChannelServiceHistoryRequest = request,
-            ) -> channel_pb2.ChannelServiceHistoryResponse:
-                response: channel_pb2.ChannelServiceHistoryResponse = await link.stub.History(request, timeout=timeout)
+                request: channel_pb2.HistoryRequest = request,
+            ) -> channel_pb2.HistoryResponse:
+                response: channel_pb2.HistoryResponse = await link.stub.History(request, timeout=timeout)
                 return response
 
             page = await self.router.call(channel, deadline, attempt)
@@ -554,12 +557,18 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
     @answers_errors
     async def GetChannel(  # noqa: N802
         self, request: realtime_pb2.GetChannelRequest, context: grpc.aio.ServicerContext
-    ) -> message_pb2.Channel:
+    ) -> realtime_pb2.GetChannelResponse:
         check_channel(request.channel, self.limits)
 
-        async def attempt(link: OwnerLink, timeout: float) -> message_pb2.Channel:
-            forward = channel_pb2.ChannelServiceGetChannelRequest(channel=request.channel)
-            channel: message_pb2.Channel = await link.stub.GetChannel(forward, timeout=timeout)
-            return channel
+        async def attempt(link: OwnerLink, timeout: float) -> realtime_pb2.GetChannelResponse:
+            forward = channel_pb2.GetChannelRequest(channel=request.channel)
+            owner: channel_pb2.GetChannelResponse = await link.stub.GetChannel(forward, timeout=timeout)
+            return realtime_pb2.GetChannelResponse(
+                name=owner.name,
+                owner=owner.owner,
+                epoch=owner.epoch,
+                last_serial=owner.last_serial,
+                ring_version=owner.ring_version,
+            )
 
         return await self.router.call(request.channel, _deadline(context), attempt)

@@ -11,9 +11,9 @@ import signal
 
 import grpc
 
-from ringcast.v1 import placement_service_pb2, placement_service_pb2_grpc
 from services.common.etcd import Etcd
 from services.common.server import env_default, run_service, serve
+from services.internal.v1 import placement_service_pb2, placement_service_pb2_grpc
 from services.placement.server import PlacementServicer, RingBroadcast, follow_membership
 
 log = logging.getLogger("ringcast.placement")

@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import grpc
 
 from ringcast.reasons import Reason
-from ringcast.v1 import placement_service_pb2 as placement_pb2
-from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from services.common.errors import ServiceError, abort, answers_errors, invalid, unavailable
 from services.common.etcd import Etcd, EtcdUnavailable, MemberRecord, Membership
 from services.core.invariants import invariant
 from services.core.ring import Ring
+from services.internal.v1 import placement_service_pb2 as placement_pb2
+from services.internal.v1 import placement_service_pb2_grpc as placement_grpc
 
 log = logging.getLogger("ringcast.placement")
 

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from ringcast.v1 import store_service_pb2, store_service_pb2_grpc
 from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve
 from services.core.entries import epoch_ring_version
 from services.core.replica_log import Retention
+from services.internal.v1 import store_service_pb2, store_service_pb2_grpc
 from services.store.server import StoreService
 
 log = logging.getLogger("ringcast.store")

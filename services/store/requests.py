@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ringcast.reasons import Reason
-from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert
 from services.common.errors import invalid
 from services.core.entries import Entry, Position
@@ -22,6 +21,7 @@ from services.core.replica_log import (
     ids_read_max,
     read_entries_max,
 )
+from services.internal.v1 import store_service_pb2 as store_pb2
 from services.store.writer import Committed
 
 append_channels_max = 1_024

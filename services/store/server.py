@@ -50,7 +50,6 @@ from typing import Any
 
 import grpc
 
-from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common import convert, metrics
 from services.common.clock import PeerClock
 from services.common.errors import ServiceError, abort, answers_errors
@@ -59,6 +58,7 @@ from services.core.replica_log import (
     ReplicaLog,
     Retention,
 )
+from services.internal.v1 import store_service_pb2 as store_pb2
 from services.store import redis_engine
 from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
 from services.store.requests import (

@@ -20,12 +20,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringcast.v1 import placement_service_pb2 as placement_pb2
-from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from ringcast_tools.chaos.workload import Workload, WorkloadConfig, clock_ms
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import Topology, local_topology
 from services.core.checker import History, Outcome, PublishOp, check
+from services.internal.v1 import placement_service_pb2 as placement_pb2
+from services.internal.v1 import placement_service_pb2_grpc as placement_grpc
 
 CHANNELS = ("chaos-0", "chaos-1", "chaos-2")
 """The workload's channels; `BUSY` is the one a test breaks the owner of."""

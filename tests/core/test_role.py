@@ -381,6 +381,24 @@ def test_a_subscriber_resuming_mid_log_gets_exactly_the_rest() -> None:
     assert [e.serial for _, delivery in effects.deliveries for e in delivery.entries] == [4, 5]
 
 
+def test_a_cursor_beyond_the_end_is_refused_for_subscribers_and_history_but_the_end_itself_waits() -> None:
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    for index in range(3):
+        publish(replicas, role, index, f"m{index}")
+    beyond = role.subscribe(10, 5, 0)  # after serial 5 on a channel of 3: serials 4 and 5 would be skipped
+    assert [(token, delivery.end_reason) for token, delivery in beyond.deliveries] == [(10, "CURSOR_BEYOND_END")]
+    assert 10 not in role.subscribers
+    at_end = role.subscribe(11, 3, 0)  # after the last serial: waits for the next one
+    assert at_end.deliveries == [] and 11 in role.subscribers
+    effects = publish(replicas, role, 12, "m3")
+    assert [(token, [e.serial for e in d.entries]) for token, d in effects.deliveries] == [(11, [4])]
+    history = role.read_history(13, 9, 10, 0)
+    assert [(token, result.reason) for token, result in history.histories] == [(13, "CURSOR_BEYOND_END")]
+    at_last = role.read_history(14, 4, 10, 0)
+    assert [(token, result.reason, result.entries) for token, result in at_last.histories] == [(14, "", ())]
+
+
 def test_stop_ends_subscriptions_and_fails_queued_publishes() -> None:
     role = ChannelRole("ch", 7, RoleConfig(), 0)
     effects = Effects()

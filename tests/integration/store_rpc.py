@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringcast.v1 import store_service_pb2 as store_pb2
-from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.common.convert import entry_from_proto, entry_to_proto, position_to_proto
 from services.common.errors import error_info
 from services.core.entries import Entry, Message, Position
+from services.internal.v1 import store_service_pb2 as store_pb2
+from services.internal.v1 import store_service_pb2_grpc as store_grpc
 from tests.integration.procs import ServiceProcess, ServiceProcesses
 
 call_timeout_s = 10.0

@@ -14,14 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringcast.v1 import channel_service_pb2 as channel_pb2
-from ringcast.v1 import channel_service_pb2_grpc as channel_grpc
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from ringcast_tools.cluster.launcher import Launcher
 from services.common.errors import error_info
 from services.core.ring import Ring
+from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
 from tests.integration.procs import scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def test_a_retried_publish_is_stored_once(cluster: Launcher) -> None:
         (":leading", [message_pb2.Message(id="a")], "CHANNEL_NAME_INVALID"),
         ("x" * 257, [message_pb2.Message(id="a")], "CHANNEL_NAME_TOO_LONG"),
         ("valid", [message_pb2.Message(id="a", data=b"x" * (64 * 1024 + 1))], "MESSAGE_TOO_LARGE"),
-        ("valid", [message_pb2.Message(id=f"m{i}") for i in range(101)], "BATCH_TOO_LARGE"),
+        ("valid", [message_pb2.Message(id=f"m{i}") for i in range(101)], "BATCH_TOO_MANY_MESSAGES"),
         ("valid", [message_pb2.Message(id=f"m{i}", data=b"x" * 60_000) for i in range(20)], "BATCH_TOO_LARGE"),
         ("valid", [message_pb2.Message(data=b"no id")], "MESSAGE_ID_MISSING"),
         ("valid", [], "BATCH_EMPTY"),
@@ -179,7 +179,7 @@ async def _serving(addresses: list[str]) -> int:
     for address in addresses:
         async with grpc.aio.insecure_channel(address) as link:
             node = channel_grpc.ChannelServiceStub(link)
-            total += (await node.GetNode(channel_pb2.ChannelServiceGetNodeRequest(), timeout=5)).channels_serving
+            total += (await node.GetNode(channel_pb2.GetNodeRequest(), timeout=5)).channels_serving
     return total
 
 
@@ -226,18 +226,18 @@ def test_a_killed_nodes_channels_in_use_serve_again_before_any_request(cluster: 
 def test_prepare_refuses_bad_input_and_get_node_tells_the_state(cluster: Launcher) -> None:
     address = next(p.address for p in cluster.topology.processes if p.role == "channel")
 
-    async def scenario() -> tuple[list[str], channel_pb2.ChannelServiceGetNodeResponse]:
+    async def scenario() -> tuple[list[str], channel_pb2.GetNodeResponse]:
         async with grpc.aio.insecure_channel(address) as link:
             node = channel_grpc.ChannelServiceStub(link)
             reasons = []
             for channels in (["ok"] * 1_001, ["ok", ""], ["bad name!"]):
                 try:
-                    await node.Prepare(channel_pb2.ChannelServicePrepareRequest(channels=channels), timeout=5)
+                    await node.Prepare(channel_pb2.PrepareRequest(channels=channels), timeout=5)
                 except grpc.aio.AioRpcError as error:
                     info = error_info(error)
                     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and info is not None
                     reasons.append(info.reason)
-            return reasons, await node.GetNode(channel_pb2.ChannelServiceGetNodeRequest(), timeout=5)
+            return reasons, await node.GetNode(channel_pb2.GetNodeRequest(), timeout=5)
 
     reasons, state = asyncio.run(scenario())
     assert reasons == ["TOO_MANY_CHANNELS", "CHANNEL_NAME_EMPTY", "CHANNEL_NAME_INVALID"]

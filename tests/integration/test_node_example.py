@@ -17,7 +17,6 @@ from typing import IO, Any
 
 import grpc
 import pytest
-from google.rpc import status_pb2
 
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
@@ -26,7 +25,6 @@ from ringcast_tools.cluster.launcher import Launcher, pdeathsig_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "node"
-VENDORED = EXAMPLE / "third_party" / "google" / "rpc"
 
 npm_ci_timeout_s = 600.0
 node_tests_timeout_s = 300.0
@@ -37,13 +35,6 @@ publish_deadline_s = 60.0
 retry_backoff_s = 0.1
 stop_timeout_s = 10.0
 """How long subscribe.js may take to exit after SIGTERM."""
-
-
-def test_vendored_google_protos_are_those_of_the_installed_googleapis_common_protos() -> None:
-    """The example compiles google/rpc/*.proto from its own copies: they must not drift."""
-    installed = Path(status_pb2.__file__).parent
-    for name in ("status.proto", "error_details.proto"):
-        assert (VENDORED / name).read_bytes() == (installed / name).read_bytes(), f"refresh {VENDORED / name}"
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,13 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from ringcast.v1 import placement_service_pb2 as placement_pb2
-from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from services.common.errors import reason_of
 from services.common.etcd import Etcd, MemberRecord
 from services.common.registration import Registration
 from services.common.ring_watch import RingView, RingWatcher
 from services.core.ring import Ring
+from services.internal.v1 import placement_service_pb2 as placement_pb2
+from services.internal.v1 import placement_service_pb2_grpc as placement_grpc
 from services.placement.server import PlacementServicer, RingBroadcast, ring_from_members
 from tests.integration.etcd import EtcdServer
 from tests.integration.procs import ServiceProcess, ServiceProcesses, free_port

@@ -14,10 +14,10 @@ import grpc
 import pytest
 
 import ringcast
-from ringcast.v1 import placement_service_pb2 as placement_pb2
-from ringcast.v1 import placement_service_pb2_grpc as placement_grpc
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
+from services.internal.v1 import placement_service_pb2 as placement_pb2
+from services.internal.v1 import placement_service_pb2_grpc as placement_grpc
 from services.placement.server import connect_refused
 
 lease_ttl_s = 30.0

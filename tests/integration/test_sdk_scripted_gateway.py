@@ -63,8 +63,8 @@ class ScriptedGateway(realtime_grpc.RealtimeServiceServicer):  # type: ignore[mi
 
     async def GetChannel(  # noqa: N802
         self, request: realtime_pb2.GetChannelRequest, context: grpc.aio.ServicerContext
-    ) -> message_pb2.Channel:
-        return message_pb2.Channel(name=request.channel, owner="scripted", last_serial=self.serial)
+    ) -> realtime_pb2.GetChannelResponse:
+        return realtime_pb2.GetChannelResponse(name=request.channel, owner="scripted", last_serial=self.serial)
 
     async def Subscribe(  # noqa: N802
         self, request: realtime_pb2.SubscribeRequest, context: grpc.aio.ServicerContext

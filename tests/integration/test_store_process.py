@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringcast.v1 import store_service_pb2 as store_pb2
 from services.common.convert import entry_from_proto
 from services.core.entries import ORIGIN, Entry, Message
+from services.internal.v1 import store_service_pb2 as store_pb2
 from services.store import redis_engine
 from services.store.redis_engine import open_redis
 from tests.integration.procs import ServiceProcesses, free_port

@@ -18,11 +18,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ringcast.v1 import store_service_pb2 as store_pb2
-from ringcast.v1 import store_service_pb2_grpc as store_grpc
 from services.common.convert import entry_from_proto
 from services.core.entries import ORIGIN, Entry, Message, Position
 from services.core.replica_log import COMMIT_ID_KEY, COMMIT_REQUESTS_KEY, read_entries_max
+from services.internal.v1 import store_service_pb2 as store_pb2
+from services.internal.v1 import store_service_pb2_grpc as store_grpc
 from services.store import requests as store_requests
 from services.store import server as store_server
 from tests.integration.procs import ServiceProcess, ServiceProcesses
@@ -63,7 +63,7 @@ def stub(store: ServiceProcess) -> Iterator[store_grpc.StoreServiceStub]:
 def test_health_says_serving_for_the_server_and_the_store_service(store: ServiceProcess) -> None:
     with grpc.insecure_channel(store.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "ringcast.v1.StoreService"):
+        for service in ("", "ringcast.internal.v1.StoreService"):
             response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=call_timeout_s)
             assert response.status == health_pb2.HealthCheckResponse.SERVING
 

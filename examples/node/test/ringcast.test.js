@@ -251,3 +251,17 @@ test('the command-line programs: publish.js twice with --id, then subscribe.js p
     ],
   );
 });
+
+test('with no gateway to connect to, a call fails within seconds and says so', async () => {
+  // Ports nothing listens on: every attempt is refused. Without the fail-fast rule the call would
+  // retry until its 30 s deadline (25 attempts).
+  const nowhere = new RingcastClient({ gateways: ['127.0.0.1:1', '127.0.0.1:2'], deadlineMs: 30_000 });
+  const started = Date.now();
+  const error = await rejection(nowhere.publish(channelFor('nowhere'), [{ data: 'x' }]));
+  const tookMs = Date.now() - started;
+  nowhere.close();
+  assert.ok(error instanceof RingcastError, String(error));
+  assert.equal(error.code, grpc.status.UNAVAILABLE);
+  assert.match(error.message, /no gateway reachable \(127\.0\.0\.1:1, 127\.0\.0\.1:2\)/);
+  assert.ok(tookMs < 8_000, `took ${tookMs} ms`);
+});

@@ -41,6 +41,11 @@ class Reads(RoleBase):
         if self.state is not RoleState.SERVING:
             return
         visible = self._visible()
+        if self.commit >= self.recovered_last:  # commit is known: no client has seen a serial above it
+            beyond = [token for token, subscriber in self.subscribers.items() if subscriber.next_serial > visible + 1]
+            for token in beyond:  # it would wait for serials it skips: say so instead (G6)
+                del self.subscribers[token]
+                effects.deliveries.append(SubscriberDelivery(token, Delivery(end_reason=Reason.CURSOR_BEYOND_END)))
         for token, subscriber in self.subscribers.items():
             if subscriber.next_serial <= self.trimmed_through and not subscriber.read_sequence:
                 subscriber.next_serial = self.trimmed_through + 1
@@ -74,6 +79,10 @@ class Reads(RoleBase):
             return  # until our rewrite of the adopted log is on a quorum, commit is unknown
         for token, (asked_after, limit) in list(self.histories.items()):
             if any(read.owner == token and read.purpose == "history" for read in self.reads.values()):
+                continue
+            if asked_after > self.commit:  # beyond the end: not an empty page, which would hide the gap
+                del self.histories[token]
+                effects.histories.append(HistoryAnswer(token, HistoryResult(reason=Reason.CURSOR_BEYOND_END)))
                 continue
             after = max(asked_after, self.trimmed_through)
             gap = after + 1 if after > asked_after else 0

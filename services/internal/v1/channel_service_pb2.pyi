@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class ChannelServicePublishRequest(_message.Message):
+class PublishRequest(_message.Message):
     __slots__ = ("channel", "messages")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -16,7 +16,7 @@ class ChannelServicePublishRequest(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]
     def __init__(self, channel: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ...) -> None: ...
 
-class ChannelServicePublishResponse(_message.Message):
+class PublishResponse(_message.Message):
     __slots__ = ("serials", "duplicates")
     SERIALS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
@@ -24,13 +24,13 @@ class ChannelServicePublishResponse(_message.Message):
     duplicates: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, serials: _Optional[_Iterable[int]] = ..., duplicates: _Optional[_Iterable[bool]] = ...) -> None: ...
 
-class ChannelServicePublishPipeRequest(_message.Message):
+class PublishPipeRequest(_message.Message):
     __slots__ = ("publishes",)
     PUBLISHES_FIELD_NUMBER: _ClassVar[int]
-    publishes: _containers.RepeatedCompositeFieldContainer[ChannelServicePipedPublish]
-    def __init__(self, publishes: _Optional[_Iterable[_Union[ChannelServicePipedPublish, _Mapping]]] = ...) -> None: ...
+    publishes: _containers.RepeatedCompositeFieldContainer[PipedPublish]
+    def __init__(self, publishes: _Optional[_Iterable[_Union[PipedPublish, _Mapping]]] = ...) -> None: ...
 
-class ChannelServicePipedPublish(_message.Message):
+class PipedPublish(_message.Message):
     __slots__ = ("tag", "publish", "timeout_ms", "trace_context")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -44,28 +44,28 @@ class ChannelServicePipedPublish(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     tag: int
-    publish: ChannelServicePublishRequest
+    publish: PublishRequest
     timeout_ms: int
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, tag: _Optional[int] = ..., publish: _Optional[_Union[ChannelServicePublishRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, tag: _Optional[int] = ..., publish: _Optional[_Union[PublishRequest, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
-class ChannelServicePublishPipeResponse(_message.Message):
+class PublishPipeResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[ChannelServicePipedPublishResult]
-    def __init__(self, results: _Optional[_Iterable[_Union[ChannelServicePipedPublishResult, _Mapping]]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[PipedPublishResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[PipedPublishResult, _Mapping]]] = ...) -> None: ...
 
-class ChannelServicePipedPublishResult(_message.Message):
+class PipedPublishResult(_message.Message):
     __slots__ = ("tag", "response", "error")
     TAG_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     tag: int
-    response: ChannelServicePublishResponse
+    response: PublishResponse
     error: _status_pb2.Status
-    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[ChannelServicePublishResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    def __init__(self, tag: _Optional[int] = ..., response: _Optional[_Union[PublishResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
-class ChannelServiceSubscribeRequest(_message.Message):
+class SubscribeRequest(_message.Message):
     __slots__ = ("channel", "after_serial")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -73,7 +73,7 @@ class ChannelServiceSubscribeRequest(_message.Message):
     after_serial: int
     def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ...) -> None: ...
 
-class ChannelServiceSubscribeResponse(_message.Message):
+class SubscribeResponse(_message.Message):
     __slots__ = ("messages", "gap")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     GAP_FIELD_NUMBER: _ClassVar[int]
@@ -81,7 +81,7 @@ class ChannelServiceSubscribeResponse(_message.Message):
     gap: _message_pb2.ContinuityLost
     def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ...) -> None: ...
 
-class ChannelServiceHistoryRequest(_message.Message):
+class HistoryRequest(_message.Message):
     __slots__ = ("channel", "after_serial", "limit")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -91,7 +91,7 @@ class ChannelServiceHistoryRequest(_message.Message):
     limit: int
     def __init__(self, channel: _Optional[str] = ..., after_serial: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
 
-class ChannelServiceHistoryResponse(_message.Message):
+class HistoryResponse(_message.Message):
     __slots__ = ("messages", "last_serial", "gap")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
@@ -101,29 +101,43 @@ class ChannelServiceHistoryResponse(_message.Message):
     gap: _message_pb2.ContinuityLost
     def __init__(self, messages: _Optional[_Iterable[_Union[_message_pb2.Message, _Mapping]]] = ..., last_serial: _Optional[int] = ..., gap: _Optional[_Union[_message_pb2.ContinuityLost, _Mapping]] = ...) -> None: ...
 
-class ChannelServiceGetChannelRequest(_message.Message):
+class GetChannelRequest(_message.Message):
     __slots__ = ("channel",)
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     channel: str
     def __init__(self, channel: _Optional[str] = ...) -> None: ...
 
-class ChannelServicePrepareRequest(_message.Message):
+class GetChannelResponse(_message.Message):
+    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    owner: str
+    epoch: int
+    last_serial: int
+    ring_version: int
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ...) -> None: ...
+
+class PrepareRequest(_message.Message):
     __slots__ = ("channels",)
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     channels: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, channels: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class ChannelServicePrepareResponse(_message.Message):
+class PrepareResponse(_message.Message):
     __slots__ = ("queued",)
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     queued: int
     def __init__(self, queued: _Optional[int] = ...) -> None: ...
 
-class ChannelServiceGetNodeRequest(_message.Message):
+class GetNodeRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class ChannelServiceGetNodeResponse(_message.Message):
+class GetNodeResponse(_message.Message):
     __slots__ = ("node_id", "ring_version", "serving", "channels_serving", "channels_taking_over", "channels_prepared", "takeovers_done")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RING_VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from ringcast.v1 import store_service_pb2 as ringcast_dot_v1_dot_store__service__pb2
+from services.internal.v1 import store_service_pb2 as ringcast_dot_internal_dot_v1_dot_store__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ringcast/v1/store_service_pb2_grpc.py depends on'
+        + ' but the generated code in ringcast/internal/v1/store_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,24 +37,24 @@ class StoreServiceStub:
             channel: A grpc.Channel.
         """
         self.Fence = channel.unary_unary(
-                '/ringcast.v1.StoreService/Fence',
-                request_serializer=ringcast_dot_v1_dot_store__service__pb2.FenceRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_store__service__pb2.FenceResponse.FromString,
+                '/ringcast.internal.v1.StoreService/Fence',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.FenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.FenceResponse.FromString,
                 _registered_method=True)
         self.Append = channel.unary_unary(
-                '/ringcast.v1.StoreService/Append',
-                request_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
+                '/ringcast.internal.v1.StoreService/Append',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
                 _registered_method=True)
         self.AppendStream = channel.stream_stream(
-                '/ringcast.v1.StoreService/AppendStream',
-                request_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
+                '/ringcast.internal.v1.StoreService/AppendStream',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
                 _registered_method=True)
         self.Read = channel.unary_unary(
-                '/ringcast.v1.StoreService/Read',
-                request_serializer=ringcast_dot_v1_dot_store__service__pb2.ReadRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_store__service__pb2.ReadResponse.FromString,
+                '/ringcast.internal.v1.StoreService/Read',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.ReadRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.ReadResponse.FromString,
                 _registered_method=True)
 
 
@@ -101,29 +101,29 @@ def add_StoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Fence': grpc.unary_unary_rpc_method_handler(
                     servicer.Fence,
-                    request_deserializer=ringcast_dot_v1_dot_store__service__pb2.FenceRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_store__service__pb2.FenceResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.FenceRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.FenceResponse.SerializeToString,
             ),
             'Append': grpc.unary_unary_rpc_method_handler(
                     servicer.Append,
-                    request_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendResponse.SerializeToString,
             ),
             'AppendStream': grpc.stream_stream_rpc_method_handler(
                     servicer.AppendStream,
-                    request_deserializer=ringcast_dot_v1_dot_store__service__pb2.AppendRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_store__service__pb2.AppendResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendResponse.SerializeToString,
             ),
             'Read': grpc.unary_unary_rpc_method_handler(
                     servicer.Read,
-                    request_deserializer=ringcast_dot_v1_dot_store__service__pb2.ReadRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_store__service__pb2.ReadResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.ReadRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_store__service__pb2.ReadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ringcast.v1.StoreService', rpc_method_handlers)
+            'ringcast.internal.v1.StoreService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ringcast.v1.StoreService', rpc_method_handlers)
+    server.add_registered_method_handlers('ringcast.internal.v1.StoreService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -146,9 +146,9 @@ class StoreService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.StoreService/Fence',
-            ringcast_dot_v1_dot_store__service__pb2.FenceRequest.SerializeToString,
-            ringcast_dot_v1_dot_store__service__pb2.FenceResponse.FromString,
+            '/ringcast.internal.v1.StoreService/Fence',
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.FenceRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.FenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,9 +173,9 @@ class StoreService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.StoreService/Append',
-            ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
-            ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
+            '/ringcast.internal.v1.StoreService/Append',
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -200,9 +200,9 @@ class StoreService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/ringcast.v1.StoreService/AppendStream',
-            ringcast_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
-            ringcast_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
+            '/ringcast.internal.v1.StoreService/AppendStream',
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.AppendResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -227,9 +227,9 @@ class StoreService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.StoreService/Read',
-            ringcast_dot_v1_dot_store__service__pb2.ReadRequest.SerializeToString,
-            ringcast_dot_v1_dot_store__service__pb2.ReadResponse.FromString,
+            '/ringcast.internal.v1.StoreService/Read',
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.ReadRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_store__service__pb2.ReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from ringcast.v1 import placement_service_pb2 as ringcast_dot_v1_dot_placement__service__pb2
+from services.internal.v1 import placement_service_pb2 as ringcast_dot_internal_dot_v1_dot_placement__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ringcast/v1/placement_service_pb2_grpc.py depends on'
+        + ' but the generated code in ringcast/internal/v1/placement_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,24 +37,24 @@ class PlacementServiceStub:
             channel: A grpc.Channel.
         """
         self.Lookup = channel.unary_unary(
-                '/ringcast.v1.PlacementService/Lookup',
-                request_serializer=ringcast_dot_v1_dot_placement__service__pb2.LookupRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_placement__service__pb2.LookupResponse.FromString,
+                '/ringcast.internal.v1.PlacementService/Lookup',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.LookupRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.LookupResponse.FromString,
                 _registered_method=True)
         self.GetRing = channel.unary_unary(
-                '/ringcast.v1.PlacementService/GetRing',
-                request_serializer=ringcast_dot_v1_dot_placement__service__pb2.GetRingRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_placement__service__pb2.Ring.FromString,
+                '/ringcast.internal.v1.PlacementService/GetRing',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.GetRingRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.Ring.FromString,
                 _registered_method=True)
         self.WatchRing = channel.unary_stream(
-                '/ringcast.v1.PlacementService/WatchRing',
-                request_serializer=ringcast_dot_v1_dot_placement__service__pb2.WatchRingRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_placement__service__pb2.Ring.FromString,
+                '/ringcast.internal.v1.PlacementService/WatchRing',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.WatchRingRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.Ring.FromString,
                 _registered_method=True)
         self.ReportUnreachable = channel.unary_unary(
-                '/ringcast.v1.PlacementService/ReportUnreachable',
-                request_serializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.FromString,
+                '/ringcast.internal.v1.PlacementService/ReportUnreachable',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.FromString,
                 _registered_method=True)
 
 
@@ -99,29 +99,29 @@ def add_PlacementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Lookup': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookup,
-                    request_deserializer=ringcast_dot_v1_dot_placement__service__pb2.LookupRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_placement__service__pb2.LookupResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.LookupRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.LookupResponse.SerializeToString,
             ),
             'GetRing': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRing,
-                    request_deserializer=ringcast_dot_v1_dot_placement__service__pb2.GetRingRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_placement__service__pb2.Ring.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.GetRingRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.Ring.SerializeToString,
             ),
             'WatchRing': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRing,
-                    request_deserializer=ringcast_dot_v1_dot_placement__service__pb2.WatchRingRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_placement__service__pb2.Ring.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.WatchRingRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.Ring.SerializeToString,
             ),
             'ReportUnreachable': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportUnreachable,
-                    request_deserializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ringcast.v1.PlacementService', rpc_method_handlers)
+            'ringcast.internal.v1.PlacementService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ringcast.v1.PlacementService', rpc_method_handlers)
+    server.add_registered_method_handlers('ringcast.internal.v1.PlacementService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -144,9 +144,9 @@ class PlacementService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.PlacementService/Lookup',
-            ringcast_dot_v1_dot_placement__service__pb2.LookupRequest.SerializeToString,
-            ringcast_dot_v1_dot_placement__service__pb2.LookupResponse.FromString,
+            '/ringcast.internal.v1.PlacementService/Lookup',
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.LookupRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.LookupResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -171,9 +171,9 @@ class PlacementService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.PlacementService/GetRing',
-            ringcast_dot_v1_dot_placement__service__pb2.GetRingRequest.SerializeToString,
-            ringcast_dot_v1_dot_placement__service__pb2.Ring.FromString,
+            '/ringcast.internal.v1.PlacementService/GetRing',
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.GetRingRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.Ring.FromString,
             options,
             channel_credentials,
             insecure,
@@ -198,9 +198,9 @@ class PlacementService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/ringcast.v1.PlacementService/WatchRing',
-            ringcast_dot_v1_dot_placement__service__pb2.WatchRingRequest.SerializeToString,
-            ringcast_dot_v1_dot_placement__service__pb2.Ring.FromString,
+            '/ringcast.internal.v1.PlacementService/WatchRing',
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.WatchRingRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.Ring.FromString,
             options,
             channel_credentials,
             insecure,
@@ -225,9 +225,9 @@ class PlacementService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.PlacementService/ReportUnreachable',
-            ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.SerializeToString,
-            ringcast_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.FromString,
+            '/ringcast.internal.v1.PlacementService/ReportUnreachable',
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.ReportUnreachableRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_placement__service__pb2.ReportUnreachableResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,8 +3,7 @@
 import grpc
 import warnings
 
-from ringcast.v1 import channel_service_pb2 as ringcast_dot_v1_dot_channel__service__pb2
-from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
+from services.internal.v1 import channel_service_pb2 as ringcast_dot_internal_dot_v1_dot_channel__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ringcast/v1/channel_service_pb2_grpc.py depends on'
+        + ' but the generated code in ringcast/internal/v1/channel_service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -40,39 +39,39 @@ class ChannelServiceStub:
             channel: A grpc.Channel.
         """
         self.Publish = channel.unary_unary(
-                '/ringcast.v1.ChannelService/Publish',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishResponse.FromString,
+                '/ringcast.internal.v1.ChannelService/Publish',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishResponse.FromString,
                 _registered_method=True)
         self.PublishPipe = channel.stream_stream(
-                '/ringcast.v1.ChannelService/PublishPipe',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeResponse.FromString,
+                '/ringcast.internal.v1.ChannelService/PublishPipe',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishPipeRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishPipeResponse.FromString,
                 _registered_method=True)
         self.Subscribe = channel.unary_stream(
-                '/ringcast.v1.ChannelService/Subscribe',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeResponse.FromString,
+                '/ringcast.internal.v1.ChannelService/Subscribe',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
         self.History = channel.unary_unary(
-                '/ringcast.v1.ChannelService/History',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceHistoryRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceHistoryResponse.FromString,
+                '/ringcast.internal.v1.ChannelService/History',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HistoryResponse.FromString,
                 _registered_method=True)
         self.GetChannel = channel.unary_unary(
-                '/ringcast.v1.ChannelService/GetChannel',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetChannelRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_message__pb2.Channel.FromString,
+                '/ringcast.internal.v1.ChannelService/GetChannel',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetChannelRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetChannelResponse.FromString,
                 _registered_method=True)
         self.Prepare = channel.unary_unary(
-                '/ringcast.v1.ChannelService/Prepare',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareResponse.FromString,
+                '/ringcast.internal.v1.ChannelService/Prepare',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PrepareRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PrepareResponse.FromString,
                 _registered_method=True)
         self.GetNode = channel.unary_unary(
-                '/ringcast.v1.ChannelService/GetNode',
-                request_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeRequest.SerializeToString,
-                response_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeResponse.FromString,
+                '/ringcast.internal.v1.ChannelService/GetNode',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.FromString,
                 _registered_method=True)
 
 
@@ -145,44 +144,44 @@ def add_ChannelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Publish': grpc.unary_unary_rpc_method_handler(
                     servicer.Publish,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishResponse.SerializeToString,
             ),
             'PublishPipe': grpc.stream_stream_rpc_method_handler(
                     servicer.PublishPipe,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishPipeRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishPipeResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribeRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribeResponse.SerializeToString,
             ),
             'History': grpc.unary_unary_rpc_method_handler(
                     servicer.History,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceHistoryRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceHistoryResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HistoryRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HistoryResponse.SerializeToString,
             ),
             'GetChannel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChannel,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetChannelRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_message__pb2.Channel.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetChannelRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetChannelResponse.SerializeToString,
             ),
             'Prepare': grpc.unary_unary_rpc_method_handler(
                     servicer.Prepare,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PrepareRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PrepareResponse.SerializeToString,
             ),
             'GetNode': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNode,
-                    request_deserializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeRequest.FromString,
-                    response_serializer=ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeResponse.SerializeToString,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'ringcast.v1.ChannelService', rpc_method_handlers)
+            'ringcast.internal.v1.ChannelService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('ringcast.v1.ChannelService', rpc_method_handlers)
+    server.add_registered_method_handlers('ringcast.internal.v1.ChannelService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -207,9 +206,9 @@ class ChannelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.ChannelService/Publish',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishRequest.SerializeToString,
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/Publish',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,9 +233,9 @@ class ChannelService:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/ringcast.v1.ChannelService/PublishPipe',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeRequest.SerializeToString,
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePublishPipeResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/PublishPipe',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishPipeRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PublishPipeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,9 +260,9 @@ class ChannelService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/ringcast.v1.ChannelService/Subscribe',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeRequest.SerializeToString,
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceSubscribeResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/Subscribe',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribeRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,9 +287,9 @@ class ChannelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.ChannelService/History',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceHistoryRequest.SerializeToString,
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceHistoryResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/History',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HistoryRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,9 +314,9 @@ class ChannelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.ChannelService/GetChannel',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetChannelRequest.SerializeToString,
-            ringcast_dot_v1_dot_message__pb2.Channel.FromString,
+            '/ringcast.internal.v1.ChannelService/GetChannel',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetChannelRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,9 +341,9 @@ class ChannelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.ChannelService/Prepare',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareRequest.SerializeToString,
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServicePrepareResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/Prepare',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PrepareRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.PrepareResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -369,9 +368,9 @@ class ChannelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ringcast.v1.ChannelService/GetNode',
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeRequest.SerializeToString,
-            ringcast_dot_v1_dot_channel__service__pb2.ChannelServiceGetNodeResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/GetNode',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

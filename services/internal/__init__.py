@@ -1,0 +1,1 @@
+"""The platform's generated internal stubs (see v1/)."""
