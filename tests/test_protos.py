@@ -67,6 +67,11 @@ def test_vendored_google_protos_are_those_of_the_installed_googleapis_common_pro
         assert (vendored / name).read_bytes() == (installed / name).read_bytes(), f"refresh {vendored / name}"
 
 
+def test_the_node_example_loads_the_public_package_only() -> None:
+    client = (ROOT / "examples" / "node" / "ringcast.js").read_text()
+    assert "ringcast/v1/realtime_service.proto" in client and "internal" not in client
+
+
 def test_buf_builds_and_lints_offline() -> None:
     built = buf("build")
     assert built.returncode == 0, built.stderr
