@@ -37,9 +37,14 @@ Rules (DESIGN §3), for one channel X on one replica:
    append over a damaged range fills the missing entries in place and keeps every intact one it
    holds at the same (serial, epoch), so a repair never removes a good copy. A fence first checks
    the log's last entry, so the position it answers is one the replica can vouch for.
+8. Defence in depth: one owner writes each (serial, epoch) once, so an append that brings an entry
+   the log already holds at the same (serial, epoch) with other content (another checksum) is a
+   forgery or a broken writer. It is refused as DATA_LOSS — logged and counted, nothing written,
+   never acknowledged as held — unless the held copy fails its own checksum (damage, rule 7: then
+   the owner's copy replaces it).
 
 The rules are plain code over a `LogStorage` (what an engine provides: SQLite, Redis, or the
-in-memory engine below). They do no I/O of their own; making writes durable before the reply leaves
+in-memory engine, memory_log.py). They do no I/O of their own; making writes durable before the reply leaves
 the replica is the adapter's job.
 """
 
@@ -77,6 +82,7 @@ class AppendStatus(enum.Enum):
     MISMATCH = "mismatch"
     CORRUPT = "corrupt"
     INVALID = "invalid"
+    DATA_LOSS = "data_loss"
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +336,11 @@ class ReplicaLog:
             )
         damaged = storage.damaged(channel)
         first_new = self._first_not_held(channel, entries, last, damaged)
+        forged = self._held_otherwise(channel, entries[:first_new])
+        if forged is not None:
+            self.found.append((channel, forged.serial, "conflict"))
+            detail = f"entry {forged.serial} at epoch {forged.epoch} differs from the one held"
+            return AppendReply(AppendStatus.DATA_LOSS, fence, last, detail=detail, damaged=storage.damaged(channel))
         if first_new < len(entries):
             if entries[first_new].serial <= last.serial:
                 storage.truncate_after(channel, entries[first_new].serial - 1)
@@ -377,6 +388,29 @@ class ReplicaLog:
         assert epoch is not None
         storage.drop_through(channel, Position(through, epoch))
         return through - base.serial
+
+    def _held_otherwise(self, channel: str, entries: Sequence[Entry]) -> Entry | None:
+        """Rule 8: the first of `entries` (all held at the same serial and epoch) whose held copy has
+        other content. One owner writes each (serial, epoch) once, so a different entry there is a
+        forgery or a broken writer: refused, never acknowledged as if held. A held copy that fails
+        its own checksum is damage at rest instead (rule 7): it is replaced by the owner's."""
+        if not entries:
+            return None
+        held = {entry.serial: entry for entry in self.storage.read(channel, entries[0].serial - 1, len(entries))}
+        replaced: list[Entry] = []
+        for entry in entries:
+            mine = held.get(entry.serial)
+            if mine is None or mine.checksum == entry.checksum:
+                continue
+            if mine.intact():
+                return entry
+            replaced.append(entry)
+        for entry in replaced:
+            self.storage.remove(channel, entry.serial)
+        if replaced:
+            self.storage.fill(channel, replaced)
+            self.found.extend((channel, entry.serial, "filled") for entry in replaced)
+        return None
 
     def _first_not_held(self, channel: str, entries: Sequence[Entry], last: Position, damaged: int) -> int:
         """Index of the first entry the log does not already hold at the same (serial, epoch).

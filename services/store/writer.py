@@ -175,6 +175,14 @@ class GroupCommitWriter:
         found, self.replica.found = self.replica.found, []
         for channel, serial, what in found:
             metrics.store_damaged_entries.labels(what).inc()
+            if what == "conflict":
+                log.error(
+                    "channel %r: refused (DATA_LOSS) an append of entry %d: it differs from the entry held at"
+                    " its serial and epoch (a forgery or a broken writer); nothing written",
+                    channel,
+                    serial,
+                )
+                continue
             log.error(
                 "channel %r: entry %d %s at rest; the owner rewrites it from a good replica", channel, serial, what
             )

@@ -81,6 +81,20 @@ def test_fence_append_read_round_trip(stub: store_grpc.StoreServiceStub) -> None
     assert (stale.fenced, stale.fence_epoch, stale.last.serial, stale.last.epoch) == (True, 3, 3, 3)
 
 
+def test_an_entry_forged_at_a_held_serial_and_epoch_is_refused_as_data_loss(stub: store_grpc.StoreServiceStub) -> None:
+    """The attack of issue #16: a self-made entry at the owner's (serial, epoch) must not be
+    acknowledged as held (replica log rule 8); the real one still is."""
+    fence_one(stub, "forged", 4)
+    entries = make_entries(1, [4, 4, 4])
+    assert append_one(stub, channel_append("forged", 4, ORIGIN, entries)).status == store_pb2.APPEND_STATUS_OK
+    (forged,) = make_entries(2, [4], tag="forged")
+    refused = append_one(stub, channel_append("forged", 4, entries[0].position, [forged]))
+    assert refused.status == store_pb2.APPEND_STATUS_DATA_LOSS and refused.match_serial == 0, refused
+    assert read_entries(stub, "forged") == entries  # nothing written
+    held = append_one(stub, channel_append("forged", 4, entries[0].position, entries[1:2]))
+    assert (held.status, held.match_serial) == (store_pb2.APPEND_STATUS_OK, 2)
+
+
 def test_one_append_call_judges_each_channel_on_its_own(stub: store_grpc.StoreServiceStub) -> None:
     fence_one(stub, "batch-fenced", 5)
     append_one(stub, channel_append("batch-conflict", 2, ORIGIN, make_entries(1, [1, 2, 2])))

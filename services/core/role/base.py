@@ -34,6 +34,7 @@ class ReplicaView:
     fenced_out: int = 0  # its fence, when it refused our epoch (a minority may; we go on without it)
     damaged: int = 0  # the first serial known missing or corrupt on it (0: none): rewritten from there
     unreadable: bool = False  # a recovery read from it failed its checks: not adopted in this takeover
+    conflicted: bool = False  # it refused an append as DATA_LOSS (reported once)
 
 
 @dataclass(slots=True)

@@ -167,13 +167,14 @@ class TakeoverStep(NamedTuple):
     details: dict[str, int | str]
 
 
-ReplicaFaultKind = Literal["fenced_out", "damaged"]
+ReplicaFaultKind = Literal["fenced_out", "damaged", "conflict"]
 
 
 class ReplicaFault(NamedTuple):
     """A replica found at fault, reported once per role. `fenced_out`: its fence is above our epoch
     while a quorum accepts us. `damaged`: it answered a read with a hole, a bad checksum or a wrong
-    entry, or said itself that its log is damaged."""
+    entry, or said itself that its log is damaged. `conflict`: it refused an append (DATA_LOSS)
+    because it holds another entry at one of our (serial, epoch) — forged, or a broken writer."""
 
     channel: str
     replica: str

@@ -189,6 +189,9 @@ class Replication(RoleBase):
                 self._rewind(replica, request, reply, effects)
         else:
             effects.events.append(f"append refused {self.channel} {replica_name} {reply.status.value} {reply.detail}")
+            if reply.status is AppendStatus.DATA_LOSS and not replica.conflicted:
+                replica.conflicted = True  # it holds another entry at one of our (serial, epoch): say so once
+                effects.replica_faults.append(ReplicaFault(self.channel, replica_name, "conflict", reply.detail))
             self._reset(replica)
             replica.refused_ms = now_ms  # sent again after append_timeout_ms, not at once in a loop
         self._pump(now_ms, effects)

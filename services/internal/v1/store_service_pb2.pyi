@@ -16,12 +16,14 @@ class AppendStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPEND_STATUS_MISMATCH: _ClassVar[AppendStatus]
     APPEND_STATUS_CORRUPT: _ClassVar[AppendStatus]
     APPEND_STATUS_INVALID: _ClassVar[AppendStatus]
+    APPEND_STATUS_DATA_LOSS: _ClassVar[AppendStatus]
 APPEND_STATUS_UNSPECIFIED: AppendStatus
 APPEND_STATUS_OK: AppendStatus
 APPEND_STATUS_FENCED: AppendStatus
 APPEND_STATUS_MISMATCH: AppendStatus
 APPEND_STATUS_CORRUPT: AppendStatus
 APPEND_STATUS_INVALID: AppendStatus
+APPEND_STATUS_DATA_LOSS: AppendStatus
 
 class LogPosition(_message.Message):
     __slots__ = ("serial", "epoch")

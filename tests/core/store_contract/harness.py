@@ -212,3 +212,27 @@ def in_transaction(storage: SqliteLogStorage, operation: Callable[[], Result]) -
 
 
 by_count = Retention(age_ms=10**15, entries_max=2, keep_recent_ms=0)
+
+
+def damage_at_rest(engine: Engine, serial: int, how: str, name: str = channel) -> None:
+    """Damage the stored entry at `serial` behind the rules' back, as a disk or an operator would:
+    "missing" (the row is gone) or "corrupt" (a bit of its checksum flipped)."""
+    storage = engine.storage
+    if isinstance(storage, MemoryLogStorage):
+        storage.damage(name, serial, how)
+    elif isinstance(storage, SqliteLogStorage):
+        statement = (
+            "DELETE FROM entries"
+            if how == "missing"
+            else "UPDATE entries SET checksum = (checksum | 1) - (checksum & 1)"
+        )
+        engine.run(lambda: storage._connection.execute(f"{statement} WHERE channel = ? AND serial = ?", (name, serial)))
+        storage.rollback()  # forget the engine's cache of positions, as a restart would
+    else:
+        assert isinstance(storage, RedisLogStorage)
+        key = storage.prefix + "e:" + name
+        (member,) = storage.client.zrangebyscore(key, serial, serial)
+        storage.client.zremrangebyscore(key, serial, serial)
+        if how == "corrupt":
+            storage.client.zadd(key, {member[:16] + bytes([member[16] ^ 1]) + member[17:]: serial})
+        storage.rollback()

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import pytest
 
 from services.core.entries import ORIGIN, Entry, Message, Position
-from services.core.memory_log import MemoryLogStorage
 from services.core.replica_log import (
     AppendReply,
     AppendStatus,
@@ -15,13 +14,12 @@ from services.core.replica_log import (
     ReadReply,
     Retention,
 )
-from services.store.redis_engine import RedisLogStorage
-from services.store.sqlite_engine import SqliteLogStorage
 from tests.core.store_contract.harness import (
     Engine,
     Replica,
     by_count,
     channel,
+    damage_at_rest,
     held_entries,
     make_entries,
     replica_with,
@@ -167,35 +165,11 @@ def test_channels_are_listed_in_pages(engine: Engine) -> None:
 # --------------------------------------------------------------------------------- rule 7: damage at rest
 
 
-def _damage(engine: Engine, serial: int, how: str, name: str = channel) -> None:
-    """Damage the stored entry at `serial` behind the rules' back, as a disk or an operator would:
-    "missing" (the row is gone) or "corrupt" (a bit of its checksum flipped)."""
-    storage = engine.storage
-    if isinstance(storage, MemoryLogStorage):
-        storage.damage(name, serial, how)
-    elif isinstance(storage, SqliteLogStorage):
-        statement = (
-            "DELETE FROM entries"
-            if how == "missing"
-            else "UPDATE entries SET checksum = (checksum | 1) - (checksum & 1)"
-        )
-        engine.run(lambda: storage._connection.execute(f"{statement} WHERE channel = ? AND serial = ?", (name, serial)))
-        storage.rollback()  # forget the engine's cache of positions, as a restart would
-    else:
-        assert isinstance(storage, RedisLogStorage)
-        key = storage.prefix + "e:" + name
-        (member,) = storage.client.zrangebyscore(key, serial, serial)
-        storage.client.zremrangebyscore(key, serial, serial)
-        if how == "corrupt":
-            storage.client.zadd(key, {member[:16] + bytes([member[16] ^ 1]) + member[17:]: serial})
-        storage.rollback()
-
-
 @pytest.mark.parametrize("how", ["missing", "corrupt"])
 def test_a_read_stops_at_damage_and_returns_only_the_intact_run_before_it(engine: Engine, how: str) -> None:
     replica = replica_with(engine, [1] * 10)
     held = held_entries(engine)
-    _damage(engine, 5, how)
+    damage_at_rest(engine, 5, how)
     reply = replica.read(channel, 2, 100)
     assert (reply.entries, reply.damaged, reply.last) == (tuple(held[2:4]), 5, Position(10, 1))
     assert replica.read(channel, 4, 100).entries == ()
@@ -210,7 +184,7 @@ def test_a_read_stops_at_damage_and_returns_only_the_intact_run_before_it(engine
 def test_damage_is_recorded_reported_and_repaired_in_place_by_the_owners_append(engine: Engine, how: str) -> None:
     replica = replica_with(engine, [1] * 10)
     held = held_entries(engine)
-    _damage(engine, 5, how)
+    damage_at_rest(engine, 5, how)
     assert replica.engine.run(lambda: replica.rules.mark_damaged(channel, 5)) == how
     assert ("orders", 5, "missing") in replica.rules.found
     assert replica.fence(channel, 1) == FenceReply(False, 1, Position(10, 1), damaged=5)
@@ -227,11 +201,11 @@ def test_damage_is_recorded_reported_and_repaired_in_place_by_the_owners_append(
 def test_an_append_whose_prev_is_missing_is_refused_and_names_the_damage(engine: Engine) -> None:
     replica = replica_with(engine, [1] * 10)
     held = held_entries(engine)
-    _damage(engine, 6, "missing")
+    damage_at_rest(engine, 6, "missing")
     reply = replica.append(channel, 1, held[5].position, held[6:8])
     assert (reply.status, reply.damaged) == (AppendStatus.MISMATCH, 6)
     # Unknown damage is found by the first entry compared, too: the owner's resend from before it.
-    _damage(engine, 3, "missing")
+    damage_at_rest(engine, 3, "missing")
     reply = replica.append(channel, 1, held[1].position, held[2:8])
     assert (reply.status, reply.match_serial, reply.damaged) == (AppendStatus.OK, 8, 0)
     assert held_entries(engine) == held
@@ -242,7 +216,7 @@ def test_a_late_duplicate_append_over_an_unknown_hole_never_cuts_the_log_there(e
     took a hole for a conflict and cut the log there, dropping committed entries after it."""
     replica = replica_with(engine, [1] * 12)
     held = held_entries(engine)
-    _damage(engine, 9, "missing")  # the replica does not know yet
+    damage_at_rest(engine, 9, "missing")  # the replica does not know yet
     reply = replica.append(channel, 1, held[4].position, held[5:9])  # an old append, 6..9, once more
     assert (reply.status, reply.match_serial) == (AppendStatus.OK, 9)
     assert held_entries(engine) == held  # the hole filled, 10..12 kept
@@ -251,7 +225,7 @@ def test_a_late_duplicate_append_over_an_unknown_hole_never_cuts_the_log_there(e
 def test_a_reset_from_a_base_the_replica_lost_to_damage_keeps_what_follows(engine: Engine) -> None:
     replica = replica_with(engine, [1] * 12)
     held = held_entries(engine)
-    _damage(engine, 6, "missing")
+    damage_at_rest(engine, 6, "missing")
     reply = replica.append(channel, 1, held[5].position, held[6:8], from_base=True)
     assert (reply.status, reply.base) == (AppendStatus.OK, held[5].position)
     assert held_entries(engine) == held[6:]
@@ -259,7 +233,7 @@ def test_a_reset_from_a_base_the_replica_lost_to_damage_keeps_what_follows(engin
 
 def test_a_fence_drops_a_corrupt_last_entry_and_answers_what_the_replica_can_vouch_for(engine: Engine) -> None:
     replica = replica_with(engine, [1] * 6)
-    _damage(engine, 6, "corrupt")
+    damage_at_rest(engine, 6, "corrupt")
     assert replica.fence(channel, 2) == FenceReply(False, 2, Position(5, 1))
     assert [entry.serial for entry in held_entries(engine)] == [1, 2, 3, 4, 5]
     assert replica.rules.found == [(channel, 6, "corrupt")]

@@ -28,6 +28,7 @@ from tests.core.store_contract.harness import (
     Engine,
     Replica,
     channel,
+    damage_at_rest,
     engine_state,
     held_entries,
     make_entries,
@@ -330,3 +331,32 @@ def test_reads_of_channels_are_independent(engine: Engine) -> None:
     replica.append(other_channel, 5, ORIGIN, other)
     assert replica.read(other_channel, 0, 10).entries == tuple(other)
     assert len(replica.read(channel, 0, 10).entries) == 2
+
+
+# --------------------------------------------------------------------------------- rule 8: defence in depth
+
+
+def test_an_entry_other_than_the_one_held_at_its_serial_and_epoch_is_refused_as_data_loss(engine: Engine) -> None:
+    """The attack: an entry forged at the owner's (serial, epoch) must never let the owner's real
+    entry be acknowledged as held; and the forged-first order the other way round too."""
+    replica = replica_with(engine, [1, 1, 1], fence=1)
+    held = held_entries(engine)
+    before = engine_state(engine)
+    (forged,) = make_entries(2, [1], tag="forged")
+    assert (forged.serial, forged.epoch) == (held[1].serial, held[1].epoch) and forged.checksum != held[1].checksum
+    reply = replica.append(channel, 1, Position(1, 1), [forged, held[2]])
+    assert (reply.status, reply.match_serial) == (AppendStatus.DATA_LOSS, 0), reply
+    assert "entry 2 at epoch 1 differs" in reply.detail
+    assert engine_state(engine) == before  # nothing written, nothing truncated
+    assert replica.rules.found == [(channel, 2, "conflict")]
+    same = replica.append(channel, 1, Position(1, 1), held[1:3])  # the entries it holds: a plain duplicate
+    assert (same.status, same.match_serial) == (AppendStatus.OK, 3)
+
+
+def test_a_held_copy_that_fails_its_own_checksum_is_replaced_not_refused(engine: Engine) -> None:
+    replica = replica_with(engine, [1, 1, 1], fence=1)
+    held = held_entries(engine)
+    damage_at_rest(engine, 2, "corrupt")
+    reply = replica.append(channel, 1, Position(1, 1), held[1:3])
+    assert (reply.status, reply.match_serial) == (AppendStatus.OK, 3), reply
+    assert held_entries(engine) == held  # the owner's copy replaced the rotten one
