@@ -31,6 +31,9 @@ log_interval_s = 60.0
 log_hosts_max = 1_024
 """Client hosts remembered for rate-limiting the log (the least recently logged is forgotten)."""
 
+guarded_methods_max = 256
+"""Methods whose guarded handler is kept (a process serves a few dozen)."""
+
 
 class Undecodable:
     """What the guarded deserializer returns for a frame that does not decode."""
@@ -48,6 +51,8 @@ def _refusal(method: str, undecodable: Undecodable) -> ServiceError:
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self) -> None:
         self._logged: OrderedDict[str, float] = OrderedDict()
+        # method → (the handler grpc gave, its guarded twin): wrapped once per method, not per call
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _note(self, context: grpc.aio.ServicerContext, method: str, undecodable: Undecodable) -> None:
         peer = context.peer() or "unknown"
@@ -77,6 +82,15 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.request_deserializer is None:
             return handler
         method = details.method
+        known = self._guarded.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guard(method, handler)
+        if len(self._guarded) < guarded_methods_max:
+            self._guarded[method] = (handler, guarded)
+        return guarded
+
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deserialize = handler.request_deserializer
 
         def guarded(data: bytes) -> Any:

@@ -41,12 +41,12 @@ class Reads(RoleBase):
         if self.state is not RoleState.SERVING:
             return
         visible = self._visible()
-        if self.commit >= self.recovered_last:  # commit is known: no client has seen a serial above it
-            beyond = [token for token, subscriber in self.subscribers.items() if subscriber.next_serial > visible + 1]
-            for token in beyond:  # it would wait for serials it skips: say so instead (G6)
-                del self.subscribers[token]
-                effects.deliveries.append(SubscriberDelivery(token, Delivery(end_reason=Reason.CURSOR_BEYOND_END)))
+        commit_known = self.commit >= self.recovered_last  # then no client has seen a serial above it
+        beyond: list[int] = []
         for token, subscriber in self.subscribers.items():
+            if subscriber.next_serial > visible + 1 and commit_known:
+                beyond.append(token)  # it would wait for serials it skips: say so instead (G6)
+                continue
             if subscriber.next_serial <= self.trimmed_through and not subscriber.read_sequence:
                 subscriber.next_serial = self.trimmed_through + 1
                 effects.deliveries.append(SubscriberDelivery(token, Delivery(gap_next_serial=subscriber.next_serial)))
@@ -63,6 +63,9 @@ class Reads(RoleBase):
                     )
                     if not subscriber.read_sequence:
                         break  # no replica is known to match that far yet; the next tick tries again
+        for token in beyond:
+            del self.subscribers[token]
+            effects.deliveries.append(SubscriberDelivery(token, Delivery(end_reason=Reason.CURSOR_BEYOND_END)))
 
     def _read_history(self, token: int, after_serial: int, limit: int, now_ms: int, effects: Effects) -> None:
         """Committed entries after `after_serial`, at most `limit` (bounded by read_entries_max)."""
