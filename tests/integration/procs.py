@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,6 +53,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+def free_port_run(count: int, host: str = "127.0.0.1") -> int:
+    """A first port such that it and the `count - 1` after it can all be bound right now, below the
+    kernel's ephemeral range: the OS never hands those out for port 0 or outgoing connections, so a
+    test running beside this one (which gets its ports that way) cannot take one before it is used."""
+    low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    chooser = random.Random()
+    for _ in range(200):
+        base = chooser.randrange(10_000, low - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found below {low}")
 
 
 class ServiceProcess:

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ import pytest
 from ringcast_tools.chaos.proxy import ProxyControl
 from ringcast_tools.cli import main
 from ringcast_tools.cluster.launcher import healthy
-from ringcast_tools.cluster.topology import ProcessSpec, free_ports, local_topology, proxy_name, sequential_ports
+from ringcast_tools.cluster.topology import ProcessSpec, local_topology, proxy_name, sequential_ports
+from tests.integration.procs import free_port_run
 
 ROOT = Path(__file__).resolve().parents[2]
 up_ready_timeout_s = 90.0
@@ -116,7 +116,7 @@ def test_a_link_that_cannot_be_proxied_is_refused(links: list[str], error: str) 
 
 @pytest.mark.timeout(180)
 def test_chaos_commands_against_ringcast_up(tmp_path: Path) -> None:
-    base = _free_port_run(16)
+    base = free_port_run(64)
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log_file:
         up = subprocess.Popen(
@@ -203,27 +203,6 @@ def test_chaos_commands_against_ringcast_up(tmp_path: Path) -> None:
 
 def _argument(spec: ProcessSpec, flag: str) -> str:
     return spec.argv[spec.argv.index(flag) + 1]
-
-
-def _free_port_run(count: int) -> int:
-    """A first port such that it and the `count - 1` after it can all be bound right now."""
-    for _ in range(50):
-        base = free_ports(1)[0]
-        if base + count >= 65536:
-            continue
-        try:
-            sockets = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def _wait_for_line(up: subprocess.Popen[bytes], log_path: Path, text: str) -> None:

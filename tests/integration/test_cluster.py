@@ -22,7 +22,7 @@ from services.common.errors import error_info
 from services.core.ring import Ring
 from services.internal.v1 import channel_service_pb2 as channel_pb2
 from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
-from tests.integration.procs import scrape_metrics
+from tests.integration.procs import free_port_run, scrape_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHANNELS = 20
@@ -280,9 +280,7 @@ def test_every_service_serves_prometheus_metrics(cluster: Launcher) -> None:
 
 
 def test_ringcast_up_serves_and_stops_with_no_process_left(tmp_path: Path) -> None:
-    from ringcast_tools.cluster.topology import free_ports
-
-    base = free_ports(1)[0]
+    base = free_port_run(64)  # `up --base-port` takes the ports after it in turn
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     up = subprocess.Popen(
         [sys.executable, "-m", "ringcast_tools", "up", "--base-port", str(base)],
