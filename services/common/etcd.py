@@ -309,6 +309,14 @@ class Etcd:
         revision, state = await self._read_state()
         return state.at(revision)
 
+    async def ring_version_ceiling(self) -> int:
+        """The highest ring version there can be now: etcd's revision plus the version offset (ring
+        versions are the revisions of membership changes plus the offset)."""
+        kv, _, _ = self._services()
+        response = await self._call("read version offset", kv.get(VERSION_OFFSET_KEY, timeout=etcd_call_timeout_s))
+        offset = _offset_from(bytes(response.kvs[0].value)) if response.kvs else None
+        return int(response.header.revision) + (offset or 0)
+
     async def create_version_offset(self, offset: int) -> int:
         """Write the version offset if etcd holds none; the offset etcd holds afterwards."""
         kv, _, _ = self._services()

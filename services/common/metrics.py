@@ -19,6 +19,8 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
   `missing` or `corrupt` (a corrupt one is dropped, then missing); found by reads, the scrub or
   fences. `ringcast_store_scrubbed_entries_total` (counter, store): entries the scrub has checked.
   `ringcast_store_repaired_entries_total` (counter, store): missing entries written again in place.
+- `ringcast_store_epochs_refused_total{rpc}` (counter, store): fences and appends refused because their
+  epoch names a ring version above any etcd has made (EPOCH_AHEAD_OF_RING).
 - `ringcast_continuity_lost_total{reader}` (counter, channel): readers told that what they asked for
   is no longer retained; reader `subscription` or `history`.
 - `ringcast_clock_skew_seconds{peers}` (gauge, store and channel): this process's wall clock minus
@@ -75,6 +77,11 @@ stale_inputs = Counter(
 store_damaged_entries = Counter("ringcast_store_damaged_entries", "Entries found damaged at rest", ["what"])
 store_scrubbed_entries = Counter("ringcast_store_scrubbed_entries", "Entries the scrub has checked")
 store_repaired_entries = Counter("ringcast_store_repaired_entries", "Missing entries written again in place")
+store_epochs_refused = Counter(
+    "ringcast_store_epochs_refused",
+    "Fences and appends refused: their epoch is above any ring version etcd has made",
+    ["rpc"],
+)
 clock_skew_seconds = Gauge("ringcast_clock_skew_seconds", "This process's wall clock minus its peers'", ["peers"])
 continuity_lost = Counter(
     "ringcast_continuity_lost", "Readers told that what they asked for is no longer retained", ["reader"]

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -18,6 +19,7 @@ from services.common.server import deliberate_bugs, env_default, not_serving, ru
 from services.core.entries import epoch_ring_version
 from services.core.replica_log import Retention
 from services.internal.v1 import store_service_pb2, store_service_pb2_grpc
+from services.store.epoch_ceiling import EpochCeiling
 from services.store.server import StoreService
 
 log = logging.getLogger("ringcast.store")
@@ -37,6 +39,13 @@ class Membership:
         self.floor = floor
         self._task: asyncio.Task[None] | None = None
         self._leave: Callable[[], Awaitable[None]] | None = None
+        self._etcd: Any = None
+
+    async def ring_version_ceiling(self) -> int:
+        """The highest ring version etcd can have made by now (for `EpochCeiling`)."""
+        if self._etcd is None:
+            raise ConnectionError("not connected to etcd yet")
+        return int(await self._etcd.ring_version_ceiling())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._join_or_log(), name="store-membership")
@@ -52,6 +61,7 @@ class Membership:
         from services.common.registration import Registration
 
         etcd = await Etcd.connect(self.endpoints)
+        self._etcd = etcd
         try:
             record = MemberRecord(kind="store", id=self.store_id, address=self.address, zone=self.zone)
             registration = await Registration.start(
@@ -61,6 +71,7 @@ class Membership:
                 on_failed=lambda error: not_serving(f"keeping the etcd registration failed: {error!r}"),
             )
         except BaseException:
+            self._etcd = None
             await etcd.close()
             raise
 
@@ -68,6 +79,7 @@ class Membership:
             try:
                 await registration.stop()  # revokes the lease: the member key goes at once
             finally:
+                self._etcd = None
                 await etcd.close()
 
         self._leave = leave
@@ -114,6 +126,7 @@ async def main(arguments: argparse.Namespace) -> None:
             floor = lambda: epoch_ring_version(service.max_fence())  # noqa: E731 - read at each registration
             membership = Membership(arguments.etcd, arguments.id, address, arguments.zone, floor)
             membership.start()
+            service.epochs = EpochCeiling(membership.ring_version_ceiling)
 
     async def stopping() -> None:
         if membership is not None:

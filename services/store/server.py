@@ -60,6 +60,7 @@ from services.core.replica_log import (
 )
 from services.internal.v1 import store_service_pb2 as store_pb2
 from services.store import redis_engine
+from services.store.epoch_ceiling import EpochCeiling
 from services.store.redis_engine import RedisLogStorage, check_durable, open_redis
 from services.store.requests import (
     ReadAsked,
@@ -195,6 +196,7 @@ class StoreService:
         self._trimmer: asyncio.Task[None] | None = None
         self._scrubber: asyncio.Task[None] | None = None
         self.owner_clock = PeerClock("owners")  # the owners' wall clocks, from their appends
+        self.epochs = EpochCeiling(None)  # no etcd: epochs unchecked (main gives it one)
         self._lock = _lock_data_dir(data_dir)
         open_reader: Callable[[], Storage]
         if redis_url:
@@ -334,6 +336,7 @@ class StoreService:
         fences = parsed_fences(request.fences, self.value_max)
         if not fences:
             return store_pb2.FenceResponse()
+        await self.epochs.check("fence", (epoch for _, epoch in fences))
         committed = await self.writer.submit(
             lambda replica: [replica.fence(channel, epoch) for channel, epoch in fences]
         )
@@ -344,6 +347,7 @@ class StoreService:
         appends = parsed_appends(request.appends, self.value_max)
         if not appends:
             return store_pb2.AppendResponse(), None
+        await self.epochs.check("append", (append[1] for append in appends))
         self.owner_clock.observe(max(append.owner_now_ms for append in request.appends))
         committed = await self.writer.submit(
             lambda replica: [
