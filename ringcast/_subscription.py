@@ -23,7 +23,7 @@ import grpc
 
 from ringcast._endpoints import Outcome
 from ringcast._errors import ClientClosed, ContinuityLost, Unavailable, from_rpc_error
-from ringcast._transport import Gateway, Transport, trace_metadata
+from ringcast._transport import Gateway, Transport, token_renewals_max
 from ringcast._types import ClientStats, Message
 from ringcast.reasons import Reason
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
@@ -97,7 +97,7 @@ class Subscription:
         async def last_serial(gateway: Gateway, timeout: float) -> int:
             request = realtime_pb2.GetChannelRequest(channel=self.channel)
             channel: realtime_pb2.GetChannelResponse = await gateway.stub.GetChannel(
-                request, timeout=timeout, metadata=trace_metadata()
+                request, timeout=timeout, metadata=self.transport.metadata()
             )
             return int(channel.last_serial)
 
@@ -114,14 +114,17 @@ class Subscription:
         gap_accepted = self._rewind is not None  # until the first message: "the last N still retained"
         failing_since: float | None = None
         attempts = 0
+        renewals = 0
         previous: str | None = None
         while not self._closed:
             address = self.transport.pool.pick(loop.time(), avoid=previous)
+            await self.transport.ensure_token()
+            token = self.transport.token
             request = realtime_pb2.SubscribeRequest(
                 channel=self.channel, after_serial=last, batch_max=subscribe_batch_messages_max
             )
             started = loop.time()
-            call = self._call = self.transport.stub(address).Subscribe(request, metadata=trace_metadata())
+            call = self._call = self.transport.stub(address).Subscribe(request, metadata=self.transport.metadata())
             try:
                 # The gateway sends its headers once the subscription is in place; a gateway that
                 # does not within the attempt timeout is paused or cut off.
@@ -148,10 +151,19 @@ class Subscription:
                             raise ContinuityLost(self.channel, last, serial, Reason.SERIAL_GAP)
                         last = self.last_serial = serial
                         gap_accepted = False
+                        renewals = 0
                         yield Message.from_proto(self.channel, message)
                 outcome, reason = Outcome.SOFT_FAILURE, str(Reason.STREAM_ENDED)
             except grpc.aio.AioRpcError as error:
                 verdict = self.transport.classify(error)
+                if verdict is None and self.transport.renewable(error) and renewals < token_renewals_max:
+                    # The token expired (or was revoked) under the stream: a new one, and resume
+                    # after the last serial, at once (the gateway is fine).
+                    renewals += 1
+                    await self.transport.renew_token(token)
+                    self.resumes += 1
+                    self.stats.subscribe_resumes += 1
+                    continue
                 if verdict is None:
                     if error.code() == grpc.StatusCode.CANCELLED and self._closed:
                         return

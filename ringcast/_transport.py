@@ -9,8 +9,11 @@ deadline. Everything else (INVALID_ARGUMENT first of all) is raised at once as a
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
@@ -75,11 +78,45 @@ def trace_metadata() -> tuple[tuple[str, str], ...]:
     return tuple(carrier.items())
 
 
+TokenProvider = Callable[[], Awaitable[str]]
+"""An async callable that returns a fresh token (the application's auth server, say)."""
+
+token_renew_ahead_s_max = 30.0
+"""At most this long before a token expires the client asks for the next one."""
+
+token_renewals_max = 3
+"""Renewals in a row (no call getting through in between) before a token error is raised."""
+
+
+def renew_at(token: str) -> float | None:
+    """When to ask for a new token: a fifth of its life (at most `token_renew_ahead_s_max`) before
+    its `exp`, read without checking it (the gateway checks). None: it says no expiry."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        expires = float(claims["exp"])
+        lifetime = expires - float(claims.get("iat", expires - 5 * token_renew_ahead_s_max))
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+    return expires - min(token_renew_ahead_s_max, max(0.0, lifetime) / 5)
+
+
+def channel_credentials(ca: bytes | str | None) -> grpc.ChannelCredentials:
+    """TLS that checks the gateway against `ca` (PEM bytes or a file path), or the system's roots."""
+    if isinstance(ca, str):
+        with open(ca, "rb") as file:
+            ca = file.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca)
+
+
 class Transport:
     def __init__(
         self,
         endpoints: Sequence[str],
         *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        token_provider: TokenProvider | None = None,
         stats: ClientStats,
         health: HealthPolicy | None,
         attempt_timeout_s: float,
@@ -101,6 +138,10 @@ class Transport:
         self._listeners: list[StateListener] = []
         self._failing_since: float | None = None
         self.closed = False
+        self.credentials = credentials
+        self.token = token
+        self.token_provider = token_provider
+        self._renewing: asyncio.Task[str] | None = None
 
     # -- channels ---------------------------------------------------------------------------------
 
@@ -109,14 +150,59 @@ class Transport:
             raise ClientClosed()
         gateway = self._gateways.get(address)
         if gateway is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self.credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(address, self.credentials, options=self._options)
             self._channels[address] = channel
             stub = realtime_grpc.RealtimeServiceStub(channel)
             pipe: PublishPipe = PipeClient(
-                stub.PublishPipe, realtime_pb2.PublishPipeRequest, realtime_pb2.PipedPublish, name=address
+                lambda: stub.PublishPipe(metadata=self.auth_metadata()),
+                realtime_pb2.PublishPipeRequest,
+                realtime_pb2.PipedPublish,
+                name=address,
             )
             gateway = self._gateways[address] = Gateway(address, stub, pipe)
         return gateway
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def auth_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call carries: the caller's trace context and the token."""
+        return trace_metadata() + self.auth_metadata()
+
+    async def ensure_token(self) -> None:
+        """Ask the provider for a token when there is none or the one held is about to expire
+        (`renew_at`), so calls rarely meet an expired one."""
+        if self.token_provider is None:
+            return
+        renew = renew_at(self.token) if self.token else None
+        if self.token and (renew is None or time.time() < renew):
+            return
+        await self.renew_token(self.token)
+
+    def renewable(self, error: grpc.aio.AioRpcError) -> bool:
+        """A token refusal a new token from the provider may cure."""
+        if self.token_provider is None or error.code() != grpc.StatusCode.UNAUTHENTICATED:
+            return False
+        info = error_info(error)
+        return info is not None and info.reason in (Reason.TOKEN_EXPIRED, Reason.TOKEN_REVOKED)
+
+    async def renew_token(self, stale: str | None) -> None:
+        """A new token from the provider, unless another caller has already replaced `stale`; one
+        provider call at a time, whoever is waiting on it."""
+        if self.token_provider is None or (self.token is not None and self.token != stale):
+            return
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.ensure_future(self.token_provider())
+        token = await asyncio.shield(self._renewing)
+        if not token:
+            raise ValueError("the token provider returned no token")
+        self.token = token
+        self.stats.token_renewals += 1
 
     def stub(self, address: str) -> Stub:
         return self.gateway(address).stub
@@ -203,6 +289,7 @@ class Transport:
         previous: str | None = None
         reason = "UNAVAILABLE"
         tried: list[str] = []
+        renewals = 0
         while True:
             now = loop.time()
             if now >= deadline and attempts:
@@ -221,10 +308,17 @@ class Transport:
             tried.append(address)
             timeout = max(0.001, min(deadline - now, self.attempt_timeout_s))
             cut_short = timeout < self.attempt_timeout_s  # by the request's own deadline
+            await self.ensure_token()
+            token = self.token
             try:
                 result = await invoke(self.gateway(address), timeout)
             except grpc.aio.AioRpcError as error:
                 verdict = self.classify(error)
+                if verdict is None and self.renewable(error) and renewals < token_renewals_max:
+                    renewals += 1
+                    await self.renew_token(token)
+                    previous = None
+                    continue
                 if verdict is None:
                     self.succeeded(address, loop.time() - now)  # it answered, with a refusal
                     raise from_rpc_error(error) from None

@@ -20,6 +20,8 @@ class Message:
     name: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     timestamp_ms: int = 0
+    client_id: str = ""
+    """Who published it: the `sub` of their token, stamped by the platform ("" without tokens)."""
 
     def text(self, encoding: str = "utf-8") -> str:
         """The data decoded as text."""
@@ -35,6 +37,7 @@ class Message:
             name=str(message.name),
             headers=dict(message.headers),
             timestamp_ms=int(message.timestamp_ms),
+            client_id=str(message.client_id),
         )
 
 
@@ -103,3 +106,5 @@ class ClientStats:
     """Subscriptions resumed after a failure."""
     duplicates_dropped: int = 0
     """Messages a resumed subscription received again and did not hand to the application."""
+    token_renewals: int = 0
+    """New tokens fetched from the token provider (ahead of expiry, or after a refusal)."""

@@ -70,6 +70,20 @@ class Reason(enum.StrEnum):
     RETENTION_EXPIRED = "RETENTION_EXPIRED"
     SERIAL_GAP = "SERIAL_GAP"
 
+    # UNAUTHENTICATED: the caller is not who it must be; a new token (or certificate) is needed.
+    TOKEN_MISSING = "TOKEN_MISSING"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_REVOKED = "TOKEN_REVOKED"
+    PEER_UNIDENTIFIED = "PEER_UNIDENTIFIED"
+
+    # PERMISSION_DENIED: the caller is known but may not do this.
+    CAPABILITY_DENIED = "CAPABILITY_DENIED"
+    ROLE_DENIED = "ROLE_DENIED"
+
+    # RESOURCE_EXHAUSTED: too much, too fast; retry after the RetryInfo delay.
+    RATE_LIMITED = "RATE_LIMITED"
+
     # INTERNAL: a bug or broken invariant, reported rather than served.
     INTERNAL = "INTERNAL"
     OUT_OF_ORDER = "OUT_OF_ORDER"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -81,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="end with one JSON summary instead of the two lines")
     sim.set_defaults(handler=_sim)
 
-    from ringcast_tools.commands import bench, chaos, client
+    from ringcast_tools.commands import bench, chaos, client, token
     from ringcast_tools.commands import up as up_command
 
     up_command.add_parser(commands)
     chaos.add_parser(commands)
     client.add_parsers(commands)
+    token.add_parser(commands)
     bench.add_parser(commands)
 
     ring = commands.add_parser(
@@ -104,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("address", help="HOST:PORT")
     health.add_argument("--timeout", type=float, default=2.0)
     health.add_argument("--json", action="store_true", help="also print the answer as one JSON object")
+    health.add_argument(
+        "--tls-dir",
+        default=os.environ.get("RINGCAST_TLS_DIR", ""),
+        help="ask over TLS with the admin certificate in this directory (default: $RINGCAST_TLS_DIR)",
+    )
     health.set_defaults(handler=_health)
     return parser
 
@@ -114,7 +121,7 @@ def _health(arguments: argparse.Namespace) -> int:
     from ringcast_tools.cluster.topology import ProcessSpec
 
     spec = ProcessSpec(name="health", role="service", address=arguments.address, argv=())
-    serving = healthy(spec, timeout_s=arguments.timeout)
+    serving = healthy(spec, timeout_s=arguments.timeout, tls_dir=arguments.tls_dir)
     if arguments.json:
         import json
 

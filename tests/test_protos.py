@@ -47,7 +47,7 @@ def test_the_public_package_is_what_clients_use() -> None:
         "GetChannel",
     ]
     fields = [field.name for field in message_pb2.Message.DESCRIPTOR.fields]
-    assert fields == ["id", "name", "data", "headers", "serial", "timestamp_ms"]
+    assert fields == ["id", "name", "data", "headers", "serial", "timestamp_ms", "client_id"]
     assert realtime_service_pb2.DESCRIPTOR.package == "ringcast.v1"
     public = sorted(path.name for path in (PROTOS / "ringcast" / "v1").glob("*.proto"))
     assert public == ["message.proto", "realtime_service.proto"]  # the internal services are elsewhere

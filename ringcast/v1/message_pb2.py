@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ringcast/v1/message.proto\x12\x0bringcast.v1\"\xbb\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x32\n\x07headers\x18\x04 \x03(\x0b\x32!.ringcast.v1.Message.HeadersEntry\x12\x0e\n\x06serial\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0e\x43ontinuityLost\x12\x13\n\x0bnext_serial\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19ringcast/v1/message.proto\x12\x0bringcast.v1\"\xce\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x32\n\x07headers\x18\x04 \x03(\x0b\x32!.ringcast.v1.Message.HeadersEntry\x12\x0e\n\x06serial\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x11\n\tclient_id\x18\x07 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"5\n\x0e\x43ontinuityLost\x12\x13\n\x0bnext_serial\x18\x01 \x01(\x04\x12\x0e\n\x06reason\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE_HEADERSENTRY']._loaded_options = None
   _globals['_MESSAGE_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_MESSAGE']._serialized_start=43
-  _globals['_MESSAGE']._serialized_end=230
-  _globals['_MESSAGE_HEADERSENTRY']._serialized_start=184
-  _globals['_MESSAGE_HEADERSENTRY']._serialized_end=230
-  _globals['_CONTINUITYLOST']._serialized_start=232
-  _globals['_CONTINUITYLOST']._serialized_end=285
+  _globals['_MESSAGE']._serialized_end=249
+  _globals['_MESSAGE_HEADERSENTRY']._serialized_start=203
+  _globals['_MESSAGE_HEADERSENTRY']._serialized_end=249
+  _globals['_CONTINUITYLOST']._serialized_start=251
+  _globals['_CONTINUITYLOST']._serialized_end=304
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Message(_message.Message):
-    __slots__ = ("id", "name", "data", "headers", "serial", "timestamp_ms")
+    __slots__ = ("id", "name", "data", "headers", "serial", "timestamp_ms", "client_id")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,13 +21,15 @@ class Message(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     data: bytes
     headers: _containers.ScalarMap[str, str]
     serial: int
     timestamp_ms: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., serial: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+    client_id: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, str]] = ..., serial: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class ContinuityLost(_message.Message):
     __slots__ = ("next_serial", "reason")

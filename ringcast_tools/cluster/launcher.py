@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -30,7 +31,9 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ringcast_tools.chaos.proxy import ProxyControl
-from ringcast_tools.cluster.topology import ProcessSpec, Topology
+from ringcast_tools.cluster import pki
+from ringcast_tools.cluster.pki import ADMIN_NAME
+from ringcast_tools.cluster.topology import ProcessSpec, Topology, redis_password_file
 
 start_timeout_s = 30.0
 """How long one process may take to answer its health check after it starts."""
@@ -52,19 +55,47 @@ def pdeathsig_prefix() -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
-def healthy(spec: ProcessSpec, timeout_s: float = 1.0) -> bool:
-    """Does the process answer its health check now?"""
+def admin_credentials(tls_dir: str) -> grpc.ChannelCredentials:
+    """TLS with the admin certificate (what operators' tools present to a secure cluster)."""
+    directory = Path(tls_dir)
+    return grpc.ssl_channel_credentials(
+        root_certificates=(directory / "ca.pem").read_bytes(),
+        private_key=(directory / f"{ADMIN_NAME}.key").read_bytes(),
+        certificate_chain=(directory / f"{ADMIN_NAME}.pem").read_bytes(),
+    )
+
+
+def admin_channel(address: str, tls_dir: str) -> grpc.Channel:
+    """A blocking channel to a service: mTLS as admin when `tls_dir` is set, else plaintext."""
+    if not tls_dir:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, admin_credentials(tls_dir))
+
+
+def healthy(spec: ProcessSpec, timeout_s: float = 1.0, tls_dir: str = "") -> bool:
+    """Does the process answer its health check now? (As admin, in a secure cluster.)"""
     try:
         if spec.role == "proxy":
             return ProxyControl(spec.control, timeout_s=timeout_s).healthy()
         if spec.role == "redis":
             host, port = spec.address.rsplit(":", 1)
-            with redis.Redis(host=host, port=int(port), socket_timeout=timeout_s) as client:
+            username = password = None
+            if tls_dir:
+                username = f"store-{spec.zone}"
+                password = redis_password_file(Path(tls_dir), username).read_text().strip()
+            with redis.Redis(
+                host=host, port=int(port), socket_timeout=timeout_s, username=username, password=password
+            ) as client:
                 return bool(client.ping())
         if spec.role == "etcd":
-            with urllib.request.urlopen(f"http://{spec.address}/health", timeout=timeout_s) as response:
-                return bool(json.loads(response.read()).get("health") == "true")
-        with grpc.insecure_channel(spec.address) as channel:
+            scheme, context = "http", None
+            if tls_dir:
+                directory = Path(tls_dir)
+                scheme, context = "https", ssl.create_default_context(cafile=str(directory / "ca.pem"))
+                context.load_cert_chain(str(directory / f"{ADMIN_NAME}.pem"), str(directory / f"{ADMIN_NAME}.key"))
+            with urllib.request.urlopen(f"{scheme}://{spec.address}/health", timeout=timeout_s, context=context) as got:
+                return bool(json.loads(got.read()).get("health") == "true")
+        with admin_channel(spec.address, tls_dir) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
             return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
     except Exception:
@@ -102,6 +133,10 @@ class Launcher:
 
     def start_all(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.topology.tls_dir:
+            made = pki.secure(self.topology)
+            if made:
+                self.on_event(f"made in {self.topology.tls_dir}: {', '.join(made)}")
         try:
             for spec in self.topology.processes:
                 self.start(spec)
@@ -137,7 +172,7 @@ class Launcher:
         while time.monotonic() < deadline:
             if running.process.poll() is not None:
                 raise RuntimeError(f"{spec.name} exited with {running.process.returncode}; see {running.log_path}")
-            if healthy(spec, timeout_s=0.5):
+            if healthy(spec, timeout_s=0.5, tls_dir=self.topology.tls_dir):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"{spec.name} did not become healthy within {timeout_s:.0f} s; see {running.log_path}")
@@ -207,6 +242,9 @@ class Launcher:
                 process["control"] = running.spec.control
             processes.append(process)
         state: dict[str, object] = {"processes": processes, "gateways": self.topology.gateways}
+        if self.topology.tls_dir:
+            state["tls_dir"] = self.topology.tls_dir
+            state["ca"] = str(Path(self.topology.tls_dir) / "ca.pem")
         if self.control:
             state["control"] = self.control
         temporary = path.with_suffix(".tmp")

@@ -37,6 +37,8 @@ class ProcessSpec:
 @dataclass(frozen=True, slots=True)
 class Topology:
     processes: tuple[ProcessSpec, ...]
+    tls_dir: str = ""
+    """Where the cluster CA and every process's certificate live ("": plaintext, `--insecure`)."""
 
     def by_role(self, role: str) -> list[ProcessSpec]:
         return [process for process in self.processes if process.role == role]
@@ -119,6 +121,7 @@ def local_topology(
     python: str = sys.executable,
     proxies: Sequence[str] = (),
     engine: str = "sqlite",
+    tls_dir: Path | None = None,
 ) -> Topology:
     """etcd, placement ×P, store ×3 (zones a, b, c), channel ×C, gateway ×G on one host.
 
@@ -132,6 +135,9 @@ def local_topology(
     control port in `control`; it takes its ports after every other process's (so the addresses of
     the rest do not move), and it is started just before the channel node of its link, so it is up
     before anything dials it. It starts in mode `pass`.
+
+    With `tls_dir` the cluster is secure (`with_tls`): mTLS between the services and to etcd, TLS to
+    the gateways, an ACL user per store in each Redis. The launcher makes the certificates.
     """
     if engine not in ENGINES:
         raise ValueError(f"store engine {engine!r}: expected one of {', '.join(ENGINES)}")
@@ -240,7 +246,54 @@ def local_topology(
         processes = _with_proxies(processes, links, address, python)
     if engine == "redis":
         processes = _with_redis(processes, address, data_root)
-    return Topology(tuple(_with_metrics(processes, address)))
+    processes = _with_metrics(processes, address)
+    if tls_dir is not None:
+        return with_tls(Topology(tuple(processes)), Path(tls_dir))
+    return Topology(tuple(processes))
+
+
+def with_tls(topology: Topology, tls_dir: Path) -> Topology:
+    """`topology` secured: every ringcast service told where its certificate is (RINGCAST_TLS_DIR),
+    etcd serving https to clients with certificates only, gateways requiring tokens (checked with the
+    public keyset beside the certificates, revocations followed in etcd), and each Redis with its
+    default user off and one ACL user for its store, whose password file is beside the certificates."""
+    secured = []
+    etcd = next((spec.address for spec in topology.processes if spec.role == "etcd"), "")
+    for spec in topology.processes:
+        if spec.role in METRICS_ROLES:
+            env = {**spec.env, "RINGCAST_TLS_DIR": str(tls_dir)}
+            if spec.role == "gateway":  # tokens checked with the public keyset; revocations from etcd
+                env.update(RINGCAST_TOKEN_KEYS=str(tls_dir / "token-keys.json"), RINGCAST_ETCD=etcd)
+            if "RINGCAST_REDIS" in env:
+                env["RINGCAST_REDIS_USER"] = spec.name
+                env["RINGCAST_REDIS_PASSWORD_FILE"] = str(redis_password_file(tls_dir, spec.name))
+            spec = dataclasses.replace(spec, env=env)
+        elif spec.role == "etcd":
+            spec = dataclasses.replace(spec, argv=_etcd_with_tls(spec.argv, tls_dir))
+        elif spec.role == "redis":
+            spec = dataclasses.replace(spec, argv=(*spec.argv, "--aclfile", str(redis_acl_file(tls_dir, spec.zone))))
+        secured.append(spec)
+    return Topology(tuple(secured), tls_dir=str(tls_dir))
+
+
+def _etcd_with_tls(argv: tuple[str, ...], tls_dir: Path) -> tuple[str, ...]:
+    client_urls = ("--listen-client-urls=", "--advertise-client-urls=")
+    changed = tuple(item.replace("=http://", "=https://") if item.startswith(client_urls) else item for item in argv)
+    return (
+        *changed,
+        f"--cert-file={tls_dir / 'etcd.pem'}",
+        f"--key-file={tls_dir / 'etcd.key'}",
+        f"--trusted-ca-file={tls_dir / 'ca.pem'}",
+        "--client-cert-auth",
+    )
+
+
+def redis_password_file(tls_dir: Path, store: str) -> Path:
+    return tls_dir / f"{store}.redis-password"
+
+
+def redis_acl_file(tls_dir: Path, zone: str) -> Path:
+    return tls_dir / f"redis-{zone}.acl"
 
 
 METRICS_ROLES = ("placement", "store", "channel", "gateway")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -19,6 +20,8 @@ from typing import Any, TextIO
 import grpc
 
 import ringcast
+from ringcast_tools.cluster import tokens
+from ringcast_tools.cluster.launcher import admin_channel
 from ringcast_tools.commands import output
 from services.internal.v1 import placement_service_pb2, placement_service_pb2_grpc
 
@@ -49,8 +52,24 @@ def default_placement() -> str:
     return "127.0.0.1:7402"
 
 
+def local_tls_dir() -> Path | None:
+    """The local secure cluster's certificates and keys (`ringcast up`), if there is one."""
+    state = _cluster_state() or {}
+    tls_dir = state.get("tls_dir")
+    return Path(str(tls_dir)) if tls_dir else None
+
+
 def _client(arguments: argparse.Namespace) -> ringcast.Client:
-    return ringcast.Client(arguments.gateway or default_gateways(), timeout_s=arguments.timeout)
+    """A client with the CA and token given, else the local cluster's CA and a fresh admin token
+    signed with its key (so `ringcast publish` right after `ringcast up` just works)."""
+    tls_dir = local_tls_dir()
+    ca = arguments.ca or (str(tls_dir / "ca.pem") if tls_dir else None)
+    token = arguments.token
+    if not token and tls_dir is not None and (tls_dir / tokens.SIGNING_FILE).exists():
+        token = tokens.mint(tls_dir / tokens.SIGNING_FILE, "admin", tokens.ADMIN_CAPABILITY, tokens.admin_token_ttl_s)
+    return ringcast.Client(
+        arguments.gateway or default_gateways(), timeout_s=arguments.timeout, ca=ca, token=token or None
+    )
 
 
 def _run(work: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -215,7 +234,9 @@ def channel(arguments: argparse.Namespace) -> int:
 
 
 def ring(arguments: argparse.Namespace) -> int:
-    stub = placement_service_pb2_grpc.PlacementServiceStub(grpc.insecure_channel(arguments.placement))
+    tls_dir = local_tls_dir()
+    link = admin_channel(arguments.placement, str(tls_dir) if tls_dir else "")
+    stub = placement_service_pb2_grpc.PlacementServiceStub(link)
     try:
         current = stub.GetRing(placement_service_pb2.GetRingRequest(), timeout=arguments.timeout)
     except grpc.RpcError as error:
@@ -244,6 +265,16 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             "--gateway", action="append", help="gateway address (repeatable; default: every local gateway)"
         )
         parser.add_argument("--timeout", type=float, default=15.0, help="seconds a request may take, retries included")
+        parser.add_argument(
+            "--token",
+            default=os.environ.get("RINGCAST_TOKEN", ""),
+            help="bearer token (default: $RINGCAST_TOKEN, else an admin token of the local cluster)",
+        )
+        parser.add_argument(
+            "--ca",
+            default=os.environ.get("RINGCAST_CA", ""),
+            help="CA certificate the gateways' TLS is checked with (default: $RINGCAST_CA, else the local cluster's)",
+        )
         output.add_json_flag(parser)
 
     command = commands.add_parser("publish", help="publish messages (one per DATA, or one per line of --file)")

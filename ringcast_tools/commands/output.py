@@ -50,6 +50,7 @@ def message_record(message: ringcast.Message) -> dict[str, object]:
         "data": message.data.decode("utf-8", "replace"),
         "headers": dict(message.headers),
         "timestamp_ms": message.timestamp_ms,
+        "client_id": message.client_id,
     }
 
 

@@ -49,6 +49,7 @@ def run(arguments: argparse.Namespace) -> int:
             placements=arguments.placements,
             proxies=arguments.proxy or (),
             engine=arguments.engine,
+            tls_dir=None if arguments.insecure else state_dir / "tls",
         )
     except ValueError as error:
         print(f"ringcast up: {error}", file=sys.stderr)
@@ -58,6 +59,12 @@ def run(arguments: argparse.Namespace) -> int:
     if taken:
         print(f"ringcast up: ports in use: {', '.join(taken)}; try --base-port", file=sys.stderr)
         return 2
+    if arguments.insecure:
+        print(
+            "[up] WARNING: --insecure: plaintext everywhere, no tokens: anyone who reaches a port can read, "
+            "publish to and fence every channel. For a laptop demo only.",
+            file=sys.stderr,
+        )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
@@ -94,6 +101,11 @@ def _run_cluster(launcher: Launcher, control: ControlServer, stop: threading.Eve
     state = state_dir / "cluster.json"
     text = f"[up] cluster ready in {ready_s:.1f} s; state in {state}\n"
     text += "".join(f"gateway {address}\n" for address in topology.gateways)
+    if topology.tls_dir:
+        text += (
+            f"[up] secure: TLS with the CA {topology.tls_dir}/ca.pem, tokens required "
+            "(the CLI signs its own admin token; `ringcast token --sub ID` prints one for a client)\n"
+        )
     text += "[up] Ctrl-C stops every process"
     say(text, event="ready", seconds=round(ready_s, 2), state=str(state), gateways=topology.gateways)
     last_status = ""
@@ -119,7 +131,7 @@ def _states(launcher: Launcher) -> dict[str, str]:
     for name, running in launcher.running.items():
         if running.process.poll() is not None:
             states[name] = f"exited({running.process.returncode})"
-        elif healthy(running.spec, timeout_s=0.5):
+        elif healthy(running.spec, timeout_s=0.5, tls_dir=launcher.topology.tls_dir):
             states[name] = "ok"
         else:
             states[name] = "unhealthy"
@@ -147,4 +159,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="store engine: SQLite files, or one redis-server per zone (AOF, appendfsync always)",
     )
     up.add_argument("--json", action="store_true", help="one JSON object per event on stdout, for scripts")
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext and no tokens (today's open cluster); by default it is secure: mTLS, TLS, tokens",
+    )
     up.set_defaults(handler=run)

@@ -12,6 +12,7 @@ import grpc
 
 from services.channel.node_adapter import ChannelNodeAdapter
 from services.channel.server import ChannelServicer
+from services.common import tls
 from services.common.etcd import Etcd, MemberRecord
 from services.common.registration import Registration
 from services.common.ring_watch import RingWatcher
@@ -113,7 +114,7 @@ async def main(arguments: argparse.Namespace) -> None:
             await registration.stop()  # leave the ring first, so the channels move at once
         node.begin_shutdown()
 
-    await serve(arguments.listen, register, ready=ready, stopping=stopping, closed=closed)
+    await serve(arguments.listen, register, ready=ready, stopping=stopping, closed=closed, admission=tls.CHANNEL)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from ringcast.pipe import call_error
-from services.common import convert, metrics, tracing
+from services.common import convert, metrics, tls, tracing
 from services.common.batcher import Batcher
 from services.common.clock import monotonic_ms
 from services.common.server import CHANNEL_OPTIONS
@@ -81,7 +81,7 @@ class StoreLink:
         self.zone = zone
         self.address = address
         self.node = node
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = tls.dial(address, CHANNEL_OPTIONS)
         self.stub = store_grpc.StoreServiceStub(self.channel)
         self.append_stream = _AppendStream(self.stub, zone)
         self.appends = Batcher(self._append, append_batch_appends_max, store_rpcs_inflight_max)

@@ -18,6 +18,7 @@ def message_from_proto(proto: message_pb2.Message, keep_encoded: bool = False) -
         bytes(proto.data),
         tuple(sorted(proto.headers.items())),
         proto.timestamp_ms,
+        proto.client_id,
         encoded=proto.SerializeToString() if keep_encoded else b"",
     )
 
@@ -30,6 +31,7 @@ def message_to_proto(message: Message, serial: int = 0) -> message_pb2.Message:
         headers=dict(message.headers),
         serial=serial,
         timestamp_ms=message.timestamp_ms,
+        client_id=message.client_id,
     )
 
 

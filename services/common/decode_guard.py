@@ -6,6 +6,9 @@ every such call: no reason for the client, and a cheap way to flood the log. `De
 interceptor, wraps every method's deserializer so a frame that does not decode becomes a marker,
 and the method answers INVALID_ARGUMENT / REQUEST_UNDECODABLE without running. It logs one WARNING
 line per client host per `log_interval_s` at most (bounded: `log_hosts_max`).
+
+The same wrapper first asks the server's `Admission` (services/common/tls.py) whether the caller's
+certificate may call the method at all, so a refused caller is answered before any method code runs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from ringcast.reasons import Reason
 from services.common.errors import ServiceError, abort, invalid
+from services.common.tls import OPEN, Admission
 
 log = logging.getLogger("ringcast.decode")
 
@@ -49,7 +53,8 @@ def _refusal(method: str, undecodable: Undecodable) -> ServiceError:
 
 
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self) -> None:
+    def __init__(self, admission: Admission = OPEN) -> None:
+        self.admission = admission
         self._logged: OrderedDict[str, float] = OrderedDict()
         # method → (the handler grpc gave, its guarded twin): wrapped once per method, not per call
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -113,8 +118,14 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             request_deserializer=guarded, stream_stream=self._streams(method, handler.stream_stream)
         )
 
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        refusal = self.admission.admit(method, context)
+        if refusal is not None:
+            await abort(context, refusal)
+
     def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(method, context)
             if isinstance(request, Undecodable):
                 self._note(context, method, request)
                 await abort(context, _refusal(method, request))
@@ -127,6 +138,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self._unary(method, behavior)
 
         async def to_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._admit(method, context)
             if isinstance(request, Undecodable):
                 self._note(context, method, request)
                 await abort(context, _refusal(method, request))
@@ -149,6 +161,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _from_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def from_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            await self._admit(method, context)
             try:
                 return await behavior(self._checked(method, requests, context), context)
             except ServiceError as error:
@@ -161,6 +174,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return self._from_stream(method, behavior)
 
         async def streams(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._admit(method, context)
             try:
                 async for response in behavior(self._checked(method, requests, context), context):
                     yield response

@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 import etcd3aio
 import grpc
 
+from services.common import tls
 from services.core.invariants import invariant
 
 log = logging.getLogger("ringcast.etcd")
@@ -232,9 +233,19 @@ class Etcd:
     @classmethod
     async def connect(cls, endpoints: str) -> Etcd:
         """A client for `host:port[,host:port...]`; it does not wait for etcd to be up."""
-        addresses = [await _resolve_ipv4(host, port) for host, port in _parse_endpoints(endpoints)]
+        parsed = _parse_endpoints(endpoints)
+        addresses = [await _resolve_ipv4(host, port) for host, port in parsed]
+        identity = tls.identity()
+        secure: dict[str, Any] = {}
+        if identity is not None:
+            # mTLS with this process's certificate; the server's is checked against the name dialled
+            # (etcd3aio dials resolved addresses, so the host name is passed on for verification).
+            secure = dict(
+                ca_cert=identity.ca, cert_key=identity.key, cert_chain=identity.cert, tls_server_name=parsed[0][0]
+            )
         client = etcd3aio.Etcd3Client(
             addresses,
+            **secure,
             # One attempt per call: the retry loops here decide when to try again.
             rpc_max_attempts=1,
             watch_reconnect_backoff_seconds=etcd_retry_delay_s_min,
@@ -350,6 +361,17 @@ class Etcd:
             ),
         )
         return bool(response.succeeded)
+
+    async def read_prefix(self, prefix: str, limit: int) -> list[tuple[str, bytes]]:
+        """Every key under `prefix` with its value (at most `limit`; more is an error, not a cut)."""
+        kv, _, _ = self._services()
+        response = await self._call(
+            "read " + prefix,
+            kv.get(prefix, etcd3aio.prefix_range_end(prefix), limit=limit + 1, timeout=etcd_call_timeout_s),
+        )
+        if response.more or len(response.kvs) > limit:
+            raise EtcdUnavailable(f"more than {limit} keys under {prefix}")
+        return [(bytes(entry.key).decode(errors="replace"), bytes(entry.value)) for entry in response.kvs]
 
     async def grant(self, ttl_s: int) -> tuple[int, int]:
         """A new lease: (lease id, TTL etcd granted in seconds, which may be longer than asked)."""

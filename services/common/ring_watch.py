@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common import tls
 from services.common.server import CHANNEL_OPTIONS
 from services.core.ring import Ring
 from services.internal.v1 import placement_service_pb2 as placement_pb2
@@ -155,7 +156,7 @@ class RingWatcher:
     def _stub(self, address: str) -> placement_grpc.PlacementServiceStub:
         link = self._links.get(address)
         if link is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = tls.dial(address, CHANNEL_OPTIONS)
             link = self._links[address] = (channel, placement_grpc.PlacementServiceStub(channel))
         return link[1]
 

@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from services.common import metrics, tracing
+from services.common import metrics, tls, tracing
 from services.common.decode_guard import DecodeGuard
 
 log = logging.getLogger("ringcast")
@@ -168,21 +168,31 @@ async def serve(
     ready: Callable[[], Awaitable[None]] | None = None,
     stopping: Callable[[], Awaitable[None]] | None = None,
     closed: Callable[[], Awaitable[None]] | None = None,
+    admission: tls.Admission = tls.OPEN,
+    client_certificates: bool = True,
 ) -> None:
     """Run a gRPC server until SIGTERM/SIGINT. `register` adds servicers and returns their full names.
+
+    With a TLS identity (services/common/tls.py) the port serves TLS; `client_certificates` makes
+    every caller show a certificate from the cluster CA, and `admission` says which roles may call
+    which methods. Without one it serves plaintext.
 
     On a stop signal: health turns NOT_SERVING, `stopping` runs (leave the ring, refuse new work),
     in-flight calls get `shutdown_grace_s` to finish, and only then `closed` releases what they
     used (outgoing channels), so no call in its grace period finds its links closed.
     """
     global _health
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[DecodeGuard()])
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[DecodeGuard(admission)])
     names = list(register(server))
     health_servicer = HealthServicer()
     _health = (health_servicer, names)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(names, server)
-    port = server.add_insecure_port(listen)
+    identity = tls.identity()
+    if identity is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, identity.server_credentials(client_certificates=client_certificates))
     if port == 0:
         raise SystemExit(f"cannot listen on {listen}")
     await server.start()
@@ -195,7 +205,7 @@ async def serve(
     status = health_pb2.HealthCheckResponse.NOT_SERVING if _failed else health_pb2.HealthCheckResponse.SERVING
     for name in ["", *names]:
         await health_servicer.set(name, status)
-    log.info("serving on %s", listen)
+    log.info("serving on %s (%s)", listen, "plaintext" if identity is None else "TLS")
     await stop.wait()
     log.info("stopping")
     for name in ["", *names]:
@@ -219,8 +229,15 @@ def run_service(
         default=env_default("METRICS_LISTEN", ""),
         help="serve Prometheus metrics at HOST:PORT/metrics (empty: none)",
     )
+    parser.add_argument(
+        "--tls-dir",
+        default=env_default("TLS_DIR", ""),
+        help="the cluster CA and this process's certificate (<dir>/ca.pem, <dir>/<id>.pem, <dir>/<id>.key); "
+        "empty: plaintext, insecure",
+    )
     arguments = parser.parse_args()
     setup_logging(arguments.id)
+    tls.configure(arguments.tls_dir, arguments.id)
     tracing.setup(arguments.id)
     metrics.serve(arguments.metrics_listen)
     install_event_loop()

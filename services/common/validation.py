@@ -102,8 +102,10 @@ def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None
                     f"{where}: header {key[:32]!r} is empty, or key and value exceed {limits.header_chars_max} chars",
                     limit=str(limits.header_chars_max),
                 )
-        if message.serial or message.timestamp_ms:
-            raise invalid(Reason.PLATFORM_FIELD_SET, f"{where}: serial and timestamp_ms are set by the platform")
+        if message.serial or message.timestamp_ms or message.client_id:
+            raise invalid(
+                Reason.PLATFORM_FIELD_SET, f"{where}: serial, timestamp_ms and client_id are set by the platform"
+            )
         total += message.ByteSize()
     if total > limits.batch_bytes_max:
         raise invalid(

@@ -57,6 +57,8 @@ class Message:
     data: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     timestamp_ms: int = 0
+    client_id: str = ""
+    """Who published it (the token's `sub`, stamped by the gateway); empty without tokens."""
     content_crc: int = field(default=-1, compare=False, repr=False)
     encoded: bytes = field(default=b"", compare=False, repr=False)
     """The message as it arrived on the wire (a ringcast.v1.Message), when it did: what a store
@@ -68,7 +70,7 @@ class Message:
 
     def stamped(self, timestamp_ms: int) -> Message:
         """This message with the owner's timestamp."""
-        return Message(self.id, self.name, self.data, self.headers, timestamp_ms)
+        return Message(self.id, self.name, self.data, self.headers, timestamp_ms, self.client_id)
 
 
 def _content_crc(message: Message) -> int:
@@ -77,7 +79,10 @@ def _content_crc(message: Message) -> int:
     crc = zlib.crc32(b"\0" + message.data, crc)
     for key, value in message.headers:
         crc = zlib.crc32(b"\0" + key.encode() + b"=" + value.encode(), crc)
-    return zlib.crc32(struct.pack(">q", message.timestamp_ms), crc)
+    crc = zlib.crc32(struct.pack(">q", message.timestamp_ms), crc)
+    if message.client_id:  # only when set: entries written before client ids keep their checksums
+        crc = zlib.crc32(b"\0client=" + message.client_id.encode(), crc)
+    return crc
 
 
 def entry_checksum(serial: int, epoch: int, message: Message) -> int:

@@ -1,37 +1,73 @@
-"""python -m services.gateway --id gateway-1 --listen 127.0.0.1:7301 --placement 127.0.0.1:7001"""
+"""python -m services.gateway --id gateway-1 --listen 127.0.0.1:7301 --placement 127.0.0.1:7001
+[--token-keys FILE --etcd HOST:PORT]
+
+With --token-keys every call needs a bearer token signed by one of those keys (services/gateway/auth.py),
+and with --etcd the gateway follows the revocations kept there. Without --token-keys anyone may do
+anything: an insecure cluster, said loudly in the log.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
 
 import grpc
 
 from ringcast.v1 import realtime_service_pb2, realtime_service_pb2_grpc
+from services.common import revocations
 from services.common.ring_watch import RingWatcher
 from services.common.server import env_default, run_service, serve, supervise
-from services.gateway.server import OwnerRouter, RealtimeServicer
+from services.gateway.auth import Authenticator, load_keys
+from services.gateway.router import OwnerRouter
+from services.gateway.server import RealtimeServicer
+
+log = logging.getLogger("ringcast.gateway")
 
 
 async def main(arguments: argparse.Namespace) -> None:
     watcher = RingWatcher([address for address in arguments.placement.split(",") if address])
     router = OwnerRouter(watcher)
-
-    servicer = RealtimeServicer(router)
+    auth: Authenticator | None = None
+    if arguments.token_keys:
+        auth = Authenticator(load_keys(arguments.token_keys))
+        log.info("tokens required (%d keys: %s)", len(auth.keys), ", ".join(sorted(auth.keys)))
+    else:
+        log.warning("INSECURE: no --token-keys, every caller may publish, subscribe and read every channel")
+    servicer = RealtimeServicer(router, auth=auth)
+    etcd = None
+    following: asyncio.Task[None] | None = None
 
     def register(server: grpc.aio.Server) -> list[str]:
         realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(servicer, server)
         return [realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name]
 
     async def ready() -> None:
+        nonlocal etcd, following
         supervise(watcher.start(), "the ring watcher")
+        if auth is not None and arguments.etcd:
+            from services.common.etcd import Etcd
+
+            etcd = await Etcd.connect(arguments.etcd)
+            following = supervise(
+                asyncio.create_task(revocations.follow(etcd, auth.revoked), name="revocations"),
+                "following the revocations",
+            )
         await watcher.wait_ready(arguments.ring_wait)
 
     async def closed() -> None:
         await servicer.feeds.close()
         await watcher.stop()
         await router.close()
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+        if etcd is not None:
+            await etcd.close()
 
-    await serve(arguments.listen, register, ready=ready, closed=closed)
+    await serve(arguments.listen, register, ready=ready, closed=closed, client_certificates=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--id", default=env_default("ID", "gateway-1"))
     parser.add_argument("--listen", default=env_default("LISTEN", "127.0.0.1:7301"))
     parser.add_argument("--placement", default=env_default("PLACEMENT", "127.0.0.1:7001"))
+    parser.add_argument(
+        "--token-keys",
+        default=env_default("TOKEN_KEYS", ""),
+        help="the keys tokens are checked with (JSON keyset); empty: no tokens, insecure",
+    )
+    parser.add_argument(
+        "--etcd",
+        default=env_default("ETCD", ""),
+        help="etcd endpoints, to follow token revocations (with --token-keys)",
+    )
     parser.add_argument(
         "--ring-wait", type=float, default=30.0, help="seconds to wait for the first ring before serving"
     )

@@ -40,7 +40,7 @@ from services.common.errors import ServiceError, passthrough, reason_of, refused
 from services.internal.v1 import channel_service_pb2 as channel_pb2
 
 if TYPE_CHECKING:
-    from services.gateway.server import OwnerRouter
+    from services.gateway.router import OwnerRouter
 
 log = logging.getLogger("ringcast.gateway")
 

@@ -11,6 +11,7 @@ import signal
 
 import grpc
 
+from services.common import tls
 from services.common.etcd import Etcd
 from services.common.server import env_default, run_service, serve
 from services.internal.v1 import placement_service_pb2, placement_service_pb2_grpc
@@ -52,7 +53,7 @@ async def main(arguments: argparse.Namespace) -> None:
                 await following
 
     try:
-        await serve(arguments.listen, register, ready=ready, stopping=stopping)
+        await serve(arguments.listen, register, ready=ready, stopping=stopping, admission=tls.PLACEMENT)
     finally:
         await etcd.close()
     if failed:

@@ -11,10 +11,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 
+from services.common import tls
 from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve
 from services.core.entries import epoch_ring_version
 from services.core.replica_log import Retention
@@ -103,7 +106,7 @@ async def main(arguments: argparse.Namespace) -> None:
     )
     service = StoreService(
         arguments.data_dir or f"data/{arguments.id}",
-        redis_url=arguments.redis,
+        redis_url=_redis_url(arguments),
         retention=retention,
         trim_every_s=arguments.trim_every_s,
         scrub_entries_per_s=arguments.scrub_entries_per_s,
@@ -133,7 +136,7 @@ async def main(arguments: argparse.Namespace) -> None:
             await membership.stop()  # leave the membership first, so nobody picks this replica any more
 
     try:
-        await serve(arguments.listen, register, ready=ready, stopping=stopping)
+        await serve(arguments.listen, register, ready=ready, stopping=stopping, admission=tls.STORE)
     finally:
         await service.close()
 
@@ -152,6 +155,17 @@ _RETENTION_FLAGS: tuple[tuple[str, Callable[[str], float], str, str], ...] = (
 """Flag, type, default and help of each retention setting (each also a RINGCAST_<FLAG> variable)."""
 
 
+def _redis_url(arguments: argparse.Namespace) -> str:
+    """--redis with the ACL user and the password from --redis-password-file put in."""
+    url = str(arguments.redis)
+    if not url or not arguments.redis_user:
+        return url
+    password = Path(arguments.redis_password_file).read_text().strip() if arguments.redis_password_file else ""
+    scheme, _, rest = url.partition("://")
+    credentials = quote(arguments.redis_user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return f"{scheme}://{credentials}@{rest}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.store", description=__doc__)
     parser.add_argument("--id", default=env_default("ID", "store-a"))
@@ -166,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis",
         default=env_default("REDIS", ""),
         help="keep the log in this Redis (redis://HOST:PORT/DB; it must run appendfsync always); empty: SQLite",
+    )
+    parser.add_argument("--redis-user", default=env_default("REDIS_USER", ""), help="the Redis ACL user to log in as")
+    parser.add_argument(
+        "--redis-password-file",
+        default=env_default("REDIS_PASSWORD_FILE", ""),
+        help="a file holding that user's password (kept out of argv and the environment)",
     )
     parser.add_argument(
         "--scrub-entries-per-s",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.gateway.server import RecentChannels
+from services.gateway.router import RecentChannels
 
 
 def test_recent_channels_are_bounded_in_count_and_in_age_and_kept_fresh_by_use() -> None:

@@ -164,7 +164,7 @@ def test_chaos_commands_against_ringcast_up(tmp_path: Path) -> None:
         new = _process(_state(tmp_path), "gateway-2")
         assert restarted.stdout == f"restarted gateway-2 pid={new['pid']}\n"
         assert new["pid"] != old_pid and _process_state(new["pid"]) not in ("Z", "gone")
-        assert healthy(_spec(new), timeout_s=5.0)
+        assert healthy(_spec(new), timeout_s=5.0, tls_dir=str(state.get("tls_dir", "")))
         pids_seen.add(int(new["pid"]))
 
         # A link fault through the proxy's control port; a proxy restarts like any process, in `pass`.

@@ -8,6 +8,8 @@ in order, with the ids that were published; each retried id stored once.
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import pytest
 
 import ringcast
 from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import local_topology
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -197,16 +200,40 @@ def test_a_closed_client_refuses_work(cluster: Launcher, tmp_path: Path) -> None
     asyncio.run(scenario())
 
 
-def test_the_quickstart_program_runs_as_written(cluster: Launcher, tmp_path: Path) -> None:
-    """docs/quickstart.md's Python program, with this cluster's gateways: it publishes, pages, and
-    follows the channel (stopped once it has printed the last message)."""
+def test_the_quickstart_program_runs_as_written(tmp_path: Path) -> None:
+    """docs/quickstart.md's Python program against a secure cluster as `ringcast up` makes it, with a
+    token minted as the quickstart says: it publishes, pages, and follows the channel (stopped once it
+    has printed the last message)."""
+    launcher = Launcher(local_topology(tmp_path / "data", tls_dir=tmp_path / "tls"), tmp_path)
+    launcher.start_all()
+    try:
+        _run_quickstart(launcher, tmp_path)
+    finally:
+        launcher.stop_all()
+
+
+def _run_quickstart(cluster: Launcher, tmp_path: Path) -> None:
     text = (ROOT / "docs" / "quickstart.md").read_text()
     program = text.split("```python\n", 1)[1].split("```", 1)[0]
     program = program.replace('["127.0.0.1:7409", "127.0.0.1:7410"]', repr(cluster.topology.gateways))
     assert repr(cluster.topology.gateways) in program, "the quickstart no longer names the default gateways"
+    program = program.replace('".ringcast/tls/ca.pem"', repr(str(tmp_path / "tls" / "ca.pem")))
+    assert "tls/ca.pem" in program, "the quickstart no longer names the cluster's CA"
+    mint = text.split("export RINGCAST_TOKEN=$(.venv/bin/ringcast ", 1)[1].split(")\n", 1)[0]
+    token = subprocess.run(
+        [sys.executable, "-m", "ringcast_tools.cli", *shlex.split(mint), "--tls-dir", str(tmp_path / "tls")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.strip()
     (tmp_path / "quickstart.py").write_text(program)
     process = subprocess.Popen(
-        [sys.executable, str(tmp_path / "quickstart.py")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(tmp_path / "quickstart.py")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RINGCAST_TOKEN": token},
     )
     lines: list[str] = []
     try:

@@ -1,0 +1,444 @@
+"""The security matrix (issue #16): a secure cluster as `ringcast up` makes it, real clients, each row
+an attack or a mistake, refused with its code and reason, and History unchanged by it.
+
+Meanwhile an honest workload publishes and subscribes with 2-second tokens from a token provider
+(so its tokens expire many times under it); at the end the history checker finds nothing lost,
+duplicated or out of order in what it was acknowledged and delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import ringcast
+from ringcast.reasons import Reason
+from ringcast.v1 import message_pb2
+from ringcast.v1 import realtime_service_pb2 as realtime_pb2
+from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
+from ringcast_tools.cluster import pki, tokens
+from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import local_topology
+from services.common.errors import error_info
+from services.core import checker
+from services.core.entries import Entry, Message, Position
+from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
+from services.internal.v1 import placement_service_pb2 as placement_pb2
+from services.internal.v1 import placement_service_pb2_grpc as placement_grpc
+from services.internal.v1 import store_service_pb2 as store_pb2
+from services.internal.v1 import store_service_pb2_grpc as store_grpc
+from tests.integration.store_rpc import channel_append
+
+EPOCH_MAX = 2**63 - 1
+honest_run_s = 15.0
+"""The honest workload runs at least this long (its tokens live 2 s: several renewals)."""
+TARGET = "chat:target"
+"""The channel every attack aims at; its history must not change."""
+
+
+class Secure:
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self.tls_dir = Path(launcher.topology.tls_dir)
+        self.ca = (self.tls_dir / "ca.pem").read_bytes()
+        self.gateway = launcher.topology.gateways[0]
+        self.signing = self.tls_dir / tokens.SIGNING_FILE
+        self.kid = json.loads(self.signing.read_text())["kid"]
+
+    def token(
+        self, capability: dict[str, list[str]], *, sub: str = "tester", ttl: float = 60, now: float | None = None
+    ) -> str:
+        return tokens.mint(self.signing, sub, capability, ttl, now=now)
+
+    def realtime(self, token: str | None = None) -> tuple[grpc.Channel, Any, tuple[tuple[str, str], ...]]:
+        link = grpc.secure_channel(self.gateway, grpc.ssl_channel_credentials(self.ca))
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return link, realtime_grpc.RealtimeServiceStub(link), metadata
+
+    def as_process(self, name: str, address: str) -> grpc.Channel:
+        """A channel to a service presenting `name`'s certificate (a process of the cluster)."""
+        credentials = grpc.ssl_channel_credentials(
+            self.ca, (self.tls_dir / f"{name}.key").read_bytes(), (self.tls_dir / f"{name}.pem").read_bytes()
+        )
+        return grpc.secure_channel(address, credentials)
+
+    def address(self, name: str) -> str:
+        return self.launcher.topology.named(name).address
+
+    def history(self, channel: str = TARGET) -> list[tuple[int, str, str]]:
+        link, stub, metadata = self.realtime(self.token({"*": ["*"]}, sub="admin"))
+        with link:
+            page = stub.History(realtime_pb2.HistoryRequest(channel=channel, limit=1000), metadata=metadata, timeout=30)
+        return [(message.serial, message.id, message.client_id) for message in page.messages]
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    state = tmp_path_factory.mktemp("secure")
+    launcher = Launcher(local_topology(state / "data", tls_dir=state / "tls"), state)
+    launcher.start_all()
+    try:
+        cluster = Secure(launcher)
+        link, stub, metadata = cluster.realtime(cluster.token({"chat:*": ["publish"]}, sub="owner"))
+        with link:
+            stub.Publish(
+                realtime_pb2.PublishRequest(channel=TARGET, messages=[message_pb2.Message(id="real-1", data=b"x")]),
+                metadata=metadata,
+                timeout=30,
+            )
+        yield cluster
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(scope="module")
+def honest(secure: Secure) -> Iterator[HonestWorkload]:
+    workload = HonestWorkload(secure)
+    workload.start()
+    yield workload
+    workload.stop()
+
+
+def refusal(call: Callable[[], Any]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def assert_refused(error: grpc.RpcError, code: grpc.StatusCode, reason: str | None) -> None:
+    assert error.code() == code, (error.code(), error.details())
+    if reason is not None:
+        info = error_info(error)
+        assert info is not None and info.reason == reason, (info, error.details())
+
+
+def publish_with(secure: Secure, token: str | None, channel: str = TARGET) -> grpc.RpcError:
+    link, stub, metadata = secure.realtime(token)
+    request = realtime_pb2.PublishRequest(channel=channel, messages=[message_pb2.Message(id="evil", data=b"evil")])
+    with link:
+        return refusal(lambda: stub.Publish(request, metadata=metadata, timeout=10))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(now: float | None = None) -> dict[str, Any]:
+    issued = int(time.time() if now is None else now)
+    return {"sub": "mallory", "iat": issued, "exp": issued + 60, "jti": "j-" + str(issued), "capability": {"*": ["*"]}}
+
+
+def _forged_signature(secure: Secure) -> str:
+    other = Ed25519PrivateKey.generate()
+    return jwt.encode(_claims(), other, algorithm="EdDSA", headers={"kid": secure.kid})
+
+
+def _alg_none(secure: Secure) -> str:
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": secure.kid}).encode())
+    return f"{header}.{_b64(json.dumps(_claims()).encode())}."
+
+
+def _hs256_with_public_key(secure: Secure) -> str:
+    public = json.loads((secure.tls_dir / tokens.KEYSET_FILE).read_text())["keys"][0]["public_key"].encode()
+    signing_input = (
+        _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": secure.kid}).encode())
+        + "."
+        + _b64(json.dumps(_claims()).encode())
+    )
+    signature = hmac.new(public, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+TOKEN_ROWS: list[tuple[str, Callable[[Secure], str | None], grpc.StatusCode, str]] = [
+    ("no token", lambda s: None, grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_MISSING),
+    ("forged signature", _forged_signature, grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_INVALID),
+    ("alg none", _alg_none, grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_INVALID),
+    (
+        "alg HS256 keyed with the public key",
+        _hs256_with_public_key,
+        grpc.StatusCode.UNAUTHENTICATED,
+        Reason.TOKEN_INVALID,
+    ),
+    (
+        "expired",
+        lambda s: s.token({"*": ["*"]}, ttl=60, now=time.time() - 3600),
+        grpc.StatusCode.UNAUTHENTICATED,
+        Reason.TOKEN_EXPIRED,
+    ),
+    (
+        "not yet valid",
+        lambda s: s.token({"*": ["*"]}, ttl=60, now=time.time() + 3600),
+        grpc.StatusCode.UNAUTHENTICATED,
+        Reason.TOKEN_INVALID,
+    ),
+    (
+        "chat:* publishing to news:1",
+        lambda s: s.token({"chat:*": ["publish"]}),
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.CAPABILITY_DENIED,
+    ),
+    (
+        "subscribe-only token publishing",
+        lambda s: s.token({"*": ["subscribe"]}),
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.CAPABILITY_DENIED,
+    ),
+]
+
+
+@pytest.mark.parametrize(("row", "make", "code", "reason"), TOKEN_ROWS, ids=[row[0] for row in TOKEN_ROWS])
+def test_a_bad_token_is_refused_and_changes_nothing(
+    secure: Secure,
+    honest: HonestWorkload,
+    row: str,
+    make: Callable[[Secure], str | None],
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
+    before = secure.history()
+    channel = "news:1" if "news:1" in row else TARGET
+    assert_refused(publish_with(secure, make(secure), channel), code, reason)
+    link, stub, metadata = secure.realtime(make(secure))
+    with link:
+        subscription = stub.Subscribe(realtime_pb2.SubscribeRequest(channel=channel, after_serial=0), metadata=metadata)
+        if row == "subscribe-only token publishing":
+            next(subscription)  # subscribing is what it may do
+            subscription.cancel()
+        else:
+            assert_refused(refusal(lambda: next(subscription)), code, reason)
+    assert secure.history() == before
+
+
+def test_the_publisher_is_stamped_and_cannot_be_claimed(secure: Secure, honest: HonestWorkload) -> None:
+    link, stub, metadata = secure.realtime(secure.token({"chat:*": ["publish"]}, sub="carol"))
+    with link:
+        response = stub.Publish(
+            realtime_pb2.PublishRequest(channel="chat:stamped", messages=[message_pb2.Message(id="c1", data=b"x")]),
+            metadata=metadata,
+            timeout=30,
+        )
+        claimed = message_pb2.Message(id="c2", data=b"x", client_id="admin")
+        error = refusal(
+            lambda: stub.Publish(
+                realtime_pb2.PublishRequest(channel="chat:stamped", messages=[claimed]), metadata=metadata, timeout=30
+            )
+        )
+    assert_refused(error, grpc.StatusCode.INVALID_ARGUMENT, Reason.PLATFORM_FIELD_SET)
+    assert secure.history("chat:stamped") == [(response.serials[0], "c1", "carol")]
+
+
+def test_a_revoked_token_ends_its_subscription_within_a_second(secure: Secure, honest: HonestWorkload) -> None:
+    token = secure.token({"chat:*": ["subscribe"]}, sub="revoked-one")
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    link, stub, metadata = secure.realtime(token)
+    with link:
+        subscription = stub.Subscribe(realtime_pb2.SubscribeRequest(channel=TARGET, after_serial=0), metadata=metadata)
+        next(subscription)
+        revoked_at = time.monotonic()
+        asyncio.run(_revoke(secure, jti))
+        error = refusal(lambda: next(subscription))
+        ended_after = time.monotonic() - revoked_at
+    assert_refused(error, grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_REVOKED)
+    assert ended_after <= 1.5, ended_after  # the write itself, and the gateways' 0.5 s reading
+    assert_refused(publish_with(secure, token), grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_REVOKED)
+
+
+async def _revoke(secure: Secure, jti: str) -> None:
+    from services.common import revocations, tls
+    from services.common.etcd import Etcd
+
+    tls.configure(str(secure.tls_dir), "admin")
+    try:
+        etcd = await Etcd.connect(secure.address("etcd"))
+        try:
+            await revocations.revoke(etcd, "jti", jti, time.time())
+        finally:
+            await etcd.close()
+    finally:
+        tls.configure("", "admin")
+
+
+def test_plaintext_to_a_gateway_gets_no_service(secure: Secure, honest: HonestWorkload) -> None:
+    token = secure.token({"*": ["*"]})
+    with grpc.insecure_channel(secure.gateway) as link:
+        request = realtime_pb2.PublishRequest(channel=TARGET, messages=[message_pb2.Message(id="plain", data=b"x")])
+        error = refusal(
+            lambda: realtime_grpc.RealtimeServiceStub(link).Publish(
+                request, metadata=(("authorization", f"Bearer {token}"),), timeout=5
+            )
+        )
+    assert_refused(error, grpc.StatusCode.UNAVAILABLE, None)
+    assert [entry[1] for entry in secure.history()].count("plain") == 0
+
+
+def _fence(name: str, epoch: int) -> store_pb2.FenceRequest:
+    return store_pb2.FenceRequest(fences=[store_pb2.ChannelFence(channel=name, epoch=epoch)])
+
+
+def _forged_append(serial: int, epoch: int) -> store_pb2.AppendRequest:
+    entry = Entry.make(serial, epoch, Message(f"forged-{serial}", data=b"forged"))
+    return store_pb2.AppendRequest(appends=[channel_append(TARGET, epoch, Position(serial - 1, 0), [entry])])
+
+
+def test_internal_services_refuse_callers_without_the_right_certificate(
+    secure: Secure, honest: HonestWorkload, tmp_path: Path
+) -> None:
+    before = secure.history()
+    store = secure.address("store-a")
+    # No client certificate, and a certificate from another CA: the TLS handshake refuses them.
+    no_cert = grpc.secure_channel(store, grpc.ssl_channel_credentials(secure.ca))
+    with no_cert:
+        error = refusal(lambda: store_grpc.StoreServiceStub(no_cert).Read(store_pb2.ReadRequest(), timeout=5))
+    assert_refused(error, grpc.StatusCode.UNAVAILABLE, None)
+    pki.ensure(tmp_path / "other", [pki.Identity("channel-1", "channel")])
+    other = tmp_path / "other"
+    credentials = grpc.ssl_channel_credentials(
+        secure.ca, (other / "channel-1.key").read_bytes(), (other / "channel-1.pem").read_bytes()
+    )
+    with grpc.secure_channel(store, credentials) as foreign:
+        error = refusal(lambda: store_grpc.StoreServiceStub(foreign).Fence(_fence(TARGET, EPOCH_MAX), timeout=5))
+    assert_refused(error, grpc.StatusCode.UNAVAILABLE, None)
+    # A gateway's certificate on the store's writes (and reads): the role is refused.
+    with secure.as_process("gateway-1", store) as as_gateway:
+        stub = store_grpc.StoreServiceStub(as_gateway)
+        for call in (
+            lambda: stub.Append(_forged_append(2, 1 << 16), timeout=5),
+            lambda: stub.Fence(_fence(TARGET, EPOCH_MAX), timeout=5),
+            lambda: stub.Read(store_pb2.ReadRequest(reads=[store_pb2.ChannelRead(channel=TARGET)]), timeout=5),
+        ):
+            assert_refused(refusal(call), grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_DENIED)
+    assert secure.history() == before
+
+
+def test_the_five_attacks_of_the_issue_are_refused(secure: Secure, honest: HonestWorkload) -> None:
+    before = secure.history()
+    anonymous = grpc.ssl_channel_credentials(secure.ca)
+    # 1. Read anything: the store and the ring are closed to a client without a service certificate.
+    for address, call in (
+        (secure.address("store-b"), lambda c: store_grpc.StoreServiceStub(c).Read(store_pb2.ReadRequest(), timeout=5)),
+        (
+            secure.address("placement-1"),
+            lambda c: placement_grpc.PlacementServiceStub(c).GetRing(placement_pb2.GetRingRequest(), timeout=5),
+        ),
+    ):
+        with grpc.secure_channel(address, anonymous) as link:
+            assert_refused(refusal(lambda link=link, call=call: call(link)), grpc.StatusCode.UNAVAILABLE, None)
+    # 2. Forge committed messages, 4. split the replicas: appends from anything but a channel node.
+    for process in ("gateway-1", "placement-1", "store-c"):
+        for store in ("store-a", "store-b"):
+            with secure.as_process(process, secure.address(store)) as link:
+                error = refusal(lambda link=link: store_grpc.StoreServiceStub(link).Append(_forged_append(2, 1 << 16)))
+                assert_refused(error, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_DENIED)
+    # 3. Disable a channel for good: a fence at 2^63-1, even from a channel node's certificate.
+    for store in ("store-a", "store-b", "store-c"):
+        with secure.as_process("channel-1", secure.address(store)) as link:
+            error = refusal(lambda link=link: store_grpc.StoreServiceStub(link).Fence(_fence(TARGET, EPOCH_MAX)))
+            assert_refused(error, grpc.StatusCode.FAILED_PRECONDITION, Reason.EPOCH_AHEAD_OF_RING)
+    # 5. Skip validation: the channel node serves gateways only.
+    bypass = channel_pb2.PublishRequest(channel="bypass ch\n", messages=[message_pb2.Message(data=b"x" * 200_000)])
+    for process in ("store-a", "placement-1", "admin"):
+        with secure.as_process(process, secure.address("channel-1")) as link:
+            error = refusal(lambda link=link: channel_grpc.ChannelServiceStub(link).Publish(bypass, timeout=5))
+            assert_refused(error, grpc.StatusCode.PERMISSION_DENIED, Reason.ROLE_DENIED)
+    assert secure.history() == before
+    link, stub, metadata = secure.realtime(secure.token({"chat:*": ["publish"]}, sub="owner"))
+    with link:
+        stub.Publish(
+            realtime_pb2.PublishRequest(channel=TARGET, messages=[message_pb2.Message(id="real-2", data=b"x")]),
+            metadata=metadata,
+            timeout=30,
+        )
+    assert [entry[1] for entry in secure.history()] == [entry[1] for entry in before] + ["real-2"]
+
+
+class HonestWorkload:
+    """Publishes and subscribes on `honest:*` with 2-second tokens for as long as the matrix runs."""
+
+    channels = ("honest:0", "honest:1")
+
+    def __init__(self, secure: Secure) -> None:
+        self.secure = secure
+        self.history = checker.History()
+        self.acked = 0
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="honest", daemon=True)
+        self.error: BaseException | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    async def _provide(self) -> str:
+        return self.secure.token({"honest:*": ["*"]}, sub="honest", ttl=2)
+
+    async def _run(self) -> None:
+        try:
+            async with ringcast.Client(
+                self.secure.launcher.topology.gateways, ca=self.secure.ca, token_provider=self._provide
+            ) as client:
+                followers = [asyncio.create_task(self._follow(client, channel)) for channel in self.channels]
+                operation = 0
+                while not self._stop.is_set():
+                    channel = self.channels[operation % len(self.channels)]
+                    message_id = f"honest-{operation}"
+                    try:
+                        serial = await client.publish(channel, b"x", id=message_id)
+                    except ringcast.RingcastError:
+                        outcome, serials = checker.Outcome.UNKNOWN, ()
+                    else:
+                        outcome, serials = checker.Outcome.OK, (serial,)
+                        self.acked += 1
+                    self.history.publishes.append(
+                        checker.PublishOp(operation, channel, (message_id,), outcome, serials)
+                    )
+                    operation += 1
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(2.0)  # the subscribers catch up
+                for follower in followers:
+                    follower.cancel()
+                await asyncio.gather(*followers, return_exceptions=True)
+                self.renewals = client.stats.token_renewals
+        except BaseException as error:  # noqa: BLE001 - reported by stop()
+            self.error = error
+
+    async def _follow(self, client: ringcast.Client, channel: str) -> None:
+        record = checker.SubscriberRecord(f"sub-{channel}", channel, 0)
+        self.history.subscribers.append(record)
+        async for message in client.subscribe(channel, after=0):
+            record.received.append((message.serial, message.id))
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        time.sleep(max(0.0, honest_run_s - (time.monotonic() - self.started)))  # however few rows ran here
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert self.error is None, repr(self.error)
+        for channel in self.channels:
+            self.history.final_logs[channel] = [(serial, ident) for serial, ident, _ in self.secure.history(channel)]
+        violations = checker.check(self.history)
+        assert not violations, violations[:5]
+        assert self.acked > 50
+        assert self.renewals >= 3  # its tokens expired under it, again and again
+
+
+def test_the_honest_workload_lost_nothing_while_the_matrix_ran(secure: Secure, honest: HonestWorkload) -> None:
+    """Last in the module (under xdist, the fixture's teardown on each worker): at least
+    `honest_run_s` of traffic beside the rows, then the checker's verdict."""
+    honest.stop()

@@ -1,0 +1,178 @@
+"""The gateway's token checks (services/gateway/auth.py), without a cluster: every refusal's reason,
+the algorithm fixed by the key, revocations, and streams that end with their tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import jwt
+import pytest
+
+from ringcast.reasons import Reason
+from ringcast_tools.cluster import tokens
+from services.common.errors import ServiceError
+from services.common.revocations import PREFIX, Revocations, parse
+from services.gateway.auth import Authenticator, load_keys
+
+SECRET = b"s" * 32
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    tokens.ensure_keys(tmp_path)
+    keyset = json.loads((tmp_path / tokens.KEYSET_FILE).read_text())
+    keyset["keys"].append({"kid": "shared", "alg": "HS256", "secret": base64.urlsafe_b64encode(SECRET).decode()})
+    (tmp_path / tokens.KEYSET_FILE).write_text(json.dumps(keyset))
+    return tmp_path
+
+
+def authenticator(keys: Path, now: float | None = None) -> Authenticator:
+    clock = (lambda: now) if now is not None else time.time
+    return Authenticator(load_keys(keys / tokens.KEYSET_FILE), now=clock)
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")]
+
+
+def refused(auth: Authenticator, metadata: list[tuple[str, str]] | None) -> str:
+    with pytest.raises(ServiceError) as caught:
+        auth.grant(metadata)
+    return caught.value.reason
+
+
+def claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    return {
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j1",
+        "capability": {"chat:*": ["publish"]},
+        **overrides,
+    }
+
+
+def test_a_good_token_grants_its_capability_and_limits(keys: Path) -> None:
+    token = tokens.mint(keys / tokens.SIGNING_FILE, "alice", {"chat:*": ["publish"]}, 60, limits={"publish_rate": 5})
+    grant = authenticator(keys).grant(bearer(token))
+    assert (grant.sub, grant.limits.publish_rate) == ("alice", 5.0)
+    grant.require("chat:x", "publish")
+    with pytest.raises(ServiceError) as caught:
+        grant.require("news:1", "publish")
+    assert caught.value.reason == Reason.CAPABILITY_DENIED
+
+
+def test_the_key_fixes_the_algorithm(keys: Path) -> None:
+    auth = authenticator(keys)
+    assert auth.grant(bearer(jwt.encode(claims(), SECRET, algorithm="HS256", headers={"kid": "shared"}))).sub == "alice"
+    signing_kid = json.loads((keys / tokens.SIGNING_FILE).read_text())["kid"]
+    # An HS256 token naming the EdDSA key's kid fails, whatever it was signed with.
+    forged = jwt.encode(claims(), SECRET, algorithm="HS256", headers={"kid": signing_kid})
+    assert refused(auth, bearer(forged)) == Reason.TOKEN_INVALID
+    unsigned = jwt.encode(claims(), None, algorithm="none", headers={"kid": "shared"})
+    assert refused(auth, bearer(unsigned)) == Reason.TOKEN_INVALID
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        (None, Reason.TOKEN_MISSING),
+        ([("authorization", "Basic abc")], Reason.TOKEN_MISSING),
+        ([("authorization", "Bearer ")], Reason.TOKEN_MISSING),
+        (bearer("not-a-token"), Reason.TOKEN_INVALID),
+        (bearer("x" * 10_000), Reason.TOKEN_INVALID),
+    ],
+)
+def test_missing_and_garbled_tokens(keys: Path, metadata: list[tuple[str, str]] | None, reason: str) -> None:
+    assert refused(authenticator(keys), metadata) == reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"exp": int(time.time()) - 30}, Reason.TOKEN_EXPIRED),
+        ({"nbf": int(time.time()) + 600}, Reason.TOKEN_INVALID),
+        ({"iat": int(time.time()) - 100_000, "exp": int(time.time()) + 60}, Reason.TOKEN_INVALID),  # lifetime
+        ({"capability": {"chat:*": ["delete"]}}, Reason.TOKEN_INVALID),
+        ({"sub": ""}, Reason.TOKEN_INVALID),
+        ({"limits": {"publish_rate": -1}}, Reason.TOKEN_INVALID),
+    ],
+)
+def test_claims_are_checked(keys: Path, overrides: dict[str, object], reason: str) -> None:
+    token = jwt.encode(claims(**overrides), SECRET, algorithm="HS256", headers={"kid": "shared"})
+    assert refused(authenticator(keys), bearer(token)) == reason
+
+
+def test_missing_claims_make_a_token_invalid(keys: Path) -> None:
+    for claim in ("sub", "exp", "iat", "jti"):
+        body = claims()
+        del body[claim]
+        token = jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": "shared"})
+        assert refused(authenticator(keys), bearer(token)) == Reason.TOKEN_INVALID, claim
+
+
+def test_revocations_by_jti_by_sub_and_by_time(keys: Path) -> None:
+    token = jwt.encode(claims(), SECRET, algorithm="HS256", headers={"kid": "shared"})
+    issued = float(jwt.decode(token, options={"verify_signature": False})["iat"])
+    for revocations in (
+        Revocations(jtis={"j1"}),
+        Revocations(subs={"alice": issued + 1}),
+        Revocations(issued_before=issued + 1),
+    ):
+        auth = authenticator(keys)
+        auth.grant(bearer(token))  # cached as verified...
+        auth.revoked(revocations)
+        assert refused(auth, bearer(token)) == Reason.TOKEN_REVOKED  # ...and refused all the same
+    auth = authenticator(keys)
+    auth.revoked(Revocations(subs={"alice": issued - 1}))  # revoked before this token was issued
+    assert auth.grant(bearer(token)).sub == "alice"
+
+
+def test_revocations_parse_from_etcd_keys() -> None:
+    parsed = parse(
+        [
+            (PREFIX + "jti/j1", b"100"),
+            (PREFIX + "sub/alice", b"200"),
+            (PREFIX + "issued-before", b"300"),
+            (PREFIX + "sub/bob", b"garbage"),
+        ]
+    )
+    assert parsed == Revocations(jtis={"j1"}, subs={"alice": 200.0}, issued_before=300.0)
+
+
+async def _ticks() -> AsyncIterator[int]:
+    n = 0
+    while True:
+        await asyncio.sleep(0.01)
+        n += 1
+        yield n
+
+
+def test_a_stream_ends_when_its_token_is_revoked_and_when_it_expires(keys: Path) -> None:
+    async def scenario() -> tuple[str, str]:
+        auth = authenticator(keys)
+        token = jwt.encode(claims(), SECRET, algorithm="HS256", headers={"kid": "shared"})
+        grant = auth.grant(bearer(token))
+        reasons = []
+        stream = auth.streaming(grant, _ticks())
+        await anext(stream)
+        asyncio.get_running_loop().call_later(0.05, auth.revoked, Revocations(jtis={"j1"}))
+        with pytest.raises(ServiceError) as caught:
+            async for _ in stream:
+                pass
+        reasons.append(caught.value.reason)
+        short = jwt.encode(claims(exp=int(time.time()) - 4), SECRET, algorithm="HS256", headers={"kid": "shared"})
+        grant = authenticator(keys).grant(bearer(short))  # within the 5 s skew: good for about a second
+        with pytest.raises(ServiceError) as caught:
+            async for _ in auth.streaming(grant, _ticks()):
+                pass
+        reasons.append(caught.value.reason)
+        return reasons[0], reasons[1]
+
+    assert asyncio.run(scenario()) == (Reason.TOKEN_REVOKED, Reason.TOKEN_EXPIRED)
