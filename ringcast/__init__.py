@@ -13,7 +13,15 @@ See docs/quickstart.md.
 
 from ringcast._client import Client, HistoryPage
 from ringcast._endpoints import EndpointState, EndpointStatus, HealthPolicy
-from ringcast._errors import ClientClosed, ContinuityLost, InvalidArgument, RingcastError, Unavailable, error_info
+from ringcast._errors import (
+    ClientClosed,
+    ContinuityLost,
+    InvalidArgument,
+    RingcastError,
+    Unavailable,
+    error_info,
+    retry_delay,
+)
 from ringcast._subscription import Subscription
 from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage, StateChange
 from ringcast.reasons import Reason
@@ -38,5 +46,6 @@ __all__ = [
     "Subscription",
     "Unavailable",
     "error_info",
+    "retry_delay",
 ]
 __version__ = "0.1.0"

@@ -97,6 +97,20 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+def retry_delay(error: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay a refusal carries (RATE_LIMITED), in seconds; None without one."""
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        return None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return max(0.0, float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9)
+    return None
+
+
 def from_rpc_error(error: grpc.aio.AioRpcError) -> RingcastError:
     """The SDK error for a failed call that is not retried."""
     info = error_info(error)

@@ -115,6 +115,7 @@ class Subscription:
         failing_since: float | None = None
         attempts = 0
         renewals = 0
+        limited_since: float | None = None
         previous: str | None = None
         while not self._closed:
             address = self.transport.pool.pick(loop.time(), avoid=previous)
@@ -151,7 +152,7 @@ class Subscription:
                             raise ContinuityLost(self.channel, last, serial, Reason.SERIAL_GAP)
                         last = self.last_serial = serial
                         gap_accepted = False
-                        renewals = 0
+                        renewals, limited_since = 0, None
                         yield Message.from_proto(self.channel, message)
                 outcome, reason = Outcome.SOFT_FAILURE, str(Reason.STREAM_ENDED)
             except grpc.aio.AioRpcError as error:
@@ -163,6 +164,15 @@ class Subscription:
                     await self.transport.renew_token(token)
                     self.resumes += 1
                     self.stats.subscribe_resumes += 1
+                    continue
+                delay = self.transport.rate_limited_for(error)
+                if verdict is None and delay is not None:
+                    # Too many subscriptions at once (RATE_LIMITED): try again when the gateway says,
+                    # for as long as a failing subscription would be resumed.
+                    limited_since = limited_since if limited_since is not None else loop.time()
+                    if loop.time() - limited_since > self.resume_timeout_s:
+                        raise from_rpc_error(error) from None
+                    await asyncio.sleep(delay)
                     continue
                 if verdict is None:
                     if error.code() == grpc.StatusCode.CANCELLED and self._closed:

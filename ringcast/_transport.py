@@ -22,7 +22,7 @@ import grpc
 from opentelemetry import propagate
 
 from ringcast._endpoints import EndpointPool, HealthPolicy, Outcome
-from ringcast._errors import ClientClosed, Unavailable, error_info, from_rpc_error
+from ringcast._errors import ClientClosed, Unavailable, error_info, from_rpc_error, retry_delay
 from ringcast._types import ClientStats, ConnectionState, StateChange
 from ringcast.pipe import PipeClient
 from ringcast.reasons import Reason
@@ -184,6 +184,15 @@ class Transport:
             return
         await self.renew_token(self.token)
 
+    def rate_limited_for(self, error: grpc.aio.AioRpcError) -> float | None:
+        """How long a RATE_LIMITED refusal says to wait (its google.rpc.RetryInfo), else None."""
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        delay = retry_delay(error)
+        if delay is not None:
+            self.stats.rate_limited += 1
+        return delay
+
     def renewable(self, error: grpc.aio.AioRpcError) -> bool:
         """A token refusal a new token from the provider may cure."""
         if self.token_provider is None or error.code() != grpc.StatusCode.UNAUTHENTICATED:
@@ -317,6 +326,11 @@ class Transport:
                 if verdict is None and self.renewable(error) and renewals < token_renewals_max:
                     renewals += 1
                     await self.renew_token(token)
+                    previous = None
+                    continue
+                delay = self.rate_limited_for(error)
+                if verdict is None and delay is not None and loop.time() + delay < deadline:
+                    await asyncio.sleep(delay)  # the gateway said when: honour it, on any gateway
                     previous = None
                     continue
                 if verdict is None:

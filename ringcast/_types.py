@@ -108,3 +108,5 @@ class ClientStats:
     """Messages a resumed subscription received again and did not hand to the application."""
     token_renewals: int = 0
     """New tokens fetched from the token provider (ahead of expiry, or after a refusal)."""
+    rate_limited: int = 0
+    """Calls a gateway refused as RATE_LIMITED; each was retried after the delay it named."""

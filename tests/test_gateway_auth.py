@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import jwt
@@ -96,16 +96,17 @@ def test_missing_and_garbled_tokens(keys: Path, metadata: list[tuple[str, str]] 
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        ({"exp": int(time.time()) - 30}, Reason.TOKEN_EXPIRED),
-        ({"nbf": int(time.time()) + 600}, Reason.TOKEN_INVALID),
-        ({"iat": int(time.time()) - 100_000, "exp": int(time.time()) + 60}, Reason.TOKEN_INVALID),  # lifetime
-        ({"capability": {"chat:*": ["delete"]}}, Reason.TOKEN_INVALID),
-        ({"sub": ""}, Reason.TOKEN_INVALID),
-        ({"limits": {"publish_rate": -1}}, Reason.TOKEN_INVALID),
+        (lambda now: {"exp": now - 30}, Reason.TOKEN_EXPIRED),
+        (lambda now: {"nbf": now + 600}, Reason.TOKEN_INVALID),
+        (lambda now: {"iat": now - 100_000, "exp": now + 60}, Reason.TOKEN_INVALID),  # lifetime above 24 h
+        (lambda now: {"capability": {"chat:*": ["delete"]}}, Reason.TOKEN_INVALID),
+        (lambda now: {"sub": ""}, Reason.TOKEN_INVALID),
+        (lambda now: {"limits": {"publish_rate": -1}}, Reason.TOKEN_INVALID),
     ],
+    ids=["expired", "not-yet-valid", "lifetime", "capability", "empty-sub", "negative-limit"],
 )
-def test_claims_are_checked(keys: Path, overrides: dict[str, object], reason: str) -> None:
-    token = jwt.encode(claims(**overrides), SECRET, algorithm="HS256", headers={"kid": "shared"})
+def test_claims_are_checked(keys: Path, overrides: Callable[[int], dict[str, object]], reason: str) -> None:
+    token = jwt.encode(claims(**overrides(int(time.time()))), SECRET, algorithm="HS256", headers={"kid": "shared"})
     assert refused(authenticator(keys), bearer(token)) == reason
 
 

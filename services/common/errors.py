@@ -26,19 +26,34 @@ class ServiceError(Exception):
     """An error a service answers with: a gRPC code, a reason, a human message, optional metadata."""
 
     def __init__(
-        self, code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.metadata = dict(metadata or {})
+        self.retry_after_s = retry_after_s
+        """When set, the status also carries a google.rpc.RetryInfo with this delay."""
 
     def to_status(self) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
         detail = any_pb2.Any()
         detail.Pack(info)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        details = [detail]
+        if self.retry_after_s is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromNanoseconds(int(self.retry_after_s * 1e9))
+            again = any_pb2.Any()
+            again.Pack(retry)
+            details.append(again)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 
 
 def invalid(reason: str, message: str, **metadata: str) -> ServiceError:

@@ -4,6 +4,8 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
 
 - `ringcast_publish_seconds{outcome}` (histogram, gateway): publish to acknowledgement as the gateway
   saw it; outcome `ok` or the error reason.
+- `ringcast_gateway_refusals_total{reason}` (counter, gateway): calls refused for their token
+  (TOKEN_*), their capability (CAPABILITY_DENIED) or a limit (RATE_LIMITED).
 - `ringcast_ring_version` (gauge, gateway and channel): the newest ring this process acts on.
 - `ringcast_takeovers_total{trigger,outcome}` (counter, channel): takeovers ended; trigger `request`
   or `prepare`, outcome `serving` or `failed`. `ringcast_takeover_seconds` (histogram): fence to serving.
@@ -46,6 +48,9 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 publish_seconds = Histogram(
     "ringcast_publish_seconds", "Publish to acknowledgement, at the gateway", ["outcome"], buckets=_LATENCY_BUCKETS
+)
+gateway_refusals = Counter(
+    "ringcast_gateway_refusals", "Calls refused for their token, capability or a rate limit", ["reason"]
 )
 ring_version = Gauge("ringcast_ring_version", "Version of the newest ring this process acts on")
 takeovers = Counter("ringcast_takeovers", "Takeovers ended", ["trigger", "outcome"])

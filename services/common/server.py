@@ -39,6 +39,10 @@ SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", grpc_message_bytes_max),
     ("grpc.max_send_message_length", grpc_message_bytes_max),
     ("grpc.so_reuseport", 0),
+    # Bounds per connection: streams open at once, and the metadata of one call (a token is at most
+    # 8 KiB; a larger header block is refused before any handler runs).
+    ("grpc.max_concurrent_streams", 1_000),
+    ("grpc.max_metadata_size", 16 * 1024),
     # Clients ping every 10 s to notice dead peers; without these the server answers GOAWAY
     # "too_many_pings" and long-lived streams (ring watches, subscriptions) break every few minutes.
     ("grpc.keepalive_permit_without_calls", 1),

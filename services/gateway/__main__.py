@@ -20,6 +20,7 @@ from services.common import revocations
 from services.common.ring_watch import RingWatcher
 from services.common.server import env_default, run_service, serve, supervise
 from services.gateway.auth import Authenticator, load_keys
+from services.gateway.limits import GatewayLimits, Limiter
 from services.gateway.router import OwnerRouter
 from services.gateway.server import RealtimeServicer
 
@@ -35,7 +36,12 @@ async def main(arguments: argparse.Namespace) -> None:
         log.info("tokens required (%d keys: %s)", len(auth.keys), ", ".join(sorted(auth.keys)))
     else:
         log.warning("INSECURE: no --token-keys, every caller may publish, subscribe and read every channel")
-    servicer = RealtimeServicer(router, auth=auth)
+    limits = GatewayLimits(
+        client_publish_rate=arguments.client_publish_rate,
+        channel_publish_rate=arguments.channel_publish_rate,
+        client_subscriptions=arguments.client_subscriptions,
+    )
+    servicer = RealtimeServicer(router, auth=auth, limiter=Limiter(limits))
     etcd = None
     following: asyncio.Task[None] | None = None
 
@@ -84,6 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--etcd",
         default=env_default("ETCD", ""),
         help="etcd endpoints, to follow token revocations (with --token-keys)",
+    )
+    defaults = GatewayLimits()
+    parser.add_argument(
+        "--client-publish-rate",
+        type=float,
+        default=float(env_default("CLIENT_PUBLISH_RATE", str(defaults.client_publish_rate))),
+        help="messages per second a client may publish here unless its token says (0: no limit)",
+    )
+    parser.add_argument(
+        "--channel-publish-rate",
+        type=float,
+        default=float(env_default("CHANNEL_PUBLISH_RATE", str(defaults.channel_publish_rate))),
+        help="messages per second one channel may take through this gateway (0: no limit)",
+    )
+    parser.add_argument(
+        "--client-subscriptions",
+        type=int,
+        default=int(env_default("CLIENT_SUBSCRIPTIONS", str(defaults.client_subscriptions))),
+        help="subscriptions a client may hold here at once unless its token says (0: no limit)",
     )
     parser.add_argument(
         "--ring-wait", type=float, default=30.0, help="seconds to wait for the first ring before serving"

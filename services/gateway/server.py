@@ -44,6 +44,7 @@ from services.common.pipe import serve_pipe
 from services.common.validation import Limits, check_batch, check_channel, history_limit
 from services.gateway.auth import Authenticator, Grant, stamp
 from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
+from services.gateway.limits import GatewayLimits, Limiter
 from services.gateway.router import OwnerLink, OwnerRouter
 from services.internal.v1 import channel_service_pb2 as channel_pb2
 
@@ -68,19 +69,30 @@ def _deadline(context: grpc.aio.ServicerContext) -> float:
 
 
 class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[misc]
-    def __init__(self, router: OwnerRouter, limits: Limits | None = None, auth: Authenticator | None = None) -> None:
+    def __init__(
+        self,
+        router: OwnerRouter,
+        limits: Limits | None = None,
+        auth: Authenticator | None = None,
+        limiter: Limiter | None = None,
+    ) -> None:
         self.router = router
         self.limits = limits or Limits()
         self.feeds = FeedRegistry(router)
         self.auth = auth
         """None: no token keys, every caller may do everything (an insecure cluster)."""
+        self.limiter = limiter or Limiter(GatewayLimits())
 
     def _authorize(self, context: grpc.aio.ServicerContext, channel: str, operation: str) -> Grant | None:
         """The caller's grant, checked for `operation` on `channel` ("": any operation); raises the refusal."""
         if self.auth is None:
             return None
-        grant = self.auth.grant(context.invocation_metadata())
-        grant.require(channel, operation)
+        try:
+            grant = self.auth.grant(context.invocation_metadata())
+            grant.require(channel, operation)
+        except ServiceError as error:
+            metrics.gateway_refusals.labels(error.reason).inc()
+            raise
         return grant
 
     def _streaming(self, grant: Grant | None, responses: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -122,6 +134,11 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         if grant is not None:
             grant.require(request.channel, "publish")
             stamp(forward.messages, grant)
+        try:
+            self.limiter.publish(grant, request.channel, len(request.messages))
+        except ServiceError as error:
+            metrics.gateway_refusals.labels(error.reason).inc()
+            raise
 
         async def attempt(link: OwnerLink, timeout: float) -> realtime_pb2.PublishResponse:
             with tracing.tracer.start_as_current_span("ChannelService/Publish", kind=SpanKind.CLIENT):
@@ -214,8 +231,9 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         await context.send_initial_metadata(())
         batch_max = min(request.batch_max, subscribe_batch_messages_max)
         try:
-            async for response in self._streaming(grant, self._follow(request.channel, after, batch_max)):
-                yield response
+            with self.limiter.subscription(grant):
+                async for response in self._streaming(grant, self._follow(request.channel, after, batch_max)):
+                    yield response
         except ServiceError as error:
             await abort(context, error)
 

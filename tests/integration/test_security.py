@@ -64,6 +64,9 @@ class Secure:
     ) -> str:
         return tokens.mint(self.signing, sub, capability, ttl, now=now)
 
+    def tokens_with_limits(self, **limits: float) -> str:
+        return tokens.mint(self.signing, "limited", {"chat:*": ["*"]}, 60, limits=limits)
+
     def realtime(self, token: str | None = None) -> tuple[grpc.Channel, Any, tuple[tuple[str, str], ...]]:
         link = grpc.secure_channel(self.gateway, grpc.ssl_channel_credentials(self.ca))
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -363,6 +366,48 @@ def test_the_five_attacks_of_the_issue_are_refused(secure: Secure, honest: Hones
             timeout=30,
         )
     assert [entry[1] for entry in secure.history()] == [entry[1] for entry in before] + ["real-2"]
+
+
+def test_a_client_over_its_rate_is_told_when_to_come_back_and_the_sdk_does(
+    secure: Secure, honest: HonestWorkload
+) -> None:
+    token = secure.tokens_with_limits(publish_rate=5)
+    link, stub, metadata = secure.realtime(token)
+    refused_at = None
+    with link:
+        for n in range(30):
+            request = realtime_pb2.PublishRequest(
+                channel="chat:rated", messages=[message_pb2.Message(id=f"r{n}", data=b"x")]
+            )
+            try:
+                stub.Publish(request, metadata=metadata, timeout=10)
+            except grpc.RpcError as error:
+                assert_refused(error, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.RATE_LIMITED)
+                delay = ringcast.retry_delay(error)
+                assert delay is not None and 0 < delay <= 1.0, delay
+                refused_at = n
+                break
+    assert refused_at is not None and refused_at >= 9, refused_at  # a burst of two seconds' worth first
+    accepted = [entry[1] for entry in secure.history("chat:rated")]
+    assert accepted == [f"r{n}" for n in range(refused_at)]  # the refused one changed nothing
+
+    async def publish_many() -> tuple[list[int], int]:
+        async with ringcast.Client(secure.launcher.topology.gateways, ca=secure.ca, token=token) as client:
+            serials = [await client.publish("chat:rated", b"x") for _ in range(15)]
+            return serials, client.stats.rate_limited
+
+    serials, limited = asyncio.run(publish_many())
+    assert serials == list(range(refused_at + 1, refused_at + 16)) and limited > 0
+
+
+def test_a_client_holds_at_most_its_subscriptions(secure: Secure, honest: HonestWorkload) -> None:
+    link, stub, metadata = secure.realtime(secure.tokens_with_limits(subscriptions=1))
+    with link:
+        first = stub.Subscribe(realtime_pb2.SubscribeRequest(channel=TARGET, after_serial=0), metadata=metadata)
+        next(first)
+        second = stub.Subscribe(realtime_pb2.SubscribeRequest(channel=TARGET, after_serial=0), metadata=metadata)
+        assert_refused(refusal(lambda: next(second)), grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.RATE_LIMITED)
+        first.cancel()
 
 
 class HonestWorkload:
