@@ -13,6 +13,7 @@
 //   message once and in order.
 
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -108,6 +109,15 @@ function unreachable(grpcError) {
   );
 }
 
+const renewalsMax = 3;
+
+/** Stream endings that resuming cannot cure: bad input, or a caller the gateway will not serve. */
+const refusedForGood = new Set([
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.UNAUTHENTICATED,
+  grpc.status.PERMISSION_DENIED,
+]);
+
 function retryable(grpcError) {
   return grpcError.code === grpc.status.UNAVAILABLE || grpcError.code === grpc.status.DEADLINE_EXCEEDED;
 }
@@ -143,8 +153,25 @@ class RingcastClient {
    * @param {number} [options.unreachableMs] give a call up this soon when no gateway could be
    *   connected to at all (every one refused or unresolvable), instead of retrying to the deadline.
    * @param {boolean} [options.preferFirst] start at gateways[0] rather than at a random one.
+   * @param {string|Buffer} [options.ca] the CA (PEM) the gateways' TLS certificates are checked with;
+   *   without it the client talks plaintext (a cluster started with `ringcast up --insecure`).
+   * @param {string} [options.token] a bearer token sent with every call (`ringcast token --sub ID`).
+   * @param {() => Promise<string>} [options.tokenProvider] fetches a new token when a gateway refuses
+   *   the one held as expired or revoked; the call is retried, the subscription resumes after its
+   *   last serial.
    */
-  constructor({ gateways, deadlineMs, attemptMs, backoffMinMs, backoffMaxMs, unreachableMs, preferFirst = false }) {
+  constructor({
+    gateways,
+    deadlineMs,
+    attemptMs,
+    backoffMinMs,
+    backoffMaxMs,
+    unreachableMs,
+    preferFirst = false,
+    ca,
+    token,
+    tokenProvider,
+  }) {
     if (!Array.isArray(gateways) || gateways.length === 0) throw new TypeError('gateways: give at least one host:port');
     this.gateways = [...gateways];
     this.deadlineMs = deadlineMs ?? defaults.deadlineMs;
@@ -152,10 +179,30 @@ class RingcastClient {
     this.backoffMinMs = backoffMinMs ?? defaults.backoffMinMs;
     this.backoffMaxMs = backoffMaxMs ?? defaults.backoffMaxMs;
     this.unreachableMs = unreachableMs ?? defaults.unreachableMs;
-    this.stubs = this.gateways.map(
-      (address) => new RealtimeService(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS),
-    );
+    this.token = token;
+    this.tokenProvider = tokenProvider;
+    const credentials = ca ? grpc.credentials.createSsl(Buffer.from(ca)) : grpc.credentials.createInsecure();
+    this.stubs = this.gateways.map((address) => new RealtimeService(address, credentials, CHANNEL_OPTIONS));
     this.current = preferFirst ? 0 : Math.floor(Math.random() * this.gateways.length);
+  }
+
+  /** What every call carries: the token, when there is one. */
+  metadata() {
+    const metadata = new grpc.Metadata();
+    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
+  }
+
+  /**
+   * After a refusal: true when a new token from the provider may cure it (and it now holds one).
+   * At most `renewalsMax` in a row, so a provider that hands out bad tokens cannot loop for ever.
+   */
+  async renewed(grpcError, renewals) {
+    const reason = errorInfoOf(grpcError)?.reason;
+    if (!this.tokenProvider || grpcError.code !== grpc.status.UNAUTHENTICATED || renewals >= renewalsMax) return false;
+    if (reason !== 'TOKEN_EXPIRED' && reason !== 'TOKEN_REVOKED') return false;
+    this.token = await this.tokenProvider();
+    return true;
   }
 
   /** Moves on from the gateway at `index` (unless a concurrent call already did). */
@@ -197,12 +244,14 @@ class RingcastClient {
     const deadline = started + (deadlineMs ?? this.deadlineMs);
     const unreached = new Set(); // gateways whose last attempt could not connect
     let backoffMs = this.backoffMinMs;
+    let renewals = 0;
     for (let attempts = 1; ; attempts++) {
       const index = this.current;
       try {
         return await this.attempt(index, method, request, Math.min(deadline, Date.now() + this.attemptMs));
       } catch (grpcError) {
         if (grpcError.code === undefined) throw grpcError; // not a gRPC failure: a bug, not an outage
+        if (await this.renewed(grpcError, renewals++)) continue;
         if (unreachable(grpcError)) unreached.add(index);
         else unreached.delete(index);
         const pauseMs = jittered(backoffMs);
@@ -223,7 +272,7 @@ class RingcastClient {
   /** One call at one gateway; rejects with grpc-js's error. */
   attempt(index, method, request, deadline) {
     return new Promise((resolve, reject) => {
-      this.stubs[index][method](request, { deadline }, (error, response) => {
+      this.stubs[index][method](request, this.metadata(), { deadline }, (error, response) => {
         if (error) reject(error);
         else resolve(response);
       });
@@ -249,11 +298,13 @@ class RingcastClient {
     let last = after ?? (await this.getChannel(channel)).last_serial;
     let backoffMs = this.backoffMinMs;
     let attempts = 0;
+    let renewals = 0;
     while (!signal?.aborted) {
       const index = this.current;
       attempts++;
       const ended = await this.stream(index, channel, last, signal, (item) => {
         attempts = 0;
+        renewals = 0;
         backoffMs = this.backoffMinMs;
         if (item.item === 'gap') {
           last = Math.max(last, item.gap.next_serial - 1);
@@ -264,7 +315,8 @@ class RingcastClient {
         }
       });
       if (signal?.aborted) break;
-      if (ended?.code === grpc.status.INVALID_ARGUMENT) {
+      if (ended && (await this.renewed(ended, renewals++))) continue; // a new token: resume after `last` at once
+      if (ended && refusedForGood.has(ended.code)) {
         throw new RingcastError(ended, { gateway: this.gateways[index], attempts });
       }
       this.failedOver(index);
@@ -281,7 +333,7 @@ class RingcastClient {
    */
   stream(index, channel, after, signal, onItem) {
     return new Promise((resolve, reject) => {
-      const call = this.stubs[index].Subscribe({ channel, after_serial: after });
+      const call = this.stubs[index].Subscribe({ channel, after_serial: after }, this.metadata());
       const cancel = () => call.cancel();
       signal?.addEventListener('abort', cancel, { once: true });
       const finish = (error) => {
@@ -307,6 +359,17 @@ class RingcastClient {
   }
 }
 
+/**
+ * Security from the environment: RINGCAST_CA (a PEM file: TLS checked against it) and RINGCAST_TOKEN.
+ * Nothing set: plaintext, no token (a cluster started with `ringcast up --insecure`).
+ */
+function securityFromEnv(env = process.env) {
+  const options = {};
+  if (env.RINGCAST_CA) options.ca = fs.readFileSync(env.RINGCAST_CA);
+  if (env.RINGCAST_TOKEN) options.token = env.RINGCAST_TOKEN;
+  return options;
+}
+
 /** Gateways from RINGCAST_GATEWAYS (comma-separated host:port), else those of `ringcast up`. */
 function gatewaysFromEnv(env = process.env) {
   const text = env.RINGCAST_GATEWAYS || '127.0.0.1:7409,127.0.0.1:7410';
@@ -316,4 +379,4 @@ function gatewaysFromEnv(env = process.env) {
     .filter(Boolean);
 }
 
-module.exports = { RingcastClient, RingcastError, gatewaysFromEnv, errorInfoOf, defaults };
+module.exports = { RingcastClient, RingcastError, gatewaysFromEnv, securityFromEnv, errorInfoOf, defaults };

@@ -183,3 +183,31 @@ def test_subscribe_js_resumes_with_no_gap_and_no_duplicate_across_killed_gateway
     ]
     # One publisher, one message at a time: serial order is publish order.
     assert [expected[s] for s in sorted(expected)] == [f"p{p}-m{i}" for p in (1, 2, 3) for i in range(per_phase)]
+
+
+def test_the_node_example_speaks_tls_with_a_token(node: str, tmp_path: Path) -> None:
+    """Against a secure cluster (`ringcast up`'s default): RINGCAST_CA and RINGCAST_TOKEN are all the
+    example needs; without the token the gateway refuses it, and the example says why."""
+    from ringcast_tools.cluster import tokens
+    from ringcast_tools.cluster.topology import local_topology
+
+    launcher = Launcher(local_topology(tmp_path / "data", tls_dir=tmp_path / "tls"), tmp_path)
+    launcher.start_all()
+    try:
+        token = tokens.mint(tmp_path / "tls" / tokens.SIGNING_FILE, "node-user", {"node:*": ["*"]}, 300)
+        secure_env = dict(
+            node_env(launcher.topology.gateways), RINGCAST_CA=str(tmp_path / "tls" / "ca.pem"), RINGCAST_TOKEN=token
+        )
+
+        def run(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([node, *arguments], cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=60)
+
+        published = run(secure_env, "publish.js", "node:secure", "hello", "--id", "n1")
+        assert published.returncode == 0, published.stderr
+        assert json.loads(published.stdout.splitlines()[0])["serial"] == 1
+        refused = run({**secure_env, "RINGCAST_TOKEN": ""}, "publish.js", "node:secure", "again")
+        assert refused.returncode == 1 and "TOKEN_MISSING" in refused.stderr, refused.stderr
+        outside = run(secure_env, "publish.js", "news:1", "again")
+        assert outside.returncode == 1 and "CAPABILITY_DENIED" in outside.stderr, outside.stderr
+    finally:
+        launcher.stop_all()
