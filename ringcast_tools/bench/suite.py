@@ -49,6 +49,8 @@ class Options:
     lease_ttl_s: float = 2.0
     compare: str | None = None
     gateways: list[str] | None = None
+    secure: bool = False
+    """Run the bench's own cluster secure (mTLS, TLS to the gateways, a token per call)."""
     out: Path = Path("bench-results")
 
 
@@ -181,7 +183,7 @@ async def _ringcast_extras(target: RingcastTarget, options: Options, say: Callab
     extras["ring"] = balance
     for stats in balance:
         say("ringcast ring " + " ".join(f"{key}={value}" for key, value in stats.items()))
-    if target.launcher is not None and options.moved_channels:
+    if target.launcher is not None and options.moved_channels and not target.launcher.topology.tls_dir:
         import grpc
 
         from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
@@ -198,8 +200,9 @@ async def _run_ringcast(options: Options, root: Path, say: Callable[[str], None]
     if options.gateways:
         target = RingcastTarget(options.gateways)
     else:
-        say(f"starting a ringcast cluster of the bench's own (lease TTL {options.lease_ttl_s} s)")
-        target = RingcastTarget.own_cluster(root / "ringcast", lease_ttl_s=options.lease_ttl_s)
+        security = "secure: mTLS, TLS and tokens" if options.secure else "insecure: plaintext, no tokens"
+        say(f"starting a ringcast cluster of the bench's own (lease TTL {options.lease_ttl_s} s; {security})")
+        target = RingcastTarget.own_cluster(root / "ringcast", lease_ttl_s=options.lease_ttl_s, secure=options.secure)
     try:
         results = await run_workloads(target, options, can_kill=target.launcher is not None, say=say)
         extras = await _ringcast_extras(target, options, say)

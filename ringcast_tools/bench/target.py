@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import ringcast
+from ringcast_tools.cluster import tokens
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
 
@@ -19,12 +20,27 @@ class RingcastTarget:
     def __init__(self, gateways: list[str], launcher: Launcher | None = None) -> None:
         self.gateways = gateways
         self.launcher = launcher
-        self.client = ringcast.Client(gateways, timeout_s=30.0)
+        tls_dir = Path(launcher.topology.tls_dir) if launcher is not None and launcher.topology.tls_dir else None
+        if tls_dir is None:
+            self.client = ringcast.Client(gateways, timeout_s=30.0)
+        else:  # TLS to the gateways and a token on every call, as a client of a secure cluster
+            # A rate of its own far above the gateway's default: the bench measures the platform, not its limiter.
+            limits = {"publish_rate": 1e9}
+            token = tokens.mint(
+                tls_dir / tokens.SIGNING_FILE, "bench", tokens.ADMIN_CAPABILITY, 6 * 3600, limits=limits
+            )
+            self.client = ringcast.Client(gateways, timeout_s=30.0, ca=str(tls_dir / "ca.pem"), token=token)
         self.killed: str | None = None
 
     @classmethod
-    def own_cluster(cls, root: Path, *, lease_ttl_s: float, engine: str = "sqlite") -> RingcastTarget:
-        launcher = Launcher(local_topology(root / "data", lease_ttl_s=lease_ttl_s, engine=engine), root)
+    def own_cluster(
+        cls, root: Path, *, lease_ttl_s: float, engine: str = "sqlite", secure: bool = False
+    ) -> RingcastTarget:
+        """A cluster of its own; `secure`: as `ringcast up` makes it (mTLS, TLS, tokens)."""
+        topology = local_topology(
+            root / "data", lease_ttl_s=lease_ttl_s, engine=engine, tls_dir=root / "tls" if secure else None
+        )
+        launcher = Launcher(topology, root)
         launcher.start_all()
         return cls(launcher.topology.gateways, launcher)
 

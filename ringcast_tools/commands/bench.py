@@ -36,6 +36,7 @@ def run(arguments: argparse.Namespace) -> int:
         lease_ttl_s=arguments.lease_ttl,
         compare=arguments.compare,
         gateways=arguments.gateway,
+        secure=arguments.secure,
         out=Path(arguments.out),
     )
 
@@ -84,6 +85,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     command.add_argument("--e2e-seconds", type=float, default=10.0, help="length of the publish→deliver workload")
     command.add_argument("--out", default="bench-results", help="directory for the JSON and PNG of each run")
     command.add_argument("--json", action="store_true", help="progress on stderr; one JSON summary on stdout")
+    command.add_argument(
+        "--secure",
+        action="store_true",
+        help="run the bench's own cluster secure, as `ringcast up` does (mTLS, TLS, a token per call); "
+        "the relocation workload is left out",
+    )
     command.add_argument(
         "--failover", action="store_true", help="only: failover trials and the relocation run, on a cluster of its own"
     )
