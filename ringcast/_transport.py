@@ -141,6 +141,8 @@ class Transport:
         self.credentials = credentials
         self.token = token
         self.token_provider = token_provider
+        self._renew_at: tuple[str, float | None] | None = None
+        """(token, when to renew it): `renew_at` read once per token, not once per call."""
         self._renewing: asyncio.Task[str] | None = None
 
     # -- channels ---------------------------------------------------------------------------------
@@ -179,9 +181,12 @@ class Transport:
         (`renew_at`), so calls rarely meet an expired one."""
         if self.token_provider is None:
             return
-        renew = renew_at(self.token) if self.token else None
-        if self.token and (renew is None or time.time() < renew):
-            return
+        if self.token:
+            if self._renew_at is None or self._renew_at[0] != self.token:
+                self._renew_at = (self.token, renew_at(self.token))
+            renew = self._renew_at[1]
+            if renew is None or time.time() < renew:
+                return
         await self.renew_token(self.token)
 
     def rate_limited_for(self, error: grpc.aio.AioRpcError) -> float | None:

@@ -172,8 +172,12 @@ class PipeClient(Generic[Payload, Answer]):
                 ]
                 self.messages_sent += 1
                 await stream.write(self.request_type(publishes=items))
-        except (grpc.RpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as error:
+        except grpc.RpcError as error:
             self._broken(stream, error)
+        except (grpc.aio.UsageError, asyncio.InvalidStateError):
+            # The stream has already finished: the reader gets its real status (TOKEN_EXPIRED, say)
+            # and fails every waiting publish with it, rather than with "RPC already finished".
+            pass
 
     async def _read(self, stream: Any) -> None:
         try:

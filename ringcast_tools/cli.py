@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     ring.add_argument("--channels", dest="channel_count", type=int, help="with `simulate`: channels")
     ring.set_defaults(handler=_ring)
 
+    certs = commands.add_parser(
+        "certs", help="make a cluster's CA, certificates, token keys and Redis ACLs (once; what is there is kept)"
+    )
+    certs.add_argument("--compose", action="store_true", help="for docker-compose.yml's services (their names)")
+    certs.add_argument("--tls-dir", required=True, help="where to write them")
+    certs.set_defaults(handler=_certs)
+
     health = commands.add_parser("health", help="exit 0 when the gRPC service at ADDRESS answers SERVING")
     health.add_argument("address", help="HOST:PORT")
     health.add_argument("--timeout", type=float, default=2.0)
@@ -113,6 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.set_defaults(handler=_health)
     return parser
+
+
+def _certs(arguments: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from ringcast_tools.cluster import compose, pki
+    from ringcast_tools.cluster.topology import local_topology, sequential_ports
+
+    if arguments.compose:
+        topology = compose.container_topology()
+    else:
+        topology = local_topology(Path(".ringcast/data"), ports=sequential_ports(7400), tls_dir=Path(arguments.tls_dir))
+    made = pki.secure(dataclasses.replace(topology, tls_dir=arguments.tls_dir))
+    print(f"{arguments.tls_dir}: {', '.join(made) if made else 'everything was there already'}")
+    return 0
 
 
 def _health(arguments: argparse.Namespace) -> int:

@@ -36,11 +36,19 @@ def _without_hosts(text: str) -> str:
 
 
 def test_the_stack_runs_the_processes_ringcast_up_runs_in_the_same_order() -> None:
-    local = local_topology(Path("/data"), ports=sequential_ports(7400), placements=2, engine="redis", python="python")
+    local = local_topology(
+        Path("/data"),
+        ports=sequential_ports(7400),
+        placements=2,
+        engine="redis",
+        python="python",
+        tls_dir=Path("/tls"),  # secure, as `ringcast up` is by default
+    )
     services = load()["services"]
     assert isinstance(services, dict)
-    assert list(services)[: len(local.processes)] == [spec.name for spec in local.processes]
-    assert set(services) - {spec.name for spec in local.processes} == {"otel-collector", "jaeger"}
+    assert list(services)[0] == compose.TLS_INIT  # the certificates first
+    assert list(services)[1 : len(local.processes) + 1] == [spec.name for spec in local.processes]
+    assert set(services) - {spec.name for spec in local.processes} == {compose.TLS_INIT, "otel-collector", "jaeger"}
     for spec in local.processes:
         service = services[spec.name]
         # The same program and flags; only hosts differ (service names instead of 127.0.0.1).
@@ -72,8 +80,14 @@ def test_everything_the_stack_refers_to_exists() -> None:
                 assert (ROOT / source).is_file(), (name, source)
             else:
                 assert source in volumes, (name, source)
-        if service.get("image") == compose.RINGCAST_IMAGE:
+        if service.get("image") == compose.RINGCAST_IMAGE and name != compose.TLS_INIT:
             assert service["healthcheck"]["test"][:3] == ["CMD", "ringcast", "health"], name
+            assert service["environment"]["RINGCAST_TLS_DIR"] == str(compose.TLS), name  # health asks over TLS
+    init = services[compose.TLS_INIT]["command"][-1]
+    assert init.startswith(f"ringcast certs --compose --tls-dir {compose.TLS}"), init
+    for name, service in services.items():  # everything after the certificates mounts them read-only
+        if name not in (compose.TLS_INIT, "otel-collector", "jaeger"):
+            assert f"{compose.TLS_VOLUME}:{compose.TLS}:ro" in service["volumes"], name
     for source in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE):
         assert (ROOT / source).exists(), source
     assert {port for name in ("gateway-1", "gateway-2") for port in services[name]["ports"]} == {

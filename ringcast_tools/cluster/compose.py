@@ -16,6 +16,10 @@ From the local topology to containers:
 - an OpenTelemetry collector (config in deploy/otel-collector.yaml) and Jaeger come along; every
   ringcast service gets OTEL_EXPORTER_OTLP_ENDPOINT pointing at the collector, and serves Prometheus
   metrics at `<name>:<metrics port>/metrics` (the port it has locally).
+- secure like `ringcast up` (docs/security.md): a one-shot `tls-init` service makes the cluster CA,
+  a certificate per service naming its service name, the token signing key and the Redis ACL files
+  into the `tls` volume (`ringcast certs --compose`), once; every other service mounts it read-only
+  and waits for it. Secrets live in the volume, never in an image.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ REDIS_IMAGE = "redis:7.0"
 COLLECTOR_IMAGE = "otel/opentelemetry-collector:0.116.0"
 JAEGER_IMAGE = "jaegertracing/all-in-one:1.64.0"
 COLLECTOR_CONFIG = "deploy/otel-collector.yaml"
+TLS = Path("/tls")
+TLS_VOLUME = "tls"
+TLS_INIT = "tls-init"
+REDIS_UID = 999
+"""The user the Redis image runs redis-server as: its ACL file must be readable to it."""
 OTLP_ENDPOINT = "http://otel-collector:4317"
 
 HEADER = (
@@ -49,7 +58,16 @@ HEADER = (
 
 def compose_topology() -> Topology:
     """The local topology the compose stack mirrors."""
-    return local_topology(DATA, ports=sequential_ports(BASE_PORT), placements=2, engine="redis", python="python")
+    return local_topology(
+        DATA, ports=sequential_ports(BASE_PORT), placements=2, engine="redis", python="python", tls_dir=TLS
+    )
+
+
+def container_topology() -> Topology:
+    """The compose topology as the containers see it (service names as hosts): what `ringcast certs
+    --compose` makes certificates for."""
+    topology = compose_topology()
+    return Topology(tuple(_in_containers(topology)), tls_dir=topology.tls_dir)
 
 
 def _port(address: str) -> str:
@@ -95,18 +113,33 @@ def _volume(spec: ProcessSpec) -> str:
 def _healthcheck(spec: ProcessSpec) -> dict[str, Any]:
     port = _port(spec.address)
     if spec.role == "etcd":
-        test = ["CMD", "etcdctl", f"--endpoints=http://127.0.0.1:{port}", "endpoint", "health"]
+        admin = [f"--cacert={TLS}/ca.pem", f"--cert={TLS}/admin.pem", f"--key={TLS}/admin.key"]
+        test = ["CMD", "etcdctl", f"--endpoints=https://127.0.0.1:{port}", *admin, "endpoint", "health"]
     elif spec.role == "redis":
-        test = ["CMD", "redis-cli", "-p", port, "ping"]
-    else:
+        store = f"store-{spec.zone}"
+        login = f'--user {store} --pass "$(cat {TLS}/{store}.redis-password)" --no-auth-warning'
+        test = ["CMD-SHELL", f"redis-cli -p {port} {login} ping | grep -q PONG"]
+    else:  # as admin, over TLS (RINGCAST_TLS_DIR is in the service's environment)
         test = ["CMD", "ringcast", "health", f"127.0.0.1:{port}"]
     return {"test": test, "interval": "2s", "timeout": "2s", "retries": 15, "start_period": "5s"}
 
 
 def render() -> dict[str, Any]:
     """The compose document."""
-    services: dict[str, Any] = {}
-    volumes: dict[str, Any] = {}
+    services: dict[str, Any] = {
+        TLS_INIT: {
+            "image": RINGCAST_IMAGE,
+            "build": {"context": ".", "dockerfile": "Dockerfile"},
+            "command": [
+                "sh",
+                "-c",
+                f"ringcast certs --compose --tls-dir {TLS} && chown {REDIS_UID}:{REDIS_UID} {TLS}/redis-*.acl",
+            ],
+            "volumes": [f"{TLS_VOLUME}:{TLS}"],
+            "restart": "no",
+        }
+    }
+    volumes: dict[str, Any] = {TLS_VOLUME: {}}
     previous = ""
     for spec in _in_containers(compose_topology()):
         service: dict[str, Any] = {}
@@ -120,15 +153,18 @@ def render() -> dict[str, Any]:
         service["command"] = list(spec.argv)
         if spec.env:
             service["environment"] = dict(sorted(spec.env.items()))
+        service["volumes"] = [f"{TLS_VOLUME}:{TLS}:ro"]
         if spec.data_dir:
             volumes[_volume(spec)] = {}
-            service["volumes"] = [f"{_volume(spec)}:{spec.data_dir}"]
+            service["volumes"].append(f"{_volume(spec)}:{spec.data_dir}")
         if spec.role == "gateway":
             port = _port(spec.address)
             service["ports"] = [f"{port}:{port}"]
         service["healthcheck"] = _healthcheck(spec)
         if previous:
             service["depends_on"] = {previous: {"condition": "service_healthy"}}
+        else:
+            service["depends_on"] = {TLS_INIT: {"condition": "service_completed_successfully"}}
         service["restart"] = "unless-stopped"
         services[spec.name] = service
         previous = spec.name

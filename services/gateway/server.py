@@ -85,15 +85,24 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
 
     def _authorize(self, context: grpc.aio.ServicerContext, channel: str, operation: str) -> Grant | None:
         """The caller's grant, checked for `operation` on `channel` ("": any operation); raises the refusal."""
+        grant = self._grant(context)
+        if grant is not None:
+            try:
+                grant.require(channel, operation)
+            except ServiceError as error:
+                metrics.gateway_refusals.labels(error.reason).inc()
+                raise
+        return grant
+
+    def _grant(self, context: grpc.aio.ServicerContext) -> Grant | None:
+        """The grant of the call's token (None on a gateway without tokens); raises the refusal, counted."""
         if self.auth is None:
             return None
         try:
-            grant = self.auth.grant(context.invocation_metadata())
-            grant.require(channel, operation)
+            return self.auth.grant(context.invocation_metadata())
         except ServiceError as error:
             metrics.gateway_refusals.labels(error.reason).inc()
             raise
-        return grant
 
     def _streaming(self, grant: Grant | None, responses: AsyncIterator[T]) -> AsyncIterator[T]:
         return responses if self.auth is None else self.auth.streaming(grant, responses)
@@ -163,7 +172,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
     async def PublishStream(  # noqa: N802
         self, request_iterator: AsyncIterator[realtime_pb2.PublishStreamRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[realtime_pb2.PublishStreamResponse]:
-        grant = None if self.auth is None else self.auth.grant(context.invocation_metadata())
+        grant = self._grant(context)
         async for response in self._streaming(grant, self._publish_stream(request_iterator, grant)):
             yield response
 
@@ -202,7 +211,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
     async def PublishPipe(  # noqa: N802
         self, request_iterator: AsyncIterator[realtime_pb2.PublishPipeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[realtime_pb2.PublishPipeResponse]:
-        grant = None if self.auth is None else self.auth.grant(context.invocation_metadata())
+        grant = self._grant(context)
 
         async def handle(item: realtime_pb2.PipedPublish) -> realtime_pb2.PublishResponse:
             loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
 from tests.integration.etcd import EtcdServer
 from tests.integration.procs import ServiceProcesses
+from tests.integration.secure_cluster import HonestWorkload, Secure
 
 
 @pytest.fixture
@@ -49,3 +50,13 @@ def processes(tmp_path: Path) -> Iterator[ServiceProcesses]:
     """Service processes started by one test, each stopped when it ends (logs under tmp_path/logs)."""
     with ServiceProcesses(tmp_path / "logs") as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def honest(secure: Secure) -> Iterator[HonestWorkload]:
+    """Publishing and subscribing with 2-second tokens beside a module's tests on its `secure` cluster
+    (a fixture the module defines); judged by the history checker when the module is done."""
+    workload = HonestWorkload(secure)
+    workload.start()
+    yield workload
+    workload.stop()

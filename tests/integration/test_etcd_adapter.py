@@ -155,7 +155,9 @@ def test_a_member_cut_off_from_etcd_disappears_within_ttl_and_comes_back_newer(e
             assert len(lost_at) == 1 and last_deadline <= lost_at[0] <= gone_at
             member_side.partitioned = False
             deadline = time.monotonic() + 3.0
-            while "cut-off" not in await member_ids(observer):
+            # The observer can see the key before the member side has had etcd's reply to its put (and
+            # so before on_registered runs): wait for both.
+            while "cut-off" not in await member_ids(observer) or len(registered) < 2:
                 assert time.monotonic() < deadline, "the member did not register again"
                 await asyncio.sleep(poll_interval_s)
             assert len(registered) == 2 and registered[1] > registered[0]
