@@ -13,6 +13,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -342,6 +344,106 @@ def test_a_client_holds_at_most_its_subscriptions(secure: Secure, honest: Honest
         second = stub.Subscribe(realtime_pb2.SubscribeRequest(channel=TARGET, after_serial=0), metadata=metadata)
         assert_refused(refusal(lambda: next(second)), grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.RATE_LIMITED)
         first.cancel()
+
+
+def test_revoking_by_subject_from_the_command_line(secure: Secure, honest: HonestWorkload) -> None:
+    """`ringcast token` mints, `ringcast token revoke --sub` revokes every token of that subject issued
+    before now (and none issued after)."""
+    tls = ["--tls-dir", str(secure.tls_dir)]
+    minted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ringcast_tools.cli",
+            "token",
+            "--sub",
+            "dave",
+            "--capability",
+            '{"chat:*":["*"]}',
+            *tls,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    link, stub, metadata = secure.realtime(minted)
+    with link:
+        stub.GetChannel(realtime_pb2.GetChannelRequest(channel=TARGET), metadata=metadata, timeout=10)
+    time.sleep(1.1)  # tokens carry whole seconds: the revocation time must be after this one's iat
+    revoked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ringcast_tools.cli",
+            "token",
+            "revoke",
+            "--sub",
+            "dave",
+            "--etcd",
+            secure.address("etcd"),
+            *tls,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    deadline = time.monotonic() + 2.0  # the gateways read revocations every 0.5 s
+    while True:
+        link, stub, metadata = secure.realtime(minted)
+        with link:
+            try:
+                stub.GetChannel(realtime_pb2.GetChannelRequest(channel=TARGET), metadata=metadata, timeout=10)
+            except grpc.RpcError as error:
+                assert_refused(error, grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_REVOKED)
+                break
+        assert time.monotonic() < deadline, "the revocation did not reach the gateway"
+    time.sleep(1.1)
+    fresh = secure.token({"chat:*": ["*"]}, sub="dave")  # issued after the revocation: good
+    link, stub, metadata = secure.realtime(fresh)
+    with link:
+        stub.GetChannel(realtime_pb2.GetChannelRequest(channel=TARGET), metadata=metadata, timeout=10)
+
+
+@pytest.mark.slow
+def test_two_second_tokens_over_a_minute_of_traffic_lose_nothing(secure: Secure) -> None:
+    """Issue #16 item 2: the SDK renews its 2 s tokens for a minute of publishing and subscribing; the
+    history checker finds nothing lost, duplicated or out of order."""
+    workload = HonestWorkload(secure, run_s=60.0, prefix="minute")
+    workload.start()
+    workload.stop()
+
+
+def test_redis_wants_its_store_user_and_password(tmp_path: Path) -> None:
+    """With --engine redis a secure cluster's Redis has no default user: a client without the store's
+    password is refused, the store logs in as its ACL user and serves."""
+    import redis
+
+    from ringcast_tools.cluster.launcher import Launcher
+    from ringcast_tools.cluster.topology import local_topology, redis_password_file
+
+    launcher = Launcher(local_topology(tmp_path / "data", tls_dir=tmp_path / "tls", engine="redis"), tmp_path)
+    launcher.start_all()
+    try:
+        cluster = Secure(launcher)
+        link, stub, metadata = cluster.realtime(cluster.token({"*": ["*"]}))
+        with link:
+            stub.Publish(
+                realtime_pb2.PublishRequest(channel="redis:acl", messages=[message_pb2.Message(id="r1", data=b"x")]),
+                metadata=metadata,
+                timeout=30,
+            )
+        host, port = launcher.topology.named("redis-a").address.rsplit(":", 1)
+        with (
+            redis.Redis(host=host, port=int(port), socket_timeout=5) as anonymous,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
+            anonymous.ping()  # default user off: NOAUTH
+        password = redis_password_file(tmp_path / "tls", "store-a").read_text().strip()
+        with redis.Redis(host=host, port=int(port), username="store-a", password=password, socket_timeout=5) as store:
+            assert store.ping()
+        assert [entry[1] for entry in cluster.history("redis:acl")] == ["r1"]
+    finally:
+        launcher.stop_all()
 
 
 def test_the_honest_workload_lost_nothing_while_the_matrix_ran(secure: Secure, honest: HonestWorkload) -> None:
