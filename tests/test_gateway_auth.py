@@ -177,3 +177,39 @@ def test_a_stream_ends_when_its_token_is_revoked_and_when_it_expires(keys: Path)
         return reasons[0], reasons[1]
 
     assert asyncio.run(scenario()) == (Reason.TOKEN_REVOKED, Reason.TOKEN_EXPIRED)
+
+
+def test_an_es256_key_verifies_its_own_tokens_only(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "keys.json").write_text(
+        json.dumps({"keys": [{"kid": "ec", "alg": "ES256", "public_key": public.decode()}]})
+    )
+    auth = Authenticator(load_keys(tmp_path / "keys.json"))
+    assert auth.grant(bearer(jwt.encode(claims(), key, algorithm="ES256", headers={"kid": "ec"}))).sub == "alice"
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert refused(auth, bearer(jwt.encode(claims(), other, algorithm="ES256", headers={"kid": "ec"}))) == (
+        Reason.TOKEN_INVALID
+    )
+    # HS256 "signed" with the public key's PEM as the secret: refused, the key says ES256.
+    import hmac as hmac_module
+
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": "ec"}).encode()).rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps(claims()).encode()).rstrip(b"=")
+    signature = hmac_module.new(public, header + b"." + body, "sha256").digest()
+    forged = (header + b"." + body + b"." + base64.urlsafe_b64encode(signature).rstrip(b"=")).decode()
+    assert refused(auth, bearer(forged)) == Reason.TOKEN_INVALID
+
+
+def test_a_keyset_with_a_short_secret_or_an_unknown_algorithm_is_refused_at_start(tmp_path: Path) -> None:
+    for key in (
+        {"kid": "short", "alg": "HS256", "secret": base64.urlsafe_b64encode(b"x" * 16).decode()},
+        {"kid": "none", "alg": "none"},
+        {"kid": "rs", "alg": "RS256", "public_key": "x"},
+    ):
+        (tmp_path / "keys.json").write_text(json.dumps({"keys": [key]}))
+        with pytest.raises(SystemExit):
+            load_keys(tmp_path / "keys.json")
