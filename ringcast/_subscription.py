@@ -135,7 +135,9 @@ class Subscription:
                     raise _NoAnswer() from None
                 if not call.done():
                     self.transport.succeeded(address, loop.time() - started)
-                    failing_since, attempts = None, 0
+                    # In place with the token held: a later expiry is a new one, not the same refusal
+                    # again (a quiet channel outlives any number of tokens).
+                    failing_since, attempts, renewals = None, 0, 0
                 async for response in call:
                     if response.WhichOneof("item") == "gap":
                         if not gap_accepted:
@@ -152,7 +154,7 @@ class Subscription:
                             raise ContinuityLost(self.channel, last, serial, Reason.SERIAL_GAP)
                         last = self.last_serial = serial
                         gap_accepted = False
-                        renewals, limited_since = 0, None
+                        limited_since = None
                         yield Message.from_proto(self.channel, message)
                 outcome, reason = Outcome.SOFT_FAILURE, str(Reason.STREAM_ENDED)
             except grpc.aio.AioRpcError as error:

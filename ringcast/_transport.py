@@ -211,12 +211,16 @@ class Transport:
         if self.token_provider is None or (self.token is not None and self.token != stale):
             return
         if self._renewing is None or self._renewing.done():
-            self._renewing = asyncio.ensure_future(self.token_provider())
-        token = await asyncio.shield(self._renewing)
+            self._renewing = asyncio.ensure_future(self._fetch_token(self.token_provider))
+        await asyncio.shield(self._renewing)
+
+    async def _fetch_token(self, provider: TokenProvider) -> str:
+        token = await provider()
         if not token:
             raise ValueError("the token provider returned no token")
         self.token = token
         self.stats.token_renewals += 1
+        return token
 
     def stub(self, address: str) -> Stub:
         return self.gateway(address).stub

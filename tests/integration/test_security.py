@@ -33,6 +33,7 @@ from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from ringcast_tools.cluster import pki, tokens
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
+from services.common import revocations
 from services.core.entries import Entry, Message, Position
 from services.internal.v1 import channel_service_pb2 as channel_pb2
 from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
@@ -411,6 +412,36 @@ def test_two_second_tokens_over_a_minute_of_traffic_lose_nothing(secure: Secure)
     workload = HonestWorkload(secure, run_s=60.0, prefix="minute")
     workload.start()
     workload.stop()
+
+
+@pytest.mark.slow
+def test_a_subscription_on_a_quiet_channel_outlives_many_tokens(secure: Secure) -> None:
+    """Nothing is published for longer than four token lifetimes (each stream ends at its token's
+    expiry plus the skew); the subscription renews and resumes each time, and still delivers."""
+
+    async def provide() -> str:
+        return secure.token({"quiet:*": ["*"]}, sub="quiet", ttl=1)
+
+    async def scenario() -> tuple[list[int], int]:
+        async with ringcast.Client(secure.launcher.topology.gateways, ca=secure.ca, token_provider=provide) as client:
+            first = await client.publish("quiet:1", b"first")
+            received: list[int] = []
+
+            async def follow() -> None:
+                async for message in client.subscribe("quiet:1", after=0):
+                    received.append(message.serial)
+                    if len(received) == 2:
+                        return
+
+            follower = asyncio.create_task(follow())
+            await asyncio.sleep(4 * (1 + revocations.clock_skew_s) + 2)
+            assert not follower.done(), follower
+            await client.publish("quiet:1", b"second")
+            await asyncio.wait_for(follower, 30)
+            return [first, *received], client.stats.subscribe_resumes
+
+    serials, resumes = asyncio.run(scenario())
+    assert serials == [1, 1, 2] and resumes >= 4, (serials, resumes)
 
 
 def test_redis_wants_its_store_user_and_password(tmp_path: Path) -> None:
