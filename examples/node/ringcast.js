@@ -110,6 +110,7 @@ function unreachable(grpcError) {
 }
 
 const renewalsMax = 3;
+const streamInPlaceMs = 1_000;
 
 /** Stream endings that resuming cannot cure: bad input, or a caller the gateway will not serve. */
 const refusedForGood = new Set([
@@ -302,6 +303,7 @@ class RingcastClient {
     while (!signal?.aborted) {
       const index = this.current;
       attempts++;
+      const started = Date.now();
       const ended = await this.stream(index, channel, last, signal, (item) => {
         attempts = 0;
         renewals = 0;
@@ -315,6 +317,9 @@ class RingcastClient {
         }
       });
       if (signal?.aborted) break;
+      // A stream that lived a while got in place with its token: its expiry is a new one, not the
+      // same refusal again (a quiet channel outlives any number of tokens).
+      if (Date.now() - started >= streamInPlaceMs) renewals = 0;
       if (ended && (await this.renewed(ended, renewals++))) continue; // a new token: resume after `last` at once
       if (ended && refusedForGood.has(ended.code)) {
         throw new RingcastError(ended, { gateway: this.gateways[index], attempts });
