@@ -69,3 +69,21 @@ def test_a_client_holds_at_most_its_subscriptions() -> None:
             pass
     with limiter.subscription(client), limiter.subscription(client):  # released: room again
         pass
+
+
+def test_a_batch_larger_than_the_bucket_goes_through_once_it_is_full_and_the_debt_is_waited_off() -> None:
+    clock = Clock()
+    limiter = Limiter(GatewayLimits(), now=clock)
+    client = grant(publish_rate=5)  # a bucket of 10
+    limiter.publish(client, "c", 50)  # full bucket: a batch of 50 goes through, 40 into debt
+    error = refusal(lambda: limiter.publish(client, "c", 1))
+    assert error.retry_after_s == pytest.approx(41 / 5)
+    clock.now += 41 / 5
+    limiter.publish(client, "c", 1)
+
+
+def test_a_new_token_with_another_rate_does_not_refill_the_bucket() -> None:
+    clock = Clock()
+    limiter = Limiter(GatewayLimits(), now=clock)
+    limiter.publish(grant(publish_rate=5), "c", 10)  # empties the bucket
+    refusal(lambda: limiter.publish(grant(publish_rate=6), "c", 1))  # same client, same empty bucket

@@ -34,6 +34,7 @@ from ringcast_tools.chaos.proxy import ProxyControl
 from ringcast_tools.cluster import pki
 from ringcast_tools.cluster.pki import ADMIN_NAME
 from ringcast_tools.cluster.topology import ProcessSpec, Topology, redis_password_file
+from services.common.tls import ServiceTLS
 
 start_timeout_s = 30.0
 """How long one process may take to answer its health check after it starts."""
@@ -57,12 +58,7 @@ def pdeathsig_prefix() -> list[str]:
 
 def admin_credentials(tls_dir: str) -> grpc.ChannelCredentials:
     """TLS with the admin certificate (what operators' tools present to a secure cluster)."""
-    directory = Path(tls_dir)
-    return grpc.ssl_channel_credentials(
-        root_certificates=(directory / "ca.pem").read_bytes(),
-        private_key=(directory / f"{ADMIN_NAME}.key").read_bytes(),
-        certificate_chain=(directory / f"{ADMIN_NAME}.pem").read_bytes(),
-    )
+    return ServiceTLS.load(tls_dir, ADMIN_NAME).channel_credentials()
 
 
 def admin_channel(address: str, tls_dir: str) -> grpc.Channel:

@@ -54,12 +54,6 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as file:
-        file.write(data)
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -107,7 +101,7 @@ def _ensure_ca(tls_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    tokens.write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
@@ -163,7 +157,7 @@ def _issue(tls_dir: Path, identity: Identity, ca: x509.Certificate, ca_key: ec.E
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(tls_dir / f"{identity.name}.key", _key_pem(key))
+    tokens.write_private(tls_dir / f"{identity.name}.key", _key_pem(key))
     (tls_dir / f"{identity.name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
@@ -206,10 +200,10 @@ def secure(topology: Topology) -> list[str]:
         store = stores[redis.zone]
         password_file = redis_password_file(tls_dir, store)
         if not password_file.exists():
-            _write_private(password_file, secrets.token_urlsafe(24).encode())
+            tokens.write_private(password_file, secrets.token_urlsafe(24).encode())
             made.append(password_file.name)
         password = password_file.read_text().strip()
-        _write_private(
+        tokens.write_private(
             redis_acl_file(tls_dir, redis.zone), f"user default off\nuser {store} on >{password} ~* &* +@all\n".encode()
         )
     return made

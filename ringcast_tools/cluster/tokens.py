@@ -31,6 +31,13 @@ ADMIN_CAPABILITY: dict[str, list[str]] = {"*": ["*"]}
 admin_token_ttl_s = 3600
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only (0600 from the start, never world-readable)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(data)
+
+
 def ensure_keys(tls_dir: Path) -> list[str]:
     """Make the signing key and the keyset if missing; the files made."""
     signing, keyset = tls_dir / SIGNING_FILE, tls_dir / KEYSET_FILE
@@ -46,9 +53,7 @@ def ensure_keys(tls_dir: Path) -> list[str]:
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
-    descriptor = os.open(signing, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        json.dump({"kid": kid, "alg": "EdDSA", "private_key": private}, file, indent=2)
+    write_private(signing, json.dumps({"kid": kid, "alg": "EdDSA", "private_key": private}, indent=2).encode())
     keyset.write_text(json.dumps({"keys": [{"kid": kid, "alg": "EdDSA", "public_key": public}]}, indent=2) + "\n")
     return [SIGNING_FILE, KEYSET_FILE]
 

@@ -43,13 +43,18 @@ def default_gateways() -> list[str]:
     return ["127.0.0.1:7409"]
 
 
-def default_placement() -> str:
+def local_address(role: str, default: str) -> str:
+    """The address of the local cluster's first process of `role` (`ringcast up`), or `default`."""
     state = _cluster_state() or {}
     processes = state.get("processes")
     for process in processes if isinstance(processes, list) else []:
-        if process.get("role") == "placement":
+        if process.get("role") == role:
             return str(process["address"])
-    return "127.0.0.1:7402"
+    return default
+
+
+def default_placement() -> str:
+    return local_address("placement", "127.0.0.1:7402")
 
 
 def local_tls_dir() -> Path | None:

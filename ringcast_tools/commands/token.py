@@ -19,18 +19,15 @@ import time
 from pathlib import Path
 
 from ringcast_tools.cluster import tokens
+from ringcast_tools.commands.client import local_address, local_tls_dir
 from services.common.revocations import token_lifetime_s_max
 from services.core.capability import Capability, CapabilityError
 
 
-def _local_state() -> dict[str, object]:
-    path = Path.cwd() / ".ringcast" / "cluster.json"
-    return dict(json.loads(path.read_text())) if path.exists() else {}
-
-
 def _tls_dir(arguments: argparse.Namespace) -> Path | None:
-    given = arguments.tls_dir or _local_state().get("tls_dir")
-    return Path(str(given)) if given else None
+    if arguments.tls_dir:
+        return Path(arguments.tls_dir)
+    return local_tls_dir()
 
 
 def mint(arguments: argparse.Namespace) -> int:
@@ -73,7 +70,7 @@ def revoke(arguments: argparse.Namespace) -> int:
         print("ringcast token revoke: give exactly one of --jti, --sub, --issued-before", file=sys.stderr)
         return 2
     kind, name = chosen[0]
-    etcd_address = arguments.etcd or _local_etcd()
+    etcd_address = arguments.etcd or local_address("etcd", "")
     if not etcd_address:
         print("ringcast token revoke: no etcd (give --etcd, or run it beside `ringcast up`)", file=sys.stderr)
         return 2
@@ -98,14 +95,6 @@ def revoke(arguments: argparse.Namespace) -> int:
         return 1
     print(f"revoked {kind} {name}".rstrip() + (f" (tokens issued before {at:.0f})" if kind != "jti" else ""))
     return 0
-
-
-def _local_etcd() -> str:
-    processes = _local_state().get("processes")
-    for process in processes if isinstance(processes, list) else []:
-        if isinstance(process, dict) and process.get("role") == "etcd":
-            return str(process["address"])
-    return ""
 
 
 def run(arguments: argparse.Namespace) -> int:

@@ -33,7 +33,6 @@ log = logging.getLogger("ringcast.tls")
 ROLE_URI_PREFIX = "spiffe://ringcast/"
 """Certificates name their process as `spiffe://ringcast/<role>/<name>`."""
 
-SERVICE_ROLES = frozenset({"placement", "store", "channel", "gateway"})
 ADMIN = "admin"
 """Operators' tools (the CLI's admin commands, health checks): may ask health and reflection."""
 
@@ -181,7 +180,6 @@ __all__ = [
     "PLACEMENT",
     "STORE",
     "ROLE_URI_PREFIX",
-    "SERVICE_ROLES",
     "Admission",
     "Peer",
     "ServiceTLS",

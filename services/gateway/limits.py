@@ -61,12 +61,15 @@ class TokenBucket:
 
     def wait_for(self, amount: float, now: float) -> float:
         """0 if `amount` tokens are there (and takes them), else the seconds until they will be."""
-        self.level = min(self.rate * burst_s, self.level + (now - self.updated) * self.rate)
+        capacity = self.rate * burst_s
+        self.level = min(capacity, self.level + (now - self.updated) * self.rate)
         self.updated = now
-        if amount <= self.level:
+        # A batch larger than the whole bucket goes through once the bucket is full, into debt (the
+        # level goes below 0 and the next publishes wait it off); else it could never go through.
+        if amount <= self.level or self.level >= capacity:
             self.level -= amount
             return 0.0
-        return (min(amount, self.rate * burst_s) - self.level) / self.rate
+        return (min(amount, capacity) - self.level) / self.rate
 
     def give_back(self, amount: float) -> None:
         self.level = min(self.rate * burst_s, self.level + amount)
@@ -78,12 +81,16 @@ class _Buckets:
 
     def get(self, key: str, rate: float, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
-        if bucket is None or bucket.rate != rate:
+        if bucket is None:
             bucket = self._buckets[key] = TokenBucket(rate, now)
             while len(self._buckets) > buckets_max:
                 self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(key)
+            return bucket
+        self._buckets.move_to_end(key)
+        if bucket.rate != rate:  # another token of the same client, with another rate: keep what is used
+            bucket.wait_for(0, now)
+            bucket.rate = rate
+            bucket.level = min(bucket.level, rate * burst_s)
         return bucket
 
 

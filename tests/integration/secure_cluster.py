@@ -21,6 +21,7 @@ from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from ringcast_tools.cluster import tokens
 from ringcast_tools.cluster.launcher import Launcher
 from services.common.errors import error_info
+from services.common.tls import ServiceTLS
 from services.core import checker
 
 TARGET = "chat:target"
@@ -62,10 +63,7 @@ class Secure:
 
     def as_process(self, name: str, address: str) -> grpc.Channel:
         """A channel to a service presenting `name`'s certificate (a process of the cluster)."""
-        credentials = grpc.ssl_channel_credentials(
-            self.ca, (self.tls_dir / f"{name}.key").read_bytes(), (self.tls_dir / f"{name}.pem").read_bytes()
-        )
-        return grpc.secure_channel(address, credentials)
+        return grpc.secure_channel(address, ServiceTLS.load(self.tls_dir, name).channel_credentials())
 
     def address(self, name: str) -> str:
         return self.launcher.topology.named(name).address
