@@ -173,7 +173,7 @@ class StoreLink:
 
     def _append_replies(self, response: store_pb2.AppendResponse) -> list[AppendReply]:
         if response.results:
-            self.node.store_clock.observe(response.results[0].store_now_ms)
+            self.node.store_clock.observe(self.zone, response.results[0].store_now_ms)
         return [_append_reply(result) for result in response.results]
 
     async def _fence(self, batch: list[FenceRequest]) -> None:

@@ -343,12 +343,15 @@ class StoreService:
         context.set_trailing_metadata(commit_metadata(committed))
         return store_pb2.FenceResponse(results=[fence_to_proto(reply) for reply in committed.value])
 
-    async def _append(self, request: store_pb2.AppendRequest) -> tuple[store_pb2.AppendResponse, Committed[Any] | None]:
+    async def _append(
+        self, request: store_pb2.AppendRequest, peer: str
+    ) -> tuple[store_pb2.AppendResponse, Committed[Any] | None]:
+        """`peer`: the calling connection (an owner), whose clock the request carries."""
         appends = parsed_appends(request.appends, self.value_max)
         if not appends:
             return store_pb2.AppendResponse(), None
         await self.epochs.check("append", (append[1] for append in appends))
-        self.owner_clock.observe(max(append.owner_now_ms for append in request.appends))
+        self.owner_clock.observe(peer, max(append.owner_now_ms for append in request.appends))
         committed = await self.writer.submit(
             lambda replica: [
                 replica.append(channel, epoch, prev, entries, commit=commit, from_base=from_base)
@@ -368,7 +371,7 @@ class StoreService:
     async def Append(
         self, request: store_pb2.AppendRequest, context: grpc.aio.ServicerContext
     ) -> store_pb2.AppendResponse:
-        response, committed = await self._append(request)
+        response, committed = await self._append(request, context.peer())
         if committed is not None:
             context.set_trailing_metadata(commit_metadata(committed))
         return response
@@ -376,9 +379,10 @@ class StoreService:
     async def AppendStream(  # noqa: N802
         self, request_iterator: AsyncIterator[store_pb2.AppendRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[store_pb2.AppendResponse]:
+        peer = context.peer()
         async for request in request_iterator:
             try:
-                response, _ = await self._append(request)
+                response, _ = await self._append(request, peer)
             except ServiceError as error:
                 await abort(context, error)
                 return
