@@ -5,10 +5,18 @@ do (for `ChannelService.PublishPipe`), which is why it is not private to the SDK
 
 In Python gRPC one call costs far more than one message in a call, so a busy caller should make few
 calls. A `PipeClient` keeps one stream to one peer open and multiplexes every publish onto it: each
-publish gets a tag, publishes queued while the previous write was on its way go together in the
-next request message, and the peer answers each tag as soon as that publish finishes, grouping
-whatever finished meanwhile into one response message. No publish waits for another (a slow channel
-delays nobody), and under light load a publish is written at once (no linger).
+publish gets a tag; publishes made in the same turn of the event loop, or while the previous write
+was on its way, go together in the next request message (the writer yields once before it takes
+them, so calls that arrived together make one message); and the peer answers each tag as soon as
+that publish finishes, grouping whatever finished meanwhile into one response message. No publish
+waits for another (a slow channel delays nobody), and under light load a publish is written at once.
+
+`linger_s` (a gateway's pipe to an owner sets it): while publishes written earlier are unanswered,
+the writer waits for one of their answers, or `linger_s` at most, before it writes again, so that
+the publishes arriving meanwhile go in one message. A server's concurrent unary calls arrive one per
+turn of its event loop; without this they would each be a message of their own, and in Python
+gRPC a message costs about as much CPU as the publish it carries. When nothing is unanswered (an
+idle pipe, sequential calls) a publish never waits.
 
 Failure is per stream: when the stream breaks (the peer died, a connection was refused, the
 channel closed) every publish still waiting on it fails with that error, a `grpc.aio.AioRpcError`
@@ -24,6 +32,7 @@ RPCs have the same shape: a request with `publishes` (each `tag`, `publish`, `ti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -75,6 +84,7 @@ class PipeClient(Generic[Payload, Answer]):
         window_max: int = 4_096,
         per_message_max: int = 256,
         bytes_max: int = 4 * 1024 * 1024,
+        linger_s: float = 0.0,
     ) -> None:
         self.open_stream = open_stream
         self.request_type = request_type
@@ -82,6 +92,9 @@ class PipeClient(Generic[Payload, Answer]):
         self.name = name
         self.per_message_max = per_message_max
         self.bytes_max = bytes_max
+        self.linger_s = linger_s
+        self._unanswered = 0  # publishes written on the current stream and not yet answered
+        self._answered = asyncio.Event()
         self._room = asyncio.Semaphore(window_max)
         self._tags = itertools.count(1)
         self._stream: Any = None
@@ -114,14 +127,13 @@ class PipeClient(Generic[Payload, Answer]):
             remaining = max(0.001, deadline - loop.time())
             waiting = _Waiting(tag, payload, max(1, int(remaining * 1000)), trace_context or {}, payload.ByteSize())
             self._outbox.append(waiting)
+            timer = loop.call_at(deadline, self._time_out, answer)  # lighter than asyncio.timeout
             try:
                 self._ensure_stream()
                 self._wake.set()
-                async with asyncio.timeout(remaining):
-                    result = await answer
-            except TimeoutError:
-                raise call_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer from {self.name} in time") from None
+                result = await answer
             finally:
+                timer.cancel()
                 self._answers.pop(tag, None)
                 if not waiting.written and waiting in self._outbox:  # given up before it was written
                     self._outbox.remove(waiting)
@@ -130,6 +142,10 @@ class PipeClient(Generic[Payload, Answer]):
         if isinstance(result, grpc.RpcError):
             raise result
         return result  # type: ignore[no-any-return]
+
+    def _time_out(self, answer: asyncio.Future[Any]) -> None:
+        if not answer.done():
+            answer.set_result(call_error(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer from {self.name} in time"))
 
     def _ensure_stream(self) -> None:
         if self._stream is not None:
@@ -161,6 +177,16 @@ class PipeClient(Generic[Payload, Answer]):
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                await asyncio.sleep(0)  # one turn: the publishes already on their way here join this message
+                if self.linger_s and self._unanswered:
+                    # Others are on their way to the peer: wait for one of their answers (or linger_s)
+                    # before writing, so that what arrives meanwhile goes in the same message.
+                    self._answered.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.linger_s):
+                            await self._answered.wait()
+                if self._stream is not stream or not self._outbox:
+                    continue
                 items = [
                     self.item_type(
                         tag=waiting.tag,
@@ -171,6 +197,7 @@ class PipeClient(Generic[Payload, Answer]):
                     for waiting in self._take()
                 ]
                 self.messages_sent += 1
+                self._unanswered += len(items)
                 await stream.write(self.request_type(publishes=items))
         except grpc.RpcError as error:
             self._broken(stream, error)
@@ -185,6 +212,8 @@ class PipeClient(Generic[Payload, Answer]):
                 response = await stream.read()
                 if response is grpc.aio.EOF:
                     raise call_error(grpc.StatusCode.UNAVAILABLE, f"{self.name} ended the pipe")
+                self._unanswered = max(0, self._unanswered - len(response.results))
+                self._answered.set()
                 for result in response.results:
                     answer = self._answers.get(result.tag)
                     if answer is None or answer.done():
@@ -198,6 +227,7 @@ class PipeClient(Generic[Payload, Answer]):
         if self._stream is not stream:
             return
         self._stream = None
+        self._unanswered = 0
         stream.cancel()
         self._wake.set()  # let the writer see it is done
         failure = (

@@ -72,6 +72,11 @@ entry_protos_max = 8_192
 """Entries kept in their wire form for the replicas still to be sent them (oldest dropped first)."""
 
 
+def _time_out(future: asyncio.Future[PublishResult]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 @dataclass(slots=True)
 class _Subscription:
     queue: asyncio.Queue[Delivery]
@@ -105,6 +110,8 @@ class ChannelNodeAdapter:
         self.traces = PublishTraces()
         self.takeover_traces = TakeoverTraces()
         self._entry_protos: dict[tuple[str, int, int], store_pb2.LogEntry] = {}
+        self._unsent: set[str] = set()  # channels with entries of this loop turn's publishes to send
+        self._send_scheduled = False
         for state in ("serving", "taking_over", "prepared"):
             metrics.channels.labels(state).set_function(functools.partial(self._channels, state))
         # Called with a reason when this node should leave the ring for a while (see health()).
@@ -259,24 +266,45 @@ class ChannelNodeAdapter:
     # ----------------------------------------------------------------------------- requests
 
     async def publish(self, channel: str, messages: tuple[Message, ...], timeout_s: float) -> PublishResult:
+        """Publish `messages` to `channel`; TimeoutError when no answer came within `timeout_s`.
+
+        The entries go to the replicas one event-loop turn later (`_send_soon`), together with those
+        of every other publish made in the same turn: under load, one append round per replica
+        carries many publishes (group commit, with no wait when nothing else is queued)."""
         if self.closing:
             return PublishResult(False, reason=Reason.SHUTTING_DOWN, retryable=True)
         token = next(self.tokens)
-        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PublishResult] = loop.create_future()
         self.publishes[token] = future
-        self.call(lambda: self.core.publish(channel, token, messages, monotonic_ms()))
+        self.call(lambda: self.core.publish(channel, token, messages, monotonic_ms(), send=False))
+        self._send_soon(loop, channel)
         if tracing.enabled():
             role = self.core.roles.get(channel)
             serving = role is not None and role.state is RoleState.SERVING and not future.done()
             self.traces.begin(channel, token, role.last if serving and role else None, sorted(self.links))
+        timer = loop.call_later(timeout_s, _time_out, future)  # lighter than wait_for: no task, no waiter
         result: PublishResult | None = None
         try:
-            result = await asyncio.wait_for(future, timeout_s)
+            result = await future
         finally:
+            timer.cancel()
             self.publishes.pop(token, None)
             if tracing.enabled():
                 self.traces.end(channel, token, "not awaited" if result is not None and result.ok else "no answer")
         return result
+
+    def _send_soon(self, loop: asyncio.AbstractEventLoop, channel: str) -> None:
+        """Have the core send `channel`'s new entries at the next turn of the event loop, with those
+        of every publish made before then."""
+        self._unsent.add(channel)
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            loop.call_soon(self._send_unsent)
+
+    def _send_unsent(self) -> None:
+        channels, self._unsent, self._send_scheduled = self._unsent, set(), False
+        self.call(lambda: self.core.send(channels, monotonic_ms()))
 
     async def history(self, channel: str, after_serial: int, limit: int, timeout_s: float) -> HistoryResult:
         if self.closing:

@@ -1,9 +1,10 @@
 """The serving side of a PublishPipe stream (see `ringcast.pipe` for the calling side).
 
 `serve_pipe` reads the caller's requests, starts each publish as soon as it arrives, and answers
-each as it finishes: results that finish while a response is being written go together in the next
-response. At most `inflight_max` publishes of one stream are worked on at once; past that it stops
-reading, so HTTP/2 flow control pushes back on the caller instead of memory growing here.
+each as it finishes: results that finish in the same turn of the event loop (one commit answers
+many publishes), or while a response is being written, go together in the next response. At most
+`inflight_max` publishes of one stream are worked on at once; past that it stops reading, so HTTP/2
+flow control pushes back on the caller instead of memory growing here.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ async def serve_pipe(
     try:
         while (reading or active or not finished.empty()) and refused is None:
             first = await finished.get()
+            await asyncio.sleep(0)  # one turn: publishes answered by the same event join this response
             results = [] if first is None else [first]
             while not finished.empty() and len(results) < pipe_results_per_response_max:
                 more = finished.get_nowait()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ringcast.reasons import Reason
@@ -160,8 +160,23 @@ class ChannelNode:
         queued = self._prepare(channels, now_ms, effects)
         return queued, effects
 
-    def publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int) -> Effects:
-        return _collected(lambda effects: self._publish(channel, token, messages, now_ms, effects))
+    def publish(
+        self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, *, send: bool = True
+    ) -> Effects:
+        """`send` False: the entries wait for `send(channels)`, so that publishes that arrive
+        together go to the replicas in one append round (the tick sends them in any case)."""
+        return _collected(lambda effects: self._publish(channel, token, messages, now_ms, effects, send))
+
+    def send(self, channels: Iterable[str], now_ms: int) -> Effects:
+        """Send the replicas of `channels` what publishes made with `send` False left waiting."""
+
+        def send(effects: Effects) -> None:
+            for channel in channels:
+                role = self.roles.get(channel)
+                if role is not None:
+                    effects.extend(role.send(now_ms))
+
+        return _collected(send)
 
     def subscribe(self, channel: str, token: int, after_serial: int, now_ms: int) -> Effects:
         return _collected(lambda effects: self._subscribe(channel, token, after_serial, now_ms, effects))
@@ -307,12 +322,14 @@ class ChannelNode:
             if channel not in self.roles:
                 self._role_for(channel, now_ms, effects, "prepare")  # not ours any more, or no lease: nothing starts
 
-    def _publish(self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, effects: Effects) -> None:
+    def _publish(
+        self, channel: str, token: int, messages: tuple[Message, ...], now_ms: int, effects: Effects, send: bool
+    ) -> None:
         role = self._role_for(channel, now_ms, effects)
         if isinstance(role, str):
             effects.results.append(PublishAnswer(token, PublishResult(False, reason=role, retryable=True)))
             return
-        effects.extend(role.publish(token, messages, now_ms))
+        effects.extend(role.publish(token, messages, now_ms, send=send))
 
     def _subscribe(self, channel: str, token: int, after_serial: int, now_ms: int, effects: Effects) -> None:
         role = self._role_for(channel, now_ms, effects)

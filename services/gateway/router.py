@@ -14,7 +14,8 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -38,6 +39,10 @@ T = TypeVar("T")
 
 owner_call_timeout_s = 5.0
 """Deadline of one call to an owner (a retry gets a fresh one, within the request's)."""
+
+pipe_linger_s = 0.002
+"""How long a publish may wait at most to join others in one message to its owner, and only while
+earlier publishes to that owner are unanswered (`ringcast.pipe`): never when the pipe is idle."""
 
 retry_backoff_s_min = 0.02
 retry_backoff_s_max = 0.5
@@ -78,6 +83,14 @@ class ChannelMovedAway(Exception):
     """The ring gave the channel to another node while a call to its old owner was in flight."""
 
 
+@dataclass(slots=True)
+class _MoveWatch:
+    """A call in flight to `owner`; `moved` once a ring named another owner and the call was cancelled."""
+
+    owner: str
+    moved: bool = False
+
+
 class RecentChannels:
     """Channels routed lately, least recently used first, bounded in count and in age."""
 
@@ -112,6 +125,7 @@ class OwnerLink:
             channel_pb2.PublishPipeRequest,
             channel_pb2.PipedPublish,
             name=address,
+            linger_s=pipe_linger_s,
         )
 
     async def close(self) -> None:
@@ -133,6 +147,7 @@ class OwnerRouter:
         self._preparing: asyncio.Task[None] | None = None
         self._reported: dict[str, float] = {}
         self._reports: set[asyncio.Task[None]] = set()
+        self._watching: dict[str, dict[asyncio.Task[Any], _MoveWatch]] = {}  # channel → calls to its owner
         watcher.subscribe(self._on_ring)
 
     def _on_ring(self, view: RingView) -> None:
@@ -140,6 +155,7 @@ class OwnerRouter:
             return
         self._newest_version = view.ring.version
         metrics.ring_version.set(view.ring.version)
+        self._cancel_moved(view)
         if self._prepared_view is None:
             self._prepared_view = view
             return
@@ -238,22 +254,33 @@ class OwnerRouter:
 
         An owner that is alive but stuck (paused, starved) would otherwise hold the caller until
         the call's own timeout, long after its channels were re-placed. Abandoning the call is safe:
-        the retry carries the same message ids.
+        the retry carries the same message ids. The task awaiting is cancelled by `_on_ring` (as
+        asyncio.timeout does): no extra task, no waiter per call.
         """
-        moved, unsubscribe = self.watch_move(channel, owner)
-        work = asyncio.ensure_future(call)
-        watch = asyncio.ensure_future(moved.wait())
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _MoveWatch(owner)
+        watching = self._watching.setdefault(channel, {})
+        watching[task] = watch
         try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when our caller is cancelled: never leave the call running behind us
-            unsubscribe()
-            watch.cancel()
-            abandoned = not work.done()
-            if abandoned:
-                work.cancel()
-        if abandoned:
-            raise ChannelMovedAway(channel)
-        return work.result()
+            return await call
+        except asyncio.CancelledError:
+            if watch.moved and task.uncancel() == 0:  # cancelled by us, and by no one else
+                raise ChannelMovedAway(channel) from None
+            raise
+        finally:
+            del watching[task]
+            if not watching:
+                self._watching.pop(channel, None)
+
+    def _cancel_moved(self, view: RingView) -> None:
+        """Cancel the calls waiting on an owner that `view` no longer names for their channel."""
+        for channel, watching in self._watching.items():
+            owner = view.ring.owner(channel)
+            for task, watch in watching.items():
+                if owner != watch.owner and not watch.moved:
+                    watch.moved = True
+                    task.cancel()
 
     async def call(
         self,

@@ -21,6 +21,34 @@ from services.core.role import (
 from tests.core.role_harness import STORES, Replicas, entries, publish, published_via, run_node, take_over
 
 
+def test_publishes_made_together_go_to_each_replica_in_one_append_and_are_acked_each_in_order() -> None:
+    """Publishes made with `send` False wait; one `send` carries them all in one append per replica
+    (an owner's group commit), and each publish is still answered on its own, in serial order."""
+    replicas = Replicas()
+    role = take_over(replicas, epoch=7)
+    effects = Effects()
+    for token in (1, 2, 3):
+        effects.extend(role.publish(token, (Message(f"m{token}"), Message(f"m{token}b")), 0, send=False))
+    effects.extend(role.publish(4, (Message("m1"),), 0, send=False))  # a retry: waits for serial 1 to commit
+    assert effects.sends == [] and effects.results == []
+    sent = role.send(0)
+    appends = [request for _, request in sent.sends]
+    assert len(appends) == len(STORES)
+    assert all(isinstance(a, AppendRequest) and [e.serial for e in a.entries] == [1, 2, 3, 4, 5, 6] for a in appends)
+    replicas.run(role, sent)
+    assert [(token, result.ok, result.serials) for token, result in sent.results] == [
+        (1, True, (1, 2)),
+        (2, True, (3, 4)),
+        (3, True, (5, 6)),
+        (4, True, (1,)),
+    ]
+
+
+def test_a_node_sends_what_publishes_left_waiting_per_channel() -> None:
+    node = ChannelNode("n1", NodeConfig())
+    assert node.send(["no-such-channel"], 0).sends == []
+
+
 def test_takeover_of_an_empty_channel_serves_and_acks_at_quorum() -> None:
     replicas = Replicas()
     role = take_over(replicas, epoch=7)

@@ -64,12 +64,12 @@ def run(handler: Handler, scenario: Callable[[PipeServer, grpc.aio.Server, str],
 
 
 def client(
-    address: str,
+    address: str, linger_s: float = 0.0
 ) -> tuple[grpc.aio.Channel, PipeClient[realtime_pb2.PublishRequest, realtime_pb2.PublishResponse]]:
     channel = grpc.aio.insecure_channel(address)
     stub = realtime_grpc.RealtimeServiceStub(channel)
     pipe: PipeClient[realtime_pb2.PublishRequest, realtime_pb2.PublishResponse] = PipeClient(
-        stub.PublishPipe, realtime_pb2.PublishPipeRequest, realtime_pb2.PipedPublish, name=address
+        stub.PublishPipe, realtime_pb2.PublishPipeRequest, realtime_pb2.PipedPublish, name=address, linger_s=linger_s
     )
     return channel, pipe
 
@@ -88,6 +88,42 @@ def test_concurrent_publishes_share_few_messages_and_each_gets_its_own_answer() 
         await channel.close()
 
     run(echo, scenario)
+
+
+def test_with_a_linger_publishes_arriving_one_by_one_while_others_are_unanswered_share_messages() -> None:
+    """A server's concurrent unary calls reach its pipe one per turn of the event loop. With
+    `linger_s`, those made while earlier ones are unanswered wait for an answer and go together;
+    without it each is a message of its own. On an idle pipe nothing waits, however long the linger."""
+    answer = asyncio.Event()
+
+    async def handler(request: realtime_pb2.PublishRequest) -> realtime_pb2.PublishResponse:
+        await answer.wait()
+        return await echo(request)
+
+    async def one_by_one(linger_s: float, address: str) -> int:
+        answer.clear()
+        channel, pipe = client(address, linger_s)
+        calls = []
+        for n in range(1, 101):
+            calls.append(asyncio.ensure_future(pipe.publish(publish_request("c", n), 5.0)))
+            await asyncio.sleep(0.005)  # arrivals spaced out: the writer has written the last one
+        answer.set()
+        assert [(await call).serials[0] for call in calls] == list(range(1, 101))
+        sent = pipe.messages_sent
+        await pipe.close()
+        await channel.close()
+        return sent
+
+    async def scenario(servicer: PipeServer, server: grpc.aio.Server, address: str) -> None:
+        assert await one_by_one(0.0, address) >= 30
+        assert await one_by_one(30.0, address) <= 3
+        channel, pipe = client(address, linger_s=30.0)
+        for n in range(1, 4):  # sequential publishes on an idle pipe: written at once, well within 5 s
+            assert list((await pipe.publish(publish_request("c", n), 5.0)).serials) == [n]
+        await pipe.close()
+        await channel.close()
+
+    run(handler, scenario)
 
 
 def test_a_slow_publish_delays_no_other() -> None:

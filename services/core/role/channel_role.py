@@ -55,9 +55,16 @@ class ChannelRole(Takeover, Replication, Reads, Retention):
         """A request failed in transport (unreachable, deadline exceeded)."""
         return self._input("store_error", lambda effects: self._on_store_error(replica, request, now_ms, effects))
 
-    def publish(self, token: int, messages: tuple[Message, ...], now_ms: int) -> Effects:
-        """Assign serials to a batch (atomically), or answer at once for duplicates."""
-        return self._input("publish", lambda effects: self._publish(token, messages, now_ms, effects))
+    def publish(self, token: int, messages: tuple[Message, ...], now_ms: int, *, send: bool = True) -> Effects:
+        """Assign serials to a batch (atomically), or answer at once for duplicates. `send` False:
+        the new entries wait for `send` (so that publishes arriving together go out in one append
+        round); the tick sends them anyway."""
+        return self._input("publish", lambda effects: self._publish(token, messages, now_ms, effects, send=send))
+
+    def send(self, now_ms: int) -> Effects:
+        """Send every replica what it is missing, within its window (the entries of publishes made
+        with `send` False)."""
+        return self._input("send", lambda effects: self._pump(now_ms, effects))
 
     def subscribe(self, token: int, after_serial: int, now_ms: int) -> Effects:
         """Deliver every committed entry after `after_serial`, in order, then live ones."""

@@ -21,8 +21,11 @@ from services.core.role.states import RoleState
 
 
 class Replication(RoleBase):
-    def _publish(self, token: int, messages: tuple[Message, ...], now_ms: int, effects: Effects) -> None:
-        """Assign serials to a batch (atomically), or answer at once for duplicates."""
+    def _publish(
+        self, token: int, messages: tuple[Message, ...], now_ms: int, effects: Effects, *, send: bool = True
+    ) -> None:
+        """Assign serials to a batch (atomically), or answer at once for duplicates; `send`: pump the
+        new entries to the replicas now (False: the caller will, after more publishes)."""
         self.last_activity_ms = now_ms
         if self.state is RoleState.STOPPED:
             effects.results.append(PublishAnswer(token, self._moved_result(False)))
@@ -76,7 +79,8 @@ class Replication(RoleBase):
         else:
             self.pending.append(pending)
         if batch_last >= first_new:
-            self._pump(now_ms, effects)
+            if send:
+                self._pump(now_ms, effects)
             if "deliver-uncommitted" in self.bugs:
                 self._feed_subscribers(now_ms, effects)
 

@@ -76,6 +76,8 @@ INPUTS: Mapping[str, Mapping[RoleState, Handling]] = {
     "read_reply": _row(TAKE, TAKE, TAKE, STALE),
     "store_error": _row(TAKE, TAKE, TAKE, STALE),
     "publish": _row(QUEUE, QUEUE, TAKE, REFUSE),
+    # Sending what publishes left waiting: only a serving role has entries to send.
+    "send": _row(NOTHING, NOTHING, TAKE, NOTHING),
     # A subscriber or history reader registered during a takeover is served once the role serves.
     "subscribe": _row(TAKE, TAKE, TAKE, REFUSE),
     "read_history": _row(TAKE, TAKE, TAKE, REFUSE),
