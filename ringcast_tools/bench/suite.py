@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from ringcast_tools.bench import workloads
+from ringcast_tools.bench.raw import RawTarget
 from ringcast_tools.bench.target import RingcastTarget
 from ringcast_tools.bench.workloads import Target
 
@@ -51,6 +52,9 @@ class Options:
     gateways: list[str] | None = None
     secure: bool = False
     """Run the bench's own cluster secure (mTLS, TLS to the gateways, a token per call)."""
+    clients: list[str] = field(default_factory=lambda: ["sdk"])
+    """Which ringcast clients to measure: "sdk" (the Python SDK), "raw" (generated stubs, unary
+    Publish, one message per call), "stream" (generated stubs, one message per PublishStream request)."""
     out: Path = Path("bench-results")
 
 
@@ -91,15 +95,20 @@ def line(system: str, result: dict[str, object]) -> str:
 
 
 async def run_workloads(
-    target: Target, options: Options, *, can_kill: bool, say: Callable[[str], None]
+    target: Target, options: Options, *, can_kill: bool, say: Callable[[str], None], client: str = "sdk"
 ) -> list[dict[str, object]]:
+    """Every workload against `target`. `client` "sdk" (and NATS): the whole suite; a plain client
+    ("raw", "stream"): one message per publish only (no batches, no faults)."""
     run = uuid.uuid4().hex[:6]
     channels = [f"bench-{run}-{index}" for index in range(options.channels)]
-    for channel in channels:  # warm up: every channel active (ringcast: taken over) before any clock
+    hot = [f"bench-{run}-hot"]
+    for channel in [*channels, *hot]:  # warm up: every channel active (ringcast: taken over) before any clock
         await target.publish(channel, b"warm")
     results: list[dict[str, object]] = []
+    whole = client not in ("raw", "stream")
 
     def done(result: dict[str, object]) -> None:
+        result = {"workload": result["workload"], "client": client, **result}
         results.append(_thin(result))
         say(line(target.name, result))
 
@@ -109,7 +118,12 @@ async def run_workloads(
                 target, publishers=publishers, seconds=options.seconds, channels=channels, size=options.size
             )
         )
-    for publishers in options.publishers:
+    done(  # one hot channel: a big room, a ticker
+        await workloads.throughput(
+            target, publishers=max(options.publishers), seconds=options.seconds, channels=hot, size=options.size
+        )
+    )
+    for publishers in options.publishers if whole else []:
         done(
             await workloads.throughput(
                 target,
@@ -130,7 +144,7 @@ async def run_workloads(
             size=options.size,
         )
     )
-    if can_kill:
+    if can_kill and whole:
         done(await workloads.failover(target, channels=channels))
     return results
 
@@ -142,11 +156,15 @@ def _find(results: list[dict[str, object]], workload: str, **match: object) -> d
     return None
 
 
-def ratios(ours: list[dict[str, object]], theirs: list[dict[str, object]], publishers: int) -> dict[str, object]:
-    """ringcast / NATS, for throughput (higher is better) and latencies (lower is better)."""
+def ratios(
+    ours: list[dict[str, object]], theirs: list[dict[str, object]], publishers: int, channels: int
+) -> dict[str, object]:
+    """ringcast / NATS, for throughput (higher is better) and latencies (lower is better). The plain
+    keys compare the Python SDK; `raw_*` and `hot_channel_ratio` a plain gRPC client, one message per
+    unary Publish (NATS: one js.publish per message either way)."""
 
-    def ratio(workload: str, key: str, **match: object) -> float | None:
-        mine, other = _find(ours, workload, **match), _find(theirs, workload, **match)
+    def ratio(workload: str, key: str, *, client: str = "sdk", **match: object) -> float | None:
+        mine, other = _find(ours, workload, client=client, **match), _find(theirs, workload, **match)
         if mine is None or other is None:
             return None
         numerator, denominator = mine.get(key), other.get(key)
@@ -156,14 +174,27 @@ def ratios(ours: list[dict[str, object]], theirs: list[dict[str, object]], publi
 
     failover_ours, failover_theirs = _find(ours, "failover"), _find(theirs, "failover")
     return {
-        "throughput_ratio": ratio("throughput", "msgs_per_s", publishers=publishers),
-        "throughput_batch_ratio": ratio("throughput_batch", "msgs_per_s", publishers=publishers),
+        "throughput_ratio": ratio("throughput", "msgs_per_s", publishers=publishers, channels=channels),
+        "throughput_batch_ratio": ratio("throughput_batch", "msgs_per_s", publishers=publishers, channels=channels),
         "seq_ack_p50_ratio": ratio("sequential", "p50_ms"),
         "seq_ack_p99_ratio": ratio("sequential", "p99_ms"),
         "e2e_p50_ratio": ratio("end_to_end", "p50_ms"),
         "e2e_p99_ratio": ratio("end_to_end", "p99_ms"),
         "failover_s": failover_ours["gap_s"] if failover_ours else None,
         "nats_failover_s": failover_theirs["gap_s"] if failover_theirs else None,
+        "sdk_hot_channel_ratio": ratio("throughput", "msgs_per_s", publishers=publishers, channels=1),
+        "raw_throughput_ratio": ratio(
+            "throughput", "msgs_per_s", client="raw", publishers=publishers, channels=channels
+        ),
+        "hot_channel_ratio": ratio("throughput", "msgs_per_s", client="raw", publishers=publishers, channels=1),
+        "raw_seq_ack_p50_ratio": ratio("sequential", "p50_ms", client="raw"),
+        "raw_e2e_p99_ratio": ratio("end_to_end", "p99_ms", client="raw"),
+        "stream_throughput_ratio": ratio(
+            "throughput", "msgs_per_s", client="stream", publishers=publishers, channels=channels
+        ),
+        "stream_hot_channel_ratio": ratio(
+            "throughput", "msgs_per_s", client="stream", publishers=publishers, channels=1
+        ),
     }
 
 
@@ -184,13 +215,9 @@ async def _ringcast_extras(target: RingcastTarget, options: Options, say: Callab
     for stats in balance:
         say("ringcast ring " + " ".join(f"{key}={value}" for key, value in stats.items()))
     if target.launcher is not None and options.moved_channels and not target.launcher.topology.tls_dir:
-        import grpc
-
-        from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
         from ringcast_tools.commands.failover import relocation
 
-        async with grpc.aio.insecure_channel(target.gateways[0]) as link:
-            result = await relocation(target.launcher, realtime_grpc.RealtimeServiceStub(link), options.moved_channels)
+        result = await relocation(target.launcher, options.moved_channels)
         extras["takeover"] = result
         say("ringcast takeover " + " ".join(f"{key}={value}" for key, value in result.items()))
     return extras
@@ -204,7 +231,15 @@ async def _run_ringcast(options: Options, root: Path, say: Callable[[str], None]
         say(f"starting a ringcast cluster of the bench's own (lease TTL {options.lease_ttl_s} s; {security})")
         target = RingcastTarget.own_cluster(root / "ringcast", lease_ttl_s=options.lease_ttl_s, secure=options.secure)
     try:
-        results = await run_workloads(target, options, can_kill=target.launcher is not None, say=say)
+        results: list[dict[str, object]] = []
+        if "sdk" in options.clients:
+            results += await run_workloads(target, options, can_kill=target.launcher is not None, say=say)
+        for client in [client for client in options.clients if client != "sdk"]:
+            raw = RawTarget(target.gateways, "unary" if client == "raw" else "stream", ca=target.ca, token=target.token)
+            try:
+                results += await run_workloads(raw, options, can_kill=False, say=say, client=client)
+            finally:
+                await raw.close()
         extras = await _ringcast_extras(target, options, say)
         return {"results": results, **extras, "client_stats": dataclasses.asdict(target.client.stats)}
     finally:
@@ -221,7 +256,7 @@ async def _run_nats(options: Options, root: Path, say: Callable[[str], None]) ->
     target = NatsTarget(cluster)
     try:
         await target.start()
-        results = await run_workloads(target, options, can_kill=True, say=say)
+        results = await run_workloads(target, options, can_kill=True, say=say, client="nats-py")
         return {"results": results}
     finally:
         await target.close()
@@ -257,7 +292,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, objec
             theirs = report["nats"] = _on_uvloop(_run_nats(options, root, say))
             report["nats_server"] = _nats_version()
     if theirs is not None:
-        report["ratios"] = ratios(_rows(ours), _rows(theirs), max(options.publishers))
+        report["ratios"] = ratios(_rows(ours), _rows(theirs), max(options.publishers), options.channels)
         say(
             "note: NATS JetStream acknowledges once a quorum has the message in memory (it fsyncs every 2 min); "
             "ringcast acknowledges after a quorum of zones fsynced it"
@@ -267,7 +302,8 @@ def run(options: Options, say: Callable[[str], None] = print) -> dict[str, objec
         say(
             f"vs_nats throughput_ratio={found['throughput_ratio']} seq_ack_p50_ratio={found['seq_ack_p50_ratio']} "
             f"e2e_p99_ratio={found['e2e_p99_ratio']} failover_s={found['failover_s']} "
-            f"nats_failover_s={found['nats_failover_s']}"
+            f"nats_failover_s={found['nats_failover_s']} raw_throughput_ratio={found['raw_throughput_ratio']} "
+            f"hot_channel_ratio={found['hot_channel_ratio']}"
         )
     options.out.mkdir(parents=True, exist_ok=True)
     json_path = options.out / f"bench-{started}.json"

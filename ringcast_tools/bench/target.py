@@ -21,6 +21,8 @@ class RingcastTarget:
         self.gateways = gateways
         self.launcher = launcher
         tls_dir = Path(launcher.topology.tls_dir) if launcher is not None and launcher.topology.tls_dir else None
+        self.ca: bytes | None = None  # what a plain client of the same cluster needs (bench/raw.py)
+        self.token: str | None = None
         if tls_dir is None:
             self.client = ringcast.Client(gateways, timeout_s=30.0)
         else:  # TLS to the gateways and a token on every call, as a client of a secure cluster
@@ -30,6 +32,7 @@ class RingcastTarget:
                 tls_dir / tokens.SIGNING_FILE, "bench", tokens.ADMIN_CAPABILITY, 6 * 3600, limits=limits
             )
             self.client = ringcast.Client(gateways, timeout_s=30.0, ca=str(tls_dir / "ca.pem"), token=token)
+            self.ca, self.token = (tls_dir / "ca.pem").read_bytes(), token
         self.killed: str | None = None
 
     @classmethod

@@ -37,6 +37,7 @@ def run(arguments: argparse.Namespace) -> int:
         compare=arguments.compare,
         gateways=arguments.gateway,
         secure=arguments.secure,
+        clients=arguments.client or (["sdk", "raw", "stream"] if arguments.compare else ["sdk"]),
         out=Path(arguments.out),
     )
 
@@ -76,6 +77,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     command.add_argument("--compare", choices=["nats"], help="also run every workload on a 3-node NATS JetStream")
     command.add_argument("--publishers", type=int, nargs="+", default=[1, 16, 256], help="concurrent publishers")
+    command.add_argument(
+        "--client",
+        nargs="+",
+        choices=["sdk", "raw", "stream"],
+        help="ringcast clients to measure: sdk (the Python SDK), raw (generated stubs, one message per unary "
+        "Publish), stream (generated stubs, one message per PublishStream request); "
+        "default: sdk, or all three with --compare",
+    )
     command.add_argument("--seconds", type=float, default=10.0, help="per throughput workload")
     command.add_argument("--size", type=int, default=100, help="message data bytes")
     command.add_argument("--batch", type=int, default=100, help="messages per publish in the batched workload")

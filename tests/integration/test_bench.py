@@ -1,5 +1,6 @@
-"""`ringcast bench --compare nats`, shrunk: every workload runs on both systems and the run leaves
-its JSON, its plot and the `vs_nats` line. Numbers are reported, never asserted."""
+"""`ringcast bench --compare nats`, shrunk: every workload runs on both systems — ringcast through
+the SDK and through plain generated stubs (unary and PublishStream) — and the run leaves its JSON,
+its plot and the `vs_nats` line. Numbers are reported, never asserted."""
 
 from __future__ import annotations
 
@@ -51,20 +52,38 @@ def test_a_small_compare_run_reports_every_workload_for_both_systems(tmp_path: P
     vs = [line for line in lines if line.startswith("vs_nats ")]
     assert len(vs) == 1, result.stdout
     keys = [part.split("=")[0] for part in vs[0].split()[1:]]
-    assert keys == ["throughput_ratio", "seq_ack_p50_ratio", "e2e_p99_ratio", "failover_s", "nats_failover_s"]
+    assert keys == [
+        "throughput_ratio",
+        "seq_ack_p50_ratio",
+        "e2e_p99_ratio",
+        "failover_s",
+        "nats_failover_s",
+        "raw_throughput_ratio",
+        "hot_channel_ratio",
+    ]
     assert any("acknowledges" in line and "fsync" in line for line in lines)
     (report_path,) = tmp_path.glob("bench-*.json")
     assert report_path.with_suffix(".png").stat().st_size > 10_000
     report = json.loads(report_path.read_text())
-    expected = ["throughput", "throughput", "throughput_batch", "throughput_batch", "sequential", "end_to_end"]
-    for system in ("ringcast", "nats"):
-        results = report[system]["results"]
-        assert [row["workload"] for row in results] == [*expected, "failover"], system
-        for row in results[:-1]:
-            assert not row.get("errors"), (system, row)
+    whole = ["throughput"] * 3 + ["throughput_batch"] * 2 + ["sequential", "end_to_end"]
+    plain = ["throughput"] * 3 + ["sequential", "end_to_end"]
+    rows = {
+        "nats": (report["nats"]["results"], [*whole, "failover"]),
+        "sdk": ([row for row in report["ringcast"]["results"] if row["client"] == "sdk"], [*whole, "failover"]),
+        "raw": ([row for row in report["ringcast"]["results"] if row["client"] == "raw"], plain),
+        "stream": ([row for row in report["ringcast"]["results"] if row["client"] == "stream"], plain),
+    }
+    for client, (results, expected) in rows.items():
+        assert [row["workload"] for row in results] == expected, client
+        assert [row.get("channels") for row in results if row["workload"] == "throughput"] == [4, 4, 1], client
+        for row in results:
+            if row["workload"] != "failover":
+                assert not row.get("errors"), (client, row)
         throughput = [row for row in results if row["workload"] == "throughput"]
         assert all(row["msgs_per_s"] > 0 for row in throughput)
-        end_to_end = results[5]
-        assert end_to_end["delivered"] == end_to_end["published"], (system, end_to_end)
-    assert report["ringcast"]["takeover"]["moved"] == 100
+        (end_to_end,) = [row for row in results if row["workload"] == "end_to_end"]
+        assert end_to_end["delivered"] == end_to_end["published"], (client, end_to_end)
+    takeover = report["ringcast"]["takeover"]
+    assert takeover["moved"] == 100
+    assert takeover["all_moved_acked_again_s"] >= takeover["acked_again_median_s"] > 0
     assert all(value is not None for value in report["ratios"].values()), report["ratios"]
