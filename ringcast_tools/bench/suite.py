@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from ringcast_tools.bench import workloads
+from ringcast_tools.bench.memory import active_channels
 from ringcast_tools.bench.raw import RawTarget
 from ringcast_tools.bench.target import RingcastTarget
 from ringcast_tools.bench.workloads import Target
@@ -47,6 +48,8 @@ class Options:
     rate_per_s: int = 1_000
     end_to_end_s: float = 10.0
     moved_channels: int = 10_000
+    active_channels: int = 100_000
+    """Channels made active for the memory measurement (0: none)."""
     lease_ttl_s: float = 2.0
     compare: str | None = None
     gateways: list[str] | None = None
@@ -214,6 +217,11 @@ async def _ringcast_extras(target: RingcastTarget, options: Options, say: Callab
     extras["ring"] = balance
     for stats in balance:
         say("ringcast ring " + " ".join(f"{key}={value}" for key, value in stats.items()))
+    if target.launcher is not None and options.active_channels and not target.launcher.topology.tls_dir:
+        memory = await active_channels(target.launcher, options.active_channels, say)
+        extras["memory"] = memory
+        say("ringcast memory " + " ".join(f"{key}={value}" for key, value in memory.items() if "rss" not in key))
+        say(f"ringcast memory rss_mib_after={memory['rss_mib_after']}")
     if target.launcher is not None and options.moved_channels and not target.launcher.topology.tls_dir:
         from ringcast_tools.commands.failover import relocation
 

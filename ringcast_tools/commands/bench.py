@@ -33,6 +33,7 @@ def run(arguments: argparse.Namespace) -> int:
         rate_per_s=arguments.rate,
         end_to_end_s=arguments.e2e_seconds,
         moved_channels=arguments.moved_channels,
+        active_channels=arguments.active_channels,
         lease_ttl_s=arguments.lease_ttl,
         compare=arguments.compare,
         gateways=arguments.gateway,
@@ -106,6 +107,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     command.add_argument("--trials", type=int, default=5, help="with --failover: owners to kill, one at a time")
     command.add_argument(
         "--moved-channels", type=int, default=10_000, help="active channels of the killed node in the takeover run"
+    )
+    command.add_argument(
+        "--active-channels",
+        type=int,
+        default=100_000,
+        help="channels made active for the memory measurement (RSS per process, bytes per channel); 0: none",
     )
     command.add_argument(
         "--lease-ttl", type=float, default=2.0, help="the bench's own cluster: channel nodes' lease TTL"

@@ -39,6 +39,8 @@ def test_a_small_compare_run_reports_every_workload_for_both_systems(tmp_path: P
             "1",
             "--moved-channels",
             "100",
+            "--active-channels",
+            "300",
             "--out",
             str(tmp_path),
         ],
@@ -83,6 +85,8 @@ def test_a_small_compare_run_reports_every_workload_for_both_systems(tmp_path: P
         assert all(row["msgs_per_s"] > 0 for row in throughput)
         (end_to_end,) = [row for row in results if row["workload"] == "end_to_end"]
         assert end_to_end["delivered"] == end_to_end["published"], (client, end_to_end)
+    memory = report["ringcast"]["memory"]
+    assert memory["active_channels"] == 300 and set(memory["rss_mib_after"]) >= {"channel-1", "gateway-1", "store-a"}
     takeover = report["ringcast"]["takeover"]
     assert takeover["moved"] == 100
     assert takeover["all_moved_acked_again_s"] >= takeover["acked_again_median_s"] > 0
