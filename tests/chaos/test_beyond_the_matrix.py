@@ -280,8 +280,9 @@ class MemorySampler:
             for name in self.names:
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     status = Path(f"/proc/{self.cluster.running[name].process.pid}/status").read_text()
-                    kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-                    self.peak_mib[name] = max(self.peak_mib[name], kib / 1024)
+                    rss = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+                    if rss:  # a process killed a moment ago (a zombie) has no resident memory line
+                        self.peak_mib[name] = max(self.peak_mib[name], int(rss[0]) / 1024)
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
