@@ -36,7 +36,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ringcast.reasons import Reason
 from services.core.entries import EPOCH_ATTEMPTS_PER_VERSION, Message, make_epoch
@@ -103,7 +103,9 @@ class NodeConfig:
     """Roles that may stall within the window before the node calls itself unhealthy."""
     stall_records_max: int = 1_024
     idle_sweep_ms: int = 1_000
-    """How often every role held is looked at for idleness and dedup expiry (ticks see only busy ones)."""
+    """How long one pass over every role held takes (idleness, dedup expiry, commit notices): each
+    tick looks at its share of them, so the cost of a tick stays bounded however many channels the
+    node holds (ticks otherwise see only busy roles)."""
     takeovers_inflight_max: int = 1_024
     """Takeovers (fencing or recovering) at once before prepared channels wait for a slot."""
     prepared_channels_max: int = 100_000
@@ -114,9 +116,23 @@ class NodeConfig:
     takeover_backoff_ms_max: int = 2_000
     """Wait before the next takeover attempt after failures in a row (doubling from the minimum)."""
     commit_notices_per_sweep_max: int = 500
-    """Roles one sweep lets send commit notices (retention), so that thousands of channels gone quiet
-    at once (a relocation) spread them over several sweeps instead of flooding the stores."""
+    """Roles one pass of the sweep lets send commit notices (retention), so that thousands of channels
+    gone quiet at once (a relocation) spread them over several passes instead of flooding the stores."""
     role: RoleConfig = RoleConfig()
+
+
+@dataclass(slots=True)
+class _Sweep:
+    """Where the node's pass over every role it holds has got to (`ChannelNode._sweep_share`)."""
+
+    channels: list[str] = field(default_factory=list)  # left to look at in this pass, popped from the end
+    size: int = 0  # how many the pass began with
+    started_ms: int | None = None
+    notices: int = 0  # roles that sent commit notices in this pass
+
+    def begin(self, channels: list[str], now_ms: int) -> None:
+        channels.reverse()  # popped from the end: in the order the roles were made
+        self.channels, self.size, self.started_ms, self.notices = channels, len(channels), now_ms, 0
 
 
 class ChannelNode:
@@ -135,7 +151,7 @@ class ChannelNode:
         self._attempts: dict[str, _Attempts] = {}
         # Channels whose roles may have work that waits on time; a dict, for a deterministic order.
         self._busy: dict[str, None] = {}
-        self._swept_ms: int | None = None
+        self._sweep = _Sweep()
         self._quorum_lost_ms: int | None = None  # since when a serving role has had no quorum in reach
         self._taking_over: dict[str, None] = {}  # channels whose roles are fencing or recovering
         self._prepared: dict[str, None] = {}  # channels to take over when a slot frees, in order
@@ -496,28 +512,40 @@ class ChannelNode:
         elif self._quorum_lost_ms is None:
             self._quorum_lost_ms = now_ms
         self._start_prepared(now_ms, effects)
-        if self._swept_ms is None or now_ms - self._swept_ms >= self.config.idle_sweep_ms:
-            self._swept_ms = now_ms
-            self._sweep(now_ms, effects)
+        self._sweep_share(now_ms, effects)
 
-    def _notified(self, role: ChannelRole, now_ms: int, effects: Effects) -> bool:
-        """Whether `role` owed a replica its commit point and sent it (into `effects`)."""
-        notices = role.notify_commit(now_ms)
-        effects.extend(notices)
-        return bool(notices.sends)
+    def _sweep_share(self, now_ms: int, effects: Effects) -> None:
+        """Look at this tick's share of the roles held: one pass over all of them (as they were when
+        it began) takes `idle_sweep_ms`, and the next pass begins when that much time has passed."""
+        sweep, period_ms = self._sweep, self.config.idle_sweep_ms
+        if not sweep.channels:
+            if sweep.started_ms is not None and now_ms - sweep.started_ms < period_ms:
+                return
+            sweep.begin(list(self.roles), now_ms)
+        assert sweep.started_ms is not None
+        elapsed_ms = min(period_ms, now_ms - sweep.started_ms)
+        due = -(-sweep.size * elapsed_ms // period_ms)  # rounded up; the pass's last tick takes the rest
+        while sweep.channels and sweep.size - len(sweep.channels) < due:
+            role = self.roles.get(sweep.channels.pop())
+            if role is not None:
+                self._sweep_one(role, now_ms, effects)
+        if not sweep.channels and now_ms - sweep.started_ms >= period_ms:
+            self._sweep_share(now_ms, effects)  # a late tick: the next pass is due already
 
-    def _sweep(self, now_ms: int, effects: Effects) -> None:
-        """Step down from idle channels; forget expired message ids; tell replicas commit points
+    def _sweep_one(self, role: ChannelRole, now_ms: int, effects: Effects) -> None:
+        """Step down from an idle channel; forget expired message ids; tell replicas the commit point
         that no append has told them (retention)."""
-        notices = 0
-        for channel, role in list(self.roles.items()):
-            quiet_ms = now_ms - role.last_activity_ms
-            idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
-            if idle and role.commit >= role.last:
-                effects.extend(role.stop(Reason.IDLE))
-                self._forget(channel)
-                continue
-            role.dedup.expire(now_ms)
-            if notices < self.config.commit_notices_per_sweep_max and self._notified(role, now_ms, effects):
-                notices += 1
+        quiet_ms = now_ms - role.last_activity_ms
+        idle = not role.subscribers and not role.pending and quiet_ms > self.config.role_idle_ms
+        if idle and role.commit >= role.last:
+            effects.extend(role.stop(Reason.IDLE))
+            self._forget(role.channel)
+            return
+        role.dedup.expire(now_ms)
+        sweep = self._sweep
+        if sweep.notices < self.config.commit_notices_per_sweep_max and role.commit_notice_owed(now_ms):
+            notices = role.notify_commit(now_ms)
+            effects.extend(notices)
+            if notices.sends:
+                sweep.notices += 1
                 self._touch(role)

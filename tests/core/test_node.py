@@ -59,14 +59,38 @@ def test_commit_notices_of_many_quiet_channels_are_spread_over_sweeps() -> None:
     node.on_lease(1_000_000)
     for token in range(500):
         run_node(replicas, node, published_via(node, f"many-{token}", token))
-    sweep_ms = max(RoleConfig().commit_notice_ms, NodeConfig().idle_sweep_ms)
-    notified = []
-    for sweep in range(1, 5):
-        effects = Effects()
-        effects.extend(node.tick(sweep * sweep_ms + 10))
-        notified.append(len({request.channel for _, request in effects.sends}))
-        run_node(replicas, node, effects, now_ms=sweep * sweep_ms + 10)
-    assert notified == [200, 200, 100, 0]
+    tick_ms, pass_ms = 50, node.config.idle_sweep_ms
+    begin_ms = RoleConfig().commit_notice_ms  # every channel owes its replicas a notice from here on
+    node.tick(begin_ms)  # a pass begins
+    per_pass, per_tick = [], []
+    for begun_ms in range(begin_ms, begin_ms + 4 * pass_ms, pass_ms):
+        notified: set[str] = set()
+        for now_ms in range(begun_ms + tick_ms, begun_ms + pass_ms + 1, tick_ms):  # the ticks of one pass
+            effects = Effects()
+            effects.extend(node.tick(now_ms))
+            channels = {request.channel for _, request in effects.sends}
+            notified |= channels
+            per_tick.append(len(channels))
+            run_node(replicas, node, effects, now_ms=now_ms)
+        per_pass.append(len(notified))
+    assert per_pass == [200, 200, 100, 0]  # at most 200 roles' notices per pass
+    # ... and a pass's share of the roles is spread over its ticks, not looked at in one.
+    assert max(per_tick) <= 500 * tick_ms // pass_ms + 1
+
+
+def test_a_sweep_pass_spreads_many_roles_over_its_ticks() -> None:
+    replicas = Replicas()
+    node = node_with(("n1",))
+    node.on_lease(10_000_000)
+    for token in range(2_000):
+        run_node(replicas, node, published_via(node, f"spread-{token}", token))
+    node.config = replace(node.config, role_idle_ms=0)  # every role is idle: the sweep steps down from it
+    stepped_down = []
+    for now_ms in range(10, 1_011, 50):  # the pass begins at 10 and ends at 1,010
+        events = node.tick(now_ms).events
+        stepped_down.append(sum(1 for event in events if event.startswith("stepped down")))
+    assert sum(stepped_down) == 2_000 and node.roles == {}  # one pass, within idle_sweep_ms
+    assert max(stepped_down) <= 2_000 * 50 // node.config.idle_sweep_ms + 2  # an even share per tick
 
 
 def test_node_sweeps_every_role_for_idleness_at_its_own_pace() -> None:

@@ -51,7 +51,7 @@ class RoleConfig:
     queued_publishes_max: int = 1_000
     subscribers_max: int = 10_000
     delivery_entries_max: int = 256
-    commit_notice_ms: int = 1_000
+    commit_notice_ms: int = 30_000
     """A replica not told our latest commit point by an append is told by an empty one once this
     long has passed since the last append it got (`notify_commit`, on the node's sweep)."""
     bugs: frozenset[str] = frozenset()
