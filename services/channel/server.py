@@ -79,7 +79,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
     ) -> channel_pb2.PublishResponse:
         """One channel's publish, as one span; a failure is a ServiceError with the reason."""
         messages = tuple(convert.message_from_proto(message) for message in request.messages)
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             "ChannelService/Publish",
             context=parent,
             kind=trace.SpanKind.SERVER,

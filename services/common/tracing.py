@@ -2,9 +2,10 @@
 
 Rules:
 
-1. Nothing is exported unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without it the global tracer is
-   OpenTelemetry's no-op one: spans cost a function call and carry no context, and `enabled` is
-   False so callers can skip work they would only do for a trace.
+1. Nothing is exported unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Without it `span` hands out one
+   shared no-op span (OpenTelemetry's own no-op tracer still makes a context manager and attaches
+   and detaches a context per span: ~20 µs, a tenth of a gateway's work per message), and `enabled`
+   is False so callers can skip work they would only do for a trace.
 2. With it, spans go to that endpoint (OTLP over gRPC) in batches from a background thread; the
    service name is `OTEL_SERVICE_NAME` or the process's id; sampling follows the standard
    `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` variables (default: parent-based, always on).
@@ -15,9 +16,10 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -35,6 +37,23 @@ tracer = trace.get_tracer("ringcast")
 
 def enabled() -> bool:
     return _provider is not None
+
+
+_NO_SPAN: contextlib.AbstractContextManager[trace.Span] = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+def span(
+    name: str,
+    *,
+    context: otel_context.Context | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    attributes: Mapping[str, object] | None = None,
+) -> contextlib.AbstractContextManager[trace.Span]:
+    """A span made current for the `with` block (`tracer.start_as_current_span`); when tracing is
+    off, the shared no-op one, at the cost of this call (rule 1)."""
+    if _provider is None:
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes)  # type: ignore[arg-type]
 
 
 def setup(service_name: str) -> None:

@@ -120,7 +120,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             "ringcast.messages": len(request.messages),
         }
         started = time.perf_counter()
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             "RealtimeService/Publish", context=parent, kind=SpanKind.SERVER, attributes=attributes
         ) as span:
             try:
@@ -150,7 +150,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             raise
 
         async def attempt(link: OwnerLink, timeout: float) -> realtime_pb2.PublishResponse:
-            with tracing.tracer.start_as_current_span("ChannelService/Publish", kind=SpanKind.CLIENT):
+            with tracing.span("ChannelService/Publish", kind=SpanKind.CLIENT):
                 response = await link.pipe.publish(forward, timeout, dict(tracing.inject()))
             return realtime_pb2.PublishResponse(
                 channel=request.channel, serials=response.serials, duplicates=response.duplicates
