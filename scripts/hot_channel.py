@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import uvloop
 
+import ringcast
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
@@ -40,8 +43,26 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
 
 
+Publish = Callable[[str, str], Awaitable[object]]
+
+
+def plain(stub: realtime_grpc.RealtimeServiceStub) -> Publish:
+    async def publish(channel: str, message_id: str) -> object:
+        message = message_pb2.Message(id=message_id, data=b"x" * 128)
+        return await stub.Publish(realtime_pb2.PublishRequest(channel=channel, messages=[message]), timeout=30)
+
+    return publish
+
+
+def sdk(client: ringcast.Client) -> Publish:
+    async def publish(channel: str, message_id: str) -> object:
+        return await client.publish(channel, b"x" * 128, id=message_id)
+
+    return publish
+
+
 async def publishers(
-    stub: realtime_grpc.RealtimeServiceStub, inflight: int, seconds: float, tag: str
+    publish: Publish, inflight: int, seconds: float, tag: str, channels: int
 ) -> tuple[int, list[float]]:
     count, latencies = 0, []
     stop_at = time.monotonic() + seconds
@@ -50,15 +71,26 @@ async def publishers(
         nonlocal count
         sent = 0
         while time.monotonic() < stop_at:
-            message = message_pb2.Message(id=f"{tag}-{index}-{sent}", data=b"x" * 128)
+            channel = "hot" if channels == 1 else f"ch-{(index + sent * inflight) % channels}"
             started = time.perf_counter()
-            await stub.Publish(realtime_pb2.PublishRequest(channel="hot", messages=[message]), timeout=30)
+            await publish(channel, f"{tag}-{index}-{sent}")
             latencies.append(time.perf_counter() - started)
             sent += 1
             count += 1
 
     await asyncio.gather(*(publisher(index) for index in range(inflight)))
     return count, sorted(latencies)
+
+
+async def warm(publish: Publish, channels: int) -> None:
+    """One publish to every channel (each one taken over), 512 at a time."""
+    gate = asyncio.Semaphore(512)
+
+    async def one(index: int) -> None:
+        async with gate:
+            await publish("hot" if channels == 1 else f"ch-{index}", f"warm-{index}")
+
+    await asyncio.gather(*(one(index) for index in range(channels)))
 
 
 def profile(pids: dict[str, int], seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
@@ -92,16 +124,24 @@ def profile(pids: dict[str, int], seconds: float, out: Path) -> list[subprocess.
 async def main(arguments: argparse.Namespace, launcher: Launcher) -> None:
     pids = {name: process.process.pid for name, process in launcher.running.items()}
     pids["client"] = os.getpid()
-    async with grpc.aio.insecure_channel(launcher.topology.gateways[0]) as channel:
-        stub = realtime_grpc.RealtimeServiceStub(channel)
-        await publishers(stub, 4, 2.0, "warm")  # the channel taken over, connections made
+    async with contextlib.AsyncExitStack() as stack:
+        if arguments.client == "sdk":
+            client = ringcast.Client(launcher.topology.gateways[:1])
+            stack.push_async_callback(client.close)
+            publish = sdk(client)
+        else:
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(launcher.topology.gateways[0]))
+            publish = plain(realtime_grpc.RealtimeServiceStub(channel))
+        await warm(publish, arguments.channels)
         for index, inflight in enumerate(arguments.inflight):
             spies = []
             if arguments.profile and index == len(arguments.inflight) - 1:
                 spies = profile(pids, arguments.seconds / 2, Path(arguments.profile))
             before = {name: cpu_s(pid) for name, pid in pids.items()}
             started = time.monotonic()
-            count, latencies = await publishers(stub, inflight, arguments.seconds, f"c{inflight}")
+            count, latencies = await publishers(
+                publish, inflight, arguments.seconds, f"c{inflight}", arguments.channels
+            )
             elapsed = time.monotonic() - started
             spent = {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
             for spy in spies:
@@ -122,6 +162,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inflight", type=int, nargs="+", default=[1, 16, 256], help="publishes in flight")
     parser.add_argument("--seconds", type=float, default=8.0, help="per level of concurrency")
+    parser.add_argument("--channels", type=int, default=1, help="publish to this many channels in turn")
+    parser.add_argument("--client", choices=["plain", "sdk"], default="plain", help="plain unary calls or the SDK")
     parser.add_argument("--profile", help="directory for py-spy recordings of the last run")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ringcast-hot-") as directory:
