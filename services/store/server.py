@@ -96,6 +96,11 @@ scrub_page_entries = 256
 scrub_pass_pause_s = 10.0
 """Pause between two whole passes of the scrub."""
 
+scrub_read_cost_entries = 32
+"""What one read costs the scrub's budget at least, in entries: a read of a channel with few entries
+costs about as much as checking this many, so 10,000 short channels do not make the scrub read a
+thousand times a second (half a core) while its entry count stays under the rate."""
+
 database_file_name = "store.sqlite3"
 lock_file_name = "store.lock"
 
@@ -302,6 +307,7 @@ class StoreService:
                         [(channel, serial, scrub_page_entries, False)], read_response_bytes_max
                     )
                     metrics.store_scrubbed_entries.inc(len(reply.entries))
+                    await asyncio.sleep(max(len(reply.entries), scrub_read_cost_entries) / rate)  # every read
                     if reply.damaged:
                         log.error("scrub: channel %r is damaged at serial %d", channel, reply.damaged)
                         self.mark_damaged(channel, reply.damaged)
@@ -310,7 +316,6 @@ class StoreService:
                     if not reply.entries or reply.entries[-1].serial >= reply.last.serial:
                         break
                     serial = reply.entries[-1].serial
-                    await asyncio.sleep(len(reply.entries) / rate)
             if len(channels) < trim_channels_per_request:
                 return damaged
             after = channels[-1]
