@@ -68,6 +68,10 @@ lagging_ticks_max = 3
 """Consecutive late ticks after which the node calls itself unhealthy (EVENT_LOOP_LAG)."""
 
 
+event_loop_lag_s_warn = 0.25
+"""A tick this late is logged (at most once a second): what a lease lapse or a slow takeover follows."""
+
+
 entry_protos_max = 8_192
 """Entries kept in their wire form for the replicas still to be sent them (oldest dropped first)."""
 
@@ -104,6 +108,7 @@ class ChannelNodeAdapter:
         self.subscriptions: dict[int, _Subscription] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._lagging_ticks = 0
+        self._lag_warned = 0.0  # when a lagging tick was last logged (at most once a second)
         self.stores_registered = 0
         self.store_clock = PeerClock("stores")  # the stores' wall clocks, from their append replies
         self.closing = False
@@ -214,6 +219,9 @@ class ChannelNodeAdapter:
             await asyncio.sleep(tick_interval_s)
             late_s = time.monotonic() - before - tick_interval_s
             self._lagging_ticks = self._lagging_ticks + 1 if late_s > event_loop_lag_s_max else 0
+            if late_s > event_loop_lag_s_warn and time.monotonic() - self._lag_warned >= 1.0:
+                self._lag_warned = time.monotonic()
+                log.warning("event loop lagging: a tick came %.2f s late", late_s)
             self.call(lambda: self.core.tick(monotonic_ms()))
             reason = self.core.health(monotonic_ms())
             if reason == Reason.STORES_UNREACHABLE and self.stores_registered < quorum_size(len(self.links)):
