@@ -26,6 +26,9 @@ Rules:
    keep-alive was *sent*, plus the TTL. etcd starts the TTL when it receives the request, which is
    later, so our deadline is never later than etcd's expiry (clock rate drift aside).
 4. Every call to etcd has a timeout; every retry loop doubles its delay up to a bound.
+6. Nothing needs etcd to be up first. Connecting is lazy, and a host name that does not resolve yet
+   (a compose stack whose etcd container has not started) is waited for, saying so in the log every
+   `etcd_wait_log_interval_s`, instead of failing the process.
 
 What etcd3aio 0.3.0 does that this module works around:
 - Its watch iterator reconnects by itself and resumes from the header revision of the last response
@@ -38,7 +41,7 @@ What etcd3aio 0.3.0 does that this module works around:
 - Its keep-alive helper renews every max(1, TTL // 3) whole seconds, which for a 1 s lease is once per
   TTL; this module sends its own keep-alives every TTL / 4.
 - It dials an `ipv4:` target, so endpoints must be IPv4 addresses; `Etcd.connect` resolves host
-  names once at connect time.
+  names once at connect time (waiting until they resolve).
 - Its gRPC channel reconnects with gRPC's default backoff (up to 120 s between attempts after a long
   outage); this module caps it at `etcd_reconnect_backoff_ms_max`.
 """
@@ -72,6 +75,9 @@ etcd_call_timeout_s = 2.0
 
 etcd_retry_delay_s_min = 0.05
 etcd_retry_delay_s_max = 1.0
+
+etcd_wait_log_interval_s = 10.0
+"""While waiting for etcd's name to resolve, say so at most this often."""
 """Retry loops start at the minimum delay and double it up to the maximum."""
 
 etcd_watch_reconnect_delay_s_max = 0.5
@@ -209,17 +215,34 @@ def _parse_endpoints(endpoints: str) -> list[tuple[str, int]]:
 
 
 async def _resolve_ipv4(host: str, port: int) -> str:
-    """`ip:port`: etcd3aio dials an `ipv4:` target, which takes addresses, not names."""
+    """`ip:port`: etcd3aio dials an `ipv4:` target, which takes addresses, not names.
+
+    A name that does not resolve yet is waited for (rule 6): in a compose stack etcd's name exists
+    only once its container runs, and every service may start before it.
+    """
     with contextlib.suppress(OSError):
         socket.inet_aton(host)
         return f"{host}:{port}"
     loop = asyncio.get_running_loop()
-    infos = await asyncio.wait_for(
-        loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM), etcd_call_timeout_s
-    )
-    if not infos:
-        raise OSError(f"cannot resolve etcd host {host!r}")
-    return f"{infos[0][4][0]}:{port}"
+    delay_s, waited_s, said_s = etcd_retry_delay_s_min, 0.0, -etcd_wait_log_interval_s
+    while True:
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM), etcd_call_timeout_s
+            )
+            if infos:
+                if waited_s:
+                    log.info("etcd host %r resolves to %s after %.1f s", host, infos[0][4][0], waited_s)
+                return f"{infos[0][4][0]}:{port}"
+            problem = "no IPv4 address"
+        except (OSError, TimeoutError) as error:
+            problem = f"{type(error).__name__}: {error}"
+        if waited_s - said_s >= etcd_wait_log_interval_s:
+            said_s = waited_s
+            log.warning("etcd host %r does not resolve yet (%s); waiting for it", host, problem)
+        await asyncio.sleep(delay_s)
+        waited_s += delay_s
+        delay_s = min(delay_s * 2, etcd_retry_delay_s_max)
 
 
 class Etcd:

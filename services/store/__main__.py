@@ -16,12 +16,14 @@ from typing import Any
 from urllib.parse import quote
 
 import grpc
+import redis
 
 from services.common import tls
 from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve
 from services.core.entries import epoch_ring_version
 from services.core.replica_log import Retention
 from services.internal.v1 import store_service_pb2, store_service_pb2_grpc
+from services.store import redis_engine
 from services.store.epoch_ceiling import EpochCeiling
 from services.store.server import StoreService
 
@@ -104,9 +106,12 @@ async def main(arguments: argparse.Namespace) -> None:
         entries_max=arguments.retention_entries,
         keep_recent_ms=int(arguments.retention_keep_recent_s * 1000),
     )
+    redis_url = _redis_url(arguments)
+    if redis_url:
+        await _wait_for_redis(redis_url)
     service = StoreService(
         arguments.data_dir or f"data/{arguments.id}",
-        redis_url=_redis_url(arguments),
+        redis_url=redis_url,
         retention=retention,
         trim_every_s=arguments.trim_every_s,
         scrub_entries_per_s=arguments.scrub_entries_per_s,
@@ -139,6 +144,40 @@ async def main(arguments: argparse.Namespace) -> None:
         await serve(arguments.listen, register, ready=ready, stopping=stopping, admission=tls.STORE)
     finally:
         await service.close()
+
+
+redis_wait_delay_s_max = 2.0
+"""Longest pause between two attempts to reach a Redis that is not answering yet at start."""
+
+redis_wait_log_interval_s = 10.0
+"""While waiting for Redis at start, say so at most this often."""
+
+
+async def _wait_for_redis(url: str) -> None:
+    """Until the Redis at `url` answers (services start in any order: in a compose stack the store may
+    come up before its Redis). A Redis that answers but refuses us (a wrong password, no permission)
+    is not waited for: that is a configuration error, raised at once."""
+    where = url.rpartition("@")[2]  # never the password
+    delay_s, waited_s, said_s = 0.1, 0.0, -redis_wait_log_interval_s
+    while True:
+        client = redis_engine.open_redis(url)
+        try:
+            await asyncio.to_thread(client.ping)
+        except redis.exceptions.AuthenticationError:
+            raise
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            if waited_s - said_s >= redis_wait_log_interval_s:
+                said_s = waited_s
+                log.warning("redis at %s is not answering yet (%s); waiting for it", where, error)
+        else:
+            if waited_s:
+                log.info("redis at %s answers after %.1f s", where, waited_s)
+            return
+        finally:
+            client.close()
+        await asyncio.sleep(delay_s)
+        waited_s += delay_s
+        delay_s = min(delay_s * 2, redis_wait_delay_s_max)
 
 
 _RETENTION_FLAGS: tuple[tuple[str, Callable[[str], float], str, str], ...] = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -85,6 +86,41 @@ async def wait_until_gone(etcd: Etcd, member_id: str, timeout_s: float) -> float
 
 def channel(member_id: str) -> MemberRecord:
     return MemberRecord(kind="channel", id=member_id, address=f"127.0.0.1:{7200 + len(member_id)}")
+
+
+def test_connect_waits_for_a_host_name_that_does_not_resolve_yet(
+    etcd_endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In a compose stack every service may start before etcd's container, whose name resolves only
+    once it runs: connecting waits for the name (saying so), it does not fail the process."""
+    host, port = etcd_endpoint.rsplit(":", 1)
+    failures = 3
+
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        resolve = loop.getaddrinfo
+
+        async def later(name: str, *arguments: object, **options: object) -> object:
+            nonlocal failures
+            if name == "etcd-not-yet":
+                if failures:
+                    failures -= 1
+                    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+                name = host
+            return await resolve(name, *arguments, **options)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(loop, "getaddrinfo", later)
+        etcd = await Etcd.connect(f"etcd-not-yet:{port}")
+        try:
+            return len((await etcd.members()).members)
+        finally:
+            await etcd.close()
+
+    with caplog.at_level("INFO", logger="ringcast.etcd"):
+        assert run(scenario) >= 0
+    assert failures == 0
+    assert "etcd host 'etcd-not-yet' does not resolve yet" in caplog.text
+    assert "etcd host 'etcd-not-yet' resolves to" in caplog.text
 
 
 def test_a_registration_is_a_member_at_the_revision_it_reports(etcd_endpoint: str) -> None:
