@@ -81,8 +81,10 @@ def test_everything_the_stack_refers_to_exists() -> None:
             else:
                 assert source in volumes, (name, source)
         if service.get("image") == compose.RINGCAST_IMAGE and name != compose.TLS_INIT:
-            assert service["healthcheck"]["test"][:3] == ["CMD", "ringcast", "health"], name
-            assert service["environment"]["RINGCAST_TLS_DIR"] == str(compose.TLS), name  # health asks over TLS
+            # its own /readyz, on its metrics port, for a few ms of bash (services/common/probes.py)
+            metrics_port = int(service["environment"]["RINGCAST_METRICS_LISTEN"].rsplit(":", 1)[1])
+            assert service["healthcheck"]["test"] == ["CMD", "bash", "-c", compose.readyz_probe(metrics_port)], name
+            assert service["environment"]["RINGCAST_TLS_DIR"] == str(compose.TLS), name
     init = services[compose.TLS_INIT]["command"][-1]
     assert init.startswith(f"ringcast certs --compose --tls-dir {compose.TLS}"), init
     for name, service in services.items():  # everything after the certificates mounts them read-only

@@ -12,7 +12,7 @@ import grpc
 
 from services.channel.node_adapter import ChannelNodeAdapter
 from services.channel.server import ChannelServicer
-from services.common import tls
+from services.common import probes, tls
 from services.common.etcd import Etcd, MemberRecord
 from services.common.registration import Registration
 from services.common.ring_watch import RingWatcher
@@ -43,6 +43,7 @@ def parse_stores(text: str) -> dict[str, str]:
 async def main(arguments: argparse.Namespace) -> None:
     node = ChannelNodeAdapter(arguments.id, parse_stores(arguments.stores), bugs=deliberate_bugs())
     watcher = RingWatcher([address for address in arguments.placement.split(",") if address])
+    probes.set_readiness(node.readiness)
     etcd: Etcd | None = None
     registration: Registration | None = None
 

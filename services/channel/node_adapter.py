@@ -197,6 +197,20 @@ class ChannelNodeAdapter:
         self._ticker = asyncio.create_task(self._tick_forever(), name="channel-ticker")
         return self._ticker
 
+    def readiness(self) -> str:
+        """ "" when this node may serve channels: a valid lease under a ring that names it, no older
+        than its registration (services/common/probes.py); otherwise which of those is missing."""
+        core, now_ms = self.core, monotonic_ms()
+        if core.serving(now_ms):
+            return ""
+        if now_ms >= core.lease_deadline_ms:
+            return "no valid etcd lease (registering)"
+        if core.ring is None:
+            return "no ring from placement yet"
+        if self.node_id not in core.ring:
+            return f"not in ring version {core.ring.version} (joining, or left it while unhealthy)"
+        return f"waiting for a ring newer than its registration (has version {core.ring.version})"
+
     def begin_shutdown(self) -> None:
         """Step down from every channel and take no new work; links stay open for the grace period."""
         self.closing = True

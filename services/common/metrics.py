@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger("ringcast.metrics")
 
@@ -91,12 +91,3 @@ clock_skew_seconds = Gauge("ringcast_clock_skew_seconds", "This process's wall c
 continuity_lost = Counter(
     "ringcast_continuity_lost", "Readers told that what they asked for is no longer retained", ["reader"]
 )
-
-
-def serve(listen: str) -> None:
-    """Serve /metrics at `listen` (HOST:PORT) from a background thread; nothing when it is empty."""
-    if not listen:
-        return
-    host, port = listen.rsplit(":", 1)
-    start_http_server(int(port), addr=host)
-    log.info("metrics at http://%s/metrics", listen)

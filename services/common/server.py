@@ -24,7 +24,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
-from services.common import metrics, tls, tracing
+from services.common import (
+    metrics,  # noqa: F401 - every process serves the families it defines
+    probes,
+    tls,
+    tracing,
+)
 from services.common.decode_guard import DecodeGuard
 
 log = logging.getLogger("ringcast")
@@ -143,6 +148,7 @@ def not_serving(reason: str) -> None:
     global _failed
     log.critical("not serving any more: %s", reason)
     _failed = _failed or reason
+    probes.set_failed(reason)
     if _health is not None:
         servicer, names = _health
         loop = asyncio.get_running_loop()
@@ -209,9 +215,11 @@ async def serve(
     status = health_pb2.HealthCheckResponse.NOT_SERVING if _failed else health_pb2.HealthCheckResponse.SERVING
     for name in ["", *names]:
         await health_servicer.set(name, status)
+    probes.set_serving(True)
     log.info("serving on %s (%s)", listen, "plaintext" if identity is None else "TLS")
     await stop.wait()
     log.info("stopping")
+    probes.set_serving(False)
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     if stopping is not None:
@@ -231,7 +239,7 @@ def run_service(
     parser.add_argument(
         "--metrics-listen",
         default=env_default("METRICS_LISTEN", ""),
-        help="serve Prometheus metrics at HOST:PORT/metrics (empty: none)",
+        help="serve Prometheus metrics at HOST:PORT/metrics, and the /healthz and /readyz probes (empty: none)",
     )
     parser.add_argument(
         "--tls-dir",
@@ -243,9 +251,18 @@ def run_service(
     setup_logging(arguments.id)
     tls.configure(arguments.tls_dir, arguments.id)
     tracing.setup(arguments.id)
-    metrics.serve(arguments.metrics_listen)
+    probes.serve(arguments.metrics_listen)
     install_event_loop()
     try:
-        asyncio.run(main(arguments))
+        asyncio.run(_beating(main(arguments)))
     finally:
         tracing.shutdown()
+
+
+async def _beating(main: Coroutine[Any, Any, None]) -> None:
+    """`main`, with the event loop's beat for the probes (services/common/probes.py) beside it."""
+    beat = asyncio.create_task(probes.beat_forever(), name="probes-beat")
+    try:
+        await main
+    finally:
+        beat.cancel()

@@ -16,7 +16,7 @@ import logging
 import grpc
 
 from ringcast.v1 import realtime_service_pb2, realtime_service_pb2_grpc
-from services.common import revocations
+from services.common import probes, revocations
 from services.common.ring_watch import RingWatcher
 from services.common.server import env_default, run_service, serve, supervise
 from services.gateway.auth import Authenticator, load_keys
@@ -30,6 +30,7 @@ log = logging.getLogger("ringcast.gateway")
 async def main(arguments: argparse.Namespace) -> None:
     watcher = RingWatcher([address for address in arguments.placement.split(",") if address])
     router = OwnerRouter(watcher)
+    probes.set_readiness(router.readiness)
     auth: Authenticator | None = None
     if arguments.token_keys:
         auth = Authenticator(load_keys(arguments.token_keys))

@@ -223,6 +223,15 @@ class OwnerRouter:
         self._reports.add(task)
         task.add_done_callback(self._reports.discard)
 
+    def readiness(self) -> str:
+        """ "" when calls can be routed: a ring with channel nodes in it (services/common/probes.py)."""
+        view = self.watcher.ring
+        if view is None:
+            return "no ring from placement yet"
+        if not view.members:
+            return f"ring version {view.version} has no channel nodes"
+        return ""
+
     def link(self, address: str) -> OwnerLink:
         link = self._links.get(address)
         if link is None:

@@ -11,7 +11,7 @@ import signal
 
 import grpc
 
-from services.common import tls
+from services.common import probes, tls
 from services.common.etcd import Etcd
 from services.common.server import env_default, run_service, serve
 from services.internal.v1 import placement_service_pb2, placement_service_pb2_grpc
@@ -22,6 +22,7 @@ log = logging.getLogger("ringcast.placement")
 
 async def main(arguments: argparse.Namespace) -> None:
     broadcast = RingBroadcast()
+    probes.set_readiness(lambda: "" if broadcast.current is not None else "membership not read from etcd yet")
     etcd = await Etcd.connect(arguments.etcd)
     following: asyncio.Task[None] | None = None
     failed = False

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import grpc
 import redis
 
-from services.common import tls
+from services.common import probes, tls
 from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve
 from services.core.entries import epoch_ring_version
 from services.core.replica_log import Retention
@@ -117,6 +117,7 @@ async def main(arguments: argparse.Namespace) -> None:
         scrub_entries_per_s=arguments.scrub_entries_per_s,
         bugs=deliberate_bugs(),
     )
+    probes.set_readiness(service.readiness)
     membership: Membership | None = None
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -232,6 +232,15 @@ class StoreService:
     def stats(self) -> GroupCommitStats:
         return self.writer.stats
 
+    def readiness(self) -> str:
+        """ "" when the engine answers: the writer runs and its last write did not fail in the engine
+        (appends, fences and trim passes all write, so a dead Redis shows within a trim pass or a call)."""
+        if not self.writer.alive:
+            return "the store's writer thread has stopped"
+        if self.stats.engine_error:
+            return f"the last write failed: {self.stats.engine_error}"
+        return ""
+
     def max_fence(self) -> int:
         """The highest fence this replica holds for any channel (what placement must stay above)."""
         return self.readers.max_fence()

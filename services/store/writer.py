@@ -56,9 +56,12 @@ class GroupCommitStats:
     requests: int = 0
     largest_commit_requests: int = 0
     failed_requests: int = 0
+    engine_error: str = ""
+    """Why the last write failed, when the engine failed it (not a broken rule); "" once one commits."""
 
     def record(self, requests: int) -> int:
         """Count one successful commit of `requests` requests; answer its commit id."""
+        self.engine_error = ""
         self.commits += 1
         self.requests += requests
         self.largest_commit_requests = max(self.largest_commit_requests, requests)
@@ -100,6 +103,10 @@ class GroupCommitWriter:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     async def submit(self, apply: Callable[[ReplicaLog], Result]) -> Committed[Result]:
         """Run `apply` on the writer thread; return once its effects are committed (durable)."""
@@ -198,6 +205,8 @@ class GroupCommitWriter:
         except Exception as error:
             storage.rollback()
             self.stats.failed_requests += 1
+            if not isinstance(error, InvariantViolation):
+                self.stats.engine_error = f"{type(error).__name__}: {error}"
             log.error("store write failed and was rolled back: %r", error)
             _settle(write, None, _write_error(error))
             return
