@@ -25,6 +25,9 @@ def test_the_compose_file_is_what_the_generator_writes_now() -> None:
     assert (ROOT / "docker-compose.yml").read_text() == compose.dump(), (
         "docker-compose.yml is stale: run `python -m ringcast_tools.cluster.compose`"
     )
+    assert (ROOT / compose.PROMETHEUS_CONFIG).read_text() == compose.dump_prometheus(), (
+        f"{compose.PROMETHEUS_CONFIG} is stale: run `python -m ringcast_tools.cluster.compose`"
+    )
 
 
 _ADDRESS = re.compile(r"(?:127\.0\.0\.1|0\.0\.0\.0|[a-z][a-z0-9-]*):(\d{4,5})")
@@ -48,7 +51,12 @@ def test_the_stack_runs_the_processes_ringcast_up_runs_in_the_same_order() -> No
     assert isinstance(services, dict)
     assert list(services)[0] == compose.TLS_INIT  # the certificates first
     assert list(services)[1 : len(local.processes) + 1] == [spec.name for spec in local.processes]
-    assert set(services) - {spec.name for spec in local.processes} == {compose.TLS_INIT, "otel-collector", "jaeger"}
+    assert set(services) - {spec.name for spec in local.processes} == {
+        compose.TLS_INIT,
+        "otel-collector",
+        "jaeger",
+        "prometheus",
+    }
     for spec in local.processes:
         service = services[spec.name]
         # The same program and flags; only hosts differ (service names instead of 127.0.0.1).
@@ -88,7 +96,7 @@ def test_everything_the_stack_refers_to_exists() -> None:
     init = services[compose.TLS_INIT]["command"][-1]
     assert init.startswith(f"ringcast certs --compose --tls-dir {compose.TLS}"), init
     for name, service in services.items():  # everything after the certificates mounts them read-only
-        if name not in (compose.TLS_INIT, "otel-collector", "jaeger"):
+        if name not in (compose.TLS_INIT, "otel-collector", "jaeger", "prometheus"):
             assert f"{compose.TLS_VOLUME}:{compose.TLS}:ro" in service["volumes"], name
     for source in re.findall(r"^COPY (\S+)", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE):
         assert (ROOT / source).exists(), source

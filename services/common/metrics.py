@@ -7,6 +7,9 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
 - `ringcast_gateway_refusals_total{reason}` (counter, gateway): calls refused for their token
   (TOKEN_*), their capability (CAPABILITY_DENIED) or a limit (RATE_LIMITED).
 - `ringcast_ring_version` (gauge, gateway and channel): the newest ring this process acts on.
+  `ringcast_ring_members{kind}` (gauge, gateway and channel): its members, kind `channel` (channel
+  nodes) or `store` (zones with a store).
+- `ringcast_ready` (gauge, every service): 1 while its `/readyz` answers ready (services/common/probes.py).
 - `ringcast_takeovers_total{trigger,outcome}` (counter, channel): takeovers ended; trigger `request`
   or `prepare`, outcome `serving` or `failed`. `ringcast_takeover_seconds` (histogram): fence to serving.
 - `ringcast_channels{state}` (gauge, channel): channels `serving`, `taking_over`, `prepared`.
@@ -17,6 +20,8 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
 - `ringcast_store_commit_requests`, `ringcast_store_commit_seconds` (histograms, store): requests one
   group commit made durable; one commit, its sync to disk included.
 - `ringcast_store_trimmed_entries_total` (counter, store): entries retention dropped.
+  `ringcast_store_trim_passes_total` (counter, store): retention passes finished (one that could not
+  judge ages yet, having heard no owner's clock, counts too): flat while the trimmer is stuck.
 - `ringcast_store_damaged_entries_total{what}` (counter, store): entries found damaged at rest, what
   `missing` or `corrupt` (a corrupt one is dropped, then missing); found by reads, the scrub or
   fences. `ringcast_store_scrubbed_entries_total` (counter, store): entries the scrub has checked.
@@ -53,6 +58,10 @@ gateway_refusals = Counter(
     "ringcast_gateway_refusals", "Calls refused for their token, capability or a rate limit", ["reason"]
 )
 ring_version = Gauge("ringcast_ring_version", "Version of the newest ring this process acts on")
+ring_members = Gauge(
+    "ringcast_ring_members", "Members of the newest ring this process holds: channel nodes, store zones", ["kind"]
+)
+ready = Gauge("ringcast_ready", "1 while this process's /readyz answers ready, 0 otherwise")
 takeovers = Counter("ringcast_takeovers", "Takeovers ended", ["trigger", "outcome"])
 takeover_seconds = Histogram("ringcast_takeover_seconds", "Takeover from fence to serving", buckets=_LATENCY_BUCKETS)
 channels = Gauge("ringcast_channels", "Channels held by this node", ["state"])
@@ -73,6 +82,7 @@ store_commit_seconds = Histogram(
     "ringcast_store_commit_seconds", "One store commit, its sync to disk included", buckets=_LATENCY_BUCKETS
 )
 store_trimmed_entries = Counter("ringcast_store_trimmed_entries", "Entries retention dropped")
+store_trim_passes = Counter("ringcast_store_trim_passes", "Retention passes finished over every channel")
 replica_faults = Counter(
     "ringcast_replica_faults", "Replicas an owner found at fault (once per channel and owner)", ["zone", "kind"]
 )

@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from services.common import metrics
+
 log = logging.getLogger("ringcast.probes")
 
 beat_interval_s = 1.0
@@ -94,6 +96,7 @@ async def beat_forever() -> None:
             _state.unready = _state.check()
         except Exception as error:  # a broken check makes the process unready, not dead
             _state.unready = f"readiness check failed: {error!r}"
+        metrics.ready.set(0 if _state.readiness(_state.beat) else 1)
         await asyncio.sleep(beat_interval_s)
 
 

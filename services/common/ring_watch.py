@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from services.common import tls
+from services.common import metrics, tls
 from services.common.server import CHANNEL_OPTIONS
 from services.core.ring import Ring
 from services.internal.v1 import placement_service_pb2 as placement_pb2
@@ -168,6 +168,8 @@ class RingWatcher:
         self._view = view
         self._ready.set()
         log.info("ring version=%d members=%d stores=%d", view.version, len(view.members), len(view.stores))
+        metrics.ring_members.labels("channel").set(len(view.members))
+        metrics.ring_members.labels("store").set(len(view.stores))
         for callback in list(self._subscribers):
             self._notify(callback, view)
         return True

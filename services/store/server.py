@@ -274,6 +274,7 @@ class StoreService:
         self.owner_clock.check()
         now_ms = self.trim_now_ms()
         if now_ms is None:
+            metrics.store_trim_passes.inc()
             return 0  # no owner has told us the time yet: a bad clock of ours must not decide alone
         after: str | None = ""
         dropped = 0
@@ -282,6 +283,7 @@ class StoreService:
             committed = await self.writer.submit(trim_page)
             after, count = committed.value
             dropped += count
+        metrics.store_trim_passes.inc()
         if dropped:
             metrics.store_trimmed_entries.inc(dropped)
             log.info("retention dropped %d entries", dropped)
