@@ -148,6 +148,7 @@ class StoreLink:
             self.node.traces.on_append(self.zone, request.channel, reply, trailing)
 
     async def _append(self, batch: list[AppendRequest]) -> None:
+        traced = tracing.enabled()
         proto = store_pb2.AppendRequest(
             appends=[
                 store_pb2.ChannelAppend(
@@ -158,6 +159,7 @@ class StoreLink:
                     commit=request.commit,
                     from_base=request.from_base,
                     owner_now_ms=request.owner_now_ms,
+                    trace_context=self.node.traces.context_for(request.channel, self.zone) if traced else None,
                 )
                 for request in batch
             ]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from services.common import tracing
 from services.core.entries import epoch_ring_version
@@ -79,6 +79,17 @@ class PublishTraces:
                 del traced.replicas[zone]
             elif reply.status is not AppendStatus.OK:
                 span.add_event("refused", {"ringcast.append_status": reply.status.name})
+
+    def context_for(self, channel: str, zone: str) -> dict[str, str]:
+        """The trace context an append of `channel` to `zone` carries (the store's span is its
+        child): that of the oldest traced publish still waiting for this replica; {} when none is."""
+        for traced in self._open.get(channel, {}).values():
+            span = traced.replicas.get(zone)
+            if span is not None:
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier, context=trace.set_span_in_context(span))
+                return carrier
+        return {}
 
     def end(self, channel: str, token: int, outcome: str) -> None:
         self._tokens.pop(token, None)

@@ -49,8 +49,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry import propagate, trace
 
-from services.common import convert, metrics
+from services.common import convert, metrics, tracing
 from services.common.clock import PeerClock
 from services.common.errors import ServiceError, abort, answers_errors
 from services.core.replica_log import (
@@ -363,6 +364,7 @@ class StoreService:
         self, request: store_pb2.AppendRequest, peer: str
     ) -> tuple[store_pb2.AppendResponse, Committed[Any] | None]:
         """`peer`: the calling connection (an owner), whose clock the request carries."""
+        received_ns = time.time_ns()
         appends = parsed_appends(request.appends, self.value_max)
         if not appends:
             return store_pb2.AppendResponse(), None
@@ -374,6 +376,8 @@ class StoreService:
                 for channel, epoch, prev, entries, commit, from_base in appends
             ]
         )
+        if tracing.enabled():
+            _trace_appends(request, committed, received_ns)
         now_ms = int(time.time() * 1000)
         response = store_pb2.AppendResponse(
             results=[append_to_proto(reply, now_ms) for reply in committed.value],
@@ -439,6 +443,38 @@ class StoreService:
         Queued before the read is answered, so it is in place before any append the answer leads to."""
         with contextlib.suppress(ServiceError):  # the writer is full: the next read or scrub finds it again
             self.writer.enqueue(functools.partial(_mark_damaged, channel=channel, serial=serial))
+
+
+def _trace_appends(request: store_pb2.AppendRequest, committed: Committed[Any], received_ns: int) -> None:
+    """The replica's span of each channel append that carried a trace context (the owner's span
+    for that replica is its parent): from receipt to the answer, with two children, `queue` (waiting
+    for the writer and applying the rules, alongside the other requests of the group) and `commit`
+    (the group's commit, its sync to disk included)."""
+    answered_ns = time.time_ns()
+    commit_ns = max(received_ns, answered_ns - int(committed.commit_ms * 1_000_000))
+    for append, reply in zip(request.appends, committed.value, strict=True):
+        if not append.trace_context:
+            continue
+        span = tracing.tracer.start_span(
+            "StoreService/Append",
+            context=propagate.extract(dict(append.trace_context)),
+            kind=trace.SpanKind.SERVER,
+            start_time=received_ns,
+            attributes={
+                "ringcast.channel": append.channel,
+                "ringcast.epoch": append.epoch,
+                "ringcast.entries": len(append.entries),
+                "ringcast.append_status": reply.status.name,
+                "ringcast.store.commit_id": committed.commit_id,
+                "ringcast.store.commit_requests": committed.commit_requests,
+            },
+        )
+        inside = trace.set_span_in_context(span)
+        tracing.tracer.start_span("queue", context=inside, start_time=received_ns).end(end_time=commit_ns)
+        tracing.tracer.start_span(
+            "commit", context=inside, start_time=commit_ns, attributes={"ringcast.store.commit_ms": committed.commit_ms}
+        ).end(end_time=answered_ns)
+        span.end(end_time=answered_ns)
 
 
 def _mark_damaged(replica: ReplicaLog, *, channel: str, serial: int) -> str:

@@ -146,9 +146,13 @@ def test_one_publish_is_one_trace_and_its_delivery_links_to_it(
     while True:
         spans = collected.of_trace(trace_id)
         names = sorted((service.split("-")[0], span.name) for service, span in spans)
-        replicas = [span for _, span in spans if span.name == "StoreService/Append"]
+        replicas = [
+            span for service, span in spans if service.startswith("channel") and span.name == "StoreService/Append"
+        ]
+        stored = [(service, span) for service, span in spans if service.startswith("store")]
         deliveries = collected.linking_to(trace_id)
-        if expected <= set(names) and len(replicas) >= 3 and deliveries or time.monotonic() > deadline:
+        enough = len(replicas) >= 3 and len([s for _, s in stored if s.name == "StoreService/Append"]) >= 2
+        if expected <= set(names) and enough and deliveries or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert ("gateway", "RealtimeService/Publish") in names, names
@@ -166,6 +170,18 @@ def test_one_publish_is_one_trace_and_its_delivery_links_to_it(
     acked = [span for span in replicas if attributes(span)["ringcast.replica.outcome"] == "acked"]
     assert len(acked) >= 2, "a quorum of replicas acknowledged the publish"
     assert all("ringcast.store.commit_ms" in attributes(span) for span in acked)
+    # Each store that acknowledged has its own span of the append, a child of the owner's span for
+    # that replica, with its queue wait and its commit (fsync) as children: the store in the trace.
+    by_id = {span.span_id: span for _, span in spans}
+    appended = [(service, span) for service, span in stored if span.name == "StoreService/Append"]
+    assert len({service for service, _ in appended}) >= 2, sorted(names)
+    for service, span in appended:
+        owner_side = by_id[span.parent_span_id]
+        assert owner_side in replicas and attributes(owner_side)["ringcast.zone"] == service.split("-")[1]
+        assert attributes(span)["ringcast.channel"] == "traced"
+        assert attributes(span)["ringcast.append_status"] == "OK"
+        children = sorted(child.name for _, child in stored if child.parent_span_id == span.span_id)
+        assert children == ["commit", "queue"], children
     assert deliveries, "the delivery span links to the publish"
     service, delivery = deliveries[0]
     assert service.startswith("channel") and delivery.name == "ChannelService/deliver"

@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(ringcast/internal/v1/store_service.proto\x12\x14ringcast.internal.v1\x1a\x19ringcast/v1/message.proto\",\n\x0bLogPosition\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"b\n\x08LogEntry\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12%\n\x07message\x18\x03 \x01(\x0b\x32\x14.ringcast.v1.Message\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"B\n\x0c\x46\x65nceRequest\x12\x32\n\x06\x66\x65nces\x18\x01 \x03(\x0b\x32\".ringcast.internal.v1.ChannelFence\".\n\x0c\x43hannelFence\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"J\n\rFenceResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.ringcast.internal.v1.ChannelFenceResult\"\x82\x01\n\x12\x43hannelFenceResult\x12\x0e\n\x06\x66\x65nced\x18\x01 \x01(\x08\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12/\n\x04last\x18\x03 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x04 \x01(\x04\"E\n\rAppendRequest\x12\x34\n\x07\x61ppends\x18\x01 \x03(\x0b\x32#.ringcast.internal.v1.ChannelAppend\"\xca\x01\n\rChannelAppend\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12/\n\x04prev\x18\x03 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12/\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1e.ringcast.internal.v1.LogEntry\x12\x0e\n\x06\x63ommit\x18\x05 \x01(\x04\x12\x11\n\tfrom_base\x18\x06 \x01(\x08\x12\x14\n\x0cowner_now_ms\x18\x07 \x01(\x03\"\x7f\n\x0e\x41ppendResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).ringcast.internal.v1.ChannelAppendResult\x12\x31\n\x06\x63ommit\x18\x02 \x01(\x0b\x32!.ringcast.internal.v1.StoreCommit\"7\n\x0bStoreCommit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\n\n\x02ms\x18\x03 \x01(\x01\"\xcb\x02\n\x13\x43hannelAppendResult\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".ringcast.internal.v1.AppendStatus\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12/\n\x04last\x18\x03 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x14\n\x0cmatch_serial\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onflict_epoch\x18\x05 \x01(\x04\x12\x1d\n\x15\x63onflict_first_serial\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12/\n\x04\x62\x61se\x18\x08 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\t \x01(\x04\x12\x14\n\x0cstore_now_ms\x18\n \x01(\x03\"?\n\x0bReadRequest\x12\x30\n\x05reads\x18\x01 \x03(\x0b\x32!.ringcast.internal.v1.ChannelRead\"U\n\x0b\x43hannelRead\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x10\n\x08ids_only\x18\x04 \x01(\x08\"H\n\x0cReadResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.ringcast.internal.v1.ChannelReadResult\"\xe2\x01\n\x11\x43hannelReadResult\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.ringcast.internal.v1.LogEntry\x12/\n\x04last\x18\x02 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x03 \x01(\x04\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x15\n\rtimestamps_ms\x18\x05 \x03(\x03\x12/\n\x04\x62\x61se\x18\x06 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition*\xcc\x01\n\x0c\x41ppendStatus\x12\x1d\n\x19\x41PPEND_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41PPEND_STATUS_OK\x10\x01\x12\x18\n\x14\x41PPEND_STATUS_FENCED\x10\x02\x12\x1a\n\x16\x41PPEND_STATUS_MISMATCH\x10\x03\x12\x19\n\x15\x41PPEND_STATUS_CORRUPT\x10\x04\x12\x19\n\x15\x41PPEND_STATUS_INVALID\x10\x05\x12\x1b\n\x17\x41PPEND_STATUS_DATA_LOSS\x10\x06\x32\xe3\x02\n\x0cStoreService\x12P\n\x05\x46\x65nce\x12\".ringcast.internal.v1.FenceRequest\x1a#.ringcast.internal.v1.FenceResponse\x12S\n\x06\x41ppend\x12#.ringcast.internal.v1.AppendRequest\x1a$.ringcast.internal.v1.AppendResponse\x12]\n\x0c\x41ppendStream\x12#.ringcast.internal.v1.AppendRequest\x1a$.ringcast.internal.v1.AppendResponse(\x01\x30\x01\x12M\n\x04Read\x12!.ringcast.internal.v1.ReadRequest\x1a\".ringcast.internal.v1.ReadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(ringcast/internal/v1/store_service.proto\x12\x14ringcast.internal.v1\x1a\x19ringcast/v1/message.proto\",\n\x0bLogPosition\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"b\n\x08LogEntry\x12\x0e\n\x06serial\x18\x01 \x01(\x04\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12%\n\x07message\x18\x03 \x01(\x0b\x32\x14.ringcast.v1.Message\x12\x10\n\x08\x63hecksum\x18\x04 \x01(\r\"B\n\x0c\x46\x65nceRequest\x12\x32\n\x06\x66\x65nces\x18\x01 \x03(\x0b\x32\".ringcast.internal.v1.ChannelFence\".\n\x0c\x43hannelFence\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\"J\n\rFenceResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.ringcast.internal.v1.ChannelFenceResult\"\x82\x01\n\x12\x43hannelFenceResult\x12\x0e\n\x06\x66\x65nced\x18\x01 \x01(\x08\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12/\n\x04last\x18\x03 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x04 \x01(\x04\"E\n\rAppendRequest\x12\x34\n\x07\x61ppends\x18\x01 \x03(\x0b\x32#.ringcast.internal.v1.ChannelAppend\"\xcd\x02\n\rChannelAppend\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12/\n\x04prev\x18\x03 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12/\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x1e.ringcast.internal.v1.LogEntry\x12\x0e\n\x06\x63ommit\x18\x05 \x01(\x04\x12\x11\n\tfrom_base\x18\x06 \x01(\x08\x12\x14\n\x0cowner_now_ms\x18\x07 \x01(\x03\x12L\n\rtrace_context\x18\x08 \x03(\x0b\x32\x35.ringcast.internal.v1.ChannelAppend.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0e\x41ppendResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).ringcast.internal.v1.ChannelAppendResult\x12\x31\n\x06\x63ommit\x18\x02 \x01(\x0b\x32!.ringcast.internal.v1.StoreCommit\"7\n\x0bStoreCommit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08requests\x18\x02 \x01(\r\x12\n\n\x02ms\x18\x03 \x01(\x01\"\xcb\x02\n\x13\x43hannelAppendResult\x12\x32\n\x06status\x18\x01 \x01(\x0e\x32\".ringcast.internal.v1.AppendStatus\x12\x13\n\x0b\x66\x65nce_epoch\x18\x02 \x01(\x04\x12/\n\x04last\x18\x03 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x14\n\x0cmatch_serial\x18\x04 \x01(\x04\x12\x16\n\x0e\x63onflict_epoch\x18\x05 \x01(\x04\x12\x1d\n\x15\x63onflict_first_serial\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12/\n\x04\x62\x61se\x18\x08 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\t \x01(\x04\x12\x14\n\x0cstore_now_ms\x18\n \x01(\x03\"?\n\x0bReadRequest\x12\x30\n\x05reads\x18\x01 \x03(\x0b\x32!.ringcast.internal.v1.ChannelRead\"U\n\x0b\x43hannelRead\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x10\n\x08ids_only\x18\x04 \x01(\x08\"H\n\x0cReadResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\'.ringcast.internal.v1.ChannelReadResult\"\xe2\x01\n\x11\x43hannelReadResult\x12/\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1e.ringcast.internal.v1.LogEntry\x12/\n\x04last\x18\x02 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition\x12\x16\n\x0e\x64\x61maged_serial\x18\x03 \x01(\x04\x12\x0b\n\x03ids\x18\x04 \x03(\t\x12\x15\n\rtimestamps_ms\x18\x05 \x03(\x03\x12/\n\x04\x62\x61se\x18\x06 \x01(\x0b\x32!.ringcast.internal.v1.LogPosition*\xcc\x01\n\x0c\x41ppendStatus\x12\x1d\n\x19\x41PPEND_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41PPEND_STATUS_OK\x10\x01\x12\x18\n\x14\x41PPEND_STATUS_FENCED\x10\x02\x12\x1a\n\x16\x41PPEND_STATUS_MISMATCH\x10\x03\x12\x19\n\x15\x41PPEND_STATUS_CORRUPT\x10\x04\x12\x19\n\x15\x41PPEND_STATUS_INVALID\x10\x05\x12\x1b\n\x17\x41PPEND_STATUS_DATA_LOSS\x10\x06\x32\xe3\x02\n\x0cStoreService\x12P\n\x05\x46\x65nce\x12\".ringcast.internal.v1.FenceRequest\x1a#.ringcast.internal.v1.FenceResponse\x12S\n\x06\x41ppend\x12#.ringcast.internal.v1.AppendRequest\x1a$.ringcast.internal.v1.AppendResponse\x12]\n\x0c\x41ppendStream\x12#.ringcast.internal.v1.AppendRequest\x1a$.ringcast.internal.v1.AppendResponse(\x01\x30\x01\x12M\n\x04Read\x12!.ringcast.internal.v1.ReadRequest\x1a\".ringcast.internal.v1.ReadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringcast.internal.v1.store_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPENDSTATUS']._serialized_start=1816
-  _globals['_APPENDSTATUS']._serialized_end=2020
+  _globals['_CHANNELAPPEND_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_CHANNELAPPEND_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_APPENDSTATUS']._serialized_start=1947
+  _globals['_APPENDSTATUS']._serialized_end=2151
   _globals['_LOGPOSITION']._serialized_start=93
   _globals['_LOGPOSITION']._serialized_end=137
   _globals['_LOGENTRY']._serialized_start=139
@@ -49,21 +51,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDREQUEST']._serialized_start=564
   _globals['_APPENDREQUEST']._serialized_end=633
   _globals['_CHANNELAPPEND']._serialized_start=636
-  _globals['_CHANNELAPPEND']._serialized_end=838
-  _globals['_APPENDRESPONSE']._serialized_start=840
-  _globals['_APPENDRESPONSE']._serialized_end=967
-  _globals['_STORECOMMIT']._serialized_start=969
-  _globals['_STORECOMMIT']._serialized_end=1024
-  _globals['_CHANNELAPPENDRESULT']._serialized_start=1027
-  _globals['_CHANNELAPPENDRESULT']._serialized_end=1358
-  _globals['_READREQUEST']._serialized_start=1360
-  _globals['_READREQUEST']._serialized_end=1423
-  _globals['_CHANNELREAD']._serialized_start=1425
-  _globals['_CHANNELREAD']._serialized_end=1510
-  _globals['_READRESPONSE']._serialized_start=1512
-  _globals['_READRESPONSE']._serialized_end=1584
-  _globals['_CHANNELREADRESULT']._serialized_start=1587
-  _globals['_CHANNELREADRESULT']._serialized_end=1813
-  _globals['_STORESERVICE']._serialized_start=2023
-  _globals['_STORESERVICE']._serialized_end=2378
+  _globals['_CHANNELAPPEND']._serialized_end=969
+  _globals['_CHANNELAPPEND_TRACECONTEXTENTRY']._serialized_start=918
+  _globals['_CHANNELAPPEND_TRACECONTEXTENTRY']._serialized_end=969
+  _globals['_APPENDRESPONSE']._serialized_start=971
+  _globals['_APPENDRESPONSE']._serialized_end=1098
+  _globals['_STORECOMMIT']._serialized_start=1100
+  _globals['_STORECOMMIT']._serialized_end=1155
+  _globals['_CHANNELAPPENDRESULT']._serialized_start=1158
+  _globals['_CHANNELAPPENDRESULT']._serialized_end=1489
+  _globals['_READREQUEST']._serialized_start=1491
+  _globals['_READREQUEST']._serialized_end=1554
+  _globals['_CHANNELREAD']._serialized_start=1556
+  _globals['_CHANNELREAD']._serialized_end=1641
+  _globals['_READRESPONSE']._serialized_start=1643
+  _globals['_READRESPONSE']._serialized_end=1715
+  _globals['_CHANNELREADRESULT']._serialized_start=1718
+  _globals['_CHANNELREADRESULT']._serialized_end=1944
+  _globals['_STORESERVICE']._serialized_start=2154
+  _globals['_STORESERVICE']._serialized_end=2509
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,14 @@ class AppendRequest(_message.Message):
     def __init__(self, appends: _Optional[_Iterable[_Union[ChannelAppend, _Mapping]]] = ...) -> None: ...
 
 class ChannelAppend(_message.Message):
-    __slots__ = ("channel", "epoch", "prev", "entries", "commit", "from_base", "owner_now_ms")
+    __slots__ = ("channel", "epoch", "prev", "entries", "commit", "from_base", "owner_now_ms", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PREV_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +99,7 @@ class ChannelAppend(_message.Message):
     COMMIT_FIELD_NUMBER: _ClassVar[int]
     FROM_BASE_FIELD_NUMBER: _ClassVar[int]
     OWNER_NOW_MS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     channel: str
     epoch: int
     prev: LogPosition
@@ -99,7 +107,8 @@ class ChannelAppend(_message.Message):
     commit: int
     from_base: bool
     owner_now_ms: int
-    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., from_base: _Optional[bool] = ..., owner_now_ms: _Optional[int] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, channel: _Optional[str] = ..., epoch: _Optional[int] = ..., prev: _Optional[_Union[LogPosition, _Mapping]] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., from_base: _Optional[bool] = ..., owner_now_ms: _Optional[int] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
     __slots__ = ("results", "commit")
