@@ -1,5 +1,6 @@
-# The ringcast image: every ringcast service (python -m services.<name>) and the ringcast CLI, which
-# the compose healthchecks use (`ringcast health HOST:PORT`). etcd and Redis run their own images.
+# The ringcast image: every ringcast service (python -m services.<name>) and the ringcast CLI. The
+# compose healthchecks call each service's /readyz with bash alone (services/common/probes.py).
+# etcd, Redis and Prometheus run their own images.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
