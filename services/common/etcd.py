@@ -20,7 +20,9 @@ Rules:
    it is read and watched with them, so its value at revision R is known to all who read R.
 5. etcd can lose its data (a wiped data directory, a replacement cluster): its revisions then start
    again below what was seen. A watch or read that finds etcd behind the revision it had reached says
-   so in the log and starts again from a fresh read, marked `reset`; a registration that gets a
+   so in the log and starts again from a fresh read, marked `reset`; so does a watch that resumes
+   after a disconnect and finds etcd's keys at its revision differ from those it followed (the new
+   history already went past that revision); a registration that gets a
    revision below its last one registers on and says so. Nothing waits for etcd to "catch up".
 3. Lease deadlines are measured by the member's own monotonic clock from the moment a grant or
    keep-alive was *sent*, plus the TTL. etcd starts the TTL when it receives the request, which is
@@ -475,6 +477,11 @@ class Etcd:
                         revision = read_revision
                         yield state.at(revision, reset=went_back)
                         went_back = False
+                if not await self._same_history(revision, state):
+                    # etcd lost its data and its new history already went past our revision (a
+                    # second wipe soon after the first, or while the consumer held our last yield):
+                    # revisions alone cannot tell, its keys can.
+                    raise _EtcdWentBack(f"its keys at revision {revision} are not the ones followed")
                 async with contextlib.aclosing(self._watch_from(revision, state)) as changes:
                     async for change in changes:
                         invariant(change.revision > revision, "watched revisions only grow")
@@ -495,6 +502,16 @@ class Etcd:
                 return
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, etcd_retry_delay_s_max)
+
+    async def _same_history(self, revision: int, state: _State) -> bool:
+        """Whether etcd's keys at `revision` are `state`, the ones followed up to it (rule 5). A
+        revision etcd no longer has, or has not reached, counts as the same: the watch from it finds
+        out (compacted, or behind)."""
+        try:
+            _, then = await self._read_state(revision)
+        except _RevisionUnavailable:
+            return True
+        return then.records == state.records and then.offset == state.offset
 
     async def _state_at(self, revision: int) -> tuple[int, _State]:
         """The keys at `revision` (so events after it can be applied); if etcd no longer has that

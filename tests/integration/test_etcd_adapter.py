@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -454,6 +455,40 @@ def test_after_etcd_loses_its_data_watches_start_afresh_and_registrations_go_on(
                 await following
             await node.stop()
             await later.stop()
+
+    run(scenario)
+
+
+def test_a_resumed_watch_finds_a_new_history_that_already_went_past_it(
+    etcd_endpoint: str, etcd_server: EtcdServer
+) -> None:
+    """etcd lost its data and, before the watch reconnected, the new etcd wrote past the revision the
+    watch had reached (a second wipe soon after a first, with everyone re-registering). Revisions
+    alone cannot tell; the keys at that revision can: the watch reads afresh and says `reset`
+    instead of going on from the new history's revision as if nothing happened (found by CI:
+    placement then missed every re-registration)."""
+
+    def member(member_id: str) -> tuple[str, bytes]:
+        return f"{MEMBERS_PREFIX}channel/{member_id}", json.dumps({"address": f"{member_id}:1"}).encode()
+
+    async def scenario() -> None:
+        async with connected(etcd_endpoint) as etcd:
+            assert await etcd.create_version_offset(7) == 7
+            etcd_server.put(*member("old"))
+            start = (await etcd.members()).revision
+            async with contextlib.aclosing(etcd.watch_members(0)) as watch:
+                followed = await anext(watch)
+                while followed.revision < start:
+                    followed = await anext(watch)
+                assert [m.id for m in followed.members] == ["old"] and followed.version_offset == 7
+                # The generator waits at its yield: nothing reads the stream while etcd is replaced.
+                await asyncio.to_thread(etcd_server.wipe)
+                etcd_server.put(*member("new"))
+                while etcd_server.put("/ringcast/noise", b"x") <= followed.revision:
+                    pass
+                after = await asyncio.wait_for(anext(watch), test_timeout_s)
+            assert after.reset, after
+            assert [m.id for m in after.members] == ["new"] and after.version_offset is None
 
     run(scenario)
 
