@@ -8,6 +8,12 @@ records how many messages it received, whether any came twice or out of order (t
 gap), and the longest time it went without a message while a newer serial was already acknowledged
 — "stalled": waiting behind with neither data nor an error. At the end every subscription must hold
 every acknowledged serial, in order, once.
+
+The run starts with a join: the publisher publishes one batch and waits (up to `join_s_max`) until
+every subscriber has it, and stalls are counted only after that. A thousand subscriptions starting
+at once on two cores take seconds to get their first message (the client processes are the ones
+behind: each reads a quarter of 1,000 copies of every batch); that is reported as `joined_s`, apart
+from the stalls the faults under test cause.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ class FanoutConfig:
     """The share of `messages` acknowledged when the fault is injected."""
     catch_up_s: float = 300.0
     """How long subscribers may take, after the last acknowledgement, to reach it."""
+    join_s_max: float = 120.0
+    """How long the publisher waits, after its first batch, for every subscriber to have it."""
 
 
 @dataclass(slots=True)
@@ -46,6 +54,10 @@ class SubscriberResult:
     duplicates: int = 0
     out_of_order: int = 0
     stalled_s: float = 0.0
+    stalled_from: float = 0.0
+    """When the longest stall began (Unix time)."""
+    resumes: int = 0
+    """How many times the subscription resumed (the SDK's count)."""
     caught_up_s: float | None = None
     """From the last acknowledgement to this subscriber receiving it."""
     error: str = ""
@@ -56,6 +68,8 @@ class FanoutReport:
     acked_last: int
     publish_s: float
     fault: str
+    joined_s: float
+    """From the first batch's acknowledgement to every subscriber having it (or `join_s_max`)."""
     results: list[SubscriberResult] = field(default_factory=list)
 
     @property
@@ -81,10 +95,17 @@ class FanoutReport:
         return None if any(t is None for t in times) else max(t for t in times if t is not None)
 
     def summary(self) -> str:
+        stall = ""
+        if self.results:
+            worst = max(range(len(self.results)), key=lambda index: self.results[index].stalled_s)
+            result = self.results[worst]
+            began = time.strftime("%H:%M:%S", time.gmtime(result.stalled_from)) + f"{result.stalled_from % 1:.3f}"[1:]
+            stall = f" (subscriber {worst} from {began} UTC, resumed {result.resumes} times)"
         return (
-            f"subscribers={len(self.results)} acked={self.acked_last} published_in={self.publish_s:.1f}s "
+            f"subscribers={len(self.results)} joined_in={self.joined_s:.1f}s acked={self.acked_last} "
+            f"published_in={self.publish_s:.1f}s "
             f"fault={self.fault} incomplete={len(self.incomplete)} broken={len(self.broken)} "
-            f"longest_stall={self.stalled_s_max:.1f}s last_caught_up_after={self.caught_up_s}"
+            f"longest_stall={self.stalled_s_max:.1f}s{stall} last_caught_up_after={self.caught_up_s}"
         )
 
 
@@ -96,12 +117,14 @@ def _worker(
     acked: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
     acked_at: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
     final: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
+    joined: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
+    joined_at: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
     ready: multiprocessing.synchronize.Event,
     results: multiprocessing.queues.Queue[tuple[int, list[SubscriberResult]]],
 ) -> None:
     async def main() -> list[SubscriberResult]:
         own = [SubscriberResult() for _ in range(count)]
-        seen_at = [time.time()] * count
+        seen_at = [0.0] * count
         clients = [ringcast.Client(list(gateways[index:]) + list(gateways[:index])) for index in range(len(gateways))]
 
         async def follow(index: int) -> None:
@@ -117,25 +140,32 @@ def _worker(
                         result.out_of_order += 1
                     result.last, result.received = message.serial, result.received + 1
                     seen_at[index] = now
+                    if result.received == 1:
+                        with joined.get_lock():
+                            joined.value += 1
                     if final.value and result.last >= final.value and result.caught_up_s is None:
                         result.caught_up_s = max(0.0, now - acked_at.value)
                         return
             except Exception as error:  # noqa: BLE001 - reported, judged by the caller
                 result.error = repr(error)[:300]
             finally:
+                result.resumes = subscription.resumes
                 await subscription.close()
 
         async def watch() -> None:
-            # Stalled: behind the newest acknowledgement, and nothing received since (counted from the
-            # last receipt, so it may include up to one publishing interval before the next batch).
+            # Stalled: behind the newest acknowledgement, and nothing received since the last receipt
+            # or the end of the join, whichever is later (so it may include up to one publishing
+            # interval before the next batch).
             while True:
                 await asyncio.sleep(0.25)
-                now, newest, last = time.time(), acked.value, final.value
+                now, newest, last, counting_from = time.time(), acked.value, final.value, joined_at.value
                 for index, result in enumerate(own):
                     if last and result.last >= last and result.caught_up_s is None:
                         result.caught_up_s = max(0.0, seen_at[index] - acked_at.value)  # before the end was known
-                    elif result.last < newest and result.caught_up_s is None and not result.error:
-                        result.stalled_s = max(result.stalled_s, now - seen_at[index])
+                    elif counting_from and result.last < newest and result.caught_up_s is None and not result.error:
+                        since = max(seen_at[index], counting_from)
+                        if now - since > result.stalled_s:
+                            result.stalled_s, result.stalled_from = now - since, since
 
         tasks = [asyncio.create_task(follow(index)) for index in range(count)]
         watcher = asyncio.create_task(watch())
@@ -165,6 +195,8 @@ def run_fanout(gateways: Sequence[str], config: FanoutConfig, fault: Callable[[]
     acked = context.Value("q", 0)
     acked_at = context.Value("d", 0.0)
     final = context.Value("q", 0)
+    joined = context.Value("q", 0)
+    joined_at = context.Value("d", 0.0)
     results: multiprocessing.queues.Queue[tuple[int, list[SubscriberResult]]] = context.Queue()
     per = -(-config.subscribers // config.processes)
     workers, events = [], []
@@ -173,7 +205,7 @@ def run_fanout(gateways: Sequence[str], config: FanoutConfig, fault: Callable[[]
         count = min(per, config.subscribers - first)
         process = context.Process(
             target=_worker,
-            args=(list(gateways), config, first, count, acked, acked_at, final, ready, results),
+            args=(list(gateways), config, first, count, acked, acked_at, final, joined, joined_at, ready, results),
             daemon=True,
         )
         process.start()
@@ -181,7 +213,7 @@ def run_fanout(gateways: Sequence[str], config: FanoutConfig, fault: Callable[[]
         events.append(ready)
     for ready in events:
         ready.wait(60)
-    report = asyncio.run(_publish(gateways, config, fault, acked, acked_at, final))
+    report = asyncio.run(_publish(gateways, config, fault, acked, acked_at, final, joined, joined_at))
     collected: dict[int, list[SubscriberResult]] = {}
     for _ in workers:
         first, own = results.get(timeout=config.catch_up_s + 120)
@@ -199,10 +231,13 @@ async def _publish(
     acked: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
     acked_at: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
     final: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
+    joined: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
+    joined_at: multiprocessing.sharedctypes.Synchronized,  # type: ignore[type-arg]
 ) -> FanoutReport:
     data = os.urandom(config.message_bytes)
     faulted = ""
     started = time.time()
+    joined_s = 0.0
     async with ringcast.Client(list(gateways), timeout_s=60) as publisher:
         serial, sequence = 0, 0
         while serial < config.messages:
@@ -210,8 +245,12 @@ async def _publish(
             batch = [ringcast.OutgoingMessage(data, id=f"fanout-{sequence}-{n}") for n in range(config.batch)]
             serial = max(await publisher.publish_many(config.channel, batch))
             acked.value, acked_at.value = serial, time.time()
+            if sequence == 1:
+                while joined.value < config.subscribers and time.time() - acked_at.value < config.join_s_max:
+                    await asyncio.sleep(0.1)
+                joined_s, joined_at.value = time.time() - acked_at.value, time.time()
             if fault is not None and not faulted and serial >= config.messages * config.fault_at:
                 faulted = await asyncio.to_thread(fault)
             await asyncio.sleep(random.uniform(*config.interval_s))
     final.value = serial
-    return FanoutReport(serial, time.time() - started, faulted or "none")
+    return FanoutReport(serial, time.time() - started, faulted or "none", joined_s)
