@@ -23,9 +23,12 @@ ready_timeout_s = 20.0
 
 
 class RedisServer:
-    def __init__(self, directory: Path) -> None:
+    """With `acl` (an ACL file's text and the user and password to check it with), it loads that file."""
+
+    def __init__(self, directory: Path, acl: tuple[str, str, str] | None = None) -> None:
         self.directory = directory
         self.address = f"127.0.0.1:{free_ports(1)[0]}"
+        self.acl = acl
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -35,14 +38,19 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            [*pdeathsig_prefix(), *redis_argv(self.address, str(self.directory))], stdout=log, stderr=log
-        )
+        argv = redis_argv(self.address, str(self.directory))
+        login: dict[str, str] = {}
+        if self.acl is not None:
+            text, user, password = self.acl
+            (self.directory / "users.acl").write_text(text)
+            argv = (*argv, "--aclfile", str(self.directory / "users.acl"))
+            login = {"username": user, "password": password}
+        self.process = subprocess.Popen([*pdeathsig_prefix(), *argv], stdout=log, stderr=log)
         host, port = self.address.rsplit(":", 1)
         deadline = time.monotonic() + ready_timeout_s
         while True:
             try:
-                with redis.Redis(host=host, port=int(port), socket_timeout=1) as client:
+                with redis.Redis(host=host, port=int(port), socket_timeout=1, **login) as client:
                     if client.ping():
                         return self
             except redis.ConnectionError:

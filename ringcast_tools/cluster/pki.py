@@ -192,7 +192,7 @@ def identities(topology: Topology) -> list[Identity]:
 
 def secure(topology: Topology) -> list[str]:
     """Make what the secured `topology` needs under its `tls_dir`: the CA, every certificate, and each
-    store's Redis password and ACL file (default user off; one user, its store). The names made."""
+    store's Redis password and ACL file (`redis_acl`: one user, its store). The names made."""
     tls_dir = Path(topology.tls_dir)
     made = ensure(tls_dir, identities(topology)) + tokens.ensure_keys(tls_dir)
     stores = {spec.zone: spec.name for spec in topology.by_role("store")}
@@ -203,10 +203,19 @@ def secure(topology: Topology) -> list[str]:
             tokens.write_private(password_file, secrets.token_urlsafe(24).encode())
             made.append(password_file.name)
         password = password_file.read_text().strip()
-        tokens.write_private(
-            redis_acl_file(tls_dir, redis.zone), f"user default off\nuser {store} on >{password} ~* &* +@all\n".encode()
-        )
+        tokens.write_private(redis_acl_file(tls_dir, redis.zone), redis_acl(store, password).encode())
     return made
 
 
-__all__ = ["ADMIN_NAME", "Identity", "ensure", "identities", "secure"]
+def redis_acl(store: str, password: str) -> str:
+    """A zone's Redis ACL: its store's user, and the default user off — but allowed everything.
+
+    Off, nobody can log in as the default user. Its permissions still matter: Redis 7.0 replays the
+    append-only file's MULTI/EXEC blocks under the default user's rules when it starts, and with
+    none it refuses every block ("NOPERM ACLs rules changed between the moment the transaction was
+    accumulated and the EXEC call") and starts empty — every acknowledged entry of the zone gone
+    after a restart (found by the compose tier, issue #18; tests/integration/test_store_process.py)."""
+    return f"user default off ~* &* +@all\nuser {store} on >{password} ~* &* +@all\n"
+
+
+__all__ = ["ADMIN_NAME", "Identity", "ensure", "identities", "redis_acl", "secure"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from ringcast_tools.cluster import pki
 from services.common.convert import entry_from_proto
 from services.core.entries import ORIGIN, Entry, Message
 from services.internal.v1 import store_service_pb2 as store_pb2
@@ -154,11 +155,18 @@ def test_an_unreachable_etcd_does_not_keep_the_store_from_serving(processes: Ser
 # --------------------------------------------------------------------------------- the Redis engine
 
 
+@pytest.mark.parametrize("logins", ["open", "acl"])
 def test_over_redis_an_acknowledged_append_survives_sigkill_of_store_and_redis(
-    processes: ServiceProcesses, tmp_path: Path
+    processes: ServiceProcesses, tmp_path: Path, logins: str
 ) -> None:
-    with RedisServer(tmp_path / "redis") as redis_server:
+    """Also with the ACL file a secured cluster's Redis loads (`pki.redis_acl`): Redis 7.0 replays its
+    append-only file under the default user's rules, and with none it started empty."""
+    acl = (pki.redis_acl("store-r", "sesame"), "store-r", "sesame") if logins == "acl" else None
+    with RedisServer(tmp_path / "redis", acl=acl) as redis_server:
         flags = ["--id", "store-r", "--zone", "r", "--data-dir", str(tmp_path / "lock"), "--redis", redis_server.url]
+        if acl is not None:
+            (tmp_path / "password").write_text("sesame")
+            flags += ["--redis-user", "store-r", "--redis-password-file", str(tmp_path / "password")]
         process = processes.start("services.store", flags)
         entries = make_entries(1, [7, 7])
         channel, stub = stub_of(process)
