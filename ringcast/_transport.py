@@ -68,6 +68,9 @@ def channel_options(keepalive_s: float) -> tuple[tuple[str, int], ...]:
         ("grpc.enable_retries", 0),
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
+        # A gateway named by DNS that comes back at another address is found within a second (gRPC's
+        # default waits 30 s between lookups of a name).
+        ("grpc.dns_min_time_between_resolutions_ms", 1_000),
     )
 
 

@@ -64,6 +64,10 @@ CHANNEL_OPTIONS = (
     # stays open until its own deadline; with it the keepalive ping ends it after ~15 s.
     ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.enable_retries", 0),
+    # A peer dialled by name that comes back at another address (a container started again gets a
+    # new IP) is found within a second; gRPC's default waits 30 s between lookups of a name, and the
+    # channels a moved-back owner takes over stalled that long (found by the compose tier, #18).
+    ("grpc.dns_min_time_between_resolutions_ms", 1_000),
 )
 
 
