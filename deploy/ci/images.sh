@@ -66,4 +66,6 @@ if ! current ringcast:dev "$ringcast_recipe"; then
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro . >/dev/null
 fi
 build otel/opentelemetry-collector:0.116.0 otlp-receiver.Containerfile ringcast:dev
+# What a rebuild replaced (untagged, still labelled ours) takes disk and nothing else.
+podman image prune -f --filter label=ringcast.recipe >/dev/null
 log "ready: $(podman images --format '{{.Repository}}:{{.Tag}}' | sort | tr '\n' ' ')"

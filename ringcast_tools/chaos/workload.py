@@ -122,6 +122,10 @@ class WorkloadConfig:
     """Prefix of every message id; random when empty."""
     seed: int | None = None
     """Seed of the jitter and batch sizes (the faults are not seeded: they come from outside)."""
+    ca: bytes | None = None
+    """PEM of the CA that signed the gateways' certificates: TLS on, checked against it."""
+    token: str | None = None
+    """Sent as `authorization: Bearer` on every call (needs `ca`: gRPC sends no credentials in plaintext)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,10 +244,21 @@ class Workload:
 
     # ----------------------------------------------------------------------------- the run
 
+    def _link(self, address: str) -> grpc.aio.Channel:
+        if self.config.ca is None:
+            if self.config.token is not None:
+                raise ValueError("a token needs TLS (ca): gRPC sends no credentials in plaintext")
+            return grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.config.ca)
+        if self.config.token is not None:
+            token = grpc.access_token_call_credentials(self.config.token)
+            credentials = grpc.composite_channel_credentials(credentials, token)
+        return grpc.aio.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+
     async def run(self, stop: threading.Event | None = None) -> History:
         """Load for `duration_s` (or until `stop` is set), then catch up and read the final logs."""
         config = self.config
-        links = [grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS) for address in self.gateways]
+        links = [self._link(address) for address in self.gateways]
         self._stubs = [realtime_grpc.RealtimeServiceStub(link) for link in links]
         subscribers: list[asyncio.Task[None]] = []
         others: list[asyncio.Task[None]] = []

@@ -146,10 +146,13 @@ def render() -> dict[str, Any]:
         TLS_INIT: {
             "image": RINGCAST_IMAGE,
             "build": {"context": ".", "dockerfile": "Dockerfile"},
+            # Redis runs as its own user (uid 999) and reads its ACL file from the volume: it owns
+            # that file, and may pass through the directory (711: not list it; every key file is 0600).
             "command": [
                 "sh",
                 "-c",
-                f"ringcast certs --compose --tls-dir {TLS} && chown {REDIS_UID}:{REDIS_UID} {TLS}/redis-*.acl",
+                f"ringcast certs --compose --tls-dir {TLS} && chown {REDIS_UID}:{REDIS_UID} {TLS}/redis-*.acl"
+                f" && chmod 711 {TLS}",
             ],
             "volumes": [f"{TLS_VOLUME}:{TLS}"],
             "restart": "no",

@@ -80,8 +80,11 @@ def start_load(make_cluster: ClusterFactory) -> Iterator[LoadStarter]:
 class Background:
     """A `Workload` running on its own thread and event loop while the test breaks things."""
 
-    def __init__(self, cluster: Launcher, config: WorkloadConfig, channels: Sequence[str] = CHANNELS) -> None:
-        self.workload = Workload(cluster.topology.gateways, channels, config)
+    def __init__(
+        self, cluster: Launcher | Sequence[str], config: WorkloadConfig, channels: Sequence[str] = CHANNELS
+    ) -> None:
+        gateways = cluster.topology.gateways if isinstance(cluster, Launcher) else cluster
+        self.workload = Workload(gateways, channels, config)
         self.stop = threading.Event()
         self.history: History | None = None
         self.error: BaseException | None = None

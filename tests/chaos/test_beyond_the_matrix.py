@@ -293,9 +293,10 @@ class MemorySampler:
 @pytest.mark.parametrize("fault", ["none", "owner-sigkill", "owner-paused-past-its-lease"])
 def test_a_thousand_subscribers_on_one_channel_each_get_every_message(cluster: Launcher, fault: str) -> None:
     """Every subscriber ends with every acknowledged serial, in order, once; once all have joined (had
-    the first batch), none ever waits behind for `STALL_S_MAX` with neither data nor a status — with no fault, with the owner SIGKILLed, and
-    with it paused (SIGSTOP) for 2.5 times its lease. Reported: how long after the last ack the last
-    subscriber had it, and the gateways' and the owner's peak memory."""
+    the first batch), none ever waits behind for `STALL_S_MAX` with neither data nor a status — with
+    no fault, with the owner SIGKILLed, and with it paused (SIGSTOP) for 2.5 times its lease.
+    Reported: how long the join took, how long after the last ack the last subscriber had it, and
+    the gateways' and the owner's peak memory."""
     owner = owner_of(cluster, FANOUT.channel)
     sampler = MemorySampler(cluster, [*(g.name for g in cluster.topology.by_role("gateway")), owner])
 
