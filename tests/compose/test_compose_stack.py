@@ -2,8 +2,9 @@
 with the stand-in images of deploy/ci/ (`./dev test --compose` builds them), every healthcheck
 passes, and a history-recording workload through the published gateway ports (TLS, a token minted
 inside the stack) goes on while `podman kill` takes down, one at a time, the owner of the busiest
-channel, a store's Redis and a gateway: the checker finds nothing lost, duplicated, skipped or out
-of order, every subscriber caught up. A publish's trace reaches the collector's stand-in with spans
+channel, a store's Redis, a gateway, and a store for long enough that the stack's Prometheus fires
+RingcastProcessDown (and clears it after): the checker finds nothing lost, duplicated, skipped or
+out of order, every subscriber caught up. A publish's trace reaches the collector's stand-in with spans
 from a gateway, a channel node and a store. `down -v` then leaves nothing behind.
 """
 
@@ -25,6 +26,7 @@ from ringcast_tools.chaos.workload import WorkloadConfig, clock_ms
 from tests.chaos.conftest import Background, assert_history_clean
 from tests.chaos.test_fault_matrix import report
 from tests.compose.podman import Stack
+from tests.integration.test_prometheus_live import Prometheus, until
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1_200)]
 
@@ -34,6 +36,10 @@ CHANNELS = ("compose-0", "compose-1", "compose-2")
 BUSY = CHANNELS[0]
 UP_S_MAX = 300.0
 """From `up -d` to every healthcheck passing (no images to build: images.sh did that)."""
+PROMETHEUS = "127.0.0.1:9090"
+ALERT_S_MAX = 150.0
+"""RingcastProcessDown fires within this of a store going down (its `for: 1m`, scrapes and rule
+evaluations every 5 s)."""
 BACK_S_MAX = 120.0
 """A killed container, started again, passes its healthcheck within this."""
 PROGRESS_S_MAX = 15.0
@@ -105,7 +111,7 @@ def _call(access: tuple[bytes, str], call: str, request: object) -> object:
         time.sleep(0.5)
 
 
-def test_a_workload_through_both_gateways_survives_an_owner_a_redis_and_a_gateway_killed(
+def test_a_workload_survives_an_owner_a_redis_a_gateway_and_a_store_killed_and_prometheus_alerts(
     stack: Stack, access: tuple[bytes, str]
 ) -> None:
     ca, token = access
@@ -129,6 +135,25 @@ def test_a_workload_through_both_gateways_survives_an_owner_a_redis_and_a_gatewa
             back_ms = clock_ms()  # the owner that came back owns the busy channel again
             background.wait_for_acks(5, since_ms=back_ms, channel=BUSY, timeout_s=PROGRESS_S_MAX)
             numbers[f"{service}_busy_acked_after_back_ms"] = clock_ms() - back_ms
+        # A store down for longer than RingcastProcessDown's `for`: the stack's Prometheus fires it for
+        # that store alone, and clears it once the store is back. The workload goes on meanwhile.
+        prometheus = Prometheus(PROMETHEUS)
+
+        def firing() -> list[str]:
+            alerts = prometheus.alerts("RingcastProcessDown")
+            return sorted(alert["labels"]["instance"] for alert in alerts if alert["state"] == "firing")
+
+        started = time.monotonic()
+        stack.kill("store-a")
+        background.wait_for_acks(5, since_ms=clock_ms(), channel=BUSY, timeout_s=PROGRESS_S_MAX)
+        until("RingcastProcessDown firing for store-a", lambda: firing() == ["store-a:7417"], ALERT_S_MAX)
+        numbers["store-a_alert_firing_after_s"] = round(time.monotonic() - started, 1)
+        started = time.monotonic()
+        stack.start("store-a")
+        stack.wait_healthy(["store-a"], BACK_S_MAX)
+        until("RingcastProcessDown cleared", lambda: prometheus.alerts("RingcastProcessDown") == [], 60)
+        numbers["store-a_alert_cleared_after_s"] = round(time.monotonic() - started, 1)
+        background.wait_for_acks(5, since_ms=clock_ms(), channel=BUSY, timeout_s=PROGRESS_S_MAX)
     except BaseException:
         background.cancel()
         raise
