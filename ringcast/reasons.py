@@ -61,10 +61,12 @@ class Reason(enum.StrEnum):
 
     # FAILED_PRECONDITION: NOT_OWNER (gateway ↔ channel): ask placement for the ring and go where it
     # says; CURSOR_BEYOND_END: a cursor above the channel's last serial (a stale or wrong one);
-    # EPOCH_AHEAD_OF_RING (internal, store): a fence or append at an epoch no ring version has made.
+    # EPOCH_AHEAD_OF_RING (internal, store): a fence or append at an epoch no ring version has made;
+    # HISTORY_DISABLED: the channel's namespace has history off.
     NOT_OWNER = "NOT_OWNER"
     CURSOR_BEYOND_END = "CURSOR_BEYOND_END"
     EPOCH_AHEAD_OF_RING = "EPOCH_AHEAD_OF_RING"
+    HISTORY_DISABLED = "HISTORY_DISABLED"
 
     # OUT_OF_RANGE: what a reader asked for is no longer retained (ContinuityLost).
     RETENTION_EXPIRED = "RETENTION_EXPIRED"

@@ -82,13 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="end with one JSON summary instead of the two lines")
     sim.set_defaults(handler=_sim)
 
-    from ringcast_tools.commands import bench, chaos, client, token
+    from ringcast_tools.commands import bench, chaos, client, namespace, token
     from ringcast_tools.commands import up as up_command
 
     up_command.add_parser(commands)
     chaos.add_parser(commands)
     client.add_parsers(commands)
     token.add_parser(commands)
+    namespace.add_parser(commands)
     bench.add_parser(commands)
 
     ring = commands.add_parser(

@@ -113,7 +113,8 @@ class RealtimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def History(self, request, context):
-        """Committed messages of a channel, one page at a time.
+        """Committed messages of a channel, one page at a time. A channel whose namespace has history off
+        answers FAILED_PRECONDITION, HISTORY_DISABLED (metadata namespace); it may still be subscribed to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

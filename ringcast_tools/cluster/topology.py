@@ -239,6 +239,7 @@ def local_topology(
                     "RINGCAST_ID": f"gateway-{index}",
                     "RINGCAST_LISTEN": listen,
                     "RINGCAST_PLACEMENT": ",".join(placement_addresses),
+                    "RINGCAST_ETCD": etcd_address,
                 },
             )
         )

@@ -55,7 +55,7 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import AsyncGenerator, Awaitable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -247,6 +247,28 @@ async def _resolve_ipv4(host: str, port: int) -> str:
         delay_s = min(delay_s * 2, etcd_retry_delay_s_max)
 
 
+async def poll(read: Callable[[], Awaitable[T]], on_change: Callable[[T], None], what: str, interval_s: float) -> None:
+    """Call `read` every `interval_s` and hand each value unlike the last to `on_change`, for ever.
+    etcd being down (EtcdUnavailable) keeps the last value, and says so once per outage."""
+    last: T | None = None
+    failing = False
+    while True:
+        try:
+            current = await read()
+        except EtcdUnavailable as error:
+            if not failing:
+                log.warning("cannot read %s from etcd (%s); keeping the last ones read", what, error)
+            failing = True
+        else:
+            if failing:
+                log.info("reading %s from etcd again", what)
+            failing = False
+            if current != last:
+                on_change(current)
+                last = current
+        await asyncio.sleep(interval_s)
+
+
 class Etcd:
     """A connection to an etcd cluster. Connecting is lazy: calls fail with EtcdUnavailable until it answers."""
 
@@ -409,6 +431,12 @@ class Etcd:
         kv, _, _ = self._services()
         response = await self._call("put", kv.put(key, value, lease=lease_id, timeout=etcd_call_timeout_s))
         return int(response.header.revision)
+
+    async def delete(self, key: str) -> bool:
+        """Delete `key`; whether it was there."""
+        kv, _, _ = self._services()
+        response = await self._call("delete", kv.delete(key, timeout=etcd_call_timeout_s))
+        return int(response.deleted) > 0
 
     async def keep_alive(self, lease_id: int, timeout_s: float) -> int:
         """Renew `lease_id` once: its TTL in seconds, or 0 when etcd no longer has the lease."""

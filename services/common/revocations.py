@@ -14,12 +14,11 @@ every `poll_interval_s` (one range read), so a revocation reaches every gateway 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from services.common.etcd import Etcd, EtcdUnavailable
+from services.common.etcd import Etcd, poll
 
 log = logging.getLogger("ringcast.revocations")
 
@@ -90,23 +89,11 @@ async def revoke(etcd: Etcd, kind: str, name: str, at: float) -> None:
 async def follow(etcd: Etcd, on_change: Callable[[Revocations], None]) -> None:
     """Read the revocations every `poll_interval_s` and hand each new set to `on_change`, for ever.
     etcd being down keeps the last set (and says so once per outage)."""
-    last: Revocations | None = None
-    failing = False
-    while True:
-        try:
-            current = parse(await etcd.read_prefix(PREFIX, revocations_max))
-        except EtcdUnavailable as error:
-            if not failing:
-                log.warning("cannot read revocations from etcd (%s); keeping the last ones read", error)
-            failing = True
-        else:
-            if failing:
-                log.info("reading revocations from etcd again")
-            failing = False
-            if current != last:
-                on_change(current)
-                last = current
-        await asyncio.sleep(poll_interval_s)
+
+    async def read() -> Revocations:
+        return parse(await etcd.read_prefix(PREFIX, revocations_max))
+
+    await poll(read, on_change, "revocations", poll_interval_s)
 
 
 __all__ = ["PREFIX", "Revocations", "follow", "parse", "revoke"]

@@ -55,7 +55,11 @@ def printable_id(message_id: str) -> bool:
     return not any(unicodedata.category(char)[0] == "C" or char in "\u2028\u2029" for char in message_id)
 
 
-def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None:
+def check_batch(messages: Sequence[message_pb2.Message], limits: Limits, data_bytes_max: int | None = None) -> None:
+    """The batch rules; `data_bytes_max` (a namespace's `message_bytes_max`) may lower the data limit."""
+    data_max = (
+        limits.message_data_bytes_max if data_bytes_max is None else min(data_bytes_max, limits.message_data_bytes_max)
+    )
     if not messages:
         raise invalid(Reason.BATCH_EMPTY, "a publish needs at least one message")
     if len(messages) > limits.batch_messages_max:
@@ -83,11 +87,11 @@ def check_batch(messages: Sequence[message_pb2.Message], limits: Limits) -> None
                 f"{where}: name longer than {limits.message_name_chars_max} chars",
                 limit=str(limits.message_name_chars_max),
             )
-        if len(message.data) > limits.message_data_bytes_max:
+        if len(message.data) > data_max:
             raise invalid(
                 Reason.MESSAGE_TOO_LARGE,
-                f"{where}: {len(message.data)} bytes of data; at most {limits.message_data_bytes_max}",
-                limit=str(limits.message_data_bytes_max),
+                f"{where}: {len(message.data)} bytes of data; at most {data_max}",
+                limit=str(data_max),
             )
         if len(message.headers) > limits.message_headers_max:
             raise invalid(

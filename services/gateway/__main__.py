@@ -2,8 +2,10 @@
 [--token-keys FILE --etcd HOST:PORT]
 
 With --token-keys every call needs a bearer token signed by one of those keys (services/gateway/auth.py),
-and with --etcd the gateway follows the revocations kept there. Without --token-keys anyone may do
-anything: an insecure cluster, said loudly in the log.
+and with --etcd the gateway follows the revocations kept there. With --etcd it follows the
+namespaces' options too (largest message, publish rate per channel, history on or off), applied
+without a restart. Without --token-keys anyone may do anything: an insecure cluster, said loudly in
+the log.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import grpc
 
 from ringcast.v1 import realtime_service_pb2, realtime_service_pb2_grpc
-from services.common import probes, revocations
+from services.common import namespaces, probes, revocations
 from services.common.ring_watch import RingWatcher
 from services.common.server import env_default, run_service, serve, supervise
 from services.gateway.auth import Authenticator, load_keys
@@ -44,33 +46,42 @@ async def main(arguments: argparse.Namespace) -> None:
     )
     servicer = RealtimeServicer(router, auth=auth, limiter=Limiter(limits))
     etcd = None
-    following: asyncio.Task[None] | None = None
+    following: list[asyncio.Task[None]] = []
 
     def register(server: grpc.aio.Server) -> list[str]:
         realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(servicer, server)
         return [realtime_service_pb2.DESCRIPTOR.services_by_name["RealtimeService"].full_name]
 
     async def ready() -> None:
-        nonlocal etcd, following
+        nonlocal etcd
         supervise(watcher.start(), "the ring watcher")
-        if auth is not None and arguments.etcd:
+        if arguments.etcd:
             from services.common.etcd import Etcd
 
             etcd = await Etcd.connect(arguments.etcd)
-            following = supervise(
-                asyncio.create_task(revocations.follow(etcd, auth.revoked), name="revocations"),
-                "following the revocations",
+            following.append(
+                supervise(
+                    asyncio.create_task(namespaces.follow(etcd, servicer.set_namespaces), name="namespaces"),
+                    "following the namespaces",
+                )
             )
+            if auth is not None:
+                following.append(
+                    supervise(
+                        asyncio.create_task(revocations.follow(etcd, auth.revoked), name="revocations"),
+                        "following the revocations",
+                    )
+                )
         await watcher.wait_ready(arguments.ring_wait)
 
     async def closed() -> None:
         await servicer.feeds.close()
         await watcher.stop()
         await router.close()
-        if following is not None:
-            following.cancel()
+        for task in following:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await following
+                await task
         if etcd is not None:
             await etcd.close()
 
@@ -90,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--etcd",
         default=env_default("ETCD", ""),
-        help="etcd endpoints, to follow token revocations (with --token-keys)",
+        help="etcd endpoints, to follow namespaces' options and (with --token-keys) token revocations",
     )
     defaults = GatewayLimits()
     parser.add_argument(

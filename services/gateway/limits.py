@@ -3,11 +3,12 @@
 Rules:
 
 1. Publishing costs one token per message from two token buckets: the client's (its token's
-   `limits.publish_rate`, else the gateway's `client_publish_rate`) and the channel's
-   (`channel_publish_rate`). Each bucket holds up to `burst_s` seconds of its rate. A publish that
-   would overdraw either is refused whole, before it reaches an owner: RESOURCE_EXHAUSTED /
-   RATE_LIMITED with a google.rpc.RetryInfo saying when that many tokens will be there, and metadata
-   `limit` (client or channel) and `rate`. Nothing is taken from either bucket then.
+   `limits.publish_rate`, else the gateway's `client_publish_rate`) and the channel's (its
+   namespace's `publish_rate`, else the gateway's `channel_publish_rate`). Each bucket holds up to
+   `burst_s` seconds of its rate. A publish that would overdraw either is refused whole, before it
+   reaches an owner: RESOURCE_EXHAUSTED / RATE_LIMITED with a google.rpc.RetryInfo saying when that
+   many tokens will be there, and metadata `limit` (client or channel) and `rate`. Nothing is taken
+   from either bucket then.
 2. A client holds at most its token's `limits.subscriptions` (else `client_subscriptions`)
    subscriptions at once on this gateway; one more is refused the same way, retry in a second.
 3. Rate 0 means no limit. Buckets and counts are per gateway: with G gateways a client may reach G
@@ -112,8 +113,10 @@ class Limiter:
         self._channels = _Buckets()
         self._subscriptions: dict[str, int] = {}
 
-    def publish(self, grant: Grant | None, channel: str, messages: int) -> None:
-        """Take `messages` tokens from the client's and the channel's buckets, or raise RATE_LIMITED."""
+    def publish(self, grant: Grant | None, channel: str, messages: int, channel_rate: float = 0.0) -> None:
+        """Take `messages` tokens from the client's and the channel's buckets, or raise RATE_LIMITED.
+        `channel_rate` (the channel's namespace's `publish_rate`), when above 0, is the channel's rate
+        instead of the gateway's `channel_publish_rate`."""
         now = self.now()
         client_rate = (
             grant.limits.publish_rate if grant and grant.limits.publish_rate else self.limits.client_publish_rate
@@ -130,7 +133,7 @@ class Limiter:
                     rate=f"{client_rate:g}",
                 )
             taken = bucket
-        channel_rate = self.limits.channel_publish_rate
+        channel_rate = channel_rate or self.limits.channel_publish_rate
         if channel_rate > 0:
             wait = self._channels.get(channel, channel_rate, now).wait_for(messages, now)
             if wait:

@@ -29,6 +29,7 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ringcast.reasons import Reason
 from ringcast.v1 import message_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
@@ -42,6 +43,7 @@ from services.common.errors import (
 )
 from services.common.pipe import serve_pipe
 from services.common.validation import Limits, check_batch, check_channel, history_limit
+from services.core.namespaces import DEFAULT, Namespaces, namespace_of
 from services.gateway.auth import Authenticator, Grant, stamp
 from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
 from services.gateway.limits import GatewayLimits, Limiter
@@ -82,6 +84,11 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         self.auth = auth
         """None: no token keys, every caller may do everything (an insecure cluster)."""
         self.limiter = limiter or Limiter(GatewayLimits())
+        self.namespaces = Namespaces()
+        """Every namespace's options, as last read from etcd (services/common/namespaces.py)."""
+
+    def set_namespaces(self, current: Namespaces) -> None:
+        self.namespaces = current
 
     def _authorize(self, context: grpc.aio.ServicerContext, channel: str, operation: str) -> Grant | None:
         """The caller's grant, checked for `operation` on `channel` ("": any operation); raises the refusal."""
@@ -138,13 +145,14 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         self, request: realtime_pb2.PublishRequest, deadline: float, grant: Grant | None
     ) -> realtime_pb2.PublishResponse:
         check_channel(request.channel, self.limits)
-        check_batch(request.messages, self.limits)
+        options = self.namespaces.for_channel(request.channel)
+        check_batch(request.messages, self.limits, options.message_bytes_max)
         forward = channel_pb2.PublishRequest(channel=request.channel, messages=request.messages)
         if grant is not None:
             grant.require(request.channel, "publish")
             stamp(forward.messages, grant)
         try:
-            self.limiter.publish(grant, request.channel, len(request.messages))
+            self.limiter.publish(grant, request.channel, len(request.messages), options.publish_rate)
         except ServiceError as error:
             metrics.gateway_refusals.labels(error.reason).inc()
             raise
@@ -309,6 +317,14 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
     ) -> realtime_pb2.HistoryResponse:
         check_channel(request.channel, self.limits)
         self._authorize(context, request.channel, "history")
+        if not self.namespaces.for_channel(request.channel).history:
+            namespace = namespace_of(request.channel) or DEFAULT
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                Reason.HISTORY_DISABLED,
+                f"history is off in namespace {namespace!r}",
+                {"namespace": namespace},
+            )
         limit = history_limit(request.limit, self.limits)
         deadline = _deadline(context)
         if not request.reverse:
