@@ -19,7 +19,8 @@ Each process exposes what it knows; a labelled metric appears once it has a valu
   delivered to subscriptions; subscriptions cut off as too slow (they resume).
 - `ringcast_store_commit_requests`, `ringcast_store_commit_seconds` (histograms, store): requests one
   group commit made durable; one commit, its sync to disk included.
-- `ringcast_store_trimmed_entries_total` (counter, store): entries retention dropped.
+- `ringcast_store_trimmed_entries_total{namespace}` (counter, store): entries retention dropped, by
+  the channel's namespace (its own name where it has options, else `default`).
   `ringcast_store_trim_passes_total` (counter, store): retention passes finished (one that could not
   judge ages yet, having heard no owner's clock, counts too): flat while the trimmer is stuck.
 - `ringcast_store_damaged_entries_total{what}` (counter, store): entries found damaged at rest, what
@@ -81,7 +82,9 @@ store_commit_requests = Histogram(
 store_commit_seconds = Histogram(
     "ringcast_store_commit_seconds", "One store commit, its sync to disk included", buckets=_LATENCY_BUCKETS
 )
-store_trimmed_entries = Counter("ringcast_store_trimmed_entries", "Entries retention dropped")
+store_trimmed_entries = Counter(
+    "ringcast_store_trimmed_entries", "Entries retention dropped, by the channel's namespace", ["namespace"]
+)
 store_trim_passes = Counter("ringcast_store_trim_passes", "Retention passes finished over every channel")
 replica_faults = Counter(
     "ringcast_replica_faults", "Replicas an owner found at fault (once per channel and owner)", ["zone", "kind"]

@@ -160,6 +160,11 @@ class Namespaces:
     def for_channel(self, channel: str) -> NamespaceOptions:
         return self.named(namespace_of(channel))
 
+    def own(self, channel: str) -> NamespaceOptions | None:
+        """The options someone set for the channel (its namespace's, else `default`'s), or None:
+        then a service's own settings apply (a store's retention flags, say)."""
+        return self.options.get(namespace_of(channel)) or self.options.get(DEFAULT)
+
     def label(self, channel: str) -> str:
         """The metrics label of the channel's namespace: its own name when it has options, else
         `default` (bounded by the namespaces configured, never by the channels seen)."""

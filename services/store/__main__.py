@@ -1,7 +1,8 @@
 """python -m services.store --id store-a --zone a --listen 127.0.0.1:7101 --data-dir DIR [--etcd HOST:PORT]
 
 One store replica: a durable, group-committed log per channel in DIR. With --etcd it registers
-itself as a member (kind "store") once it serves, and leaves (revokes its lease) when it stops.
+itself as a member (kind "store") once it serves, and leaves (revokes its lease) when it stops; and
+it follows the namespaces' retention options kept there (the --retention-* flags are for the rest).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import grpc
 import redis
 
 from services.common import probes, tls
-from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve
+from services.common.server import deliberate_bugs, env_default, not_serving, run_service, serve, supervise
 from services.core.entries import epoch_ring_version
+from services.core.namespaces import Namespaces
 from services.core.replica_log import Retention
 from services.internal.v1 import store_service_pb2, store_service_pb2_grpc
 from services.store import redis_engine
@@ -38,10 +40,19 @@ class Membership:
     The etcd adapter is imported only here, so a store run without --etcd never loads an etcd client.
     """
 
-    def __init__(self, endpoints: str, store_id: str, address: str, zone: str, floor: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        endpoints: str,
+        store_id: str,
+        address: str,
+        zone: str,
+        floor: Callable[[], int],
+        on_namespaces: Callable[[Namespaces], None],
+    ) -> None:
         self.endpoints = endpoints
         self.store_id, self.address, self.zone = store_id, address, zone
         self.floor = floor
+        self.on_namespaces = on_namespaces
         self._task: asyncio.Task[None] | None = None
         self._leave: Callable[[], Awaitable[None]] | None = None
         self._etcd: Any = None
@@ -62,6 +73,7 @@ class Membership:
             log.exception("registering in etcd at %s failed; serving without membership", self.endpoints)
 
     async def _join(self) -> None:
+        from services.common import namespaces
         from services.common.etcd import Etcd, MemberRecord
         from services.common.registration import Registration
 
@@ -80,7 +92,13 @@ class Membership:
             await etcd.close()
             raise
 
+        following = supervise(
+            asyncio.create_task(namespaces.follow(etcd, self.on_namespaces), name="namespaces"),
+            "following the namespaces",
+        )
+
         async def leave() -> None:
+            following.cancel()
             try:
                 await registration.stop()  # revokes the lease: the member key goes at once
             finally:
@@ -133,7 +151,9 @@ async def main(arguments: argparse.Namespace) -> None:
             # The ring version of our highest fence: placement keeps ring versions above it even when
             # etcd loses its data, so new owners' epochs pass the fences we hold.
             floor = lambda: epoch_ring_version(service.max_fence())  # noqa: E731 - read at each registration
-            membership = Membership(arguments.etcd, arguments.id, address, arguments.zone, floor)
+            membership = Membership(
+                arguments.etcd, arguments.id, address, arguments.zone, floor, service.set_namespaces
+            )
             membership.start()
             service.epochs = EpochCeiling(membership.ring_version_ceiling)
 

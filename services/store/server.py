@@ -23,6 +23,8 @@ Rules:
    clock never makes entries look old, and before any owner has said the time nothing is trimmed. Each page is
    one write request through the same writer (so trimming is group-committed and interleaves with
    appends), and drops at most `trim_entries_per_request` entries, so it never holds the writer long.
+   A channel whose namespace (or `default`) has options in etcd keeps their hours and entries; the
+   rest keep this store's; the dedup window (`keep_recent_ms`) is this store's floor for all.
 7. Damage at rest (replica_log.py rule 7) is looked for by every read, and by a background scrub that reads
    every channel's whole log at no more than `scrub_entries_per_s`, over and over. Whatever either
    finds goes through the writer (`mark_damaged`): a corrupt entry is dropped, the first missing
@@ -54,6 +56,7 @@ from opentelemetry import propagate, trace
 from services.common import convert, metrics, tracing
 from services.common.clock import PeerClock
 from services.common.errors import ServiceError, abort, answers_errors
+from services.core.namespaces import Namespaces
 from services.core.replica_log import (
     ReadReply,
     ReplicaLog,
@@ -197,6 +200,9 @@ class StoreService:
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
         self.retention = retention
+        self.namespaces = Namespaces()
+        """Every namespace's options, as last read from etcd: a channel whose namespace (or `default`)
+        has options is kept as they say, the rest as `retention` says (rule 6)."""
         self.trim_every_s = trim_every_s
         self.scrub_entries_per_s = scrub_entries_per_s
         self._trimmer: asyncio.Task[None] | None = None
@@ -246,6 +252,9 @@ class StoreService:
         """The highest fence this replica holds for any channel (what placement must stay above)."""
         return self.readers.max_fence()
 
+    def set_namespaces(self, current: Namespaces) -> None:
+        self.namespaces = current
+
     def start_trimming(self) -> None:
         """Begin the background retention passes (rule 6); needs a running event loop."""
         if self.retention is not None and self._trimmer is None:
@@ -270,25 +279,31 @@ class StoreService:
 
     async def trim_pass(self) -> int:
         """Trim every channel as far as retention allows; returns how many entries were dropped."""
-        retention = self.retention
-        assert retention is not None
+        assert self.retention is not None
         self.owner_clock.check()
         now_ms = self.trim_now_ms()
         if now_ms is None:
             metrics.store_trim_passes.inc()
             return 0  # no owner has told us the time yet: a bad clock of ours must not decide alone
         after: str | None = ""
-        dropped = 0
+        dropped: dict[str, int] = {}
+        namespaces = self.namespaces  # one set of options for the whole pass
+        retention_for = functools.partial(_retention_for, self.retention, namespaces)
         while after is not None:
-            trim_page = functools.partial(_trim_page, retention=retention, after=after, now_ms=now_ms)
+            trim_page = functools.partial(
+                _trim_page, retention_for=retention_for, label=namespaces.label, after=after, now_ms=now_ms
+            )
             committed = await self.writer.submit(trim_page)
-            after, count = committed.value
-            dropped += count
+            after, counts = committed.value
+            for label, count in counts.items():
+                dropped[label] = dropped.get(label, 0) + count
         metrics.store_trim_passes.inc()
-        if dropped:
-            metrics.store_trimmed_entries.inc(dropped)
-            log.info("retention dropped %d entries", dropped)
-        return dropped
+        for label, count in dropped.items():
+            metrics.store_trimmed_entries.labels(label).inc(count)
+        total = sum(dropped.values())
+        if total:
+            log.info("retention dropped %d entries", total)
+        return total
 
     def start_scrubbing(self) -> None:
         """Begin the background scrub (rule 7); needs a running event loop."""
@@ -481,24 +496,44 @@ def _mark_damaged(replica: ReplicaLog, *, channel: str, serial: int) -> str:
     return replica.mark_damaged(channel, serial)
 
 
-def _trim_page(replica: ReplicaLog, *, retention: Retention, after: str, now_ms: int) -> tuple[str | None, int]:
+def _retention_for(retention: Retention, namespaces: Namespaces, channel: str) -> Retention:
+    own = namespaces.own(channel)
+    if own is None:
+        return retention
+    return dataclasses.replace(
+        retention, age_ms=int(own.retention_hours * 3_600_000), entries_max=own.retention_entries
+    )
+
+
+def _trim_page(
+    replica: ReplicaLog,
+    *,
+    retention_for: Callable[[str], Retention],
+    label: Callable[[str], str],
+    after: str,
+    now_ms: int,
+) -> tuple[str | None, dict[str, int]]:
     """Trim the page of channels after `after`, within one request's budget, judging ages as of
-    wall-clock `now_ms`. Returns the channel to go on after (None when every channel was seen) and
-    how many entries were dropped."""
+    wall-clock `now_ms`, each channel as `retention_for` it says. Returns the channel to go on after
+    (None when every channel was seen) and how many entries were dropped, by namespace `label`."""
     channels = replica.storage.channels_after(after, trim_channels_per_request)
     wall_now_ms, dropped, resume = now_ms, 0, after
+    by_label: dict[str, int] = {}
     for channel in channels:
+        retention = retention_for(channel)
         while True:
             budget = trim_entries_per_request - dropped
             if budget <= 0:
-                return resume, dropped  # this channel again, in the next request
+                return resume, by_label  # this channel again, in the next request
             scan = dataclasses.replace(retention, scan_max=min(retention.scan_max, budget))
             count = replica.trim(channel, wall_now_ms, scan)
             dropped += count
+            if count:
+                by_label[label(channel)] = by_label.get(label(channel), 0) + count
             if count < scan.scan_max:
                 break
         resume = channel
-    return (resume if len(channels) == trim_channels_per_request else None), dropped
+    return (resume if len(channels) == trim_channels_per_request else None), by_label
 
 
 # --------------------------------------------------------------------------------- input checks

@@ -24,6 +24,9 @@ from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from ringcast.v1 import realtime_service_pb2_grpc as realtime_grpc
 from ringcast_tools.cluster.launcher import Launcher
 from ringcast_tools.cluster.topology import local_topology
+from services.common import namespaces
+from services.common.etcd import Etcd
+from services.core.namespaces import NamespaceOptions
 from services.store.server import database_file_name
 from tests.integration.procs import scrape_metrics
 
@@ -46,14 +49,14 @@ def trimming_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launc
         launcher.stop_all()
 
 
-def stored_serials(launcher: Launcher) -> dict[str, list[int]]:
-    """What each store holds of the channel, read from its SQLite file."""
+def stored_serials(launcher: Launcher, name: str = channel) -> dict[str, list[int]]:
+    """What each store holds of channel `name`, read from its SQLite file."""
     held = {}
     for spec in launcher.topology.processes:
         if spec.name.startswith("store"):
             connection = sqlite3.connect(f"file:{Path(spec.data_dir) / database_file_name}?mode=ro", uri=True)
             try:
-                rows = connection.execute("SELECT serial FROM entries WHERE channel = ? ORDER BY serial", (channel,))
+                rows = connection.execute("SELECT serial FROM entries WHERE channel = ? ORDER BY serial", (name,))
                 held[spec.name] = [int(row[0]) for row in rows]
             finally:
                 connection.close()
@@ -133,7 +136,7 @@ def test_old_entries_are_trimmed_and_readers_from_before_are_told(trimming_clust
         for (name, labels), value in (scrape_metrics(spec.metrics) if spec.metrics else {}).items():
             key = f"{spec.role}:{name}" + "".join(f"[{v}]" for _, v in labels)
             totals[key] = totals.get(key, 0.0) + value
-    assert totals["store:ringcast_store_trimmed_entries_total"] >= 3 * (40 - kept)
+    assert totals["store:ringcast_store_trimmed_entries_total[default]"] >= 3 * (40 - kept)
     # Owners count gaps per stream they serve: a gateway follows a channel with one stream, shared by
     # its subscribers (the SDK's and the raw one above each saw the gap, as asserted there).
     assert totals["channel:ringcast_continuity_lost_total[subscription]"] >= 1
@@ -162,3 +165,45 @@ def test_a_new_owner_takes_a_trimmed_channel_over_and_goes_on(trimming_cluster: 
             trimming_cluster.restart(owner)
 
     asyncio.run(scenario())
+
+
+def test_a_namespace_keeps_its_own_number_of_entries_and_the_rest_keep_the_store_s(trimming_cluster: Launcher) -> None:
+    """`short` keeps 3 entries per channel and `long` 1,000 (above the stores' 10): set in etcd while
+    the cluster runs, applied by every store's next pass; a channel in no namespace keeps the stores'
+    10; the trimmed entries are counted by namespace."""
+    etcd = trimming_cluster.topology.named("etcd").address
+
+    async def scenario() -> None:
+        client = await Etcd.connect(etcd)
+        try:
+            await namespaces.put(client, "short", NamespaceOptions(retention_entries=3))
+            await namespaces.put(client, "long", NamespaceOptions(retention_entries=1_000))
+        finally:
+            await client.close()
+        await asyncio.sleep(2 * namespaces.poll_interval_s + 0.5)  # every store has read them
+        async with ringcast.Client(trimming_cluster.topology.gateways) as publisher:
+            for name in ("short:a", "long:a", "plain-a"):
+                for index in range(30):
+                    await publisher.publish(name, b"x", id=f"{name}-{index}")
+            # Each store trims only what it knows is committed: later appends tell it.
+            deadline = time.monotonic() + 30
+            while True:
+                held = {name: stored_serials(trimming_cluster, name) for name in ("short:a", "long:a", "plain-a")}
+                short = [len(serials) for serials in held["short:a"].values()]
+                plain = [len(serials) for serials in held["plain-a"].values()]
+                if max(short) <= 3 + 5 and max(plain) <= kept + 5 or time.monotonic() > deadline:
+                    break
+                for name in ("short:a", "long:a", "plain-a"):
+                    await publisher.publish(name, b"poke", id=f"{name}-poke-{time.monotonic_ns()}")
+                await asyncio.sleep(0.3)
+        assert all(0 < len(serials) <= 3 + 5 for serials in held["short:a"].values()), held["short:a"]
+        assert all(len(serials) <= kept + 5 for serials in held["plain-a"].values()), held["plain-a"]
+        assert all(serials[0] == 1 for serials in held["long:a"].values()), held["long:a"]
+
+    asyncio.run(scenario())
+    trimmed: dict[str, float] = {}
+    for spec in trimming_cluster.topology.by_role("store"):
+        for (name, labels), value in scrape_metrics(spec.metrics).items():
+            if name == "ringcast_store_trimmed_entries_total":
+                trimmed[dict(labels)["namespace"]] = trimmed.get(dict(labels)["namespace"], 0.0) + value
+    assert trimmed.get("short", 0) >= 3 * (30 - 3 - 5) and "long" not in trimmed, trimmed
