@@ -1,4 +1,4 @@
-"""Namespaces' options in etcd, where gateways, owners and stores follow them (issue #19).
+"""Namespaces' options in etcd, where gateways and stores follow them (owners will, for presence; #19).
 
 One key per namespace, `/ringcast-namespaces/<name>`, holding its options as JSON
 (`services.core.namespaces`); no lease: options stay until deleted. `ringcast namespace set|delete`
