@@ -151,11 +151,19 @@ async def _next(upstream: grpc.aio.UnaryStreamCall, moved: asyncio.Event) -> cha
     finally:
         waiting.cancel()
         if not reading.done():
+            # A read cancelled while the call is ending can still finish with the call's error
+            # (grpc.aio raises it from the cancelled read); retrieve it, or asyncio logs it.
             reading.cancel()
+            reading.add_done_callback(_retrieved)
     if reading in done:
         response: channel_pb2.SubscribeResponse = reading.result()
         return response
     raise _OwnerSilent("the ring names another owner" if moved.is_set() else "no word from it in time")
+
+
+def _retrieved(task: asyncio.Future[object]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def covered_through(response: realtime_pb2.SubscribeResponse) -> int:

@@ -50,12 +50,22 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
         yield cluster
     finally:
         cluster.launcher.stop_all()
-    tracebacks = [
-        log.name
+    tracebacks = {
+        log.name: excerpt
         for log in Path(cluster.launcher.log_dir).glob("*.log")
-        if "Traceback" in log.read_text(errors="replace")
-    ]
-    assert not tracebacks, f"tracebacks in {tracebacks}"
+        if (excerpt := traceback_in(log.read_text(errors="replace")))
+    }
+    assert not tracebacks, "tracebacks in " + "\n\n".join(f"{name}:\n{text}" for name, text in tracebacks.items())
+
+
+def traceback_in(logged: str, lines_around: int = 40) -> str:
+    """The first traceback in `logged` with the lines before and after it ("" if none), so a failure
+    in CI says what went wrong without its logs."""
+    lines = logged.splitlines()
+    for number, line in enumerate(lines):
+        if "Traceback" in line:
+            return "\n".join(lines[max(0, number - 5) : number + lines_around])
+    return ""
 
 
 @pytest.fixture(scope="module")

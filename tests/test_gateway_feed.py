@@ -1,0 +1,48 @@
+"""The gateway's owner-stream reads (services/gateway/feed.py) against grpc.aio's ways of ending."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import grpc
+import pytest
+
+from services.gateway import feed
+
+
+class EndedWhileCancelled(grpc.RpcError):
+    """What grpc.aio raises from a read cancelled while its call was ending: the call's status."""
+
+
+class EndingCall:
+    """An owner stream whose pending read, when cancelled, ends with the call's error instead of
+    CancelledError (grpc.aio's `read` does this when the status arrives as it is cancelled)."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def read(self) -> Any:
+        try:
+            await self.gate
+        except asyncio.CancelledError:
+            raise EndedWhileCancelled() from None
+
+
+def test_a_read_abandoned_when_the_ring_moves_the_channel_is_never_left_unretrieved() -> None:
+    unretrieved: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        moved = asyncio.Event()
+        moved.set()
+        with pytest.raises(feed._OwnerSilent):
+            await feed._next(EndingCall(), moved)  # type: ignore[arg-type]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(scenario())
+    gc.collect()
+    assert not unretrieved, [context.get("message") for context in unretrieved]
