@@ -43,7 +43,7 @@ from services.common.errors import (
 )
 from services.common.pipe import serve_pipe
 from services.common.validation import Limits, check_batch, check_channel, history_limit
-from services.core.namespaces import DEFAULT, Namespaces, namespace_of
+from services.core.namespaces import Namespaces
 from services.gateway.auth import Authenticator, Grant, stamp
 from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
 from services.gateway.limits import GatewayLimits, Limiter
@@ -318,7 +318,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         check_channel(request.channel, self.limits)
         self._authorize(context, request.channel, "history")
         if not self.namespaces.for_channel(request.channel).history:
-            namespace = namespace_of(request.channel) or DEFAULT
+            namespace = self.namespaces.label(request.channel)  # whose options said so
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 Reason.HISTORY_DISABLED,
