@@ -40,6 +40,9 @@ class Reason(enum.StrEnum):
     TOO_MANY_READS = "TOO_MANY_READS"
     VALUE_OUT_OF_RANGE = "VALUE_OUT_OF_RANGE"
     REQUEST_UNDECODABLE = "REQUEST_UNDECODABLE"
+    CONNECTION_ID_INVALID = "CONNECTION_ID_INVALID"
+    CLIENT_ID_INVALID = "CLIENT_ID_INVALID"
+    PRESENCE_DATA_TOO_LARGE = "PRESENCE_DATA_TOO_LARGE"
 
     # UNAVAILABLE: retry (a publish with the same ids: a stored id keeps its serial).
     CHANNEL_MOVED = "CHANNEL_MOVED"
@@ -62,11 +65,14 @@ class Reason(enum.StrEnum):
     # FAILED_PRECONDITION: NOT_OWNER (gateway ↔ channel): ask placement for the ring and go where it
     # says; CURSOR_BEYOND_END: a cursor above the channel's last serial (a stale or wrong one);
     # EPOCH_AHEAD_OF_RING (internal, store): a fence or append at an epoch no ring version has made;
-    # HISTORY_DISABLED: the channel's namespace has history off.
+    # HISTORY_DISABLED / PRESENCE_DISABLED: the channel's namespace has history / presence off;
+    # NOT_PRESENT: an update or leave of a member that is not in the presence set.
     NOT_OWNER = "NOT_OWNER"
     CURSOR_BEYOND_END = "CURSOR_BEYOND_END"
     EPOCH_AHEAD_OF_RING = "EPOCH_AHEAD_OF_RING"
     HISTORY_DISABLED = "HISTORY_DISABLED"
+    PRESENCE_DISABLED = "PRESENCE_DISABLED"
+    NOT_PRESENT = "NOT_PRESENT"
 
     # OUT_OF_RANGE: what a reader asked for is no longer retained (ContinuityLost).
     RETENTION_EXPIRED = "RETENTION_EXPIRED"
@@ -81,10 +87,12 @@ class Reason(enum.StrEnum):
 
     # PERMISSION_DENIED: the caller is known but may not do this.
     CAPABILITY_DENIED = "CAPABILITY_DENIED"
+    CLIENT_ID_MISMATCH = "CLIENT_ID_MISMATCH"
     ROLE_DENIED = "ROLE_DENIED"
 
     # RESOURCE_EXHAUSTED: too much, too fast; retry after the RetryInfo delay.
     RATE_LIMITED = "RATE_LIMITED"
+    MEMBER_CAP_REACHED = "MEMBER_CAP_REACHED"
 
     # INTERNAL: a bug or broken invariant, reported rather than served.
     INTERNAL = "INTERNAL"

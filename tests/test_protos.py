@@ -45,12 +45,21 @@ def test_the_public_package_is_what_clients_use() -> None:
         "Subscribe",
         "History",
         "GetChannel",
+        "EnterPresence",  # DESIGN §11 (issue #19)
+        "UpdatePresence",
+        "LeavePresence",
+        "GetPresence",
+        "SubscribePresence",
     ]
     fields = [field.name for field in message_pb2.Message.DESCRIPTOR.fields]
     assert fields == ["id", "name", "data", "headers", "serial", "timestamp_ms", "client_id"]
     assert realtime_service_pb2.DESCRIPTOR.package == "ringcast.v1"
     public = sorted(path.name for path in (PROTOS / "ringcast" / "v1").glob("*.proto"))
-    assert public == ["message.proto", "realtime_service.proto"]  # the internal services are elsewhere
+    assert public == [
+        "message.proto",
+        "presence.proto",
+        "realtime_service.proto",
+    ]  # the internal services are elsewhere
     internal = sorted(path.name for path in (PROTOS / "ringcast" / "internal" / "v1").glob("*.proto"))
     assert internal == ["channel_service.proto", "placement_service.proto", "store_service.proto"]
     assert not (ROOT / "ringcast" / "internal").exists()  # the SDK ships the public stubs only

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
+from ringcast.v1 import presence_pb2 as ringcast_dot_v1_dot_presence__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ringcast/v1/realtime_service.proto\x12\x0bringcast.v1\x1a\x17google/rpc/status.proto\x1a\x19ringcast/v1/message.proto\"I\n\x0ePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"T\n\x0fPublishResponse\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07serials\x18\x02 \x03(\x04\x12\x12\n\nduplicates\x18\x03 \x03(\x08J\x04\x08\x04\x10\x05R\x05\x65rror\"O\n\x14PublishStreamRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"p\n\x15PublishStreamResponse\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07serials\x18\x02 \x03(\x04\x12\x12\n\nduplicates\x18\x03 \x03(\x08\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"{\n\x10SubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x16\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04H\x00\x12\x10\n\x06rewind\x18\x03 \x01(\rH\x00\x12\x10\n\x06latest\x18\x04 \x01(\x08H\x00\x12\x11\n\tbatch_max\x18\x05 \x01(\rB\x07\n\x05start\"\x98\x01\n\x11SubscribeResponse\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x14.ringcast.v1.MessageH\x00\x12*\n\x03gap\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLostH\x00\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.ringcast.v1.MessageB\x06\n\x04item\"W\n\x0eHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0f\n\x07reverse\x18\x04 \x01(\x08\"c\n\x0fHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12(\n\x03gap\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLost\"$\n\x11GetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"k\n\x12GetChannelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0blast_serial\x18\x04 \x01(\x04\x12\x14\n\x0cring_version\x18\x05 \x01(\x04\"B\n\x12PublishPipeRequest\x12,\n\tpublishes\x18\x01 \x03(\x0b\x32\x19.ringcast.v1.PipedPublish\"\xd6\x01\n\x0cPipedPublish\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12,\n\x07publish\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.PublishRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x42\n\rtrace_context\x18\x04 \x03(\x0b\x32+.ringcast.v1.PipedPublish.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x13PublishPipeResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.ringcast.v1.PipedPublishResult\"t\n\x12PipedPublishResult\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1c.ringcast.v1.PublishResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status2\xec\x03\n\x0fRealtimeService\x12\x44\n\x07Publish\x12\x1b.ringcast.v1.PublishRequest\x1a\x1c.ringcast.v1.PublishResponse\x12Z\n\rPublishStream\x12!.ringcast.v1.PublishStreamRequest\x1a\".ringcast.v1.PublishStreamResponse(\x01\x30\x01\x12T\n\x0bPublishPipe\x12\x1f.ringcast.v1.PublishPipeRequest\x1a .ringcast.v1.PublishPipeResponse(\x01\x30\x01\x12L\n\tSubscribe\x12\x1d.ringcast.v1.SubscribeRequest\x1a\x1e.ringcast.v1.SubscribeResponse0\x01\x12\x44\n\x07History\x12\x1b.ringcast.v1.HistoryRequest\x1a\x1c.ringcast.v1.HistoryResponse\x12M\n\nGetChannel\x12\x1e.ringcast.v1.GetChannelRequest\x1a\x1f.ringcast.v1.GetChannelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"ringcast/v1/realtime_service.proto\x12\x0bringcast.v1\x1a\x17google/rpc/status.proto\x1a\x19ringcast/v1/message.proto\x1a\x1aringcast/v1/presence.proto\"I\n\x0ePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"T\n\x0fPublishResponse\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07serials\x18\x02 \x03(\x04\x12\x12\n\nduplicates\x18\x03 \x03(\x08J\x04\x08\x04\x10\x05R\x05\x65rror\"O\n\x14PublishStreamRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"p\n\x15PublishStreamResponse\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0f\n\x07serials\x18\x02 \x03(\x04\x12\x12\n\nduplicates\x18\x03 \x03(\x08\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"{\n\x10SubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x16\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04H\x00\x12\x10\n\x06rewind\x18\x03 \x01(\rH\x00\x12\x10\n\x06latest\x18\x04 \x01(\x08H\x00\x12\x11\n\tbatch_max\x18\x05 \x01(\rB\x07\n\x05start\"\x98\x01\n\x11SubscribeResponse\x12\'\n\x07message\x18\x01 \x01(\x0b\x32\x14.ringcast.v1.MessageH\x00\x12*\n\x03gap\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLostH\x00\x12&\n\x08messages\x18\x03 \x03(\x0b\x32\x14.ringcast.v1.MessageB\x06\n\x04item\"W\n\x0eHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x0f\n\x07reverse\x18\x04 \x01(\x08\"c\n\x0fHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12(\n\x03gap\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLost\"$\n\x11GetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"\x96\x01\n\x12GetChannelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0blast_serial\x18\x04 \x01(\x04\x12\x14\n\x0cring_version\x18\x05 \x01(\x04\x12)\n\toccupancy\x18\x06 \x01(\x0b\x32\x16.ringcast.v1.Occupancy\"\x1c\n\tOccupancy\x12\x0f\n\x07members\x18\x01 \x01(\r\"_\n\x14\x45nterPresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x11\n\tclient_id\x18\x04 \x01(\t\"\'\n\x15\x45nterPresenceResponse\x12\x0e\n\x06serial\x18\x01 \x01(\x04\"`\n\x15UpdatePresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x11\n\tclient_id\x18\x04 \x01(\t\"(\n\x16UpdatePresenceResponse\x12\x0e\n\x06serial\x18\x01 \x01(\x04\"Q\n\x14LeavePresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\t\"\'\n\x15LeavePresenceResponse\x12\x0e\n\x06serial\x18\x01 \x01(\x04\"%\n\x12GetPresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"S\n\x13GetPresenceResponse\x12,\n\x07members\x18\x01 \x03(\x0b\x32\x1b.ringcast.v1.PresenceMember\x12\x0e\n\x06serial\x18\x02 \x01(\x04\"\\\n\x18SubscribePresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0e\n\x04sync\x18\x02 \x01(\x08H\x00\x12\x16\n\x0c\x61\x66ter_serial\x18\x03 \x01(\x04H\x00\x42\x07\n\x05start\"q\n\x19SubscribePresenceResponse\x12\'\n\x04sync\x18\x01 \x01(\x0b\x32\x19.ringcast.v1.PresenceSync\x12+\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.PresenceChange\"B\n\x12PublishPipeRequest\x12,\n\tpublishes\x18\x01 \x03(\x0b\x32\x19.ringcast.v1.PipedPublish\"\xd6\x01\n\x0cPipedPublish\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12,\n\x07publish\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.PublishRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x42\n\rtrace_context\x18\x04 \x03(\x0b\x32+.ringcast.v1.PipedPublish.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x13PublishPipeResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.ringcast.v1.PipedPublishResult\"t\n\x12PipedPublishResult\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1c.ringcast.v1.PublishResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status2\xb1\x07\n\x0fRealtimeService\x12\x44\n\x07Publish\x12\x1b.ringcast.v1.PublishRequest\x1a\x1c.ringcast.v1.PublishResponse\x12Z\n\rPublishStream\x12!.ringcast.v1.PublishStreamRequest\x1a\".ringcast.v1.PublishStreamResponse(\x01\x30\x01\x12T\n\x0bPublishPipe\x12\x1f.ringcast.v1.PublishPipeRequest\x1a .ringcast.v1.PublishPipeResponse(\x01\x30\x01\x12L\n\tSubscribe\x12\x1d.ringcast.v1.SubscribeRequest\x1a\x1e.ringcast.v1.SubscribeResponse0\x01\x12\x44\n\x07History\x12\x1b.ringcast.v1.HistoryRequest\x1a\x1c.ringcast.v1.HistoryResponse\x12M\n\nGetChannel\x12\x1e.ringcast.v1.GetChannelRequest\x1a\x1f.ringcast.v1.GetChannelResponse\x12X\n\rEnterPresence\x12!.ringcast.v1.EnterPresenceRequest\x1a\".ringcast.v1.EnterPresenceResponse0\x01\x12Y\n\x0eUpdatePresence\x12\".ringcast.v1.UpdatePresenceRequest\x1a#.ringcast.v1.UpdatePresenceResponse\x12V\n\rLeavePresence\x12!.ringcast.v1.LeavePresenceRequest\x1a\".ringcast.v1.LeavePresenceResponse\x12P\n\x0bGetPresence\x12\x1f.ringcast.v1.GetPresenceRequest\x1a .ringcast.v1.GetPresenceResponse\x12\x64\n\x11SubscribePresence\x12%.ringcast.v1.SubscribePresenceRequest\x1a&.ringcast.v1.SubscribePresenceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,36 +36,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_PUBLISHREQUEST']._serialized_start=103
-  _globals['_PUBLISHREQUEST']._serialized_end=176
-  _globals['_PUBLISHRESPONSE']._serialized_start=178
-  _globals['_PUBLISHRESPONSE']._serialized_end=262
-  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=264
-  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=343
-  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=345
-  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=457
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=459
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=582
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=585
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=737
-  _globals['_HISTORYREQUEST']._serialized_start=739
-  _globals['_HISTORYREQUEST']._serialized_end=826
-  _globals['_HISTORYRESPONSE']._serialized_start=828
-  _globals['_HISTORYRESPONSE']._serialized_end=927
-  _globals['_GETCHANNELREQUEST']._serialized_start=929
-  _globals['_GETCHANNELREQUEST']._serialized_end=965
-  _globals['_GETCHANNELRESPONSE']._serialized_start=967
-  _globals['_GETCHANNELRESPONSE']._serialized_end=1074
-  _globals['_PUBLISHPIPEREQUEST']._serialized_start=1076
-  _globals['_PUBLISHPIPEREQUEST']._serialized_end=1142
-  _globals['_PIPEDPUBLISH']._serialized_start=1145
-  _globals['_PIPEDPUBLISH']._serialized_end=1359
-  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_start=1308
-  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_end=1359
-  _globals['_PUBLISHPIPERESPONSE']._serialized_start=1361
-  _globals['_PUBLISHPIPERESPONSE']._serialized_end=1432
-  _globals['_PIPEDPUBLISHRESULT']._serialized_start=1434
-  _globals['_PIPEDPUBLISHRESULT']._serialized_end=1550
-  _globals['_REALTIMESERVICE']._serialized_start=1553
-  _globals['_REALTIMESERVICE']._serialized_end=2045
+  _globals['_PUBLISHREQUEST']._serialized_start=131
+  _globals['_PUBLISHREQUEST']._serialized_end=204
+  _globals['_PUBLISHRESPONSE']._serialized_start=206
+  _globals['_PUBLISHRESPONSE']._serialized_end=290
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_start=292
+  _globals['_PUBLISHSTREAMREQUEST']._serialized_end=371
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_start=373
+  _globals['_PUBLISHSTREAMRESPONSE']._serialized_end=485
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=487
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=610
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=613
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=765
+  _globals['_HISTORYREQUEST']._serialized_start=767
+  _globals['_HISTORYREQUEST']._serialized_end=854
+  _globals['_HISTORYRESPONSE']._serialized_start=856
+  _globals['_HISTORYRESPONSE']._serialized_end=955
+  _globals['_GETCHANNELREQUEST']._serialized_start=957
+  _globals['_GETCHANNELREQUEST']._serialized_end=993
+  _globals['_GETCHANNELRESPONSE']._serialized_start=996
+  _globals['_GETCHANNELRESPONSE']._serialized_end=1146
+  _globals['_OCCUPANCY']._serialized_start=1148
+  _globals['_OCCUPANCY']._serialized_end=1176
+  _globals['_ENTERPRESENCEREQUEST']._serialized_start=1178
+  _globals['_ENTERPRESENCEREQUEST']._serialized_end=1273
+  _globals['_ENTERPRESENCERESPONSE']._serialized_start=1275
+  _globals['_ENTERPRESENCERESPONSE']._serialized_end=1314
+  _globals['_UPDATEPRESENCEREQUEST']._serialized_start=1316
+  _globals['_UPDATEPRESENCEREQUEST']._serialized_end=1412
+  _globals['_UPDATEPRESENCERESPONSE']._serialized_start=1414
+  _globals['_UPDATEPRESENCERESPONSE']._serialized_end=1454
+  _globals['_LEAVEPRESENCEREQUEST']._serialized_start=1456
+  _globals['_LEAVEPRESENCEREQUEST']._serialized_end=1537
+  _globals['_LEAVEPRESENCERESPONSE']._serialized_start=1539
+  _globals['_LEAVEPRESENCERESPONSE']._serialized_end=1578
+  _globals['_GETPRESENCEREQUEST']._serialized_start=1580
+  _globals['_GETPRESENCEREQUEST']._serialized_end=1617
+  _globals['_GETPRESENCERESPONSE']._serialized_start=1619
+  _globals['_GETPRESENCERESPONSE']._serialized_end=1702
+  _globals['_SUBSCRIBEPRESENCEREQUEST']._serialized_start=1704
+  _globals['_SUBSCRIBEPRESENCEREQUEST']._serialized_end=1796
+  _globals['_SUBSCRIBEPRESENCERESPONSE']._serialized_start=1798
+  _globals['_SUBSCRIBEPRESENCERESPONSE']._serialized_end=1911
+  _globals['_PUBLISHPIPEREQUEST']._serialized_start=1913
+  _globals['_PUBLISHPIPEREQUEST']._serialized_end=1979
+  _globals['_PIPEDPUBLISH']._serialized_start=1982
+  _globals['_PIPEDPUBLISH']._serialized_end=2196
+  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_start=2145
+  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_end=2196
+  _globals['_PUBLISHPIPERESPONSE']._serialized_start=2198
+  _globals['_PUBLISHPIPERESPONSE']._serialized_end=2269
+  _globals['_PIPEDPUBLISHRESULT']._serialized_start=2271
+  _globals['_PIPEDPUBLISHRESULT']._serialized_end=2387
+  _globals['_REALTIMESERVICE']._serialized_start=2390
+  _globals['_REALTIMESERVICE']._serialized_end=3335
 # @@protoc_insertion_point(module_scope)

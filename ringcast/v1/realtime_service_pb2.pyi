@@ -1,5 +1,6 @@
 from google.rpc import status_pb2 as _status_pb2
 from ringcast.v1 import message_pb2 as _message_pb2
+from ringcast.v1 import presence_pb2 as _presence_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -97,18 +98,110 @@ class GetChannelRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ...) -> None: ...
 
 class GetChannelResponse(_message.Message):
-    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version")
+    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version", "occupancy")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
     RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OCCUPANCY_FIELD_NUMBER: _ClassVar[int]
     name: str
     owner: str
     epoch: int
     last_serial: int
     ring_version: int
-    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ...) -> None: ...
+    occupancy: Occupancy
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ..., occupancy: _Optional[_Union[Occupancy, _Mapping]] = ...) -> None: ...
+
+class Occupancy(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: int
+    def __init__(self, members: _Optional[int] = ...) -> None: ...
+
+class EnterPresenceRequest(_message.Message):
+    __slots__ = ("channel", "connection_id", "data", "client_id")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    connection_id: str
+    data: bytes
+    client_id: str
+    def __init__(self, channel: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class EnterPresenceResponse(_message.Message):
+    __slots__ = ("serial",)
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    def __init__(self, serial: _Optional[int] = ...) -> None: ...
+
+class UpdatePresenceRequest(_message.Message):
+    __slots__ = ("channel", "connection_id", "data", "client_id")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    connection_id: str
+    data: bytes
+    client_id: str
+    def __init__(self, channel: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class UpdatePresenceResponse(_message.Message):
+    __slots__ = ("serial",)
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    def __init__(self, serial: _Optional[int] = ...) -> None: ...
+
+class LeavePresenceRequest(_message.Message):
+    __slots__ = ("channel", "connection_id", "client_id")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    connection_id: str
+    client_id: str
+    def __init__(self, channel: _Optional[str] = ..., connection_id: _Optional[str] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class LeavePresenceResponse(_message.Message):
+    __slots__ = ("serial",)
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    def __init__(self, serial: _Optional[int] = ...) -> None: ...
+
+class GetPresenceRequest(_message.Message):
+    __slots__ = ("channel",)
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    def __init__(self, channel: _Optional[str] = ...) -> None: ...
+
+class GetPresenceResponse(_message.Message):
+    __slots__ = ("members", "serial")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[_presence_pb2.PresenceMember]
+    serial: int
+    def __init__(self, members: _Optional[_Iterable[_Union[_presence_pb2.PresenceMember, _Mapping]]] = ..., serial: _Optional[int] = ...) -> None: ...
+
+class SubscribePresenceRequest(_message.Message):
+    __slots__ = ("channel", "sync", "after_serial")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    sync: bool
+    after_serial: int
+    def __init__(self, channel: _Optional[str] = ..., sync: _Optional[bool] = ..., after_serial: _Optional[int] = ...) -> None: ...
+
+class SubscribePresenceResponse(_message.Message):
+    __slots__ = ("sync", "change")
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    sync: _presence_pb2.PresenceSync
+    change: _presence_pb2.PresenceChange
+    def __init__(self, sync: _Optional[_Union[_presence_pb2.PresenceSync, _Mapping]] = ..., change: _Optional[_Union[_presence_pb2.PresenceChange, _Mapping]] = ...) -> None: ...
 
 class PublishPipeRequest(_message.Message):
     __slots__ = ("publishes",)

@@ -67,6 +67,31 @@ class RealtimeServiceStub:
                 request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelRequest.SerializeToString,
                 response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelResponse.FromString,
                 _registered_method=True)
+        self.EnterPresence = channel.unary_stream(
+                '/ringcast.v1.RealtimeService/EnterPresence',
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.EnterPresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.EnterPresenceResponse.FromString,
+                _registered_method=True)
+        self.UpdatePresence = channel.unary_unary(
+                '/ringcast.v1.RealtimeService/UpdatePresence',
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.UpdatePresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.UpdatePresenceResponse.FromString,
+                _registered_method=True)
+        self.LeavePresence = channel.unary_unary(
+                '/ringcast.v1.RealtimeService/LeavePresence',
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.LeavePresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.LeavePresenceResponse.FromString,
+                _registered_method=True)
+        self.GetPresence = channel.unary_unary(
+                '/ringcast.v1.RealtimeService/GetPresence',
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.GetPresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.GetPresenceResponse.FromString,
+                _registered_method=True)
+        self.SubscribePresence = channel.unary_stream(
+                '/ringcast.v1.RealtimeService/SubscribePresence',
+                request_serializer=ringcast_dot_v1_dot_realtime__service__pb2.SubscribePresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.SubscribePresenceResponse.FromString,
+                _registered_method=True)
 
 
 class RealtimeServiceServicer:
@@ -121,7 +146,50 @@ class RealtimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetChannel(self, request, context):
-        """The channel's owner, epoch and last committed serial.
+        """The channel's owner, epoch, last committed serial and occupancy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnterPresence(self, request, context):
+        """Enter the channel's presence set and stay in it while this stream is open. The first response
+        carries the presence serial the member is present at; an empty response follows each second.
+        Entering again with the same ids and data (after a reconnect) changes nothing; with other data
+        it is an update. When the stream ends without LeavePresence, the member stays present for the
+        namespace's grace period (15 s by default), and then leaves unless it entered again. Ends OK
+        after LeavePresence. A namespace with presence off answers FAILED_PRECONDITION,
+        PRESENCE_DISABLED; a full channel RESOURCE_EXHAUSTED, MEMBER_CAP_REACHED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePresence(self, request, context):
+        """Change a present member's data. A client that is not present gets FAILED_PRECONDITION,
+        NOT_PRESENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeavePresence(self, request, context):
+        """Leave the presence set now (and end the member's EnterPresence stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPresence(self, request, context):
+        """The channel's members, and the presence serial they are valid at.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribePresence(self, request, context):
+        """The presence set at a serial, then every change after it, in serial order, with no gaps and no
+        duplicates: resume after the last serial seen, across any failure, and nothing is missed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +227,31 @@ def add_RealtimeServiceServicer_to_server(servicer, server):
                     servicer.GetChannel,
                     request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelRequest.FromString,
                     response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.GetChannelResponse.SerializeToString,
+            ),
+            'EnterPresence': grpc.unary_stream_rpc_method_handler(
+                    servicer.EnterPresence,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.EnterPresenceRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.EnterPresenceResponse.SerializeToString,
+            ),
+            'UpdatePresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePresence,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.UpdatePresenceRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.UpdatePresenceResponse.SerializeToString,
+            ),
+            'LeavePresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeavePresence,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.LeavePresenceRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.LeavePresenceResponse.SerializeToString,
+            ),
+            'GetPresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPresence,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.GetPresenceRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.GetPresenceResponse.SerializeToString,
+            ),
+            'SubscribePresence': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribePresence,
+                    request_deserializer=ringcast_dot_v1_dot_realtime__service__pb2.SubscribePresenceRequest.FromString,
+                    response_serializer=ringcast_dot_v1_dot_realtime__service__pb2.SubscribePresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -326,6 +419,141 @@ class RealtimeService:
             '/ringcast.v1.RealtimeService/GetChannel',
             ringcast_dot_v1_dot_realtime__service__pb2.GetChannelRequest.SerializeToString,
             ringcast_dot_v1_dot_realtime__service__pb2.GetChannelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnterPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ringcast.v1.RealtimeService/EnterPresence',
+            ringcast_dot_v1_dot_realtime__service__pb2.EnterPresenceRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.EnterPresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.v1.RealtimeService/UpdatePresence',
+            ringcast_dot_v1_dot_realtime__service__pb2.UpdatePresenceRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.UpdatePresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeavePresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.v1.RealtimeService/LeavePresence',
+            ringcast_dot_v1_dot_realtime__service__pb2.LeavePresenceRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.LeavePresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.v1.RealtimeService/GetPresence',
+            ringcast_dot_v1_dot_realtime__service__pb2.GetPresenceRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.GetPresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribePresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ringcast.v1.RealtimeService/SubscribePresence',
+            ringcast_dot_v1_dot_realtime__service__pb2.SubscribePresenceRequest.SerializeToString,
+            ringcast_dot_v1_dot_realtime__service__pb2.SubscribePresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

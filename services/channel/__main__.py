@@ -11,8 +11,9 @@ from collections import deque
 import grpc
 
 from services.channel.node_adapter import ChannelNodeAdapter
+from services.channel.presence import PresenceKeeper
 from services.channel.server import ChannelServicer
-from services.common import probes, tls
+from services.common import namespaces, probes, tls
 from services.common.etcd import Etcd, MemberRecord
 from services.common.registration import Registration
 from services.common.ring_watch import RingWatcher
@@ -47,8 +48,11 @@ async def main(arguments: argparse.Namespace) -> None:
     etcd: Etcd | None = None
     registration: Registration | None = None
 
+    presence = PresenceKeeper(node)
+    following: asyncio.Task[None] | None = None
+
     def register(server: grpc.aio.Server) -> list[str]:
-        channel_service_pb2_grpc.add_ChannelServiceServicer_to_server(ChannelServicer(node), server)
+        channel_service_pb2_grpc.add_ChannelServiceServicer_to_server(ChannelServicer(node, presence), server)
         return [channel_service_pb2.DESCRIPTOR.services_by_name["ChannelService"].full_name]
 
     async def join() -> Registration:
@@ -65,11 +69,15 @@ async def main(arguments: argparse.Namespace) -> None:
         )
 
     async def ready() -> None:
-        nonlocal etcd, registration
+        nonlocal etcd, registration, following
         supervise(await node.start(), "the channel node's ticker")
         watcher.subscribe(node.on_ring)
         supervise(watcher.start(), "the ring watcher")
         etcd = await Etcd.connect(arguments.etcd)
+        following = supervise(
+            asyncio.create_task(namespaces.follow(etcd, presence.set_namespaces), name="namespaces"),
+            "following the namespaces",
+        )
         registration = await join()
 
     quarantined = False
@@ -105,6 +113,9 @@ async def main(arguments: argparse.Namespace) -> None:
     node.on_unhealthy = on_unhealthy
 
     async def closed() -> None:
+        await presence.close()
+        if following is not None:
+            following.cancel()
         await node.close()
         await watcher.stop()
         if etcd is not None:

@@ -11,13 +11,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from ringcast.reasons import Reason
-from ringcast.v1 import message_pb2
+from ringcast.v1 import message_pb2, presence_pb2
 from services.channel.node_adapter import ChannelNodeAdapter
+from services.channel.presence import PresenceKeeper
 from services.common import convert, metrics, tracing
 from services.common.clock import monotonic_ms
 from services.common.errors import ServiceError, abort, answers_errors, invalid
 from services.common.pipe import serve_pipe
 from services.common.validation import Limits, check_channel
+from services.core.presence import PresenceError, decode, presence_log
 from services.core.role import (
     HistoryResult,
 )
@@ -70,9 +72,23 @@ def _deadline(context: grpc.aio.ServicerContext) -> float:
     return min(request_timeout_s, remaining) if remaining is not None else request_timeout_s
 
 
+sync_members_per_response_max = 1_000
+"""Members one part of a presence sync carries."""
+
+
+def presence_disabled(channel: str, namespace: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.PRESENCE_DISABLED,
+        f"presence is off in namespace {namespace!r}",
+        {"namespace": namespace},
+    )
+
+
 class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc]
-    def __init__(self, node: ChannelNodeAdapter) -> None:
+    def __init__(self, node: ChannelNodeAdapter, presence: PresenceKeeper | None = None) -> None:
         self.node = node
+        self.presence = presence or PresenceKeeper(node)
 
     async def _publish(
         self, request: channel_pb2.PublishRequest, parent: otel_context.Context | None, timeout_s: float
@@ -183,6 +199,7 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             epoch=epoch,
             last_serial=last,
             ring_version=self.node.ring_version,
+            members=self.presence.members(request.channel),
         )
 
     @answers_errors
@@ -212,3 +229,88 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
             channels_prepared=status.channels_prepared,
             takeovers_done=status.takeovers_done,
         )
+
+    # ------------------------------------------------------------------------------ presence
+
+    def _presence_on(self, channel: str) -> None:
+        check_channel(channel, LIMITS)
+        if not self.presence.options(channel).presence:
+            raise presence_disabled(channel, self.presence.namespaces.label(channel))
+
+    async def EnterPresence(  # noqa: N802
+        self, request: channel_pb2.EnterPresenceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[channel_pb2.EnterPresenceResponse]:
+        try:
+            self._presence_on(request.channel)
+            key = (request.client_id, request.connection_id)
+            async for serial in self.presence.enter_stream(request.channel, key, bytes(request.data)):
+                yield channel_pb2.EnterPresenceResponse(serial=serial)
+        except ServiceError as error:
+            await abort(context, error)
+
+    @answers_errors
+    async def ChangePresence(  # noqa: N802
+        self, request: channel_pb2.ChangePresenceRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.ChangePresenceResponse:
+        self._presence_on(request.channel)
+        presence = await self.presence.get(request.channel)
+        key = (request.client_id, request.connection_id)
+        return channel_pb2.ChangePresenceResponse(serial=await presence.change(key, bytes(request.data), request.leave))
+
+    @answers_errors
+    async def GetPresence(  # noqa: N802
+        self, request: channel_pb2.GetPresenceRequest, context: grpc.aio.ServicerContext
+    ) -> channel_pb2.GetPresenceResponse:
+        self._presence_on(request.channel)
+        committed = (await self.presence.get(request.channel)).state.committed
+        return channel_pb2.GetPresenceResponse(
+            members=[convert.member_to_proto(member) for member in committed.sorted()], serial=committed.serial
+        )
+
+    async def SubscribePresence(  # noqa: N802
+        self, request: channel_pb2.SubscribePresenceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[channel_pb2.SubscribePresenceResponse]:
+        after = request.after_serial
+        try:
+            self._presence_on(request.channel)
+            if request.sync:
+                committed = (await self.presence.get(request.channel)).state.committed
+                members, after = committed.sorted(), committed.serial  # one moment: no await between
+                step = sync_members_per_response_max
+                for start in range(0, max(len(members), 1), step):
+                    part = members[start : start + step]
+                    yield channel_pb2.SubscribePresenceResponse(
+                        sync=presence_pb2.PresenceSync(
+                            members=[convert.member_to_proto(member) for member in part],
+                            serial=after,
+                            complete=start + step >= len(members),
+                        )
+                    )
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        log_name = presence_log(request.channel)
+        async for delivery in self.node.subscribe(log_name, after):
+            if delivery.end_reason:
+                last = self.node.channel_state(log_name)[1]
+                await abort(context, error_for(delivery.end_reason, self.node.ring_version, last))
+                return
+            if delivery.gap_next_serial:  # presence logs are not trimmed (services/store/server.py)
+                await abort(
+                    context,
+                    ServiceError(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        Reason.RETENTION_EXPIRED,
+                        "presence changes after that serial are no longer kept: subscribe with sync",
+                    ),
+                )
+                return
+            changes = []
+            for entry in delivery.entries:
+                try:
+                    change = decode(entry.message)
+                except PresenceError:
+                    continue  # not a change (logged where the owner folds the log)
+                changes.append(convert.change_to_proto(change, entry.serial, entry.message.timestamp_ms))
+            if changes or not delivery.entries:
+                yield channel_pb2.SubscribePresenceResponse(changes=changes)

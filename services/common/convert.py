@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ringcast.v1 import message_pb2
+from ringcast.v1 import message_pb2, presence_pb2
 from services.core.entries import Entry, Message, Position
+from services.core.presence import Action, Change, Member
 from services.internal.v1 import store_service_pb2
 
 
@@ -59,3 +60,33 @@ def position_to_proto(position: Position) -> store_service_pb2.LogPosition:
 
 def position_from_proto(proto: store_service_pb2.LogPosition) -> Position:
     return Position(proto.serial, proto.epoch)
+
+
+PRESENCE_ACTIONS = {
+    Action.ENTER: presence_pb2.PRESENCE_ACTION_ENTER,
+    Action.UPDATE: presence_pb2.PRESENCE_ACTION_UPDATE,
+    Action.LEAVE: presence_pb2.PRESENCE_ACTION_LEAVE,
+}
+
+
+def member_to_proto(member: Member) -> presence_pb2.PresenceMember:
+    return presence_pb2.PresenceMember(
+        client_id=member.client_id,
+        connection_id=member.connection_id,
+        data=member.data,
+        serial=member.serial,
+        timestamp_ms=member.timestamp_ms,
+    )
+
+
+def change_to_proto(change: Change, serial: int, timestamp_ms: int) -> presence_pb2.PresenceChange:
+    return presence_pb2.PresenceChange(
+        action=PRESENCE_ACTIONS[change.action],
+        member=presence_pb2.PresenceMember(
+            client_id=change.client_id,
+            connection_id=change.connection_id,
+            data=change.data,
+            serial=serial,
+            timestamp_ms=timestamp_ms,
+        ),
+    )

@@ -62,8 +62,8 @@ class NamespaceOptions:
     """At most this many entries per channel are kept (whichever of the two comes first)."""
     history: bool = True
     """History reads allowed (subscriptions resume either way: they are not history reads)."""
-    presence: bool = False
-    """Clients may enter the channels' presence sets."""
+    presence: bool = True
+    """Clients may enter the channels' presence sets, and read them."""
     member_cap: int = 10_000
     """Present members per channel at most (with presence on)."""
     presence_grace_s: float = 15.0

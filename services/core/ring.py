@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from services.core.invariants import invariant
+from services.core.presence import placement_key
 
 # A gateway looks up the same hot channels over and over, so each ring remembers recent owners. The
 # memo is cleared when it reaches this many entries: a hot set that fits is rarely cleared, and a
@@ -55,7 +56,8 @@ def _hash_64(text: str, personalisation: bytes) -> int:
 
 
 def _channel_hash(channel: str) -> int:
-    return _hash_64(channel, _CHANNEL_PERSONALISATION)
+    # A channel's presence log is placed with the channel (services/core/presence.py, rule 1).
+    return _hash_64(placement_key(channel), _CHANNEL_PERSONALISATION)
 
 
 def _member_hash(member: str) -> int:

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import random
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,6 +39,7 @@ from ringcast.reasons import Reason
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 from services.common.errors import ServiceError, passthrough, reason_of, refused, unavailable
 from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
 
 if TYPE_CHECKING:
     from services.gateway.router import OwnerRouter
@@ -81,12 +83,17 @@ class _OwnerSilent(Exception):
     pass
 
 
-async def follow_owner(
-    router: OwnerRouter, channel: str, after: int
-) -> AsyncGenerator[list[realtime_pb2.SubscribeResponse], None]:
-    """The channel's committed messages after serial `after` (and explicit retention gaps), in
-    order, as public responses in the batches the owner sent them, from whoever owns the channel;
-    forever, across owner changes and failures (rule 1). Raises ServiceError when it cannot go on."""
+async def owner_responses(
+    router: OwnerRouter,
+    channel: str,
+    open_call: Callable[[channel_grpc.ChannelServiceStub], grpc.aio.UnaryStreamCall],
+    *,
+    resume_on_eof: bool = True,
+) -> AsyncGenerator[Any, None]:
+    """Every response of the streams `open_call` opens at whoever owns `channel`, opened again at
+    the current owner after any failure (rule 1); `open_call` is called for each stream, so it can
+    start where the last one left off. An owner ending a stream OK opens another one too, unless
+    not `resume_on_eof` (then that is the end). Raises ServiceError when it cannot go on."""
     loop = asyncio.get_running_loop()
     backoff = retry_backoff_s_min
     outage_since: float | None = None
@@ -95,37 +102,24 @@ async def follow_owner(
         try:
             router.recent.touch(channel, loop.time())
             owner, address = router.owner(channel)
-            request = channel_pb2.SubscribeRequest(channel=channel, after_serial=after)
-            upstream = router.stub(address).Subscribe(request)
+            upstream = open_call(router.stub(address))
             moved, unsubscribe = router.watch_move(channel, owner)
             try:
                 while True:
                     response = await _next(upstream, moved)
                     if response is grpc.aio.EOF:
+                        if not resume_on_eof:
+                            return
                         break
                     outage_since, backoff = None, retry_backoff_s_min
-                    batch: list[realtime_pb2.SubscribeResponse] = []
-                    if response.HasField("gap") and response.gap.next_serial > after + 1:
-                        # Retention dropped what comes next: say so, never skip silently (G4).
-                        after = response.gap.next_serial - 1
-                        batch.append(realtime_pb2.SubscribeResponse(gap=response.gap))
-                    for message in response.messages:
-                        if message.serial != after + 1:  # the owner broke G4: never pass that on
-                            log.error("owner %s sent serial %d after %d on %s", owner, message.serial, after, channel)
-                            raise ServiceError(grpc.StatusCode.INTERNAL, Reason.OUT_OF_ORDER, "stream broken")
-                        after = message.serial
-                    if response.messages:
-                        batch.append(realtime_pb2.SubscribeResponse(messages=response.messages))
-                    if batch:
-                        router.recent.touch(channel, loop.time())
-                        yield batch
+                    yield response
             finally:
                 unsubscribe()
                 upstream.cancel()
         except _OwnerSilent as silent:
-            log.info("left %s's stream of %s after %s: %s", owner, channel, after, silent)
+            log.info("left %s's stream of %s: %s", owner, channel, silent)
         except grpc.RpcError as error:
-            if error.code() not in RESUMABLE or reason_of(error) == Reason.CURSOR_BEYOND_END:
+            if error.code() not in RESUMABLE or reason_of(error) in PASSED_THROUGH:
                 raise passthrough(error) from error
             if refused(error):
                 router.report_refused(owner, address)
@@ -137,6 +131,46 @@ async def follow_owner(
         await router.watcher.refresh()
         await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
         backoff = min(backoff * 2, retry_backoff_s_max)
+
+
+PASSED_THROUGH = {
+    Reason.CURSOR_BEYOND_END,
+    Reason.PRESENCE_DISABLED,
+    Reason.NOT_PRESENT,
+    Reason.RETENTION_EXPIRED,
+}
+"""Reasons an owner ends a stream with that no other owner would answer differently."""
+
+
+async def follow_owner(
+    router: OwnerRouter, channel: str, after: int
+) -> AsyncGenerator[list[realtime_pb2.SubscribeResponse], None]:
+    """The channel's committed messages after serial `after` (and explicit retention gaps), in
+    order, as public responses in the batches the owner sent them, from whoever owns the channel;
+    forever, across owner changes and failures (rule 1). Raises ServiceError when it cannot go on."""
+    loop = asyncio.get_running_loop()
+
+    def open_call(stub: channel_grpc.ChannelServiceStub) -> grpc.aio.UnaryStreamCall:
+        return stub.Subscribe(channel_pb2.SubscribeRequest(channel=channel, after_serial=after))
+
+    responses = owner_responses(router, channel, open_call)
+    async with contextlib.aclosing(responses):
+        async for response in responses:
+            batch: list[realtime_pb2.SubscribeResponse] = []
+            if response.HasField("gap") and response.gap.next_serial > after + 1:
+                # Retention dropped what comes next: say so, never skip silently (G4).
+                after = response.gap.next_serial - 1
+                batch.append(realtime_pb2.SubscribeResponse(gap=response.gap))
+            for message in response.messages:
+                if message.serial != after + 1:  # the owner broke G4: never pass that on
+                    log.error("owner sent serial %d after %d on %s", message.serial, after, channel)
+                    raise ServiceError(grpc.StatusCode.INTERNAL, Reason.OUT_OF_ORDER, "stream broken")
+                after = message.serial
+            if response.messages:
+                batch.append(realtime_pb2.SubscribeResponse(messages=response.messages))
+            if batch:
+                router.recent.touch(channel, loop.time())
+                yield batch
 
 
 async def _next(upstream: grpc.aio.UnaryStreamCall, moved: asyncio.Event) -> channel_pb2.SubscribeResponse:

@@ -70,9 +70,15 @@ def outcome_name(outcome: int) -> str:
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.FAILED_PRECONDITION}
 
-FAIL_FAST_REASONS = {Reason.QUORUM_UNAVAILABLE, Reason.CURSOR_BEYOND_END}
+FAIL_FAST_REASONS = {
+    Reason.QUORUM_UNAVAILABLE,
+    Reason.CURSOR_BEYOND_END,
+    Reason.NOT_PRESENT,
+    Reason.PRESENCE_DISABLED,
+}
 """Not worth retrying here: the owner knows no quorum is reachable (retryable for the client), or the
-cursor is beyond the channel's end (not retryable at all)."""
+answer would be the same at any owner (a cursor beyond the channel's end, a member not present,
+presence off in the namespace)."""
 
 
 class NoOwner(LookupError):

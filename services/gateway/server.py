@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry import context as otel_context
@@ -38,17 +38,19 @@ from services.common.errors import (
     ServiceError,
     abort,
     answers_errors,
+    invalid,
     passthrough,
     status_of,
 )
 from services.common.pipe import serve_pipe
-from services.common.validation import Limits, check_batch, check_channel, history_limit
+from services.common.validation import Limits, check_batch, check_channel, history_limit, printable_id
 from services.core.namespaces import Namespaces
 from services.gateway.auth import Authenticator, Grant, stamp
-from services.gateway.feed import FeedRegistry, covered_through, follow_owner, shaped
+from services.gateway.feed import FeedRegistry, covered_through, follow_owner, owner_responses, shaped
 from services.gateway.limits import GatewayLimits, Limiter
 from services.gateway.router import OwnerLink, OwnerRouter
 from services.internal.v1 import channel_service_pb2 as channel_pb2
+from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
 
 log = logging.getLogger("ringcast.gateway")
 
@@ -384,6 +386,187 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
                 epoch=owner.epoch,
                 last_serial=owner.last_serial,
                 ring_version=owner.ring_version,
+                occupancy=realtime_pb2.Occupancy(members=owner.members),
             )
 
         return await self.router.call(request.channel, _deadline(context), attempt)
+
+    # ------------------------------------------------------------------------------ presence
+
+    def _presence(self, context: grpc.aio.ServicerContext, request: Any) -> tuple[Grant | None, str]:
+        """Checks every presence call shares; the caller's grant and the member's client id."""
+        check_channel(request.channel, self.limits)
+        grant = self._authorize(context, request.channel, "presence")
+        if not self.namespaces.for_channel(request.channel).presence:
+            namespace = self.namespaces.label(request.channel)
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                Reason.PRESENCE_DISABLED,
+                f"presence is off in namespace {namespace!r}",
+                {"namespace": namespace},
+            )
+        if not isinstance(request, realtime_pb2.GetPresenceRequest | realtime_pb2.SubscribePresenceRequest):
+            check_presence_id("connection_id", request.connection_id, Reason.CONNECTION_ID_INVALID)
+        return grant, self._client_id(grant, getattr(request, "client_id", ""))
+
+    @staticmethod
+    def _client_id(grant: Grant | None, given: str) -> str:
+        if grant is None:
+            if given:
+                check_presence_id("client_id", given, Reason.CLIENT_ID_INVALID)
+            return given
+        if given and given != grant.sub:
+            raise ServiceError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                Reason.CLIENT_ID_MISMATCH,
+                f"client_id {given[:128]!r} is not the token's sub {grant.sub!r}; leave it empty",
+            )
+        return grant.sub
+
+    def _presence_data(self, channel: str, data: bytes) -> None:
+        limit = self.namespaces.for_channel(channel).presence_data_bytes_max
+        if len(data) > limit:
+            raise invalid(
+                Reason.PRESENCE_DATA_TOO_LARGE,
+                f"presence data of {len(data)} bytes; at most {limit} in this namespace",
+                limit=str(limit),
+            )
+
+    async def EnterPresence(  # noqa: N802
+        self, request: realtime_pb2.EnterPresenceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.EnterPresenceResponse]:
+        try:
+            grant, client_id = self._presence(context, request)
+            if not client_id:
+                raise invalid(Reason.CLIENT_ID_INVALID, "a cluster without tokens needs a client_id to enter as")
+            self._presence_data(request.channel, request.data)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        forward = channel_pb2.EnterPresenceRequest(
+            channel=request.channel, client_id=client_id, connection_id=request.connection_id, data=request.data
+        )
+
+        def open_call(stub: channel_grpc.ChannelServiceStub) -> grpc.aio.UnaryStreamCall:
+            return stub.EnterPresence(forward)
+
+        async def held() -> AsyncIterator[realtime_pb2.EnterPresenceResponse]:
+            entered = False
+            responses = owner_responses(self.router, request.channel, open_call, resume_on_eof=False)
+            async with contextlib.aclosing(responses):
+                async for response in responses:
+                    # Every owner answers the enter with the member's serial; the client is told once.
+                    yield realtime_pb2.EnterPresenceResponse(serial=0 if entered else response.serial)
+                    entered = True
+
+        try:
+            with self.limiter.subscription(grant):
+                async for response in self._streaming(grant, held()):
+                    yield response
+        except ServiceError as error:
+            await abort(context, error)
+
+    async def _change_presence(self, request: Any, context: grpc.aio.ServicerContext, *, leave: bool) -> int:
+        _, client_id = self._presence(context, request)
+        if not client_id:
+            raise invalid(
+                Reason.CLIENT_ID_INVALID, "a cluster without tokens needs the client_id the member entered as"
+            )
+        data = b"" if leave else bytes(request.data)
+        self._presence_data(request.channel, data)
+        forward = channel_pb2.ChangePresenceRequest(
+            channel=request.channel, client_id=client_id, connection_id=request.connection_id, data=data, leave=leave
+        )
+
+        async def attempt(link: OwnerLink, timeout: float) -> int:
+            answer = await link.stub.ChangePresence(forward, timeout=timeout)
+            return int(answer.serial)
+
+        return await self.router.call(request.channel, _deadline(context), attempt)
+
+    @answers_errors
+    async def UpdatePresence(  # noqa: N802
+        self, request: realtime_pb2.UpdatePresenceRequest, context: grpc.aio.ServicerContext
+    ) -> realtime_pb2.UpdatePresenceResponse:
+        return realtime_pb2.UpdatePresenceResponse(serial=await self._change_presence(request, context, leave=False))
+
+    @answers_errors
+    async def LeavePresence(  # noqa: N802
+        self, request: realtime_pb2.LeavePresenceRequest, context: grpc.aio.ServicerContext
+    ) -> realtime_pb2.LeavePresenceResponse:
+        return realtime_pb2.LeavePresenceResponse(serial=await self._change_presence(request, context, leave=True))
+
+    @answers_errors
+    async def GetPresence(  # noqa: N802
+        self, request: realtime_pb2.GetPresenceRequest, context: grpc.aio.ServicerContext
+    ) -> realtime_pb2.GetPresenceResponse:
+        self._presence(context, request)
+
+        async def attempt(link: OwnerLink, timeout: float) -> realtime_pb2.GetPresenceResponse:
+            forward = channel_pb2.GetPresenceRequest(channel=request.channel)
+            answer = await link.stub.GetPresence(forward, timeout=timeout)
+            return realtime_pb2.GetPresenceResponse(members=answer.members, serial=answer.serial)
+
+        return await self.router.call(request.channel, _deadline(context), attempt)
+
+    async def SubscribePresence(  # noqa: N802
+        self, request: realtime_pb2.SubscribePresenceRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[realtime_pb2.SubscribePresenceResponse]:
+        try:
+            grant, _ = self._presence(context, request)
+        except ServiceError as error:
+            await abort(context, error)
+            return
+        await context.send_initial_metadata(())
+        try:
+            with self.limiter.subscription(grant):
+                changes = follow_presence(self.router, request)
+                async for response in self._streaming(grant, changes):
+                    yield response
+        except ServiceError as error:
+            await abort(context, error)
+
+
+async def follow_presence(
+    router: OwnerRouter, request: realtime_pb2.SubscribePresenceRequest
+) -> AsyncIterator[realtime_pb2.SubscribePresenceResponse]:
+    """A presence subscription, from whoever owns the channel, across any failure: the whole set
+    (its parts gathered here, so a failure half-way never shows a client half a set), then each
+    change after it, in order, once."""
+    synced = request.WhichOneof("start") == "after_serial"
+    after = int(request.after_serial)
+    parts: list[realtime_pb2.SubscribePresenceResponse] = []
+
+    def open_call(stub: channel_grpc.ChannelServiceStub) -> grpc.aio.UnaryStreamCall:
+        parts.clear()
+        forward = channel_pb2.SubscribePresenceRequest(channel=request.channel, sync=not synced, after_serial=after)
+        return stub.SubscribePresence(forward)
+
+    responses = owner_responses(router, request.channel, open_call)
+    async with contextlib.aclosing(responses):
+        async for response in responses:
+            if response.HasField("sync"):
+                if synced:
+                    continue
+                parts.append(realtime_pb2.SubscribePresenceResponse(sync=response.sync))
+                if response.sync.complete:
+                    for part in parts:
+                        yield part
+                    synced, after = True, int(response.sync.serial)
+                continue
+            if not response.changes:
+                yield realtime_pb2.SubscribePresenceResponse()  # a heartbeat
+                continue
+            for change in response.changes:
+                if change.member.serial <= after:
+                    continue  # already passed on (an owner stream started again)
+                after = int(change.member.serial)
+                yield realtime_pb2.SubscribePresenceResponse(change=change)
+
+
+presence_id_chars_max = 128
+
+
+def check_presence_id(field: str, value: str, reason: str) -> None:
+    if not value or len(value) > presence_id_chars_max or not printable_id(value):
+        raise invalid(reason, f"{field} must be 1-{presence_id_chars_max} printable chars")

@@ -57,6 +57,7 @@ from services.common import convert, metrics, tracing
 from services.common.clock import PeerClock
 from services.common.errors import ServiceError, abort, answers_errors
 from services.core.namespaces import Namespaces
+from services.core.presence import is_presence_log
 from services.core.replica_log import (
     ReadReply,
     ReplicaLog,
@@ -496,7 +497,15 @@ def _mark_damaged(replica: ReplicaLog, *, channel: str, serial: int) -> str:
     return replica.mark_damaged(channel, serial)
 
 
+_KEEP_FOREVER_MS = 1 << 62
+_KEEP_FOREVER_ENTRIES = 1 << 62
+
+
 def _retention_for(retention: Retention, namespaces: Namespaces, channel: str) -> Retention:
+    if is_presence_log(channel):
+        # The member set is the fold of the whole presence log (services/core/presence.py, rule 3):
+        # nothing of it may go until owners write checkpoints of the set to fold from.
+        return dataclasses.replace(retention, age_ms=_KEEP_FOREVER_MS, entries_max=_KEEP_FOREVER_ENTRIES)
     own = namespaces.own(channel)
     if own is None:
         return retention

@@ -41,12 +41,12 @@ def _records(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, ob
 
 
 def test_set_get_list_and_delete_from_the_command_line(etcd_endpoint: str, tmp_path: Path) -> None:
-    chat = _records(_cli(etcd_endpoint, tmp_path, "set", "chat", "--retention-hours", "24", "--presence", "--json"))[
+    chat = _records(_cli(etcd_endpoint, tmp_path, "set", "chat", "--retention-hours", "24", "--no-presence", "--json"))[
         "chat"
     ]
-    assert chat == {"name": "chat", "own": True, **json.loads(NamespaceOptions(24.0, presence=True).to_json())}
+    assert chat == {"name": "chat", "own": True, **json.loads(NamespaceOptions(24.0, presence=False).to_json())}
     shown = _records(_cli(etcd_endpoint, tmp_path, "get", "chat", "--json"))["chat"]
-    assert shown["retention_hours"] == 24.0 and shown["presence"] is True and shown["own"] is True
+    assert shown["retention_hours"] == 24.0 and shown["presence"] is False and shown["own"] is True
     unset = _records(_cli(etcd_endpoint, tmp_path, "get", "news", "--json"))["news"]
     assert unset["own"] is False and unset["retention_hours"] == BUILT_IN.retention_hours
     listed = _records(_cli(etcd_endpoint, tmp_path, "list", "--json"))
@@ -54,12 +54,12 @@ def test_set_get_list_and_delete_from_the_command_line(etcd_endpoint: str, tmp_p
 
     refused = _cli(etcd_endpoint, tmp_path, "set", "chat", "--message-bytes-max", "70000")
     assert refused.returncode == 2 and "message_bytes_max:" in refused.stderr, refused.stderr
-    refused = _cli(etcd_endpoint, tmp_path, "set", "chat:x", "--presence")
+    refused = _cli(etcd_endpoint, tmp_path, "set", "chat:x", "--no-presence")
     assert refused.returncode == 2 and "name:" in refused.stderr, refused.stderr
     assert _records(_cli(etcd_endpoint, tmp_path, "get", "chat", "--json"))["chat"]["retention_hours"] == 24.0
 
     table = _cli(etcd_endpoint, tmp_path, "list")
-    assert table.returncode == 0 and "retention_hours=24.0 presence=True" in table.stdout, table.stdout
+    assert table.returncode == 0 and "retention_hours=24.0 presence=False" in table.stdout, table.stdout
 
     deleted = _cli(etcd_endpoint, tmp_path, "delete", "chat")
     assert deleted.returncode == 0 and "deleted namespace chat" in deleted.stderr

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from ringcast.v1 import message_pb2 as ringcast_dot_v1_dot_message__pb2
+from ringcast.v1 import presence_pb2 as ringcast_dot_v1_dot_presence__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*ringcast/internal/v1/channel_service.proto\x12\x14ringcast.internal.v1\x1a\x17google/rpc/status.proto\x1a\x19ringcast/v1/message.proto\"I\n\x0ePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"6\n\x0fPublishResponse\x12\x0f\n\x07serials\x18\x01 \x03(\x04\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"K\n\x12PublishPipeRequest\x12\x35\n\tpublishes\x18\x01 \x03(\x0b\x32\".ringcast.internal.v1.PipedPublish\"\xe8\x01\n\x0cPipedPublish\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x35\n\x07publish\x18\x02 \x01(\x0b\x32$.ringcast.internal.v1.PublishRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12K\n\rtrace_context\x18\x04 \x03(\x0b\x32\x34.ringcast.internal.v1.PipedPublish.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x13PublishPipeResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.ringcast.internal.v1.PipedPublishResult\"}\n\x12PipedPublishResult\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32%.ringcast.internal.v1.PublishResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"9\n\x10SubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\"e\n\x11SubscribeResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12(\n\x03gap\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLost\"F\n\x0eHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"x\n\x0fHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12\x13\n\x0blast_serial\x18\x02 \x01(\x04\x12(\n\x03gap\x18\x03 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLost\"$\n\x11GetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"k\n\x12GetChannelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0blast_serial\x18\x04 \x01(\x04\x12\x14\n\x0cring_version\x18\x05 \x01(\x04\"\"\n\x0ePrepareRequest\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\"!\n\x0fPrepareResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"\x10\n\x0eGetNodeRequest\"\xb4\x01\n\x0fGetNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x18\n\x10\x63hannels_serving\x18\x04 \x01(\r\x12\x1c\n\x14\x63hannels_taking_over\x18\x05 \x01(\r\x12\x19\n\x11\x63hannels_prepared\x18\x06 \x01(\r\x12\x16\n\x0etakeovers_done\x18\x07 \x01(\x04\x32\x99\x05\n\x0e\x43hannelService\x12V\n\x07Publish\x12$.ringcast.internal.v1.PublishRequest\x1a%.ringcast.internal.v1.PublishResponse\x12\x66\n\x0bPublishPipe\x12(.ringcast.internal.v1.PublishPipeRequest\x1a).ringcast.internal.v1.PublishPipeResponse(\x01\x30\x01\x12^\n\tSubscribe\x12&.ringcast.internal.v1.SubscribeRequest\x1a\'.ringcast.internal.v1.SubscribeResponse0\x01\x12V\n\x07History\x12$.ringcast.internal.v1.HistoryRequest\x1a%.ringcast.internal.v1.HistoryResponse\x12_\n\nGetChannel\x12\'.ringcast.internal.v1.GetChannelRequest\x1a(.ringcast.internal.v1.GetChannelResponse\x12V\n\x07Prepare\x12$.ringcast.internal.v1.PrepareRequest\x1a%.ringcast.internal.v1.PrepareResponse\x12V\n\x07GetNode\x12$.ringcast.internal.v1.GetNodeRequest\x1a%.ringcast.internal.v1.GetNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*ringcast/internal/v1/channel_service.proto\x12\x14ringcast.internal.v1\x1a\x17google/rpc/status.proto\x1a\x19ringcast/v1/message.proto\x1a\x1aringcast/v1/presence.proto\"I\n\x0ePublishRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12&\n\x08messages\x18\x02 \x03(\x0b\x32\x14.ringcast.v1.Message\"6\n\x0fPublishResponse\x12\x0f\n\x07serials\x18\x01 \x03(\x04\x12\x12\n\nduplicates\x18\x02 \x03(\x08\"K\n\x12PublishPipeRequest\x12\x35\n\tpublishes\x18\x01 \x03(\x0b\x32\".ringcast.internal.v1.PipedPublish\"\xe8\x01\n\x0cPipedPublish\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x35\n\x07publish\x18\x02 \x01(\x0b\x32$.ringcast.internal.v1.PublishRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12K\n\rtrace_context\x18\x04 \x03(\x0b\x32\x34.ringcast.internal.v1.PipedPublish.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x13PublishPipeResponse\x12\x39\n\x07results\x18\x01 \x03(\x0b\x32(.ringcast.internal.v1.PipedPublishResult\"}\n\x12PipedPublishResult\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32%.ringcast.internal.v1.PublishResponse\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\"9\n\x10SubscribeRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\"e\n\x11SubscribeResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12(\n\x03gap\x18\x02 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLost\"F\n\x0eHistoryRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x14\n\x0c\x61\x66ter_serial\x18\x02 \x01(\x04\x12\r\n\x05limit\x18\x03 \x01(\r\"x\n\x0fHistoryResponse\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.ringcast.v1.Message\x12\x13\n\x0blast_serial\x18\x02 \x01(\x04\x12(\n\x03gap\x18\x03 \x01(\x0b\x32\x1b.ringcast.v1.ContinuityLost\"$\n\x11GetChannelRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"|\n\x12GetChannelResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x13\n\x0blast_serial\x18\x04 \x01(\x04\x12\x14\n\x0cring_version\x18\x05 \x01(\x04\x12\x0f\n\x07members\x18\x06 \x01(\r\"\"\n\x0ePrepareRequest\x12\x10\n\x08\x63hannels\x18\x01 \x03(\t\"!\n\x0fPrepareResponse\x12\x0e\n\x06queued\x18\x01 \x01(\r\"\x10\n\x0eGetNodeRequest\"\xb4\x01\n\x0fGetNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cring_version\x18\x02 \x01(\x04\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x18\n\x10\x63hannels_serving\x18\x04 \x01(\r\x12\x1c\n\x14\x63hannels_taking_over\x18\x05 \x01(\r\x12\x19\n\x11\x63hannels_prepared\x18\x06 \x01(\r\x12\x16\n\x0etakeovers_done\x18\x07 \x01(\x04\"_\n\x14\x45nterPresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rconnection_id\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\'\n\x15\x45nterPresenceResponse\x12\x0e\n\x06serial\x18\x01 \x01(\x04\"o\n\x15\x43hangePresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rconnection_id\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05leave\x18\x05 \x01(\x08\"(\n\x16\x43hangePresenceResponse\x12\x0e\n\x06serial\x18\x01 \x01(\x04\"%\n\x12GetPresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\"S\n\x13GetPresenceResponse\x12,\n\x07members\x18\x01 \x03(\x0b\x32\x1b.ringcast.v1.PresenceMember\x12\x0e\n\x06serial\x18\x02 \x01(\x04\"O\n\x18SubscribePresenceRequest\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0c\n\x04sync\x18\x02 \x01(\x08\x12\x14\n\x0c\x61\x66ter_serial\x18\x03 \x01(\x04\"r\n\x19SubscribePresenceResponse\x12\'\n\x04sync\x18\x01 \x01(\x0b\x32\x19.ringcast.v1.PresenceSync\x12,\n\x07\x63hanges\x18\x02 \x03(\x0b\x32\x1b.ringcast.v1.PresenceChange2\xce\x08\n\x0e\x43hannelService\x12V\n\x07Publish\x12$.ringcast.internal.v1.PublishRequest\x1a%.ringcast.internal.v1.PublishResponse\x12\x66\n\x0bPublishPipe\x12(.ringcast.internal.v1.PublishPipeRequest\x1a).ringcast.internal.v1.PublishPipeResponse(\x01\x30\x01\x12^\n\tSubscribe\x12&.ringcast.internal.v1.SubscribeRequest\x1a\'.ringcast.internal.v1.SubscribeResponse0\x01\x12V\n\x07History\x12$.ringcast.internal.v1.HistoryRequest\x1a%.ringcast.internal.v1.HistoryResponse\x12_\n\nGetChannel\x12\'.ringcast.internal.v1.GetChannelRequest\x1a(.ringcast.internal.v1.GetChannelResponse\x12V\n\x07Prepare\x12$.ringcast.internal.v1.PrepareRequest\x1a%.ringcast.internal.v1.PrepareResponse\x12V\n\x07GetNode\x12$.ringcast.internal.v1.GetNodeRequest\x1a%.ringcast.internal.v1.GetNodeResponse\x12j\n\rEnterPresence\x12*.ringcast.internal.v1.EnterPresenceRequest\x1a+.ringcast.internal.v1.EnterPresenceResponse0\x01\x12k\n\x0e\x43hangePresence\x12+.ringcast.internal.v1.ChangePresenceRequest\x1a,.ringcast.internal.v1.ChangePresenceResponse\x12\x62\n\x0bGetPresence\x12(.ringcast.internal.v1.GetPresenceRequest\x1a).ringcast.internal.v1.GetPresenceResponse\x12v\n\x11SubscribePresence\x12..ringcast.internal.v1.SubscribePresenceRequest\x1a/.ringcast.internal.v1.SubscribePresenceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +36,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_PUBLISHREQUEST']._serialized_start=120
-  _globals['_PUBLISHREQUEST']._serialized_end=193
-  _globals['_PUBLISHRESPONSE']._serialized_start=195
-  _globals['_PUBLISHRESPONSE']._serialized_end=249
-  _globals['_PUBLISHPIPEREQUEST']._serialized_start=251
-  _globals['_PUBLISHPIPEREQUEST']._serialized_end=326
-  _globals['_PIPEDPUBLISH']._serialized_start=329
-  _globals['_PIPEDPUBLISH']._serialized_end=561
-  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_start=510
-  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_end=561
-  _globals['_PUBLISHPIPERESPONSE']._serialized_start=563
-  _globals['_PUBLISHPIPERESPONSE']._serialized_end=643
-  _globals['_PIPEDPUBLISHRESULT']._serialized_start=645
-  _globals['_PIPEDPUBLISHRESULT']._serialized_end=770
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=772
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=829
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=831
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=932
-  _globals['_HISTORYREQUEST']._serialized_start=934
-  _globals['_HISTORYREQUEST']._serialized_end=1004
-  _globals['_HISTORYRESPONSE']._serialized_start=1006
-  _globals['_HISTORYRESPONSE']._serialized_end=1126
-  _globals['_GETCHANNELREQUEST']._serialized_start=1128
-  _globals['_GETCHANNELREQUEST']._serialized_end=1164
-  _globals['_GETCHANNELRESPONSE']._serialized_start=1166
-  _globals['_GETCHANNELRESPONSE']._serialized_end=1273
-  _globals['_PREPAREREQUEST']._serialized_start=1275
-  _globals['_PREPAREREQUEST']._serialized_end=1309
-  _globals['_PREPARERESPONSE']._serialized_start=1311
-  _globals['_PREPARERESPONSE']._serialized_end=1344
-  _globals['_GETNODEREQUEST']._serialized_start=1346
-  _globals['_GETNODEREQUEST']._serialized_end=1362
-  _globals['_GETNODERESPONSE']._serialized_start=1365
-  _globals['_GETNODERESPONSE']._serialized_end=1545
-  _globals['_CHANNELSERVICE']._serialized_start=1548
-  _globals['_CHANNELSERVICE']._serialized_end=2213
+  _globals['_PUBLISHREQUEST']._serialized_start=148
+  _globals['_PUBLISHREQUEST']._serialized_end=221
+  _globals['_PUBLISHRESPONSE']._serialized_start=223
+  _globals['_PUBLISHRESPONSE']._serialized_end=277
+  _globals['_PUBLISHPIPEREQUEST']._serialized_start=279
+  _globals['_PUBLISHPIPEREQUEST']._serialized_end=354
+  _globals['_PIPEDPUBLISH']._serialized_start=357
+  _globals['_PIPEDPUBLISH']._serialized_end=589
+  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_start=538
+  _globals['_PIPEDPUBLISH_TRACECONTEXTENTRY']._serialized_end=589
+  _globals['_PUBLISHPIPERESPONSE']._serialized_start=591
+  _globals['_PUBLISHPIPERESPONSE']._serialized_end=671
+  _globals['_PIPEDPUBLISHRESULT']._serialized_start=673
+  _globals['_PIPEDPUBLISHRESULT']._serialized_end=798
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=800
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=857
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=859
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=960
+  _globals['_HISTORYREQUEST']._serialized_start=962
+  _globals['_HISTORYREQUEST']._serialized_end=1032
+  _globals['_HISTORYRESPONSE']._serialized_start=1034
+  _globals['_HISTORYRESPONSE']._serialized_end=1154
+  _globals['_GETCHANNELREQUEST']._serialized_start=1156
+  _globals['_GETCHANNELREQUEST']._serialized_end=1192
+  _globals['_GETCHANNELRESPONSE']._serialized_start=1194
+  _globals['_GETCHANNELRESPONSE']._serialized_end=1318
+  _globals['_PREPAREREQUEST']._serialized_start=1320
+  _globals['_PREPAREREQUEST']._serialized_end=1354
+  _globals['_PREPARERESPONSE']._serialized_start=1356
+  _globals['_PREPARERESPONSE']._serialized_end=1389
+  _globals['_GETNODEREQUEST']._serialized_start=1391
+  _globals['_GETNODEREQUEST']._serialized_end=1407
+  _globals['_GETNODERESPONSE']._serialized_start=1410
+  _globals['_GETNODERESPONSE']._serialized_end=1590
+  _globals['_ENTERPRESENCEREQUEST']._serialized_start=1592
+  _globals['_ENTERPRESENCEREQUEST']._serialized_end=1687
+  _globals['_ENTERPRESENCERESPONSE']._serialized_start=1689
+  _globals['_ENTERPRESENCERESPONSE']._serialized_end=1728
+  _globals['_CHANGEPRESENCEREQUEST']._serialized_start=1730
+  _globals['_CHANGEPRESENCEREQUEST']._serialized_end=1841
+  _globals['_CHANGEPRESENCERESPONSE']._serialized_start=1843
+  _globals['_CHANGEPRESENCERESPONSE']._serialized_end=1883
+  _globals['_GETPRESENCEREQUEST']._serialized_start=1885
+  _globals['_GETPRESENCEREQUEST']._serialized_end=1922
+  _globals['_GETPRESENCERESPONSE']._serialized_start=1924
+  _globals['_GETPRESENCERESPONSE']._serialized_end=2007
+  _globals['_SUBSCRIBEPRESENCEREQUEST']._serialized_start=2009
+  _globals['_SUBSCRIBEPRESENCEREQUEST']._serialized_end=2088
+  _globals['_SUBSCRIBEPRESENCERESPONSE']._serialized_start=2090
+  _globals['_SUBSCRIBEPRESENCERESPONSE']._serialized_end=2204
+  _globals['_CHANNELSERVICE']._serialized_start=2207
+  _globals['_CHANNELSERVICE']._serialized_end=3309
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 from google.rpc import status_pb2 as _status_pb2
 from ringcast.v1 import message_pb2 as _message_pb2
+from ringcast.v1 import presence_pb2 as _presence_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -108,18 +109,20 @@ class GetChannelRequest(_message.Message):
     def __init__(self, channel: _Optional[str] = ...) -> None: ...
 
 class GetChannelResponse(_message.Message):
-    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version")
+    __slots__ = ("name", "owner", "epoch", "last_serial", "ring_version", "members")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     LAST_SERIAL_FIELD_NUMBER: _ClassVar[int]
     RING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     owner: str
     epoch: int
     last_serial: int
     ring_version: int
-    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ...) -> None: ...
+    members: int
+    def __init__(self, name: _Optional[str] = ..., owner: _Optional[str] = ..., epoch: _Optional[int] = ..., last_serial: _Optional[int] = ..., ring_version: _Optional[int] = ..., members: _Optional[int] = ...) -> None: ...
 
 class PrepareRequest(_message.Message):
     __slots__ = ("channels",)
@@ -154,3 +157,73 @@ class GetNodeResponse(_message.Message):
     channels_prepared: int
     takeovers_done: int
     def __init__(self, node_id: _Optional[str] = ..., ring_version: _Optional[int] = ..., serving: _Optional[bool] = ..., channels_serving: _Optional[int] = ..., channels_taking_over: _Optional[int] = ..., channels_prepared: _Optional[int] = ..., takeovers_done: _Optional[int] = ...) -> None: ...
+
+class EnterPresenceRequest(_message.Message):
+    __slots__ = ("channel", "client_id", "connection_id", "data")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    client_id: str
+    connection_id: str
+    data: bytes
+    def __init__(self, channel: _Optional[str] = ..., client_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class EnterPresenceResponse(_message.Message):
+    __slots__ = ("serial",)
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    def __init__(self, serial: _Optional[int] = ...) -> None: ...
+
+class ChangePresenceRequest(_message.Message):
+    __slots__ = ("channel", "client_id", "connection_id", "data", "leave")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    client_id: str
+    connection_id: str
+    data: bytes
+    leave: bool
+    def __init__(self, channel: _Optional[str] = ..., client_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ..., leave: _Optional[bool] = ...) -> None: ...
+
+class ChangePresenceResponse(_message.Message):
+    __slots__ = ("serial",)
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    serial: int
+    def __init__(self, serial: _Optional[int] = ...) -> None: ...
+
+class GetPresenceRequest(_message.Message):
+    __slots__ = ("channel",)
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    def __init__(self, channel: _Optional[str] = ...) -> None: ...
+
+class GetPresenceResponse(_message.Message):
+    __slots__ = ("members", "serial")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[_presence_pb2.PresenceMember]
+    serial: int
+    def __init__(self, members: _Optional[_Iterable[_Union[_presence_pb2.PresenceMember, _Mapping]]] = ..., serial: _Optional[int] = ...) -> None: ...
+
+class SubscribePresenceRequest(_message.Message):
+    __slots__ = ("channel", "sync", "after_serial")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    sync: bool
+    after_serial: int
+    def __init__(self, channel: _Optional[str] = ..., sync: _Optional[bool] = ..., after_serial: _Optional[int] = ...) -> None: ...
+
+class SubscribePresenceResponse(_message.Message):
+    __slots__ = ("sync", "changes")
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    sync: _presence_pb2.PresenceSync
+    changes: _containers.RepeatedCompositeFieldContainer[_presence_pb2.PresenceChange]
+    def __init__(self, sync: _Optional[_Union[_presence_pb2.PresenceSync, _Mapping]] = ..., changes: _Optional[_Iterable[_Union[_presence_pb2.PresenceChange, _Mapping]]] = ...) -> None: ...

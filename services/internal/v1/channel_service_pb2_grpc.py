@@ -73,6 +73,26 @@ class ChannelServiceStub:
                 request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.FromString,
                 _registered_method=True)
+        self.EnterPresence = channel.unary_stream(
+                '/ringcast.internal.v1.ChannelService/EnterPresence',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceResponse.FromString,
+                _registered_method=True)
+        self.ChangePresence = channel.unary_unary(
+                '/ringcast.internal.v1.ChannelService/ChangePresence',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.ChangePresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.ChangePresenceResponse.FromString,
+                _registered_method=True)
+        self.GetPresence = channel.unary_unary(
+                '/ringcast.internal.v1.ChannelService/GetPresence',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetPresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetPresenceResponse.FromString,
+                _registered_method=True)
+        self.SubscribePresence = channel.unary_stream(
+                '/ringcast.internal.v1.ChannelService/SubscribePresence',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribePresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribePresenceResponse.FromString,
+                _registered_method=True)
 
 
 class ChannelServiceServicer:
@@ -139,6 +159,38 @@ class ChannelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnterPresence(self, request, context):
+        """Enter a member into the channel's presence set (idempotently) and hold it connected here while
+        the stream is open (services/core/presence.py, rules 4 and 5). The first response carries the
+        serial the member is present at; an empty one follows each second. Ends OK when the member
+        leaves, with a status when the channel moves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePresence(self, request, context):
+        """Update a present member's data, or make it leave.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPresence(self, request, context):
+        """The channel's members at its last committed presence serial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribePresence(self, request, context):
+        """The presence set (with `sync`), then every committed change after a serial; an empty response
+        each second of quiet. Ends with a status when the channel moves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChannelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +228,26 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     servicer.GetNode,
                     request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.FromString,
                     response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.SerializeToString,
+            ),
+            'EnterPresence': grpc.unary_stream_rpc_method_handler(
+                    servicer.EnterPresence,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceResponse.SerializeToString,
+            ),
+            'ChangePresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePresence,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.ChangePresenceRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.ChangePresenceResponse.SerializeToString,
+            ),
+            'GetPresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPresence,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetPresenceRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetPresenceResponse.SerializeToString,
+            ),
+            'SubscribePresence': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribePresence,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribePresenceRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribePresenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -371,6 +443,114 @@ class ChannelService:
             '/ringcast.internal.v1.ChannelService/GetNode',
             ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.SerializeToString,
             ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnterPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ringcast.internal.v1.ChannelService/EnterPresence',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.internal.v1.ChannelService/ChangePresence',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.ChangePresenceRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.ChangePresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringcast.internal.v1.ChannelService/GetPresence',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetPresenceRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetPresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribePresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ringcast.internal.v1.ChannelService/SubscribePresence',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribePresenceRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.SubscribePresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

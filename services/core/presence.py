@@ -1,0 +1,243 @@
+"""Presence: who is in a channel now, as entries of a fenced log (DESIGN §11, issue #19).
+
+Rules:
+
+1. A channel's presence changes are entries of its own log, the channel's *presence log*
+   (`presence_log("room")` is `room#presence`; `#` is not allowed in channel names, so no channel
+   can be named like one). It is placed with its channel (the ring hashes `placement_key`), so the
+   channel's owner writes it, at its epoch, committed by a quorum, with serials of its own: every
+   rule of the replication protocol holds for it unchanged.
+2. An entry is a `Message` whose `name` is the action (`enter`, `update`, `leave`), `client_id` the
+   member's client id, the header `connection` its connection id, and `data` its data. A member is
+   (client id, connection id).
+3. The member set at serial S is the fold of the committed log up to S (`MemberSet.apply`), and
+   nothing else: readers get the set with the serial it is valid at, and then the changes after it.
+   A takeover rebuilds the set by folding the log it adopted — never from an owner's memory
+   (`presence-from-memory` is that bug, for the simulator to catch) — so a relocation neither
+   resurrects nor loses a member.
+4. The owner writes only changes: entering again with the same data writes nothing (the SDK
+   re-enters on every reconnect), with other data it writes an update; an update or leave of a
+   non-member is refused (`NOT_PRESENT`); an enter beyond the namespace's `member_cap` is refused.
+   Decisions are made against the *intended* set (committed plus written, not yet committed); a write
+   that fails drops the owner's presence state, to be folded from the log again.
+5. A member is *connected* while at least one gateway holds its enter stream open at this owner.
+   When the last one ends, the member has `grace_ms` to come back (any gateway, same ids); then the
+   owner writes its LEAVE. A new owner knows no connections: every member it folds gets the full
+   grace from the takeover, which its gateways' re-opened streams cancel.
+
+Pure: no I/O, no clock (every input that needs time takes `now_ms`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ringcast.reasons import Reason
+from services.core.entries import Message
+
+PRESENCE_SUFFIX = "#presence"
+"""What a channel's name is followed by in its presence log's name (rule 1)."""
+
+CONNECTION_HEADER = "connection"
+
+
+def presence_log(channel: str) -> str:
+    return channel + PRESENCE_SUFFIX
+
+
+def is_presence_log(name: str) -> bool:
+    return name.endswith(PRESENCE_SUFFIX)
+
+
+def placement_key(name: str) -> str:
+    """What the ring hashes for a log: the channel's name, for the channel and its presence log."""
+    return name.removesuffix(PRESENCE_SUFFIX)
+
+
+class Action(StrEnum):
+    ENTER = "enter"
+    UPDATE = "update"
+    LEAVE = "leave"
+
+
+MemberKey = tuple[str, str]
+"""(client id, connection id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One presence entry, decoded (rule 2)."""
+
+    action: Action
+    client_id: str
+    connection_id: str
+    data: bytes = b""
+
+    @property
+    def key(self) -> MemberKey:
+        return (self.client_id, self.connection_id)
+
+    def message(self, message_id: str) -> Message:
+        return Message(
+            message_id,
+            name=str(self.action),
+            data=self.data,
+            headers=((CONNECTION_HEADER, self.connection_id),),
+            client_id=self.client_id,
+        )
+
+
+class PresenceError(ValueError):
+    """An entry of a presence log that is not a presence change."""
+
+
+def decode(message: Message) -> Change:
+    try:
+        action = Action(message.name)
+    except ValueError:
+        raise PresenceError(f"not a presence action: {message.name!r}") from None
+    connections = [value for name, value in message.headers if name == CONNECTION_HEADER]
+    if len(connections) != 1 or not message.client_id:
+        raise PresenceError(f"a presence entry names one client and one connection: {message.id!r}")
+    return Change(action, message.client_id, connections[0], message.data)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    client_id: str
+    connection_id: str
+    data: bytes
+    serial: int
+    """The serial of the entry that set the member as it is (its enter or last update)."""
+    timestamp_ms: int
+
+
+@dataclass(slots=True)
+class MemberSet:
+    """The fold of a presence log (rule 3): apply committed entries in serial order."""
+
+    members: dict[MemberKey, Member] = field(default_factory=dict)
+    serial: int = 0
+    """The serial of the last entry applied: the set is valid at it."""
+
+    def apply(self, serial: int, change: Change, timestamp_ms: int = 0) -> bool:
+        """Apply the entry at `serial`; whether it changed the set. A log the owner wrote never
+        holds an update or leave of a non-member, nor an enter of a member: such an entry is
+        applied as the change it comes to (an enter as an update, an update of a non-member not
+        at all), and `False` says it was not what it claimed."""
+        if serial <= self.serial:
+            raise PresenceError(f"entry {serial} applied after {self.serial}")
+        self.serial = serial
+        present = change.key in self.members
+        if change.action is Action.LEAVE:
+            return self.members.pop(change.key, None) is not None
+        if change.action is Action.UPDATE and not present:
+            return False
+        self.members[change.key] = Member(change.client_id, change.connection_id, change.data, serial, timestamp_ms)
+        return change.action is Action.UPDATE or not present
+
+    def skip_to(self, serial: int) -> None:
+        """Entries up to `serial` are not presence changes to apply (an owner's recovery rewrote
+        one, say): the set is valid at `serial` as it is."""
+        self.serial = max(self.serial, serial)
+
+    def sorted(self) -> list[Member]:
+        return [self.members[key] for key in sorted(self.members)]
+
+
+@dataclass(slots=True)
+class PresenceOwner:
+    """An owner's presence state for one channel at one epoch (rules 4 and 5)."""
+
+    committed: MemberSet = field(default_factory=MemberSet)
+    intended: dict[MemberKey, bytes] = field(default_factory=dict)
+    """The member set once every change written is committed: what decisions are made against."""
+    streams: dict[MemberKey, int] = field(default_factory=dict)
+    """Enter streams open at this owner, by member."""
+    leave_at_ms: dict[MemberKey, int] = field(default_factory=dict)
+    """Members with no stream open here, and when their grace ends."""
+
+    def adopt(self, now_ms: int, grace_ms: int) -> None:
+        """The set is folded up to the log's commit: every member is intended, and has the full
+        grace to be connected here (rule 5)."""
+        self.intended = {key: member.data for key, member in self.committed.members.items()}
+        for key in self.intended:
+            if not self.streams.get(key):
+                self.leave_at_ms[key] = now_ms + grace_ms
+
+    def apply(self, serial: int, change: Change, timestamp_ms: int = 0) -> bool:
+        return self.committed.apply(serial, change, timestamp_ms)
+
+    def enter(self, key: MemberKey, data: bytes, member_cap: int) -> Change | Reason | None:
+        """The change entering `key` with `data` comes to (None: nothing to write)."""
+        if key in self.intended:
+            if self.intended[key] == data:
+                return None
+            return self._intend(Change(Action.UPDATE, *key, data))
+        if len(self.intended) >= member_cap:
+            return Reason.MEMBER_CAP_REACHED
+        return self._intend(Change(Action.ENTER, *key, data))
+
+    def update(self, key: MemberKey, data: bytes) -> Change | Reason | None:
+        if key not in self.intended:
+            return Reason.NOT_PRESENT
+        if self.intended[key] == data:
+            return None
+        return self._intend(Change(Action.UPDATE, *key, data))
+
+    def leave(self, key: MemberKey) -> Change | Reason:
+        if key not in self.intended:
+            return Reason.NOT_PRESENT
+        self.leave_at_ms.pop(key, None)
+        return self._intend(Change(Action.LEAVE, *key))
+
+    def _intend(self, change: Change) -> Change:
+        if change.action is Action.LEAVE:
+            del self.intended[change.key]
+        else:
+            self.intended[change.key] = change.data
+        return change
+
+    def connected(self, key: MemberKey) -> None:
+        self.streams[key] = self.streams.get(key, 0) + 1
+        self.leave_at_ms.pop(key, None)
+
+    def disconnected(self, key: MemberKey, now_ms: int, grace_ms: int) -> None:
+        left = self.streams.get(key, 0) - 1
+        if left > 0:
+            self.streams[key] = left
+            return
+        self.streams.pop(key, None)
+        if key in self.intended:
+            self.leave_at_ms[key] = now_ms + grace_ms
+
+    def due(self, now_ms: int) -> list[Change]:
+        """LEAVEs of the members whose grace is over (rule 5), intended as written."""
+        over = [key for key, at in self.leave_at_ms.items() if at <= now_ms]
+        changes = []
+        for key in over:
+            del self.leave_at_ms[key]
+            if key in self.intended and not self.streams.get(key):
+                changes.append(self._intend(Change(Action.LEAVE, *key)))
+        return changes
+
+    def next_due_ms(self) -> int | None:
+        return min(self.leave_at_ms.values(), default=None)
+
+
+__all__ = [
+    "CONNECTION_HEADER",
+    "PRESENCE_SUFFIX",
+    "Action",
+    "Change",
+    "Member",
+    "MemberKey",
+    "MemberSet",
+    "PresenceError",
+    "PresenceOwner",
+    "decode",
+    "is_presence_log",
+    "placement_key",
+    "presence_log",
+]
