@@ -22,6 +22,7 @@ from ringcast._errors import (
     error_info,
     retry_delay,
 )
+from ringcast._presence import Member, Presence, PresenceAction, PresenceEvent, PresenceSet, PresenceWatch
 from ringcast._subscription import Subscription
 from ringcast._types import ChannelInfo, ClientStats, ConnectionState, Message, OutgoingMessage, StateChange
 from ringcast.reasons import Reason
@@ -38,8 +39,14 @@ __all__ = [
     "HealthPolicy",
     "HistoryPage",
     "InvalidArgument",
+    "Member",
     "Message",
     "OutgoingMessage",
+    "Presence",
+    "PresenceAction",
+    "PresenceEvent",
+    "PresenceSet",
+    "PresenceWatch",
     "Reason",
     "RingcastError",
     "StateChange",

@@ -12,6 +12,7 @@ from types import TracebackType
 
 from ringcast._endpoints import EndpointStatus, HealthPolicy
 from ringcast._errors import ClientClosed, InvalidArgument
+from ringcast._presence import Presence
 from ringcast._publisher import BatchLimits, Publisher
 from ringcast._subscription import Subscription
 from ringcast._transport import Gateway, StateListener, TokenProvider, Transport, channel_credentials
@@ -76,6 +77,8 @@ class Client:
         self.timeout_s = timeout_s
         self.resume_timeout_s = resume_timeout_s
         self.client_id = client_id or secrets.token_urlsafe(9)
+        self.connection_id = secrets.token_urlsafe(12)
+        """This client object's connection: a presence member is (client id, connection id)."""
         self._ids = itertools.count(1)
         self._stats = ClientStats()
         secure = ca is not None if tls is None else tls
@@ -98,6 +101,7 @@ class Client:
             BatchLimits(linger_s, batch_messages_max, batch_bytes_max, pending_messages_max, pending_bytes_max),
         )
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._presences: dict[str, Presence] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -122,6 +126,8 @@ class Client:
         self._publisher.fail_all(ClientClosed())
         for subscription in list(self._subscriptions):
             await subscription.close()
+        for presence in list(self._presences.values()):
+            await presence.close()
         await self._transport.close()
 
     # -- state ------------------------------------------------------------------------------------
@@ -259,8 +265,18 @@ class Client:
                 yield message
             page = await page.next()
 
+    def presence(self, channel: str) -> Presence:
+        """The channel's presence, for this client: `enter`, `update`, `leave`, `members`,
+        `subscribe` (one object per channel and client)."""
+        if self._transport.closed:
+            raise ClientClosed()
+        presence = self._presences.get(channel)
+        if presence is None:
+            presence = self._presences[channel] = Presence(self, channel)
+        return presence
+
     async def get_channel(self, channel: str, *, timeout_s: float | None = None) -> ChannelInfo:
-        """The channel's owner, epoch and last committed serial."""
+        """The channel's owner, epoch, last committed serial and members present."""
 
         async def invoke(gateway: Gateway, timeout: float) -> realtime_pb2.GetChannelResponse:
             request = realtime_pb2.GetChannelRequest(channel=channel)
@@ -276,6 +292,7 @@ class Client:
             epoch=int(answer.epoch),
             last_serial=int(answer.last_serial),
             ring_version=int(answer.ring_version),
+            members=int(answer.occupancy.members),
         )
 
 

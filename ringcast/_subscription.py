@@ -16,14 +16,15 @@ asks for "the last N that are still retained", so a gap at its very start is acc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from types import TracebackType
 
 import grpc
 
-from ringcast._endpoints import Outcome
-from ringcast._errors import ClientClosed, ContinuityLost, Unavailable, from_rpc_error
-from ringcast._transport import Gateway, Transport, token_renewals_max
+from ringcast._errors import ContinuityLost
+from ringcast._streams import resumed
+from ringcast._transport import Gateway, Stub, Transport
 from ringcast._types import ClientStats, Message
 from ringcast.reasons import Reason
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
@@ -108,112 +109,48 @@ class Subscription:
         return max(0, last - self._rewind) if self._rewind is not None else last
 
     async def _run(self) -> AsyncGenerator[Message, None]:
-        loop = asyncio.get_running_loop()
         last = await self._start_serial()
         self.last_serial = last
         gap_accepted = self._rewind is not None  # until the first message: "the last N still retained"
-        failing_since: float | None = None
-        attempts = 0
-        renewals = 0
-        limited_since: float | None = None
-        previous: str | None = None
-        while not self._closed:
-            address = self.transport.pool.pick(loop.time(), avoid=previous)
-            await self.transport.ensure_token()
-            token = self.transport.token
+
+        def open_call(stub: Stub) -> grpc.aio.UnaryStreamCall:
             request = realtime_pb2.SubscribeRequest(
                 channel=self.channel, after_serial=last, batch_max=subscribe_batch_messages_max
             )
-            started = loop.time()
-            call = self._call = self.transport.stub(address).Subscribe(request, metadata=self.transport.metadata())
-            try:
-                # The gateway sends its headers once the subscription is in place; a gateway that
-                # does not within the attempt timeout is paused or cut off.
-                try:
-                    await asyncio.wait_for(call.initial_metadata(), self.transport.attempt_timeout_s)
-                except TimeoutError:
-                    raise _NoAnswer() from None
-                if not call.done():
-                    self.transport.succeeded(address, loop.time() - started)
-                    # In place with the token held: a later expiry is a new one, not the same refusal
-                    # again (a quiet channel outlives any number of tokens).
-                    failing_since, attempts, renewals = None, 0, 0
-                async for response in call:
-                    if response.WhichOneof("item") == "gap":
-                        if not gap_accepted:
-                            raise ContinuityLost(self.channel, last, response.gap.next_serial, response.gap.reason)
-                        last = self.last_serial = response.gap.next_serial - 1
-                        continue
-                    batch = response.messages if response.messages else (response.message,)
-                    for message in batch:
-                        serial = message.serial
-                        if serial <= last:
-                            self.stats.duplicates_dropped += 1
-                            continue
-                        if serial != last + 1:
-                            raise ContinuityLost(self.channel, last, serial, Reason.SERIAL_GAP)
-                        last = self.last_serial = serial
-                        gap_accepted = False
-                        limited_since = None
-                        yield Message.from_proto(self.channel, message)
-                outcome, reason = Outcome.SOFT_FAILURE, str(Reason.STREAM_ENDED)
-            except grpc.aio.AioRpcError as error:
-                verdict = self.transport.classify(error)
-                if verdict is None and self.transport.renewable(error) and renewals < token_renewals_max:
-                    # The token expired (or was revoked) under the stream: a new one, and resume
-                    # after the last serial, at once (the gateway is fine).
-                    renewals += 1
-                    await self.transport.renew_token(token)
-                    self.resumes += 1
-                    self.stats.subscribe_resumes += 1
-                    continue
-                delay = self.transport.rate_limited_for(error)
-                if verdict is None and delay is not None:
-                    # Too many subscriptions at once (RATE_LIMITED): try again when the gateway says,
-                    # for as long as a failing subscription would be resumed.
-                    limited_since = limited_since if limited_since is not None else loop.time()
-                    if loop.time() - limited_since > self.resume_timeout_s:
-                        raise from_rpc_error(error) from None
-                    await asyncio.sleep(delay)
-                    continue
-                if verdict is None:
-                    if error.code() == grpc.StatusCode.CANCELLED and self._closed:
-                        return
-                    if error.code() == grpc.StatusCode.CANCELLED and self.transport.closed:
-                        raise ClientClosed() from None
-                    if error.code() != grpc.StatusCode.CANCELLED:
-                        raise from_rpc_error(error) from None
-                    # Not by us: the gateway (its server stopping, say) ended the stream. Resume.
-                    verdict = Outcome.SOFT_FAILURE, "CANCELLED"
-                outcome, reason = verdict
-            except asyncio.CancelledError:
-                if self._closed:  # close() cancelled the call under us: the iteration ends
-                    return
-                raise
-            except _NoAnswer:
-                outcome, reason = Outcome.HARD_FAILURE, str(Reason.NO_ANSWER)
-            except grpc.aio.UsageError as error:
-                raise ClientClosed() from error
-            finally:
-                call.cancel()
-                self._call = None
-            self.transport.failed(address, outcome, reason)
-            previous = address
-            now = loop.time()
-            failing_since = failing_since if failing_since is not None else now
-            if now - failing_since > self.resume_timeout_s:
-                raise Unavailable(
-                    f"subscription to {self.channel!r}: no gateway served it for {self.resume_timeout_s:.0f} s "
-                    f"(last: {reason}); resume with after={last}",
-                    reason=reason,
-                    attempts=attempts,
-                    endpoints=self.transport.pool.addresses,
-                )
-            attempts += 1
+            return stub.Subscribe(request, metadata=self.transport.metadata())
+
+        def set_call(call: grpc.aio.UnaryStreamCall | None) -> None:
+            self._call = call
+
+        def resumed_once() -> None:
             self.resumes += 1
             self.stats.subscribe_resumes += 1
-            await asyncio.sleep(self.transport.backoff(attempts))
 
-
-class _NoAnswer(Exception):
-    pass
+        responses = resumed(
+            self.transport,
+            open_call,
+            what=f"subscription to {self.channel!r}",
+            resume_timeout_s=self.resume_timeout_s,
+            closed=lambda: self._closed,
+            on_call=set_call,
+            on_resume=resumed_once,
+            hint=lambda: f"; resume with after={self.last_serial}",
+        )
+        async with contextlib.aclosing(responses):
+            async for response in responses:
+                if response.WhichOneof("item") == "gap":
+                    if not gap_accepted:
+                        raise ContinuityLost(self.channel, last, response.gap.next_serial, response.gap.reason)
+                    last = self.last_serial = response.gap.next_serial - 1
+                    continue
+                batch = response.messages if response.messages else (response.message,)
+                for message in batch:
+                    serial = message.serial
+                    if serial <= last:
+                        self.stats.duplicates_dropped += 1
+                        continue
+                    if serial != last + 1:
+                        raise ContinuityLost(self.channel, last, serial, Reason.SERIAL_GAP)
+                    last = self.last_serial = serial
+                    gap_accepted = False
+                    yield Message.from_proto(self.channel, message)

@@ -53,13 +53,15 @@ class OutgoingMessage:
 
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
-    """A channel as the platform sees it: its owner node, epoch and last committed serial."""
+    """A channel as the platform sees it: its owner node, epoch, last committed serial, members."""
 
     name: str
     owner: str
     epoch: int
     last_serial: int
     ring_version: int
+    members: int = 0
+    """Members of its presence set (occupancy)."""
 
 
 class ConnectionState(enum.Enum):

@@ -224,15 +224,91 @@ def channel(arguments: argparse.Namespace) -> int:
             "epoch": info.epoch,
             "last_serial": info.last_serial,
             "ring_version": info.ring_version,
+            "members": info.members,
         }
         if arguments.json:
             output.json_line(record)
         else:
             output.table(
                 info.name,
-                ["owner", "epoch", "last serial", "ring version"],
+                ["owner", "epoch", "last serial", "ring version", "members"],
                 [[str(v) for v in list(record.values())[1:]]],
             )
+        return 0
+
+    return _run(work)
+
+
+def _member_record(channel: str, member: ringcast.Member) -> dict[str, object]:
+    return {
+        "channel": channel,
+        "client_id": member.client_id,
+        "connection_id": member.connection_id,
+        "data": member.data.decode("utf-8", "replace"),
+        "serial": member.serial,
+        "timestamp_ms": member.timestamp_ms,
+    }
+
+
+def _clock(timestamp_ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(timestamp_ms / 1000)) + f".{timestamp_ms % 1000:03d}"
+
+
+def presence(arguments: argparse.Namespace) -> int:
+    """List a channel's members; `--enter DATA` stays present until interrupted; `--watch` follows
+    the changes (the SDK enters again and resumes across failures)."""
+
+    async def work() -> int:
+        async with _client(arguments) as client:
+            if not arguments.json:
+                client.on_state_change(_tell_state)
+            mine = client.presence(arguments.channel)
+            if arguments.enter is not None:
+                serial = await mine.enter(arguments.enter)
+                output.notice(f"entered {arguments.channel} as connection {client.connection_id} (serial {serial})")
+            if not arguments.watch and arguments.enter is None:
+                present = await mine.members()
+                if arguments.json:
+                    for member in present.members:
+                        output.json_line(_member_record(arguments.channel, member))
+                    return 0
+                rows = [
+                    [
+                        m.client_id,
+                        m.connection_id,
+                        m.data.decode("utf-8", "replace"),
+                        str(m.serial),
+                        _clock(m.timestamp_ms),
+                    ]
+                    for m in present.members
+                ]
+                title = f"{arguments.channel}: {len(rows)} members at presence serial {present.serial}"
+                output.table(title, ["client", "connection", "data", "serial", "since"], rows)
+                return 0
+            if not arguments.watch:  # entered: stay until interrupted
+                await asyncio.Event().wait()
+            async with mine.subscribe() as watch:
+                async for event in watch:
+                    if event.action is ringcast.PresenceAction.SYNC:
+                        if arguments.json:
+                            for member in event.members:
+                                output.json_line({"action": "present", **_member_record(arguments.channel, member)})
+                        else:
+                            output.notice(f"{len(event.members)} members at presence serial {event.serial}")
+                            for member in event.members:
+                                output.stdout.print(f"  {member.client_id}/{member.connection_id}", markup=False)
+                        continue
+                    assert event.member is not None
+                    record = {"action": event.action.value, **_member_record(arguments.channel, event.member)}
+                    if arguments.json:
+                        output.json_line(record)
+                    else:
+                        data = f": {record['data']}" if record["data"] else ""
+                        output.stdout.print(
+                            f"#{event.serial} {event.action.value} {event.member.client_id}/"
+                            f"{event.member.connection_id}{data}",
+                            markup=False,
+                        )
         return 0
 
     return _run(work)
@@ -309,7 +385,16 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     common(command)
     command.set_defaults(handler=history)
 
-    command = commands.add_parser("channel", help="a channel's owner, epoch and last serial")
+    command = commands.add_parser(
+        "presence", help="a channel's members (--enter DATA: stay present until Ctrl-C; --watch: follow changes)"
+    )
+    command.add_argument("channel")
+    command.add_argument("--enter", metavar="DATA", default=None, help="enter with DATA and stay until interrupted")
+    command.add_argument("--watch", action="store_true", help="the members, then every change as it happens")
+    common(command)
+    command.set_defaults(handler=presence)
+
+    command = commands.add_parser("channel", help="a channel's owner, epoch, last serial and members")
     command.add_argument("channel")
     common(command)
     command.set_defaults(handler=channel)

@@ -43,7 +43,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "message_bytes_max": (int, "largest message data a publish may carry (at most 65536)"),
     "publish_rate": (float, "messages per second per channel through one gateway (0: no limit)"),
 }
-_SWITCHES = {"history": "history reads allowed", "presence": "clients may enter presence"}
+_SWITCHES = {"history": "history reads allowed", "presence": "clients may enter and read presence"}
 
 
 def _with_etcd(arguments: argparse.Namespace, work: Callable[..., Awaitable[T]]) -> T:
