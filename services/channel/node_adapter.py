@@ -293,11 +293,18 @@ class ChannelNodeAdapter:
         The entries go to the replicas one event-loop turn later (`_send_soon`), together with those
         of every other publish made in the same turn: under load, one append round per replica
         carries many publishes (group commit, with no wait when nothing else is queued)."""
-        if self.closing:
-            return PublishResult(False, reason=Reason.SHUTTING_DOWN, retryable=True)
-        token = next(self.tokens)
+        return await self.submit(channel, messages, timeout_s)
+
+    def submit(self, channel: str, messages: tuple[Message, ...], timeout_s: float) -> asyncio.Future[PublishResult]:
+        """`publish`, begun now: the messages get their serials before this returns (so publishes
+        submitted one after another are ordered as submitted); the future answers (TimeoutError
+        after `timeout_s`; cancelling it abandons the wait, not the publish)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PublishResult] = loop.create_future()
+        if self.closing:
+            future.set_result(PublishResult(False, reason=Reason.SHUTTING_DOWN, retryable=True))
+            return future
+        token = next(self.tokens)
         self.publishes[token] = future
         self.call(lambda: self.core.publish(channel, token, messages, monotonic_ms(), send=False))
         self._send_soon(loop, channel)
@@ -306,15 +313,16 @@ class ChannelNodeAdapter:
             serving = role is not None and role.state is RoleState.SERVING and not future.done()
             self.traces.begin(channel, token, role.last if serving and role else None, sorted(self.links))
         timer = loop.call_later(timeout_s, _time_out, future)  # lighter than wait_for: no task, no waiter
-        result: PublishResult | None = None
-        try:
-            result = await future
-        finally:
+
+        def answered(done: asyncio.Future[PublishResult]) -> None:
             timer.cancel()
             self.publishes.pop(token, None)
             if tracing.enabled():
-                self.traces.end(channel, token, "not awaited" if result is not None and result.ok else "no answer")
-        return result
+                ok = not done.cancelled() and done.exception() is None and done.result().ok
+                self.traces.end(channel, token, "not awaited" if ok else "no answer")
+
+        future.add_done_callback(answered)
+        return future
 
     def _send_soon(self, loop: asyncio.AbstractEventLoop, channel: str) -> None:
         """Have the core send `channel`'s new entries at the next turn of the event loop, with those

@@ -27,6 +27,7 @@ from services.common.errors import ServiceError
 from services.core.entries import Entry
 from services.core.namespaces import NamespaceOptions, Namespaces
 from services.core.presence import (
+    Action,
     Change,
     MemberKey,
     PresenceError,
@@ -34,6 +35,7 @@ from services.core.presence import (
     decode,
     presence_log,
 )
+from services.core.role import PublishResult
 
 log = logging.getLogger("ringcast.presence")
 
@@ -124,7 +126,8 @@ class ChannelPresence:
                 self.end(taken.reason)
                 return
             _, commit = self.keeper.node.channel_state(self.log)
-            if commit == 0:
+            adopted = commit == 0
+            if adopted:
                 self._adopt()
             async for delivery in self.keeper.node.subscribe(self.log, 0):
                 if delivery.end_reason:
@@ -133,7 +136,8 @@ class ChannelPresence:
                 if delivery.gap_next_serial:  # a trimmed presence log: what is kept is what is known
                     self.state.committed.skip_to(delivery.gap_next_serial - 1)
                 self._fold(delivery.entries)
-                if not self.ready.done() and self.state.committed.serial >= commit:
+                if not adopted and self.state.committed.serial >= commit:
+                    adopted = True
                     self._adopt()
                 async with self.folded:
                     self.folded.notify_all()
@@ -156,8 +160,22 @@ class ChannelPresence:
             self.state.apply(entry.serial, change, entry.message.timestamp_ms)
 
     def _adopt(self) -> None:
-        self.state.adopt(monotonic_ms(), self.grace_ms)
-        self.ready.set_result(None)
+        """The log is folded up to the takeover's commit: adopt it, and answer calls once the members
+        whose grace ran out before this owner came (rule 5) have left — nobody is shown a ghost."""
+        self.state.adopt(monotonic_ms(), self.grace_ms, self.keeper.node.wall_now_ms())
+        overdue = [self.submit(change) for change in self.state.due(monotonic_ms())]
+        remaining = len(overdue)
+
+        def written(_: asyncio.Future[int]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0 and not self.ready.done() and not self.ended:
+                self.ready.set_result(None)
+
+        for future in overdue:
+            future.add_done_callback(written)
+        if not overdue:
+            self.ready.set_result(None)
 
     async def _expire(self) -> None:
         await asyncio.shield(self.ready)
@@ -165,18 +183,25 @@ class ChannelPresence:
             await asyncio.sleep(expiry_interval_s)
             for change in self.state.due(monotonic_ms()):
                 log.info("%s left %s: its connection was gone for its grace", change.key, self.channel)
-                asyncio.get_running_loop().create_task(self._write_quietly(change))
+                self.submit(change)
 
-    async def _write_quietly(self, change: Change) -> None:
-        with contextlib.suppress(ServiceError):
-            await self.write(change)
-
-    async def write(self, change: Change) -> int:
-        """Publish `change` and answer its serial once folded; a failure ends this presence state."""
+    def submit(self, change: Change) -> asyncio.Future[int]:
+        """Write `change` now (changes are logged in the order submitted); the future answers its
+        serial once folded, or the ServiceError that ended this presence state (and is retrieved
+        even if nobody waits for it)."""
         self.check()
         message = change.message(f"presence-{uuid.uuid4().hex}")
+        published = self.keeper.node.submit(self.log, (message,), write_timeout_s)
+        written = asyncio.ensure_future(self._settle(change, published))
+        written.add_done_callback(_retrieved)
+        return written
+
+    async def write(self, change: Change) -> int:
+        return await self.submit(change)
+
+    async def _settle(self, change: Change, published: asyncio.Future[PublishResult]) -> int:
         try:
-            result = await self.keeper.node.publish(self.log, (message,), write_timeout_s)
+            result = await published
         except TimeoutError:
             self.end(Reason.COMMIT_TIMEOUT)
             self.check()
@@ -188,7 +213,7 @@ class ChannelPresence:
         async with self.folded:
             await self.folded.wait_for(lambda: self.ended or self.state.committed.serial >= serial)
         self.check()
-        if change.key in self.left and change.action == "leave":
+        if change.action is Action.LEAVE and change.key in self.left:
             self.left.pop(change.key).set()
         return serial
 
@@ -276,9 +301,11 @@ class PresenceKeeper:
         presence state here ends."""
         presence = await self.get(channel)
         state = presence.state
-        state.connected(key)
+        back = state.connected(key)
         left = presence.left.setdefault(key, asyncio.Event())
         try:
+            if back is not None:
+                presence.submit(back)
             yield await presence.enter(key, data)
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -289,7 +316,9 @@ class PresenceKeeper:
                 yield 0
         finally:
             if not presence.ended:
-                state.disconnected(key, monotonic_ms(), presence.grace_ms)
+                gone = state.disconnected(key, monotonic_ms(), presence.grace_ms)
+                if gone is not None:
+                    presence.submit(gone)
                 if not state.streams.get(key) and presence.left.get(key) is left:
                     presence.left.pop(key, None)
 
@@ -301,6 +330,11 @@ class PresenceKeeper:
 
 heartbeat_s = 1.0
 """An enter stream with nothing to say sends an empty response this often."""
+
+
+def _retrieved(task: asyncio.Future[int]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 __all__ = ["ChannelPresence", "PresenceKeeper"]

@@ -19,7 +19,7 @@ from services.common.clock import monotonic_ms
 from services.common.errors import ServiceError, abort, answers_errors, invalid
 from services.common.pipe import serve_pipe
 from services.common.validation import Limits, check_channel
-from services.core.presence import PresenceError, decode, presence_log
+from services.core.presence import VISIBLE, PresenceError, decode, presence_log
 from services.core.role import (
     HistoryResult,
 )
@@ -273,8 +273,10 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         after = request.after_serial
         try:
             self._presence_on(request.channel)
+            # Folded and served here (so its members' grace runs here) even for a reader that
+            # only wants the changes after a serial.
+            committed = (await self.presence.get(request.channel)).state.committed
             if request.sync:
-                committed = (await self.presence.get(request.channel)).state.committed
                 members, after = committed.sorted(), committed.serial  # one moment: no await between
                 step = sync_members_per_response_max
                 for start in range(0, max(len(members), 1), step):
@@ -311,6 +313,8 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
                     change = decode(entry.message)
                 except PresenceError:
                     continue  # not a change (logged where the owner folds the log)
+                if change.action not in VISIBLE:
+                    continue  # a member's connection coming and going: not a change of the set
                 changes.append(convert.change_to_proto(change, entry.serial, entry.message.timestamp_ms))
             if changes or not delivery.entries:
                 yield channel_pb2.SubscribePresenceResponse(changes=changes)

@@ -21,9 +21,13 @@ Rules:
    Decisions are made against the *intended* set (committed plus written, not yet committed); a write
    that fails drops the owner's presence state, to be folded from the log again.
 5. A member is *connected* while at least one gateway holds its enter stream open at this owner.
-   When the last one ends, the member has `grace_ms` to come back (any gateway, same ids); then the
-   owner writes its LEAVE. A new owner knows no connections: every member it folds gets the full
-   grace from the takeover, which its gateways' re-opened streams cancel.
+   When the last one ends, the owner writes an ABSENT entry (the member stays, its absence has begun
+   at that entry's timestamp) and gives it `grace_ms` to come back (any gateway, same ids): a stream
+   opened again writes PRESENT; otherwise, once the grace is over, the owner writes its LEAVE.
+   Absence is in the log so that grace survives a takeover: a new owner gives a member folded as
+   absent what is left of its grace (by the entry's wall-clock timestamp), and every other member
+   the full grace from the takeover, which the gateways' re-opened streams cancel. ABSENT and
+   PRESENT are not changes of the set: readers never see them.
 
 Pure: no I/O, no clock (every input that needs time takes `now_ms`).
 """
@@ -59,6 +63,14 @@ class Action(StrEnum):
     ENTER = "enter"
     UPDATE = "update"
     LEAVE = "leave"
+    ABSENT = "absent"
+    """The member's last connection ended (rule 5); not a change of the set."""
+    PRESENT = "present"
+    """An absent member's connection is back (rule 5); not a change of the set."""
+
+
+VISIBLE = frozenset({Action.ENTER, Action.UPDATE, Action.LEAVE})
+"""The actions readers see: changes of the member set."""
 
 
 MemberKey = tuple[str, str]
@@ -120,6 +132,8 @@ class MemberSet:
     members: dict[MemberKey, Member] = field(default_factory=dict)
     serial: int = 0
     """The serial of the last entry applied: the set is valid at it."""
+    absent_since_ms: dict[MemberKey, int] = field(default_factory=dict)
+    """Members whose last connection ended, and when (the ABSENT entry's timestamp)."""
 
     def apply(self, serial: int, change: Change, timestamp_ms: int = 0) -> bool:
         """Apply the entry at `serial`; whether it changed the set. A log the owner wrote never
@@ -130,6 +144,14 @@ class MemberSet:
             raise PresenceError(f"entry {serial} applied after {self.serial}")
         self.serial = serial
         present = change.key in self.members
+        if change.action is Action.ABSENT:
+            if present:
+                self.absent_since_ms[change.key] = timestamp_ms
+            return False
+        if change.action is not Action.UPDATE:  # an update changes data, not connections
+            self.absent_since_ms.pop(change.key, None)
+        if change.action is Action.PRESENT:
+            return False
         if change.action is Action.LEAVE:
             return self.members.pop(change.key, None) is not None
         if change.action is Action.UPDATE and not present:
@@ -157,14 +179,20 @@ class PresenceOwner:
     """Enter streams open at this owner, by member."""
     leave_at_ms: dict[MemberKey, int] = field(default_factory=dict)
     """Members with no stream open here, and when their grace ends."""
+    absent: set[MemberKey] = field(default_factory=set)
+    """Intended members whose absence is written (or being written)."""
 
-    def adopt(self, now_ms: int, grace_ms: int) -> None:
-        """The set is folded up to the log's commit: every member is intended, and has the full
-        grace to be connected here (rule 5)."""
+    def adopt(self, now_ms: int, grace_ms: int, wall_now_ms: int) -> None:
+        """The set is folded up to the log's commit: every member is intended; one folded as absent
+        has what is left of its grace, every other the full grace to be connected here (rule 5)."""
         self.intended = {key: member.data for key, member in self.committed.members.items()}
+        self.absent = set(self.committed.absent_since_ms)
         for key in self.intended:
-            if not self.streams.get(key):
-                self.leave_at_ms[key] = now_ms + grace_ms
+            if self.streams.get(key):
+                continue
+            since = self.committed.absent_since_ms.get(key)
+            left_ms = grace_ms if since is None else min(grace_ms, max(0, since + grace_ms - wall_now_ms))
+            self.leave_at_ms[key] = now_ms + left_ms
 
     def apply(self, serial: int, change: Change, timestamp_ms: int = 0) -> bool:
         return self.committed.apply(serial, change, timestamp_ms)
@@ -193,24 +221,38 @@ class PresenceOwner:
         return self._intend(Change(Action.LEAVE, *key))
 
     def _intend(self, change: Change) -> Change:
+        if change.action is Action.ABSENT:
+            self.absent.add(change.key)
+            return change
+        if change.action is not Action.UPDATE:  # an update changes data, not connections
+            self.absent.discard(change.key)
         if change.action is Action.LEAVE:
             del self.intended[change.key]
-        else:
+        elif change.action is not Action.PRESENT:
             self.intended[change.key] = change.data
         return change
 
-    def connected(self, key: MemberKey) -> None:
+    def connected(self, key: MemberKey) -> Change | None:
+        """A stream of `key` opened here; the PRESENT to write if its absence was written."""
         self.streams[key] = self.streams.get(key, 0) + 1
         self.leave_at_ms.pop(key, None)
+        if key in self.absent and key in self.intended:
+            return self._intend(Change(Action.PRESENT, *key))
+        return None
 
-    def disconnected(self, key: MemberKey, now_ms: int, grace_ms: int) -> None:
+    def disconnected(self, key: MemberKey, now_ms: int, grace_ms: int) -> Change | None:
+        """A stream of `key` ended here; the ABSENT to write if it was the member's last."""
         left = self.streams.get(key, 0) - 1
         if left > 0:
             self.streams[key] = left
-            return
+            return None
         self.streams.pop(key, None)
-        if key in self.intended:
-            self.leave_at_ms[key] = now_ms + grace_ms
+        if key not in self.intended:
+            return None
+        self.leave_at_ms[key] = now_ms + grace_ms
+        if key in self.absent:
+            return None
+        return self._intend(Change(Action.ABSENT, *key))
 
     def due(self, now_ms: int) -> list[Change]:
         """LEAVEs of the members whose grace is over (rule 5), intended as written."""
@@ -229,6 +271,7 @@ class PresenceOwner:
 __all__ = [
     "CONNECTION_HEADER",
     "PRESENCE_SUFFIX",
+    "VISIBLE",
     "Action",
     "Change",
     "Member",

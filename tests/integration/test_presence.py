@@ -197,6 +197,47 @@ def test_a_member_whose_connection_is_gone_leaves_after_its_grace_unless_it_come
         set_namespace(cluster, "brief", None)
 
 
+def test_a_member_s_grace_runs_on_across_a_takeover(cluster: Launcher) -> None:
+    """A member whose connection ended 2.5 s before its channel's owner is SIGKILLed leaves when its
+    grace (4 s) is over, counted from its disconnection (its ABSENT entry), not from the takeover;
+    a member still connected through the takeover stays."""
+    set_namespace(cluster, "graced", NamespaceOptions(presence_grace_s=4.0))
+    try:
+
+        async def scenario() -> None:
+            async for one, two in apis(cluster):
+                channel = "graced:room"
+                await asyncio.sleep(1.5)  # the namespace reaches every owner
+                watcher = Watcher(two, channel)
+                await asyncio.wait_for(watcher.synced.wait(), 10)
+                staying, _ = await entered(two, channel, "staying", "s")
+                going, _ = await entered(one, channel, "going", "g")
+                owner = (await one.GetChannel(realtime_pb2.GetChannelRequest(channel=channel), timeout=10)).owner
+                going.cancel()
+                gone_at = time.monotonic()
+                await asyncio.sleep(2.5)  # a new owner giving it the whole grace again: a ghost till 6.5 s +
+                cluster.kill(owner)
+                try:
+                    while ("going", "g") in watcher.members:
+                        assert time.monotonic() - gone_at < 4.0 + 2.0, "the ghost outlived its grace + 2 s"
+                        if watcher.task.done():
+                            watcher.task.result()
+                        await asyncio.sleep(0.05)
+                    took = time.monotonic() - gone_at
+                    assert took >= 4.0 - 0.1, f"left after {took:.2f} s, before its grace"
+                    await asyncio.sleep(1.0)
+                    members, _ = await members_of(one, channel)
+                    assert members == watcher.members == {("staying", "s"): b""}
+                finally:
+                    cluster.restart(owner)
+                staying.cancel()
+                watcher.close()
+
+        asyncio.run(scenario())
+    finally:
+        set_namespace(cluster, "graced", None)
+
+
 def test_bad_presence_calls_are_refused_with_a_reason(cluster: Launcher) -> None:
     set_namespace(cluster, "silent", NamespaceOptions(presence=False))
     try:
