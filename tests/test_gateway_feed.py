@@ -46,3 +46,28 @@ def test_a_read_abandoned_when_the_ring_moves_the_channel_is_never_left_unretrie
     asyncio.run(scenario())
     gc.collect()
     assert not unretrieved, [context.get("message") for context in unretrieved]
+
+
+def test_a_read_that_failed_as_the_follower_was_cancelled_is_never_left_unretrieved() -> None:
+    """The owner's socket closes (the read fails) in the same turn as the ring moves the channel
+    and the follower is cancelled: nobody reads the failed read's result, and asyncio must not log it."""
+    unretrieved: list[dict[str, Any]] = []
+
+    class FailingCall:
+        async def read(self) -> Any:
+            raise EndedWhileCancelled()
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unretrieved.append(context))
+        follower = asyncio.create_task(feed._next(FailingCall(), asyncio.Event()))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the follower starts its read and waits
+        follower.cancel()  # ...and is cancelled in the turn the read fails
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(scenario())
+    gc.collect()
+    assert not unretrieved, [context.get("message") for context in unretrieved]

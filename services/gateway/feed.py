@@ -184,11 +184,11 @@ async def _next(upstream: grpc.aio.UnaryStreamCall, moved: asyncio.Event) -> cha
         )
     finally:
         waiting.cancel()
+        # A read can end with the call's error while we are being cancelled, or after we cancelled
+        # it (grpc.aio raises the status from a cancelled read): retrieve it, or asyncio logs it.
+        reading.add_done_callback(_retrieved)
         if not reading.done():
-            # A read cancelled while the call is ending can still finish with the call's error
-            # (grpc.aio raises it from the cancelled read); retrieve it, or asyncio logs it.
             reading.cancel()
-            reading.add_done_callback(_retrieved)
     if reading in done:
         response: channel_pb2.SubscribeResponse = reading.result()
         return response
