@@ -66,7 +66,7 @@ class Reason(enum.StrEnum):
     # says; CURSOR_BEYOND_END: a cursor above the channel's last serial (a stale or wrong one);
     # EPOCH_AHEAD_OF_RING (internal, store): a fence or append at an epoch no ring version has made;
     # HISTORY_DISABLED / PRESENCE_DISABLED: the channel's namespace has history / presence off;
-    # NOT_PRESENT: an update or leave of a member that is not in the presence set.
+    # NOT_PRESENT: an update of a member that is not in the presence set.
     NOT_OWNER = "NOT_OWNER"
     CURSOR_BEYOND_END = "CURSOR_BEYOND_END"
     EPOCH_AHEAD_OF_RING = "EPOCH_AHEAD_OF_RING"

@@ -174,7 +174,8 @@ class RealtimeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LeavePresence(self, request, context):
-        """Leave the presence set now (and end the member's EnterPresence stream).
+        """Leave the presence set now (and end the member's EnterPresence stream). Leaving when not
+        present changes nothing and answers OK, so a retried leave is safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

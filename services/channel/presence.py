@@ -164,6 +164,16 @@ class ChannelPresence:
         whose grace ran out before this owner came (rule 5) have left — nobody is shown a ghost."""
         self.state.adopt(monotonic_ms(), self.grace_ms, self.keeper.node.wall_now_ms())
         overdue = [self.submit(change) for change in self.state.due(monotonic_ms())]
+        committed = self.state.committed
+        log.info(
+            "presence of %s folded at serial %d: %d members (%d absent, %d connected here, %d past their grace)",
+            self.channel,
+            committed.serial,
+            len(committed.members),
+            len(committed.absent_since_ms),
+            len(self.state.streams),
+            len(overdue),
+        )
         remaining = len(overdue)
 
         def written(_: asyncio.Future[int]) -> None:
@@ -246,6 +256,11 @@ class ChannelPresence:
             return await self.write(outcome)
         if outcome is not None:
             raise refusal(outcome, self.options)
+        if leave:  # not a member (any more): answered once the committed set agrees
+            async with self.folded:
+                await self.folded.wait_for(lambda: self.ended or key not in self.state.committed.members)
+            self.check()
+            return self.state.committed.serial
         return await self.settled(key)
 
     async def close(self) -> None:

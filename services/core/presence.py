@@ -17,7 +17,8 @@ Rules:
    resurrects nor loses a member.
 4. The owner writes only changes: entering again with the same data writes nothing (the SDK
    re-enters on every reconnect), with other data it writes an update; an update or leave of a
-   non-member is refused (`NOT_PRESENT`); an enter beyond the namespace's `member_cap` is refused.
+   non-member is refused (`NOT_PRESENT`), a leave of one changes nothing (a retried leave must not
+   fail); an enter beyond the namespace's `member_cap` is refused.
    Decisions are made against the *intended* set (committed plus written, not yet committed); a write
    that fails drops the owner's presence state, to be folded from the log again.
 5. A member is *connected* while at least one gateway holds its enter stream open at this owner.
@@ -214,9 +215,11 @@ class PresenceOwner:
             return None
         return self._intend(Change(Action.UPDATE, *key, data))
 
-    def leave(self, key: MemberKey) -> Change | Reason:
+    def leave(self, key: MemberKey) -> Change | None:
+        """The LEAVE to write; None when `key` is not a member (a leave retried after it was
+        written, say): leaving is idempotent."""
         if key not in self.intended:
-            return Reason.NOT_PRESENT
+            return None
         self.leave_at_ms.pop(key, None)
         return self._intend(Change(Action.LEAVE, *key))
 

@@ -443,6 +443,9 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         except ServiceError as error:
             await abort(context, error)
             return
+        # Headers now: the stream is in place at this gateway (the client's sign that it answers),
+        # however long the owner takes to answer the enter.
+        await context.send_initial_metadata(())
         forward = channel_pb2.EnterPresenceRequest(
             channel=request.channel, client_id=client_id, connection_id=request.connection_id, data=request.data
         )
