@@ -87,3 +87,32 @@ def test_ring_as_a_table_and_as_json(cluster: Launcher) -> None:
         timeout=60,
     )
     assert table.returncode == 0 and "channel nodes" in table.stdout and "store-a" in table.stdout
+
+
+def test_presence_enter_list_and_watch(cluster: Launcher) -> None:
+    """`ringcast presence CHANNEL --enter DATA` stays present until interrupted; the list (a table,
+    or one JSON object per member), `--watch` and `ringcast channel` see it."""
+    gateways = [flag for address in cluster.topology.gateways for flag in ("--gateway", address)]
+    command = [sys.executable, "-m", "ringcast_tools", "presence", "cli-room", *gateways]
+    entering = subprocess.Popen([*command, "--enter", "hello"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    watching = subprocess.Popen([*command, "--watch", "--json"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert entering.stderr is not None
+        notices = []
+        while not (notices and notices[-1].startswith("entered cli-room as connection ")):
+            notices.append(entering.stderr.readline())  # connection state notices come first
+            assert notices[-1], notices
+        (member,) = json_lines(ringcast(cluster, "presence", "cli-room", "--json"))
+        assert member["data"] == "hello" and member["channel"] == "cli-room" and member["serial"] == 1
+        table = ringcast(cluster, "presence", "cli-room")
+        assert "cli-room: 1 members at presence serial 1" in table.stdout and "hello" in table.stdout, table.stdout
+        (channel,) = json_lines(ringcast(cluster, "channel", "cli-room", "--json"))
+        assert channel["members"] == 1
+        assert watching.stdout is not None
+        seen = json.loads(watching.stdout.readline())  # the set at the start: the member entered
+        assert (seen["action"], seen["data"]) in {("present", "hello"), ("enter", "hello")}, seen
+    finally:
+        for process in (entering, watching):
+            process.send_signal(2)  # Ctrl-C
+            process.wait(20)
+    assert entering.returncode == 130

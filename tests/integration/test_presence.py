@@ -4,6 +4,7 @@ the watchers' view, refusals, and a takeover that rebuilds the set from the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -26,15 +27,16 @@ UPDATE = presence_pb2.PRESENCE_ACTION_UPDATE
 LEAVE = presence_pb2.PRESENCE_ACTION_LEAVE
 
 
-def set_namespace(cluster: Launcher, name: str, options: NamespaceOptions | None) -> None:
-    async def run() -> None:
-        client = await Etcd.connect(cluster.topology.named("etcd").address)
-        try:
-            await (namespaces.delete(client, name) if options is None else namespaces.put(client, name, options))
-        finally:
-            await client.close()
+async def write_namespace(cluster: Launcher, name: str, options: NamespaceOptions | None) -> None:
+    client = await Etcd.connect(cluster.topology.named("etcd").address)
+    try:
+        await (namespaces.delete(client, name) if options is None else namespaces.put(client, name, options))
+    finally:
+        await client.close()
 
-    asyncio.run(run())
+
+def set_namespace(cluster: Launcher, name: str, options: NamespaceOptions | None) -> None:
+    asyncio.run(write_namespace(cluster, name, options))
 
 
 class Watcher:
@@ -245,6 +247,20 @@ def test_bad_presence_calls_are_refused_with_a_reason(cluster: Launcher) -> None
         async def scenario() -> None:
             async for one, _ in apis(cluster):
                 await refusals(one)
+                await write_namespace(cluster, "silent", NamespaceOptions(presence=True))  # on again
+                turned = time.monotonic()
+                get = functools.partial(
+                    one.GetPresence, realtime_pb2.GetPresenceRequest(channel="silent:x"), timeout=10
+                )
+                while True:
+                    code, _ = await refused(get)
+                    if code == grpc.StatusCode.OK:
+                        break
+                    assert time.monotonic() - turned < 2.0, "presence on again did not apply within 2 s"
+                    await asyncio.sleep(0.05)
+                call, serial = await entered(one, "silent:x", "a", "c")
+                assert serial > 0
+                call.cancel()
 
         asyncio.run(scenario())
     finally:
