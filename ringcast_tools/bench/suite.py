@@ -50,6 +50,8 @@ class Options:
     moved_channels: int = 10_000
     active_channels: int = 100_000
     """Channels made active for the memory measurement (0: none)."""
+    presence_members: int = 900
+    """Members entered into one channel for the presence measurement (0: none)."""
     lease_ttl_s: float = 2.0
     compare: str | None = None
     gateways: list[str] | None = None
@@ -222,6 +224,12 @@ async def _ringcast_extras(target: RingcastTarget, options: Options, say: Callab
         extras["memory"] = memory
         say("ringcast memory " + " ".join(f"{key}={value}" for key, value in memory.items() if "rss" not in key))
         say(f"ringcast memory rss_mib_after={memory['rss_mib_after']}")
+    if target.launcher is not None and options.presence_members and not target.launcher.topology.tls_dir:
+        from ringcast_tools.bench.presence import presence_room
+
+        room = await presence_room(target.launcher, options.presence_members, say)
+        extras["presence"] = room
+        say("ringcast presence " + " ".join(f"{key}={value}" for key, value in room.items()))
     if target.launcher is not None and options.moved_channels and not target.launcher.topology.tls_dir:
         from ringcast_tools.commands.failover import relocation
 

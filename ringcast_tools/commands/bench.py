@@ -34,6 +34,7 @@ def run(arguments: argparse.Namespace) -> int:
         end_to_end_s=arguments.e2e_seconds,
         moved_channels=arguments.moved_channels,
         active_channels=arguments.active_channels,
+        presence_members=arguments.presence_members,
         lease_ttl_s=arguments.lease_ttl,
         compare=arguments.compare,
         gateways=arguments.gateway,
@@ -113,6 +114,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=100_000,
         help="channels made active for the memory measurement (RSS per process, bytes per channel); 0: none",
+    )
+    command.add_argument(
+        "--presence-members",
+        type=int,
+        default=900,
+        help="members entered into one channel for the presence measurement (enter/leave rates, a sync); 0: none",
     )
     command.add_argument(
         "--lease-ttl", type=float, default=2.0, help="the bench's own cluster: channel nodes' lease TTL"

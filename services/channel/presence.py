@@ -242,8 +242,8 @@ class ChannelPresence:
         self.check()
         return self.state.committed.members[key].serial
 
-    async def enter(self, key: MemberKey, data: bytes) -> int:
-        outcome = self.state.enter(key, data, self.options.member_cap)
+    async def enter(self, key: MemberKey, data: bytes, rejoin: bool = False) -> int:
+        outcome = self.state.enter(key, data, self.options.member_cap, rejoin=rejoin)
         if isinstance(outcome, Change):
             return await self.write(outcome)
         if outcome is not None:
@@ -310,7 +310,7 @@ class PresenceKeeper:
         if self.channels.get(presence.channel) is presence:
             del self.channels[presence.channel]
 
-    async def enter_stream(self, channel: str, key: MemberKey, data: bytes) -> AsyncIterator[int]:
+    async def enter_stream(self, channel: str, key: MemberKey, data: bytes, rejoin: bool = False) -> AsyncIterator[int]:
         """Enter `key` and hold it connected while the caller iterates: yields the serial it is present
         at, then 0 each `heartbeat_s`; returns when the member leaves; ServiceError when the
         presence state here ends."""
@@ -321,7 +321,7 @@ class PresenceKeeper:
         try:
             if back is not None:
                 presence.submit(back)
-            yield await presence.enter(key, data)
+            yield await presence.enter(key, data, rejoin)
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(left.wait(), heartbeat_s)

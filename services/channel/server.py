@@ -243,7 +243,8 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         try:
             self._presence_on(request.channel)
             key = (request.client_id, request.connection_id)
-            async for serial in self.presence.enter_stream(request.channel, key, bytes(request.data)):
+            entering = self.presence.enter_stream(request.channel, key, bytes(request.data), request.rejoin)
+            async for serial in entering:
                 yield channel_pb2.EnterPresenceResponse(serial=serial)
         except ServiceError as error:
             await abort(context, error)

@@ -198,10 +198,11 @@ class PresenceOwner:
     def apply(self, serial: int, change: Change, timestamp_ms: int = 0) -> bool:
         return self.committed.apply(serial, change, timestamp_ms)
 
-    def enter(self, key: MemberKey, data: bytes, member_cap: int) -> Change | Reason | None:
-        """The change entering `key` with `data` comes to (None: nothing to write)."""
+    def enter(self, key: MemberKey, data: bytes, member_cap: int, *, rejoin: bool = False) -> Change | Reason | None:
+        """The change entering `key` with `data` comes to (None: nothing to write). A `rejoin` (a
+        gateway opening a held member's stream again) leaves a present member's data as it is."""
         if key in self.intended:
-            if self.intended[key] == data:
+            if rejoin or self.intended[key] == data:
                 return None
             return self._intend(Change(Action.UPDATE, *key, data))
         if len(self.intended) >= member_cap:

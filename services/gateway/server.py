@@ -450,11 +450,16 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
             channel=request.channel, client_id=client_id, connection_id=request.connection_id, data=request.data
         )
 
+        entered = False
+
         def open_call(stub: channel_grpc.ChannelServiceStub) -> grpc.aio.UnaryStreamCall:
+            # Once entered, opening the stream again (at a new owner, say) keeps the member's data:
+            # it may have been updated since, through any gateway.
+            forward.rejoin = entered
             return stub.EnterPresence(forward)
 
         async def held() -> AsyncIterator[realtime_pb2.EnterPresenceResponse]:
-            entered = False
+            nonlocal entered
             responses = owner_responses(self.router, request.channel, open_call, resume_on_eof=False)
             async with contextlib.aclosing(responses):
                 async for response in responses:

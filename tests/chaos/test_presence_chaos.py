@@ -4,7 +4,8 @@
 drop (their client closes without leaving) in a loop, while the channel's owner is SIGKILLed and
 the next one is paused past its lease. Two watchers (one per gateway) follow the set. At quiet
 points (no member changes anything for longer than the grace + 2 s), every watcher's set equals
-the log's (GetPresence) and equals the members whose clients are connected. Throughout: no member
+the log's (GetPresence) and equals the members whose clients are connected, each with the data it
+last entered or updated with. Throughout: no member
 is ever seen to leave while its client is connected, and a dropped member leaves within its grace
 + 2 s (longer only when the drop fell into a fault's window, reported).
 """
@@ -44,6 +45,8 @@ class Life:
 
     key: tuple[str, str]
     state: str = "entering"  # entering, present, leaving, left, dropped
+    data: bytes = b""
+    """What the member last entered or updated with."""
     ended_at: float = 0.0
     left_seen_at: float = 0.0
 
@@ -132,13 +135,15 @@ class PresenceLoad:
             self.ledger.lives[life.key] = life
             presence = client.presence(CHANNEL)
             try:
-                await presence.enter(f"{slot}.{lives}")
+                life.data = f"{slot}.{lives}".encode()
+                await presence.enter(life.data)
                 life.state = "present"
                 self.ledger.changes += 1
                 for _ in range(rng.randrange(1, 4)):
                     await self._hold(rng.uniform(0.5, 4.0))
                     if rng.random() < 0.3:
-                        await presence.update(f"{slot}.{lives}.{rng.randrange(1000)}")
+                        life.data = f"{slot}.{lives}.{rng.randrange(1000)}".encode()
+                        await presence.update(life.data)
                         self.ledger.changes += 1
                 await self._hold(0)
                 if rng.random() < 0.5:
@@ -204,20 +209,22 @@ def quiet_point(load: PresenceLoad, what: str) -> None:
     load.quiet.set()
     try:
         time.sleep(GRACE_S + SLACK_S + 0.5)
-        expected = {key for key, life in load.ledger.lives.items() if life.state == "present"}
+        expected = {key: life.data for key, life in load.ledger.lives.items() if life.state == "present"}
         deadline = time.monotonic() + 15
         while True:
             logged = load.call(logged_members(load.gateways))
             seen = [{key: member.data for key, member in watcher.members.items()} for watcher in load.watchers]
-            if all(view == logged for view in seen) and set(logged) == expected:
+            if all(view == logged for view in seen) and logged == expected:
                 break
             if time.monotonic() > deadline:
-                extra = sorted(set(logged) - expected)[:5]
-                missing = sorted(expected - set(logged))[:5]
-                differ = [len(set(view) ^ set(logged)) for view in seen]
+                extra = sorted(set(logged) - set(expected))[:5]
+                missing = sorted(set(expected) - set(logged))[:5]
+                differ = [len(set(view.items()) ^ set(logged.items())) for view in seen]
+                stale = sorted(key for key in set(logged) & set(expected) if logged[key] != expected[key])[:5]
                 pytest.fail(
                     f"{what}: log has {len(logged)} members, {len(expected)} connected "
-                    f"(ghosts {extra}, vanished {missing}); watchers differ from the log by {differ}"
+                    f"(ghosts {extra}, vanished {missing}, data not the member's last {stale}); "
+                    f"watchers differ from the log by {differ}"
                 )
             time.sleep(0.2)
         print(f"{what}: {len(logged)} members, every watcher and the log agree")

@@ -41,6 +41,8 @@ def test_a_small_compare_run_reports_every_workload_for_both_systems(tmp_path: P
             "100",
             "--active-channels",
             "300",
+            "--presence-members",
+            "50",
             "--out",
             str(tmp_path),
         ],
@@ -87,6 +89,9 @@ def test_a_small_compare_run_reports_every_workload_for_both_systems(tmp_path: P
         assert end_to_end["delivered"] == end_to_end["published"], (client, end_to_end)
     memory = report["ringcast"]["memory"]
     assert memory["active_channels"] == 300 and set(memory["rss_mib_after"]) >= {"channel-1", "gateway-1", "store-a"}
+    presence = report["ringcast"]["presence"]
+    assert presence["members"] == presence["synced_members"] == presence["occupancy_members"] == 50
+    assert presence["enters_per_s"] > 0 and presence["leaves_per_s"] > 0
     takeover = report["ringcast"]["takeover"]
     assert takeover["moved"] == 100
     assert takeover["all_moved_acked_again_s"] >= takeover["acked_again_median_s"] > 0

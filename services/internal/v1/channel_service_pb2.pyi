@@ -159,16 +159,18 @@ class GetNodeResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., ring_version: _Optional[int] = ..., serving: _Optional[bool] = ..., channels_serving: _Optional[int] = ..., channels_taking_over: _Optional[int] = ..., channels_prepared: _Optional[int] = ..., takeovers_done: _Optional[int] = ...) -> None: ...
 
 class EnterPresenceRequest(_message.Message):
-    __slots__ = ("channel", "client_id", "connection_id", "data")
+    __slots__ = ("channel", "client_id", "connection_id", "data", "rejoin")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    REJOIN_FIELD_NUMBER: _ClassVar[int]
     channel: str
     client_id: str
     connection_id: str
     data: bytes
-    def __init__(self, channel: _Optional[str] = ..., client_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    rejoin: bool
+    def __init__(self, channel: _Optional[str] = ..., client_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ..., rejoin: _Optional[bool] = ...) -> None: ...
 
 class EnterPresenceResponse(_message.Message):
     __slots__ = ("serial",)
