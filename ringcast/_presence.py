@@ -28,6 +28,7 @@ import grpc
 from ringcast._errors import RingcastError
 from ringcast._streams import resumed
 from ringcast._transport import Gateway, Stub
+from ringcast.reasons import Reason
 from ringcast.v1 import presence_pb2
 from ringcast.v1 import realtime_service_pb2 as realtime_pb2
 
@@ -169,21 +170,34 @@ class Presence:
         def again() -> None:
             self.reentries += 1
 
-        responses = resumed(
-            self.client._transport,
-            open_call,
-            what=f"presence in {self.channel!r}",
-            resume_timeout_s=self.client.resume_timeout_s,
-            closed=lambda: self._stopping,
-            on_call=set_call,
-            on_resume=again,
-            resume_on_eof=False,
-        )
+        def stream() -> AsyncGenerator[realtime_pb2.EnterPresenceResponse, None]:
+            return resumed(
+                self.client._transport,
+                open_call,
+                what=f"presence in {self.channel!r}",
+                resume_timeout_s=self.client.resume_timeout_s,
+                closed=lambda: self._stopping,
+                on_call=set_call,
+                on_resume=again,
+                resume_on_eof=False,
+            )
+
+        responses = stream()
         try:
-            async with contextlib.aclosing(responses):
-                async for response in responses:
-                    if response.serial and not entered.done():
-                        entered.set_result(int(response.serial))
+            while True:
+                try:
+                    async with contextlib.aclosing(responses):
+                        async for response in responses:
+                            if response.serial and not entered.done():
+                                entered.set_result(int(response.serial))
+                    return  # ended OK: the member left
+                except RingcastError as error:
+                    # No longer present although this client never left: its grace ran out while it
+                    # could not reach the platform. Enter again, as a new member of the same ids.
+                    if error.reason != Reason.NOT_PRESENT or self._stopping or not entered.done():
+                        raise
+                    self.reentries += 1
+                    responses = stream()
         except RingcastError as error:
             self.error = error
             if not entered.done():

@@ -154,7 +154,8 @@ class RealtimeServiceServicer:
 
     def EnterPresence(self, request, context):
         """Enter the channel's presence set and stay in it while this stream is open. The first response
-        carries the presence serial the member is present at; an empty response follows each second.
+        carries the presence serial the member is present at; an empty response follows every 10 s
+        (a client notices a dead gateway by its own keepalive pings, not by these).
         Entering again with the same ids and data (after a reconnect) changes nothing; with other data
         it is an update. When the stream ends without LeavePresence, the member stays present for the
         namespace's grace period (15 s by default), and then leaves unless it entered again. Ends OK

@@ -24,12 +24,21 @@ from ringcast_tools.cluster.launcher import Launcher
 enters_inflight_max = 200
 """Enters (and leaves) in flight at once."""
 
+streams_per_connection = 500
+"""Members' EnterPresence streams per client connection."""
+
 
 async def presence_room(
     launcher: Launcher, members: int, say: Callable[[str], None], inflight: int = enters_inflight_max
 ) -> dict[str, object]:
     gateways = launcher.topology.gateways
-    links = [grpc.aio.insecure_channel(address) for address in gateways]
+    # A connection carries at most 1,000 streams (the gateways' bound): one per 500 members, as
+    # many clients would have.
+    connections = max(1, -(-members // streams_per_connection))
+    links = [
+        grpc.aio.insecure_channel(gateways[index % len(gateways)], options=[("grpc.use_local_subchannel_pool", 1)])
+        for index in range(max(connections, len(gateways)))
+    ]
     stubs = [realtime_grpc.RealtimeServiceStub(link) for link in links]
     channel = f"bench-room-{uuid.uuid4().hex[:6]}"
     gate = asyncio.Semaphore(inflight)
@@ -59,7 +68,10 @@ async def presence_room(
             )
 
     try:
-        say(f"presence: {members} members entering {channel} ({inflight} at a time, over {len(gateways)} gateways)")
+        say(
+            f"presence: {members} members entering {channel} ({inflight} at a time, over {len(gateways)} gateways "
+            f"and {len(links)} client connections)"
+        )
         before = resident_mib(launcher)
         started = time.monotonic()
         await asyncio.gather(*(enter(index) for index in range(members)))

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 
@@ -79,8 +79,8 @@ class ChannelPresence:
         self.ended = ""
         """Why this presence state ended ("" while it serves)."""
         self.folded = asyncio.Condition()
-        self.left: dict[MemberKey, asyncio.Event] = {}
-        """Set when the member leaves: its enter streams here end."""
+        self.holders: dict[MemberKey, set[Holder]] = {}
+        """The gateways' streams (HoldPresence) holding each member connected here."""
         self._tasks = [
             asyncio.create_task(self._follow(), name=f"presence-{channel}"),
             asyncio.create_task(self._expire(), name=f"presence-expiry-{channel}"),
@@ -104,8 +104,6 @@ class ChannelPresence:
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        for event in self.left.values():
-            event.set()
         self.keeper.forget(self)
         asyncio.get_running_loop().create_task(self._wake())
 
@@ -158,6 +156,10 @@ class ChannelPresence:
                 self.state.committed.skip_to(entry.serial)
                 continue
             self.state.apply(entry.serial, change, entry.message.timestamp_ms)
+            if change.action is Action.LEAVE:  # its holders' clients are told; it is held no more
+                self.state.streams.pop(change.key, None)
+                for holder in self.holders.pop(change.key, set()):
+                    holder.left(change.key)
 
     def _adopt(self) -> None:
         """The log is folded up to the takeover's commit: adopt it, and answer calls once the members
@@ -223,8 +225,6 @@ class ChannelPresence:
         async with self.folded:
             await self.folded.wait_for(lambda: self.ended or self.state.committed.serial >= serial)
         self.check()
-        if change.action is Action.LEAVE and change.key in self.left:
-            self.left.pop(change.key).set()
         return serial
 
     async def settled(self, key: MemberKey) -> int:
@@ -241,6 +241,30 @@ class ChannelPresence:
             )
         self.check()
         return self.state.committed.members[key].serial
+
+    def attach(self, holder: Holder, key: MemberKey) -> None:
+        """`holder` holds `key` connected here (once per holder)."""
+        holders = self.holders.setdefault(key, set())
+        if holder in holders:
+            return
+        holders.add(holder)
+        back = self.state.connected(key)
+        if back is not None:
+            self.submit(back)
+
+    def release(self, holder: Holder, key: MemberKey) -> None:
+        """`holder` holds `key` no more; its last holder gone, the member's grace begins."""
+        holders = self.holders.get(key)
+        if not holders or holder not in holders:
+            return
+        holders.discard(holder)
+        if not holders:
+            del self.holders[key]
+        if self.ended:
+            return
+        gone = self.state.disconnected(key, monotonic_ms(), self.grace_ms)
+        if gone is not None:
+            self.submit(gone)
 
     async def enter(self, key: MemberKey, data: bytes, rejoin: bool = False) -> int:
         outcome = self.state.enter(key, data, self.options.member_cap, rejoin=rejoin)
@@ -310,33 +334,6 @@ class PresenceKeeper:
         if self.channels.get(presence.channel) is presence:
             del self.channels[presence.channel]
 
-    async def enter_stream(self, channel: str, key: MemberKey, data: bytes, rejoin: bool = False) -> AsyncIterator[int]:
-        """Enter `key` and hold it connected while the caller iterates: yields the serial it is present
-        at, then 0 each `heartbeat_s`; returns when the member leaves; ServiceError when the
-        presence state here ends."""
-        presence = await self.get(channel)
-        state = presence.state
-        back = state.connected(key)
-        left = presence.left.setdefault(key, asyncio.Event())
-        try:
-            if back is not None:
-                presence.submit(back)
-            yield await presence.enter(key, data, rejoin)
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(left.wait(), heartbeat_s)
-                presence.check()
-                if left.is_set():
-                    return
-                yield 0
-        finally:
-            if not presence.ended:
-                gone = state.disconnected(key, monotonic_ms(), presence.grace_ms)
-                if gone is not None:
-                    presence.submit(gone)
-                if not state.streams.get(key) and presence.left.get(key) is left:
-                    presence.left.pop(key, None)
-
     async def close(self) -> None:
         for presence in list(self.channels.values()):
             await presence.close()
@@ -344,7 +341,14 @@ class PresenceKeeper:
 
 
 heartbeat_s = 1.0
-"""An enter stream with nothing to say sends an empty response this often."""
+"""A hold stream with nothing to say sends an empty response this often."""
+
+
+class Holder(Protocol):
+    """A gateway's stream holding members connected here (the HoldPresence call)."""
+
+    def left(self, key: MemberKey) -> None:
+        """`key` left the presence set: its clients' streams end."""
 
 
 def _retrieved(task: asyncio.Future[int]) -> None:

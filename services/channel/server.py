@@ -3,6 +3,8 @@ top of `ChannelNodeAdapter` (node_adapter.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,13 +15,13 @@ from opentelemetry import trace
 from ringcast.reasons import Reason
 from ringcast.v1 import message_pb2, presence_pb2
 from services.channel.node_adapter import ChannelNodeAdapter
-from services.channel.presence import PresenceKeeper
+from services.channel.presence import PresenceKeeper, heartbeat_s
 from services.common import convert, metrics, tracing
 from services.common.clock import monotonic_ms
 from services.common.errors import ServiceError, abort, answers_errors, invalid
 from services.common.pipe import serve_pipe
 from services.common.validation import Limits, check_channel
-from services.core.presence import VISIBLE, PresenceError, decode, presence_log
+from services.core.presence import VISIBLE, MemberKey, PresenceError, decode, presence_log
 from services.core.role import (
     HistoryResult,
 )
@@ -74,6 +76,24 @@ def _deadline(context: grpc.aio.ServicerContext) -> float:
 
 sync_members_per_response_max = 1_000
 """Members one part of a presence sync carries."""
+
+hold_results_per_response_max = 256
+"""Enter results one HoldPresence response carries."""
+
+
+class _Hold:
+    """One HoldPresence stream: the members it holds, and what it has to tell its gateway."""
+
+    def __init__(self) -> None:
+        self.held: set[MemberKey] = set()
+        self.results: list[channel_pb2.HeldResult] = []
+        self.gone: list[MemberKey] = []
+        self.wake = asyncio.Event()
+
+    def left(self, key: MemberKey) -> None:
+        self.held.discard(key)
+        self.gone.append(key)
+        self.wake.set()
 
 
 def presence_disabled(channel: str, namespace: str) -> ServiceError:
@@ -237,17 +257,90 @@ class ChannelServicer(channel_grpc.ChannelServiceServicer):  # type: ignore[misc
         if not self.presence.options(channel).presence:
             raise presence_disabled(channel, self.presence.namespaces.label(channel))
 
-    async def EnterPresence(  # noqa: N802
-        self, request: channel_pb2.EnterPresenceRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[channel_pb2.EnterPresenceResponse]:
+    async def HoldPresence(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[channel_pb2.HoldPresenceRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[channel_pb2.HoldPresenceResponse]:
         try:
-            self._presence_on(request.channel)
-            key = (request.client_id, request.connection_id)
-            entering = self.presence.enter_stream(request.channel, key, bytes(request.data), request.rejoin)
-            async for serial in entering:
-                yield channel_pb2.EnterPresenceResponse(serial=serial)
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        channel = first.channel
+        try:
+            self._presence_on(channel)
+            presence = await self.presence.get(channel)
         except ServiceError as error:
             await abort(context, error)
+            return
+        hold = _Hold()
+        entering: set[asyncio.Task[None]] = set()
+
+        async def enter(member: channel_pb2.HeldMember, key: MemberKey) -> None:
+            try:
+                serial = await presence.enter(key, bytes(member.data), member.rejoin)
+                hold.results.append(channel_pb2.HeldResult(tag=member.tag, serial=serial))
+            except ServiceError as error:
+                hold.held.discard(key)
+                presence.release(hold, key)
+                hold.results.append(channel_pb2.HeldResult(tag=member.tag, error=error.to_status()))
+            hold.wake.set()
+
+        def handle(request: channel_pb2.HoldPresenceRequest) -> None:
+            if request.channel != channel:
+                raise invalid(Reason.CHANNEL_NAME_INVALID, "every request of a HoldPresence stream names its channel")
+            for member in request.enter:
+                key = (member.client_id, member.connection_id)
+                hold.held.add(key)
+                presence.attach(hold, key)  # now, in stream order: a release read next undoes it
+                task = asyncio.create_task(enter(member, key))
+                entering.add(task)
+                task.add_done_callback(entering.discard)
+            for member in request.release:
+                key = (member.client_id, member.connection_id)
+                hold.held.discard(key)
+                presence.release(hold, key)
+
+        async def read() -> None:
+            handle(first)
+            async for request in request_iterator:
+                handle(request)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(hold.wake.wait(), heartbeat_s)
+                hold.wake.clear()
+                if presence.ended:
+                    await abort(context, error_for(Reason.CHANNEL_MOVED, self.node.ring_version))
+                    return
+                if reader.done():
+                    failure = reader.exception()
+                    if isinstance(failure, ServiceError):
+                        await abort(context, failure)
+                    if not entering:
+                        return  # the gateway closed its side: it holds nobody here any more
+                results, hold.results = (
+                    hold.results[:hold_results_per_response_max],
+                    hold.results[hold_results_per_response_max:],
+                )
+                left, hold.gone = hold.gone, []
+                if hold.results:
+                    hold.wake.set()
+                yield channel_pb2.HoldPresenceResponse(
+                    results=results,
+                    left=[
+                        channel_pb2.PresenceMemberId(client_id=client, connection_id=connection)
+                        for client, connection in left
+                    ],
+                )
+        finally:
+            reader.cancel()
+            for task in list(entering):
+                task.cancel()
+            for key in list(hold.held):
+                presence.release(hold, key)
 
     @answers_errors
     async def ChangePresence(  # noqa: N802

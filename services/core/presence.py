@@ -200,11 +200,16 @@ class PresenceOwner:
 
     def enter(self, key: MemberKey, data: bytes, member_cap: int, *, rejoin: bool = False) -> Change | Reason | None:
         """The change entering `key` with `data` comes to (None: nothing to write). A `rejoin` (a
-        gateway opening a held member's stream again) leaves a present member's data as it is."""
+        gateway holding a member again, on a new stream) leaves a present member's data as it is,
+        and is refused (NOT_PRESENT) for one that is no longer present: it left (its LEAVE may have
+        been written while the gateway was cut off), or its grace ran out; its client decides
+        whether to enter again, the gateway never does."""
         if key in self.intended:
             if rejoin or self.intended[key] == data:
                 return None
             return self._intend(Change(Action.UPDATE, *key, data))
+        if rejoin:
+            return Reason.NOT_PRESENT
         if len(self.intended) >= member_cap:
             return Reason.MEMBER_CAP_REACHED
         return self._intend(Change(Action.ENTER, *key, data))

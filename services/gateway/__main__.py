@@ -76,6 +76,7 @@ async def main(arguments: argparse.Namespace) -> None:
 
     async def closed() -> None:
         await servicer.feeds.close()
+        await servicer.presence.close_all()
         await watcher.stop()
         await router.close()
         for task in following:

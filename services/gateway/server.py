@@ -48,6 +48,7 @@ from services.core.namespaces import Namespaces
 from services.gateway.auth import Authenticator, Grant, stamp
 from services.gateway.feed import FeedRegistry, covered_through, follow_owner, owner_responses, shaped
 from services.gateway.limits import GatewayLimits, Limiter
+from services.gateway.presence import PresenceLinks
 from services.gateway.router import OwnerLink, OwnerRouter
 from services.internal.v1 import channel_service_pb2 as channel_pb2
 from services.internal.v1 import channel_service_pb2_grpc as channel_grpc
@@ -61,6 +62,11 @@ request_deadline_s = 10.0
 
 subscribe_batch_messages_max = 256
 """Messages one subscription response carries at most, whatever batch the subscriber asked for."""
+
+presence_heartbeat_s = 10.0
+"""An EnterPresence stream with nothing to say sends an empty response this often (a room's
+members cost the gateway one response each per interval; clients notice a dead gateway by their
+keepalive pings)."""
 
 publish_stream_inflight_max = 64
 """Requests of one PublishStream being worked on at once (responses still go out in order)."""
@@ -83,6 +89,7 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         self.router = router
         self.limits = limits or Limits()
         self.feeds = FeedRegistry(router)
+        self.presence = PresenceLinks(router)
         self.auth = auth
         """None: no token keys, every caller may do everything (an insecure cluster)."""
         self.limiter = limiter or Limiter(GatewayLimits())
@@ -446,26 +453,13 @@ class RealtimeServicer(realtime_grpc.RealtimeServiceServicer):  # type: ignore[m
         # Headers now: the stream is in place at this gateway (the client's sign that it answers),
         # however long the owner takes to answer the enter.
         await context.send_initial_metadata(())
-        forward = channel_pb2.EnterPresenceRequest(
-            channel=request.channel, client_id=client_id, connection_id=request.connection_id, data=request.data
-        )
-
-        entered = False
-
-        def open_call(stub: channel_grpc.ChannelServiceStub) -> grpc.aio.UnaryStreamCall:
-            # Once entered, opening the stream again (at a new owner, say) keeps the member's data:
-            # it may have been updated since, through any gateway.
-            forward.rejoin = entered
-            return stub.EnterPresence(forward)
+        key = (client_id, request.connection_id)
 
         async def held() -> AsyncIterator[realtime_pb2.EnterPresenceResponse]:
-            nonlocal entered
-            responses = owner_responses(self.router, request.channel, open_call, resume_on_eof=False)
-            async with contextlib.aclosing(responses):
-                async for response in responses:
-                    # Every owner answers the enter with the member's serial; the client is told once.
-                    yield realtime_pb2.EnterPresenceResponse(serial=0 if entered else response.serial)
-                    entered = True
+            holding = self.presence.hold(request.channel, key, bytes(request.data), presence_heartbeat_s)
+            async with contextlib.aclosing(holding):
+                async for serial in holding:
+                    yield realtime_pb2.EnterPresenceResponse(serial=serial)
 
         try:
             with self.limiter.subscription(grant):

@@ -197,6 +197,20 @@ class PresenceLoad:
             raise self.error
 
 
+async def changes_of(gateways: list[str], keys: set[tuple[str, str]]) -> list[str]:
+    """The presence history of `keys` (for a failure's message)."""
+    async with ringcast.Client(gateways) as client:
+        last = (await client.presence(CHANNEL).members()).serial
+        found = []
+        async with client.presence(CHANNEL).subscribe(after=0) as watch:
+            async for event in watch:
+                if event.member is not None and event.member.key in keys:
+                    found.append(f"#{event.serial} {event.action.value} {event.member.key} {event.member.data!r}")
+                if event.serial >= last:
+                    break
+        return found
+
+
 async def logged_members(gateways: list[str]) -> dict[tuple[str, str], bytes]:
     async with ringcast.Client(gateways) as client:
         present = await client.presence(CHANNEL).members()
@@ -221,6 +235,10 @@ def quiet_point(load: PresenceLoad, what: str) -> None:
                 missing = sorted(set(expected) - set(logged))[:5]
                 differ = [len(set(view.items()) ^ set(logged.items())) for view in seen]
                 stale = sorted(key for key in set(logged) & set(expected) if logged[key] != expected[key])[:5]
+                odd = set(extra) | set(missing) | set(stale)
+                lives = {key: (load.ledger.lives[key].state, load.ledger.lives[key].ended_at) for key in odd}
+                print("lives:", lives, "now", time.monotonic())
+                print("history:", *load.call(changes_of(load.gateways, odd)), sep="\n  ")
                 pytest.fail(
                     f"{what}: log has {len(logged)} members, {len(expected)} connected "
                     f"(ghosts {extra}, vanished {missing}, data not the member's last {stale}); "

@@ -108,3 +108,15 @@ def test_a_member_absent_longer_than_its_grace_when_taken_over_leaves_at_once() 
     owner = PresenceOwner(committed=log)
     owner.adopt(now_ms=0, grace_ms=GRACE, wall_now_ms=60_000)
     assert owner.due(0) == [Change(Action.LEAVE, *ALICE)]
+
+
+def test_a_rejoin_keeps_a_present_member_s_data_and_never_brings_one_back() -> None:
+    owner = PresenceOwner()
+    owner.adopt(0, GRACE, 0)
+    owner.enter(ALICE, b"first", member_cap=10)
+    owner.update(ALICE, b"second")  # through another gateway, say
+    assert owner.enter(ALICE, b"first", member_cap=10, rejoin=True) is None  # keeps "second"
+    assert owner.intended[ALICE] == b"second"
+    owner.leave(ALICE)  # written while the rejoining gateway was cut off
+    assert owner.enter(ALICE, b"second", member_cap=10, rejoin=True) == Reason.NOT_PRESENT
+    assert owner.enter(ALICE, b"second", member_cap=10) == Change(Action.ENTER, *ALICE, b"second")  # its client may

@@ -158,25 +158,55 @@ class GetNodeResponse(_message.Message):
     takeovers_done: int
     def __init__(self, node_id: _Optional[str] = ..., ring_version: _Optional[int] = ..., serving: _Optional[bool] = ..., channels_serving: _Optional[int] = ..., channels_taking_over: _Optional[int] = ..., channels_prepared: _Optional[int] = ..., takeovers_done: _Optional[int] = ...) -> None: ...
 
-class EnterPresenceRequest(_message.Message):
-    __slots__ = ("channel", "client_id", "connection_id", "data", "rejoin")
+class HoldPresenceRequest(_message.Message):
+    __slots__ = ("channel", "enter", "release")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ENTER_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    enter: _containers.RepeatedCompositeFieldContainer[HeldMember]
+    release: _containers.RepeatedCompositeFieldContainer[PresenceMemberId]
+    def __init__(self, channel: _Optional[str] = ..., enter: _Optional[_Iterable[_Union[HeldMember, _Mapping]]] = ..., release: _Optional[_Iterable[_Union[PresenceMemberId, _Mapping]]] = ...) -> None: ...
+
+class HeldMember(_message.Message):
+    __slots__ = ("tag", "client_id", "connection_id", "data", "rejoin")
+    TAG_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     REJOIN_FIELD_NUMBER: _ClassVar[int]
-    channel: str
+    tag: int
     client_id: str
     connection_id: str
     data: bytes
     rejoin: bool
-    def __init__(self, channel: _Optional[str] = ..., client_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ..., rejoin: _Optional[bool] = ...) -> None: ...
+    def __init__(self, tag: _Optional[int] = ..., client_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., data: _Optional[bytes] = ..., rejoin: _Optional[bool] = ...) -> None: ...
 
-class EnterPresenceResponse(_message.Message):
-    __slots__ = ("serial",)
+class PresenceMemberId(_message.Message):
+    __slots__ = ("client_id", "connection_id")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    connection_id: str
+    def __init__(self, client_id: _Optional[str] = ..., connection_id: _Optional[str] = ...) -> None: ...
+
+class HoldPresenceResponse(_message.Message):
+    __slots__ = ("results", "left")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[HeldResult]
+    left: _containers.RepeatedCompositeFieldContainer[PresenceMemberId]
+    def __init__(self, results: _Optional[_Iterable[_Union[HeldResult, _Mapping]]] = ..., left: _Optional[_Iterable[_Union[PresenceMemberId, _Mapping]]] = ...) -> None: ...
+
+class HeldResult(_message.Message):
+    __slots__ = ("tag", "serial", "error")
+    TAG_FIELD_NUMBER: _ClassVar[int]
     SERIAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    tag: int
     serial: int
-    def __init__(self, serial: _Optional[int] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, tag: _Optional[int] = ..., serial: _Optional[int] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ChangePresenceRequest(_message.Message):
     __slots__ = ("channel", "client_id", "connection_id", "data", "leave")

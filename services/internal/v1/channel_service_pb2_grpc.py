@@ -73,10 +73,10 @@ class ChannelServiceStub:
                 request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.FromString,
                 _registered_method=True)
-        self.EnterPresence = channel.unary_stream(
-                '/ringcast.internal.v1.ChannelService/EnterPresence',
-                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceRequest.SerializeToString,
-                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceResponse.FromString,
+        self.HoldPresence = channel.stream_stream(
+                '/ringcast.internal.v1.ChannelService/HoldPresence',
+                request_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HoldPresenceRequest.SerializeToString,
+                response_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HoldPresenceResponse.FromString,
                 _registered_method=True)
         self.ChangePresence = channel.unary_unary(
                 '/ringcast.internal.v1.ChannelService/ChangePresence',
@@ -159,11 +159,13 @@ class ChannelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EnterPresence(self, request, context):
-        """Enter a member into the channel's presence set (idempotently) and hold it connected here while
-        the stream is open (services/core/presence.py, rules 4 and 5). The first response carries the
-        serial the member is present at; an empty one follows each second. Ends OK when the member
-        leaves, with a status when the channel moves.
+    def HoldPresence(self, request_iterator, context):
+        """One gateway's members of one channel, held connected here over one stream
+        (services/core/presence.py, rules 4 and 5). The gateway sends members to enter (or rejoin) and
+        to release (their clients went away); the owner answers each enter with the serial the member
+        is present at (or the status it failed with), says which held members left, and sends an empty
+        response each second. When the stream ends, every member it held is released. Ends with a
+        status when the channel moves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,10 +231,10 @@ def add_ChannelServiceServicer_to_server(servicer, server):
                     request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeRequest.FromString,
                     response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.GetNodeResponse.SerializeToString,
             ),
-            'EnterPresence': grpc.unary_stream_rpc_method_handler(
-                    servicer.EnterPresence,
-                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceRequest.FromString,
-                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceResponse.SerializeToString,
+            'HoldPresence': grpc.stream_stream_rpc_method_handler(
+                    servicer.HoldPresence,
+                    request_deserializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HoldPresenceRequest.FromString,
+                    response_serializer=ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HoldPresenceResponse.SerializeToString,
             ),
             'ChangePresence': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangePresence,
@@ -454,7 +456,7 @@ class ChannelService:
             _registered_method=True)
 
     @staticmethod
-    def EnterPresence(request,
+    def HoldPresence(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -464,12 +466,12 @@ class ChannelService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
-            '/ringcast.internal.v1.ChannelService/EnterPresence',
-            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceRequest.SerializeToString,
-            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.EnterPresenceResponse.FromString,
+            '/ringcast.internal.v1.ChannelService/HoldPresence',
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HoldPresenceRequest.SerializeToString,
+            ringcast_dot_internal_dot_v1_dot_channel__service__pb2.HoldPresenceResponse.FromString,
             options,
             channel_credentials,
             insecure,
