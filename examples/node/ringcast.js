@@ -297,48 +297,36 @@ class RingcastClient {
   async subscribe(channel, { after, onMessage, onGap = () => {}, onResume = () => {}, signal } = {}) {
     // Resuming needs a serial to resume after, so "only new ones" is pinned to the last serial now.
     let last = after ?? (await this.getChannel(channel)).last_serial;
-    let backoffMs = this.backoffMinMs;
-    let attempts = 0;
-    let renewals = 0;
-    while (!signal?.aborted) {
-      const index = this.current;
-      attempts++;
-      const started = Date.now();
-      const ended = await this.stream(index, channel, last, signal, (item) => {
-        attempts = 0;
-        renewals = 0;
-        backoffMs = this.backoffMinMs;
-        if (item.item === 'gap') {
-          last = Math.max(last, item.gap.next_serial - 1);
-          onGap(item.gap);
-        } else if (item.message.serial > last) {
-          last = item.message.serial;
-          onMessage(item.message);
-        }
-      });
-      if (signal?.aborted) break;
-      // A stream that lived a while got in place with its token: its expiry is a new one, not the
-      // same refusal again (a quiet channel outlives any number of tokens).
-      if (Date.now() - started >= streamInPlaceMs) renewals = 0;
-      if (ended && (await this.renewed(ended, renewals++))) continue; // a new token: resume after `last` at once
-      if (ended && refusedForGood.has(ended.code)) {
-        throw new RingcastError(ended, { gateway: this.gateways[index], attempts });
-      }
-      this.failedOver(index);
-      await sleep(jittered(backoffMs), signal);
-      backoffMs = Math.min(backoffMs * 2, this.backoffMaxMs);
-      if (!signal?.aborted) onResume({ gateway: this.gateways[this.current], after: last, error: ended });
-    }
+    await this.followed(
+      (index, answered) =>
+        this.stream(index, channel, last, signal, (item) => {
+          answered();
+          if (item.item === 'gap') {
+            last = Math.max(last, item.gap.next_serial - 1);
+            onGap(item.gap);
+          } else if (item.message.serial > last) {
+            last = item.message.serial;
+            onMessage(item.message);
+          }
+        }),
+      signal,
+      { onRetry: (gateway, error) => onResume({ gateway, after: last, error }) },
+    );
     return last;
   }
 
+  /** One Subscribe stream at one gateway (see openStream). */
+  stream(index, channel, after, signal, onItem) {
+    return this.openStream(index, 'Subscribe', { channel, after_serial: after }, signal, onItem);
+  }
+
   /**
-   * One Subscribe stream at one gateway; resolves with the error that ended it (null: a clean end).
+   * One server stream at one gateway; resolves with the error that ended it (null: a clean end).
    * Rejects with what a handler threw, after cancelling the stream.
    */
-  stream(index, channel, after, signal, onItem) {
+  openStream(index, method, request, signal, onItem) {
     return new Promise((resolve, reject) => {
-      const call = this.stubs[index].Subscribe({ channel, after_serial: after }, this.metadata());
+      const call = this.stubs[index][method](request, this.metadata());
       const cancel = () => call.cancel();
       signal?.addEventListener('abort', cancel, { once: true });
       const finish = (error) => {
@@ -357,6 +345,111 @@ class RingcastClient {
       call.on('error', finish);
       call.on('end', () => finish(null));
     });
+  }
+
+  /**
+   * Follows a stream across failures: `open(index, answered)` opens it at a gateway (resolving like
+   * openStream, and calling answered() on each item); after a failure it is opened again at the next
+   * gateway, with backoff (onRetry(gateway, error) is told), until `signal` aborts or a stream ends
+   * cleanly (when `endsOnEof`). Throws a RingcastError for a refusal no retry changes
+   * (`refusedForGood`, unless `keepGoing(error)` says to go on). A token refused as expired is renewed
+   * and the stream opened again at once.
+   */
+  async followed(open, signal, { endsOnEof = false, keepGoing = () => false, onRetry = () => {} } = {}) {
+    let backoffMs = this.backoffMinMs;
+    let attempts = 0;
+    let renewals = 0;
+    while (!signal?.aborted) {
+      const index = this.current;
+      attempts++;
+      const started = Date.now();
+      const ended = await open(index, () => {
+        attempts = 0;
+        backoffMs = this.backoffMinMs;
+      });
+      if (signal?.aborted) break;
+      if (ended === null && endsOnEof) return;
+      if (Date.now() - started >= streamInPlaceMs) renewals = 0;
+      if (ended && (await this.renewed(ended, renewals++))) continue;
+      if (ended && refusedForGood.has(ended.code) && !keepGoing(ended)) {
+        throw new RingcastError(ended, { gateway: this.gateways[index], attempts });
+      }
+      this.failedOver(index);
+      await sleep(jittered(backoffMs), signal);
+      backoffMs = Math.min(backoffMs * 2, this.backoffMaxMs);
+      if (!signal?.aborted) onRetry(this.gateways[this.current], ended);
+    }
+  }
+
+  /**
+   * Holds this client present in a channel's presence set (docs/presence.md) until `signal` aborts
+   * or the member leaves (leavePresence, from here or elsewhere): the first time it is entered,
+   * onEntered(serial) is called. After any failure it enters again on the next gateway with the same
+   * ids, which changes nothing within the namespace's grace period (15 s by default).
+   *
+   * @param {object} options
+   * @param {string} [options.connectionId] the member's connection (default: a random one).
+   * @param {string} [options.clientId] the member's client id on a cluster without tokens.
+   * @param {string|Buffer} [options.data] the member's data.
+   */
+  async enterPresence(channel, { connectionId = crypto.randomUUID(), clientId = '', data = '', signal, onEntered = () => {} } = {}) {
+    const request = { channel, connection_id: connectionId, client_id: clientId, data: toBuffer(data) };
+    let entered = false;
+    await this.followed(
+      (index, answered) =>
+        this.openStream(index, 'EnterPresence', request, signal, (item) => {
+          answered();
+          if (item.serial && !entered) {
+            entered = true;
+            onEntered(item.serial);
+          }
+        }),
+      signal,
+      // NOT_PRESENT: its grace ran out while it could not reach the platform; enter again.
+      { endsOnEof: true, keepGoing: (error) => entered && errorInfoOf(error)?.reason === 'NOT_PRESENT' },
+    );
+    return connectionId;
+  }
+
+  /** Leaves a channel's presence set now (a member not present: nothing happens). */
+  async leavePresence(channel, connectionId, { clientId = '', deadlineMs } = {}) {
+    const request = { channel, connection_id: connectionId, client_id: clientId };
+    return (await this.call('LeavePresence', request, { deadlineMs })).serial;
+  }
+
+  /** A channel's members, and the presence serial they are valid at. */
+  async presence(channel, { deadlineMs } = {}) {
+    return this.call('GetPresence', { channel }, { deadlineMs });
+  }
+
+  /**
+   * Follows a channel's presence set until `signal` aborts: onSync({members, serial}) with the whole
+   * set first, then onChange(change) for every change after it (change.action is
+   * PRESENCE_ACTION_ENTER, _UPDATE or _LEAVE; change.member.serial its serial), once each and in
+   * order, resuming after the last serial seen across any failure.
+   */
+  async watchPresence(channel, { signal, onSync = () => {}, onChange = () => {} } = {}) {
+    let last = 0;
+    let synced = false;
+    await this.followed((index, answered) => {
+      const parts = [];
+      const request = synced ? { channel, after_serial: last } : { channel, sync: true };
+      return this.openStream(index, 'SubscribePresence', request, signal, (item) => {
+        answered();
+        if (item.sync && !synced) {
+          parts.push(...item.sync.members);
+          if (item.sync.complete) {
+            synced = true;
+            last = item.sync.serial;
+            onSync({ members: parts, serial: last });
+          }
+        } else if (item.change && synced && item.change.member.serial > last) {
+          last = item.change.member.serial;
+          onChange(item.change);
+        }
+      });
+    }, signal);
+    return last;
   }
 
   close() {

@@ -252,6 +252,56 @@ test('the command-line programs: publish.js twice with --id, then subscribe.js p
   );
 });
 
+test('presence: two members enter, a watcher sees the set then each change, one leaves', async () => {
+  const channel = channelFor('room');
+  const stop = new AbortController();
+  const events = [];
+  let synced = null;
+  const watching = client.watchPresence(channel, {
+    signal: stop.signal,
+    onSync: (set) => {
+      synced = set;
+    },
+    onChange: (change) => events.push(change),
+  });
+  const adaHolding = client.enterPresence(channel, { clientId: 'ada', connectionId: 'c-ada', data: 'hi', signal: stop.signal });
+  const bobSerial = await new Promise((resolve, reject) => {
+    client.enterPresence(channel, { clientId: 'bob', data: 'yo', signal: stop.signal, onEntered: resolve }).catch(reject);
+  });
+  const present = await waitFor(async () => {
+    const set = await client.presence(channel);
+    return set.members.length === 2 ? set : null;
+  });
+  assert.deepEqual(
+    present.members.map(({ client_id, data }) => [client_id, data.toString()]),
+    [
+      ['ada', 'hi'],
+      ['bob', 'yo'],
+    ],
+  );
+  assert.ok(bobSerial > 0 && present.serial >= bobSerial);
+  const left = await client.leavePresence(channel, 'c-ada', { clientId: 'ada' });
+  await adaHolding; // its stream ended: it left
+  assert.equal(await client.leavePresence(channel, 'c-ada', { clientId: 'ada' }), left); // again: nothing happens
+  await waitFor(() => (events.some((change) => change.member.serial === left) ? true : null));
+  assert.ok(synced !== null);
+  const seen = [...synced.members.map((m) => `present ${m.client_id}`), ...events.map((c) => `${c.action} ${c.member.client_id}`)];
+  assert.equal(seen.filter((line) => line.endsWith('ada')).at(-1), 'PRESENCE_ACTION_LEAVE ada');
+  assert.ok(seen.some((line) => line.endsWith('bob')));
+  stop.abort();
+  await watching;
+});
+
+async function waitFor(check, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = await check();
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error('timed out waiting');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 test('with no gateway to connect to, a call fails within seconds and says so', async () => {
   // Ports nothing listens on: every attempt is refused. Without the fail-fast rule the call would
   // retry until its 30 s deadline (25 attempts).
