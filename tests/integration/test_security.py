@@ -181,6 +181,34 @@ def test_the_publisher_is_stamped_and_cannot_be_claimed(secure: Secure, honest: 
     assert secure.history("chat:stamped") == [(response.serials[0], "c1", "carol")]
 
 
+def test_presence_needs_the_capability_and_a_member_is_its_token_s_sub(secure: Secure, honest: HonestWorkload) -> None:
+    """Entering and reading presence need `presence` on the channel; the member's client id is the
+    token's `sub` (another one is refused), and nothing else can make it someone else."""
+    link, stub, metadata = secure.realtime(secure.token({"chat:*": ["publish", "subscribe"]}, sub="erin"))
+    with link:
+        error = refusal(
+            lambda: stub.GetPresence(
+                realtime_pb2.GetPresenceRequest(channel="chat:room"), metadata=metadata, timeout=30
+            )
+        )
+    assert_refused(error, grpc.StatusCode.PERMISSION_DENIED, Reason.CAPABILITY_DENIED)
+    link, stub, metadata = secure.realtime(secure.token({"chat:*": ["presence"]}, sub="erin"))
+    with link:
+        entering = stub.EnterPresence(
+            realtime_pb2.EnterPresenceRequest(channel="chat:room", connection_id="c1", data=b"hi"), metadata=metadata
+        )
+        assert next(entering).serial > 0
+        claimed = realtime_pb2.UpdatePresenceRequest(channel="chat:room", connection_id="c1", client_id="admin")
+        error = refusal(lambda: stub.UpdatePresence(claimed, metadata=metadata, timeout=30))
+        assert_refused(error, grpc.StatusCode.PERMISSION_DENIED, Reason.CLIENT_ID_MISMATCH)
+        present = stub.GetPresence(realtime_pb2.GetPresenceRequest(channel="chat:room"), metadata=metadata, timeout=30)
+        assert [(m.client_id, m.connection_id, m.data) for m in present.members] == [("erin", "c1", b"hi")]
+        stub.LeavePresence(
+            realtime_pb2.LeavePresenceRequest(channel="chat:room", connection_id="c1"), metadata=metadata, timeout=30
+        )
+        entering.cancel()
+
+
 def test_a_revoked_token_ends_its_subscription_within_a_second(secure: Secure, honest: HonestWorkload) -> None:
     token = secure.token({"chat:*": ["subscribe"]}, sub="revoked-one")
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
