@@ -11,9 +11,14 @@ A topology can put a TCP fault proxy (`ringcast_tools.chaos.proxy`) on chosen li
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import json
+import random
 import re
 import socket
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,18 +59,63 @@ class Topology:
         return [process.address for process in self.by_role("gateway")]
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports free right now (the OS picks them); good enough for tests and a dev cluster."""
-    sockets = []
+listen_port_low = 20_000
+"""The lowest port `free_ports` hands out."""
+
+port_reservation_s = 900.0
+"""How long a port `free_ports` handed out is not handed out again, to any process of this machine."""
+
+_RESERVATIONS = Path(tempfile.gettempdir()) / "ringcast-ports.json"
+
+
+def _ephemeral_low() -> int:
+    """Where the kernel's ephemeral ports (outgoing connections' source ports) begin."""
     try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free right now, for processes that will listen on them a little later.
+
+    Not the OS's port 0: that is an ephemeral port, which any outgoing connection may take before
+    the process binds it (seen in CI: `Address already in use`). These come from below the
+    ephemeral range, and each is reserved for `port_reservation_s` in a file shared by every
+    process of the machine (under a lock), so two test workers starting clusters at once never get
+    the same one."""
+    high = _ephemeral_low() - 1
+    with open(_RESERVATIONS.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = time.time()
+        try:
+            held = {int(port): when for port, when in json.loads(_RESERVATIONS.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            held = {}
+        held = {port: when for port, when in held.items() if now - when < port_reservation_s}
+        chosen: list[int] = []
+        candidates = random.sample(range(listen_port_low, high + 1), high + 1 - listen_port_low)
+        for port in candidates:
+            if len(chosen) == count:
+                break
+            if port in held or not _bindable(host, port):
+                continue
+            chosen.append(port)
+            held[port] = now
+        if len(chosen) < count:
+            raise RuntimeError(f"no {count} free ports in {listen_port_low}..{high}")
+        _RESERVATIONS.write_text(json.dumps(held))
+        return chosen
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def sequential_ports(base: int) -> Iterator[int]:

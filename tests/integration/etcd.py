@@ -23,13 +23,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+
+from ringcast_tools.cluster.topology import free_ports
 
 etcd_binary_default = "/usr/bin/etcd"
 etcd_start_timeout_s = 15.0
@@ -46,10 +47,8 @@ def _die_with_parent() -> None:
 
 
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback TCP port nothing listens on right now, reserved for a while (`free_ports`)."""
+    return free_ports(1)[0]
 
 
 class EtcdServer:

@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from ringcast_tools.cluster.launcher import pdeathsig_prefix
+from ringcast_tools.cluster.topology import free_ports, listen_port_low
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -49,10 +50,9 @@ health_poll_interval_s = 0.05
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it; a tiny race remains until it is used)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A TCP port nothing listens on right now, below the ephemeral range and reserved for a while
+    (`free_ports`: no outgoing connection or other test takes it before it is used)."""
+    return free_ports(1, host)[0]
 
 
 def free_port_run(count: int, host: str = "127.0.0.1") -> int:
@@ -62,7 +62,7 @@ def free_port_run(count: int, host: str = "127.0.0.1") -> int:
     low, _ = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     chooser = random.Random()
     for _ in range(200):
-        base = chooser.randrange(10_000, low - count)
+        base = chooser.randrange(10_000, min(low, listen_port_low) - count)  # not where free_ports hands out
         sockets: list[socket.socket] = []
         try:
             for port in range(base, base + count):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from ringcast_tools.cluster.launcher import Launcher
+from ringcast_tools.cluster.topology import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +30,8 @@ RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.y
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback TCP port nothing listens on right now, reserved for a while (`free_ports`)."""
+    return free_ports(1)[0]
 
 
 class Prometheus:
