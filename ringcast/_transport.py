@@ -287,6 +287,10 @@ class Transport:
             return Outcome.HARD_FAILURE, f"UNAVAILABLE: {error.details() or 'no connection'}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # no answer within the attempt timeout
             return Outcome.HARD_FAILURE, Reason.NO_ANSWER
+        if code == grpc.StatusCode.INTERNAL and error_info(error) is None:
+            # Not the platform's INTERNAL (it always says why): the transport's, e.g. a stream reset
+            # ("Internal error from Core", RST_STREAM): retried like a lost connection.
+            return Outcome.HARD_FAILURE, f"INTERNAL: {error.details() or 'transport error'}"
         return None
 
     def backoff(self, attempt: int) -> float:
