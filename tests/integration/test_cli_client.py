@@ -33,7 +33,7 @@ def json_lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, objec
 def test_publish_history_subscribe_channel_as_json(cluster: Launcher) -> None:
     first = json_lines(ringcast(cluster, "publish", "cli-json", "one", "two", "--name", "n", "--json"))
     assert [line["serial"] for line in first] == [1, 2]
-    again = json_lines(ringcast(cluster, "publish", "cli-json", "one", "--id", str(first[0]["id"]), "--json"))
+    again = json_lines(ringcast(cluster, "publish", "cli-json", "one", f"--id={first[0]['id']}", "--json"))
     assert again[0]["serial"] == 1  # the same id: the original serial
 
     lines = "".join(f"line {index}\n" for index in range(2500))
